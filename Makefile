@@ -1,0 +1,31 @@
+# Set-up is idempotent: `make run` and `make test` create .venv and install into it on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-fast show bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/kvgraph transcribe examples/jfk.wav --verbose
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -m "not max and not slow"
+
+show: $(STAMP)
+	$(BIN)/kvgraph show whisper-tiny.en
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/step_latency.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,23 @@
+"""kvgraph: declare transformer decoders, rewrite them for KV caching, run them on MAX.
+
+Importing kvgraph is cheap: MAX is imported only by :func:`compile`.
+"""
+from . import reference
+from .build import build
+from .errors import IRTypeError, KvgraphError, LoweringError, PassError, SpecError, VerifyError
+from .ir import Graph
+from .printer import format_graph
+from .spec import CrossAttention, DecoderSpec
+from .verify import verify
+from .weights import init_weights
+
+__all__ = [
+    "CrossAttention", "DecoderSpec", "Graph", "IRTypeError", "KvgraphError", "LoweringError",
+    "PassError", "SpecError", "VerifyError", "build", "format_graph", "init_weights",
+    "reference", "verify",
+]
+
+from . import passes  # noqa: E402
+from .passes import run_passes  # noqa: E402
+
+__all__ += ["passes", "run_passes"]

@@ -1,0 +1,505 @@
+"""The IR: ordered SSA nodes, frozen, one class per op.
+
+A :class:`Graph` holds its inputs, a tuple of :class:`Node` (an op and the value it
+defines) and named outputs. Operands are :class:`Value` s: graph inputs, node results,
+or :class:`Weight` s (named parameters, printed ``@name``). Every op class documents its
+meaning and has ``infer_type()``; three interpreters share the IR through one table each:
+the printer, the NumPy reference (:mod:`kvgraph.reference`) and the MAX lowering.
+
+Op classes carry two facts the passes read instead of knowing op names:
+
+- ``POSITIONWISE``: row ``i`` of the result (axis 1, the sequence) depends only on row
+  ``i`` of the sequence operands, so the op commutes with dropping or appending rows.
+- ``OPERANDS``: the fields that hold values; the rest are attributes.
+"""
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Iterator, Optional
+
+import attrs
+
+from .errors import IRTypeError
+from .types import Dim, TensorType, dim_add, f32, i64
+
+
+@attrs.frozen(eq=False, repr=False)
+class Value:
+    """An SSA value. Identity-hashed: two values are the same only if they are one object."""
+
+    name: str
+    type: TensorType
+
+    def __repr__(self) -> str:
+        return f"%{self.name}: {self.type}"
+
+
+@attrs.frozen(eq=False, repr=False)
+class Weight(Value):
+    """A named parameter, bound to an array of ``weights[name]`` when the graph runs."""
+
+    def __repr__(self) -> str:
+        return f"@{self.name}: {self.type}"
+
+
+def _t(v: Value) -> TensorType:
+    return v.type
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise IRTypeError(msg)
+
+
+def _broadcast(a: TensorType, b: TensorType, what: str) -> tuple[Dim, ...]:
+    ra, rb = list(a.shape[::-1]), list(b.shape[::-1])
+    out = []
+    for i in range(max(len(ra), len(rb))):
+        da = ra[i] if i < len(ra) else 1
+        db = rb[i] if i < len(rb) else 1
+        if da == db or db == 1:
+            out.append(da)
+        elif da == 1:
+            out.append(db)
+        else:
+            raise IRTypeError(f"{what}: shapes {a} and {b} do not broadcast")
+    return tuple(out[::-1])
+
+
+class Op:
+    """Base of all ops. Subclasses are frozen attrs classes."""
+
+    NAME: ClassVar[str] = "?"
+    OPERANDS: ClassVar[tuple[str, ...]] = ()
+    POSITIONWISE: ClassVar[bool] = False
+
+    def operands(self) -> tuple[Value, ...]:
+        return tuple(v for f in self.OPERANDS if (v := getattr(self, f)) is not None)
+
+    def attributes(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in attrs.fields(type(self))
+                if f.name not in self.OPERANDS}
+
+    def replace_operands(self, mapping: dict) -> "Op":
+        """A copy with every operand ``v`` replaced by ``mapping.get(v, v)``."""
+        changes = {f: mapping.get(getattr(self, f), getattr(self, f))
+                   for f in self.OPERANDS if getattr(self, f) is not None}
+        return attrs.evolve(self, **changes)
+
+    def infer_type(self) -> TensorType:  # pragma: no cover - every op overrides
+        raise NotImplementedError
+
+
+def op(name: str, operands: tuple[str, ...], positionwise: bool = False):
+    """Class decorator: a frozen attrs op class with its printed name and operand fields."""
+
+    def wrap(cls):
+        cls.NAME = name
+        cls.OPERANDS = operands
+        cls.POSITIONWISE = positionwise
+        return attrs.frozen(eq=False)(cls)
+
+    return wrap
+
+
+# --------------------------------------------------------------------------- ops
+
+@op("embed", ("tokens", "table"), positionwise=True)
+class Embed(Op):
+    """``table[tokens]``: tokens i64[b, s], table f32[V, d] -> f32[b, s, d]."""
+
+    tokens: Value
+    table: Value
+
+    def infer_type(self):
+        t, w = _t(self.tokens), _t(self.table)
+        _need(t.dtype == "i64" and t.rank == 2, f"embed: tokens must be i64[b, s], got {t}")
+        _need(w.dtype == "f32" and w.rank == 2, f"embed: table must be f32[V, d], got {w}")
+        return f32(t.shape[0], t.shape[1], w.shape[1])
+
+
+@op("positions", ("tokens", "offset"))
+class Positions(Op):
+    """Absolute positions of the rows of ``tokens``: ``offset + arange(s)`` -> i64[s].
+
+    tokens i64[b, s] (only its length is read); offset an i64[] scalar, or absent (0).
+    Full-sequence graphs have no offset; the KV-cache pass sets it to ``past``.
+    """
+
+    tokens: Value
+    offset: Optional[Value] = None
+
+    def infer_type(self):
+        t = _t(self.tokens)
+        _need(t.rank >= 2, f"positions: tokens must be [b, s, ...], got {t}")
+        if self.offset is not None:
+            _need(_t(self.offset) == i64(), f"positions: offset must be i64[], got {_t(self.offset)}")
+        return i64(t.shape[1])
+
+
+@op("gather_rows", ("table", "index"), positionwise=True)
+class GatherRows(Op):
+    """``table[index]`` for a table f32[N, d] and index i64[s] -> f32[s, d] (learned positions)."""
+
+    table: Value
+    index: Value
+
+    def infer_type(self):
+        w, i = _t(self.table), _t(self.index)
+        _need(w.rank == 2, f"gather_rows: table must be rank 2, got {w}")
+        _need(i.dtype == "i64" and i.rank == 1, f"gather_rows: index must be i64[s], got {i}")
+        return f32(i.shape[0], w.shape[1])
+
+
+@op("sinusoid", ("positions",), positionwise=True)
+class Sinusoid(Op):
+    """Sinusoidal embedding of positions i64[s] -> f32[s, dim]: ``[sin(p*w), cos(p*w)]``
+    with ``w_k = exp(-k * log(10000) / (dim/2 - 1))`` (openai-whisper's ``sinusoids``)."""
+
+    positions: Value
+    dim: int
+
+    def infer_type(self):
+        p = _t(self.positions)
+        _need(p.dtype == "i64" and p.rank == 1, f"sinusoid: positions must be i64[s], got {p}")
+        _need(self.dim % 2 == 0 and self.dim >= 4, f"sinusoid: dim must be even and >= 4, got {self.dim}")
+        return f32(p.shape[0], self.dim)
+
+
+@op("rope", ("x", "positions"), positionwise=True)
+class Rope(Op):
+    """Rotary embedding of x f32[b, s, heads*hd] at positions i64[s] (rotate-half form):
+    ``x*cos(p*f) + rotate_half(x)*sin(p*f)``, ``f_j = theta**(-2j/hd)`` repeated twice per head,
+    ``rotate_half([x1, x2]) = [-x2, x1]`` over the two halves of each head."""
+
+    x: Value
+    positions: Value
+    heads: int
+    theta: float
+
+    def infer_type(self):
+        x, p = _t(self.x), _t(self.positions)
+        _need(x.rank == 3, f"rope: x must be f32[b, s, h*hd], got {x}")
+        _need(p.dtype == "i64" and p.rank == 1 and p.shape[0] == x.shape[1],
+              f"rope: positions must be i64[{x.shape[1]}], got {p}")
+        _need(isinstance(x.shape[2], int) and x.shape[2] % (2 * self.heads) == 0,
+              f"rope: width {x.shape[2]} is not heads={self.heads} times an even head size")
+        return x
+
+
+@op("add", ("a", "b"), positionwise=True)
+class Add(Op):
+    """Elementwise ``a + b`` with NumPy broadcasting (trailing dims align)."""
+
+    a: Value
+    b: Value
+
+    def infer_type(self):
+        a, b = _t(self.a), _t(self.b)
+        _need(a.dtype == b.dtype == "f32", f"add: operands must be f32, got {a} and {b}")
+        return f32(*_broadcast(a, b, "add"))
+
+
+@op("mul", ("a", "b"), positionwise=True)
+class Mul(Op):
+    """Elementwise ``a * b`` with NumPy broadcasting."""
+
+    a: Value
+    b: Value
+
+    def infer_type(self):
+        a, b = _t(self.a), _t(self.b)
+        _need(a.dtype == b.dtype == "f32", f"mul: operands must be f32, got {a} and {b}")
+        return f32(*_broadcast(a, b, "mul"))
+
+
+@op("linear", ("x", "w", "bias"), positionwise=True)
+class Linear(Op):
+    """``x @ w.T + bias``: x f32[..., in], w f32[out, in] (PyTorch layout), bias f32[out] or absent."""
+
+    x: Value
+    w: Value
+    bias: Optional[Value] = None
+
+    def infer_type(self):
+        x, w = _t(self.x), _t(self.w)
+        _need(w.rank == 2, f"linear: weight must be f32[out, in], got {w}")
+        _need(x.shape[-1] == w.shape[1], f"linear: input width {x.shape[-1]} != weight in-dim {w.shape[1]}")
+        if self.bias is not None:
+            _need(_t(self.bias).shape == (w.shape[0],), f"linear: bias must be f32[{w.shape[0]}], got {_t(self.bias)}")
+        return f32(*x.shape[:-1], w.shape[0])
+
+
+@op("layer_norm", ("x", "weight", "bias"), positionwise=True)
+class LayerNorm(Op):
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` over the last axis (biased variance)."""
+
+    x: Value
+    weight: Value
+    bias: Value
+    eps: float
+
+    def infer_type(self):
+        x = _t(self.x)
+        for p in (self.weight, self.bias):
+            _need(_t(p).shape == (x.shape[-1],), f"layer_norm: parameter {_t(p)} does not match width {x.shape[-1]}")
+        return x
+
+
+@op("rms_norm", ("x", "weight"), positionwise=True)
+class RMSNorm(Op):
+    """``x / sqrt(mean(x**2) + eps) * weight`` over the last axis."""
+
+    x: Value
+    weight: Value
+    eps: float
+
+    def infer_type(self):
+        x = _t(self.x)
+        _need(_t(self.weight).shape == (x.shape[-1],), f"rms_norm: weight {_t(self.weight)} does not match width {x.shape[-1]}")
+        return x
+
+
+@op("gelu", ("x",), positionwise=True)
+class Gelu(Op):
+    """Exact GELU: ``x * (1 + erf(x / sqrt(2))) / 2``."""
+
+    x: Value
+
+    def infer_type(self):
+        return _t(self.x)
+
+
+@op("silu", ("x",), positionwise=True)
+class Silu(Op):
+    """SiLU: ``x * sigmoid(x)``."""
+
+    x: Value
+
+    def infer_type(self):
+        return _t(self.x)
+
+
+@op("attention", ("q", "k", "v", "q_offset"))
+class Attention(Op):
+    """Multi-head (grouped-query) scaled dot-product attention.
+
+    q f32[b, sq, heads*hd]; k, v f32[b, sk, kv_heads*hd] -> f32[b, sq, heads*hd].
+    Query head ``h`` reads key/value head ``h // (heads // kv_heads)``. Scores are
+    ``(q_h @ k_hᵀ) * scale``, softmax over keys. If ``causal``, query row ``i`` sees key
+    ``j`` iff ``j <= q_offset + i``; ``q_offset`` is an i64[] scalar or absent (0), so the
+    full-sequence graph is the ``q_offset = 0`` case and a cached step is ``q_offset = past``.
+    """
+
+    q: Value
+    k: Value
+    v: Value
+    heads: int
+    kv_heads: int
+    causal: bool
+    scale: float
+    q_offset: Optional[Value] = None
+
+    def infer_type(self):
+        q, k, v = _t(self.q), _t(self.k), _t(self.v)
+        _need(q.rank == k.rank == v.rank == 3, f"attention: q, k, v must be rank 3, got {q}, {k}, {v}")
+        _need(k.shape == v.shape, f"attention: k {k} and v {v} differ")
+        _need(self.heads % self.kv_heads == 0, f"attention: heads={self.heads} not a multiple of kv_heads={self.kv_heads}")
+        _need(isinstance(q.shape[2], int) and q.shape[2] % self.heads == 0,
+              f"attention: q width {q.shape[2]} not divisible by heads={self.heads}")
+        hd = q.shape[2] // self.heads
+        _need(k.shape[2] == hd * self.kv_heads,
+              f"attention: k width {k.shape[2]} != kv_heads={self.kv_heads} * head size {hd}")
+        _need(q.shape[0] == k.shape[0], f"attention: batch of q {q} and k {k} differ")
+        if self.q_offset is not None:
+            _need(self.causal, "attention: q_offset given to a non-causal attention")
+            _need(_t(self.q_offset) == i64(), f"attention: q_offset must be i64[], got {_t(self.q_offset)}")
+        return q
+
+
+@op("concat", ("a", "b"))
+class Concat(Op):
+    """``a`` then ``b`` along ``axis`` (the KV cache grows this way: ``[b, past+s, d]``)."""
+
+    a: Value
+    b: Value
+    axis: int = 1
+
+    def infer_type(self):
+        a, b = _t(self.a), _t(self.b)
+        _need(a.rank == b.rank and a.dtype == b.dtype, f"concat: {a} and {b} differ in rank or dtype")
+        ax = self.axis
+        for i, (da, db) in enumerate(zip(a.shape, b.shape)):
+            _need(i == ax or da == db, f"concat: dim {i} differs: {a} vs {b}")
+        shape = list(a.shape)
+        shape[ax] = dim_add(a.shape[ax], b.shape[ax])
+        return TensorType(a.dtype, shape)
+
+
+@op("take_last", ("x",))
+class TakeLast(Op):
+    """The last row along axis 1: x f32[b, s, d] -> f32[b, 1, d]."""
+
+    x: Value
+
+    def infer_type(self):
+        x = _t(self.x)
+        _need(x.rank == 3, f"take_last: x must be rank 3, got {x}")
+        return TensorType(x.dtype, (x.shape[0], 1, x.shape[2]))
+
+
+@op("transpose", ("x",))
+class Transpose(Op):
+    """Swap axes 1 and 2: x[b, m, n] -> [b, n, m]."""
+
+    x: Value
+
+    def infer_type(self):
+        x = _t(self.x)
+        _need(x.rank == 3, f"transpose: x must be rank 3, got {x}")
+        return TensorType(x.dtype, (x.shape[0], x.shape[2], x.shape[1]))
+
+
+@op("conv1d", ("x", "w", "bias"))
+class Conv1d(Op):
+    """1-D convolution, channels last: x f32[b, t, cin], w f32[cout, cin, k] (PyTorch layout),
+    bias f32[cout] -> f32[b, (t + 2*padding - k) // stride + 1, cout]; zero padding."""
+
+    x: Value
+    w: Value
+    bias: Value
+    stride: int = 1
+    padding: int = 0
+
+    def infer_type(self):
+        x, w = _t(self.x), _t(self.w)
+        _need(x.rank == 3 and w.rank == 3, f"conv1d: x must be [b, t, cin] and w [cout, cin, k], got {x}, {w}")
+        _need(x.shape[2] == w.shape[1], f"conv1d: input channels {x.shape[2]} != weight's {w.shape[1]}")
+        t = x.shape[1]
+        _need(isinstance(t, int), f"conv1d: time axis must be static, got {t}")
+        t_out = (t + 2 * self.padding - w.shape[2]) // self.stride + 1
+        return f32(x.shape[0], t_out, w.shape[0])
+
+
+OP_CLASSES: tuple[type, ...] = (Embed, Positions, GatherRows, Sinusoid, Rope, Add, Mul, Linear,
+                                LayerNorm, RMSNorm, Gelu, Silu, Attention, Concat, TakeLast,
+                                Transpose, Conv1d)
+
+
+# ------------------------------------------------------------------------ graph
+
+@attrs.frozen(eq=False)
+class Node:
+    """``out = op(...)``: one op and the value it defines."""
+
+    op: Op
+    out: Value
+
+
+@attrs.frozen(eq=False)
+class Graph:
+    """A program: inputs, ordered nodes (SSA), named outputs. Frozen: passes build new graphs.
+
+    ``str(graph)`` is the printed IR, e.g. ::
+
+        graph tiny(%tokens: i64[b, s]) {
+          %x = embed %tokens, @tok : f32[b, s, 8]
+          ...
+          return logits=%logits
+        }
+    """
+
+    name: str
+    inputs: tuple[Value, ...] = attrs.field(converter=tuple)
+    nodes: tuple[Node, ...] = attrs.field(converter=tuple)
+    outputs: tuple[tuple[str, Value], ...] = attrs.field(converter=tuple)
+
+    def weights(self) -> tuple[Weight, ...]:
+        seen: dict[str, Weight] = {}
+        for n in self.nodes:
+            for v in n.op.operands():
+                if isinstance(v, Weight):
+                    seen.setdefault(v.name, v)
+        return tuple(seen.values())
+
+    def output(self, name: str) -> Value:
+        for k, v in self.outputs:
+            if k == name:
+                return v
+        raise KeyError(f"graph {self.name} has no output {name!r}; outputs: {[k for k, _ in self.outputs]}")
+
+    def input(self, name: str) -> Value:
+        for v in self.inputs:
+            if v.name == name:
+                return v
+        raise KeyError(f"graph {self.name} has no input {name!r}")
+
+    def producers(self) -> dict[Value, Node]:
+        return {n.out: n for n in self.nodes}
+
+    def users(self) -> dict[Value, list[Node]]:
+        out: dict[Value, list[Node]] = {}
+        for n in self.nodes:
+            for v in n.op.operands():
+                out.setdefault(v, []).append(n)
+        return out
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    def __str__(self) -> str:
+        from .printer import format_graph
+        return format_graph(self)
+
+
+class GraphBuilder:
+    """The one mutable thing: appends nodes, hands out unique value names, makes a Graph."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.inputs: list[Value] = []
+        self.nodes: list[Node] = []
+        self._names: set[str] = set()
+        self._weights: dict[str, Weight] = {}
+
+    def fresh(self, hint: str) -> str:
+        name, k = hint, 1
+        while name in self._names:
+            k += 1
+            name = f"{hint}.{k}"
+        self._names.add(name)
+        return name
+
+    def reserve(self, name: str) -> None:
+        self._names.add(name)
+
+    def input(self, name: str, type: TensorType) -> Value:
+        if name in self._names:
+            raise ValueError(f"input name {name!r} already used")
+        self._names.add(name)
+        v = Value(name, type)
+        self.inputs.append(v)
+        return v
+
+    def weight(self, name: str, shape: tuple[int, ...]) -> Weight:
+        w = self._weights.get(name)
+        if w is None:
+            w = self._weights[name] = Weight(name, f32(*shape))
+        return w
+
+    def add(self, op: Op, hint: str) -> Value:
+        v = Value(self.fresh(hint), op.infer_type())
+        self.nodes.append(Node(op, v))
+        return v
+
+    def append(self, node: Node) -> Value:
+        self._names.add(node.out.name)
+        self.nodes.append(node)
+        return node.out
+
+    def finish(self, outputs) -> Graph:
+        return Graph(self.name, tuple(self.inputs), tuple(self.nodes), tuple(outputs))
+
+
+def scale_for(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)

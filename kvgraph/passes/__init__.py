@@ -1,0 +1,17 @@
+"""Rewrite passes over kvgraph programs. Each pass is a frozen value with ``apply``."""
+from .dce import DCE
+from .hoist import HoistInvariant
+from .kv_cache import KVCache
+from .manager import Pass, PassResult, Programs, Stage, run_passes
+from .sink import SinkTakeLast
+
+DEFAULT_PASSES = (KVCache(), HoistInvariant(), SinkTakeLast(), DCE())
+
+
+def default_pipeline():
+    """The passes ``kvgraph.compile`` runs for a cached decoder."""
+    return list(DEFAULT_PASSES)
+
+
+__all__ = ["DCE", "DEFAULT_PASSES", "HoistInvariant", "KVCache", "Pass", "PassResult",
+           "Programs", "SinkTakeLast", "Stage", "default_pipeline", "run_passes"]

@@ -1,0 +1,144 @@
+"""KVCache: a full-sequence graph -> ``prefill`` and ``step`` programs with a KV cache.
+
+Nothing here knows a model family. The pass reads only the IR:
+
+1. *Classify.* Values that depend on the token stream (``tokens``) are *stream* values;
+   the rest depend only on inputs fixed across steps (``context``) or on weights.
+2. *Check exactness.* Caching is exact iff every stream op treats positions independently
+   (``POSITIONWISE``), or is ``positions`` (which gets an offset), or is a causal attention
+   whose K/V are both stream values (cached) or both fixed (cross-attention). Anything else
+   mixes positions — e.g. a non-causal self-attention, a concat along the sequence — and
+   the pass raises :class:`PassError` naming the node, with its IR window.
+3. *Rewrite.* ``step`` takes ``tokens`` (the new rows), ``past`` (rows already cached) and
+   per-attention caches ``cache.<node>.k|v`` f32[b, past, kv]; it concatenates the new K/V,
+   gives the attention ``q_offset=past`` and ``positions`` ``offset=past``, and returns the
+   logits of the new rows and the grown caches under the same names. ``prefill`` is the
+   full graph returning the last row's logits and the caches.
+"""
+from __future__ import annotations
+
+import attrs
+
+from .. import ir
+from ..errors import PassError
+from ..ir import Graph, GraphBuilder, Value
+from ..printer import window
+from ..types import f32, i64, sym
+from .manager import Programs
+from .rewrite import copy_node, depends_on, remap
+
+PAST = sym("past")
+LAYOUTS = ("concat",)
+STREAM_INPUT = "tokens"
+
+
+def cache_name(attn: Value, which: str) -> str:
+    return f"cache.{attn.name}.{which}"
+
+
+def _refuse(g: Graph, i: int, why: str):
+    n = g.nodes[i]
+    raise PassError(f"KVCache: cannot cache graph {g.name}: node %{n.out.name} ({n.op.NAME}) {why}\n"
+                    f"{window(g, i, note=why)}")
+
+
+def classify(g: Graph) -> tuple[set[Value], list[int]]:
+    """Stream values and the indices of attentions whose K/V get cached; refuses what
+    caching would get wrong."""
+    try:
+        tokens = g.input(STREAM_INPUT)
+    except KeyError:
+        raise PassError(f"KVCache: graph {g.name} has no {STREAM_INPUT!r} input to cache over") from None
+    stream = depends_on(g, {tokens})
+    cached = []
+    for i, n in enumerate(g.nodes):
+        op = n.op
+        ins = [v in stream for v in op.operands()]
+        if not any(ins):
+            continue
+        if isinstance(op, ir.Attention):
+            k_s, v_s = op.k in stream, op.v in stream
+            if op.q_offset is not None:
+                _refuse(g, i, "already has a q_offset: the graph is cached already")
+            if k_s != v_s:
+                _refuse(g, i, "reads keys and values of different kinds (one from the token stream, one fixed)")
+            if k_s and not op.causal:
+                _refuse(g, i, "is a non-causal attention over the token stream: a new token would change "
+                              "earlier rows, so their cached K/V would be stale")
+            if k_s and op.q not in stream:
+                _refuse(g, i, "attends from a fixed query to the token stream")
+            if k_s:
+                cached.append(i)
+        elif isinstance(op, ir.Positions):
+            if op.offset is not None:
+                _refuse(g, i, "already has an offset: the graph is cached already")
+        elif isinstance(op, ir.Concat) and op.axis not in (1,) and n.out.type.rank == 3:
+            pass  # a concat across features keeps rows independent
+        elif not op.POSITIONWISE:
+            _refuse(g, i, "mixes positions of the token stream; only position-wise ops and causal "
+                          "attention can be cached")
+    for k, v in g.outputs:
+        if v not in stream:
+            raise PassError(f"KVCache: output {k}=%{v.name} of graph {g.name} does not depend on the tokens")
+    return stream, cached
+
+
+def _step(g: Graph, cached: list[int]) -> Graph:
+    b = GraphBuilder(g.name + ".step")
+    mapping: dict[Value, Value] = {}
+    for v in g.inputs:
+        mapping[v] = b.input(v.name, v.type)
+    past = b.input("past", i64())
+    caches: list[tuple[str, Value]] = []
+    for i, n in enumerate(g.nodes):
+        op = remap(n.op, mapping)
+        if isinstance(op, ir.Positions):
+            op = attrs.evolve(op, offset=past)
+        elif isinstance(op, ir.Attention) and op.causal:
+            if i in cached:
+                kv = []
+                for which, new in (("k", op.k), ("v", op.v)):
+                    name = cache_name(n.out, which)
+                    t = new.type
+                    old = b.input(name, f32(t.shape[0], PAST, t.shape[2]))
+                    grown = b.add(ir.Concat(old, new, 1), f"{n.out.name}.{which}_all")
+                    caches.append((name, grown))
+                    kv.append(grown)
+                op = attrs.evolve(op, k=kv[0], v=kv[1], q_offset=past)
+            else:
+                op = attrs.evolve(op, q_offset=past)
+        copy_node(b, n, op, mapping)
+    outs = [(k, mapping[v]) for k, v in g.outputs] + caches
+    return b.finish(outs)
+
+
+def _prefill(g: Graph, cached: list[int]) -> Graph:
+    b = GraphBuilder(g.name + ".prefill")
+    mapping: dict[Value, Value] = {}
+    for v in g.inputs:
+        mapping[v] = b.input(v.name, v.type)
+    caches = []
+    for i, n in enumerate(g.nodes):
+        copy_node(b, n, remap(n.op, mapping), mapping)
+        if i in cached:
+            caches += [(cache_name(n.out, "k"), mapping[n.op.k]), (cache_name(n.out, "v"), mapping[n.op.v])]
+    outs = []
+    for k, v in g.outputs:
+        nv = mapping[v]
+        if nv.type.rank == 3:
+            nv = b.add(ir.TakeLast(nv), nv.name + ".last")
+        outs.append((k, nv))
+    return b.finish(outs + caches)
+
+
+@attrs.frozen
+class KVCache:
+    """Turn ``full`` into ``prefill`` and ``step`` (see the module docstring)."""
+
+    layout: str = attrs.field(default="concat", validator=attrs.validators.in_(LAYOUTS))
+    name: str = "kv_cache"
+
+    def apply(self, programs: Programs) -> Programs:
+        g = programs["full"]
+        _, cached = classify(g)
+        return Programs.of(prefill=_prefill(g, cached), step=_step(g, cached))

