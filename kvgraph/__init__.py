@@ -21,3 +21,12 @@ from . import passes  # noqa: E402
 from .passes import run_passes  # noqa: E402
 
 __all__ += ["passes", "run_passes"]
+
+
+def compile(spec_or_graph, weights, *, kv_cache=True, device="cpu", passes=None, eager=True):
+    """Compile for MAX (imports MAX on first use). See :func:`kvgraph.compiler.compile`."""
+    from .compiler import compile as _compile
+    return _compile(spec_or_graph, weights, kv_cache=kv_cache, device=device, passes=passes, eager=eager)
+
+
+__all__ += ["compile"]

@@ -1,12 +1,14 @@
 """Deterministic text for graphs: one line per node, the result type on every line."""
 from __future__ import annotations
 
-from .ir import Graph, Node, Value, Weight
+from .ir import Graph, Node, Op, Value, Weight
 
 
 def _operand(v) -> str:
     if v is None:
         return "_"
+    if not isinstance(v, Value):  # a malformed operand; verify() reports it with this line
+        return f"<{type(v).__name__}>"
     return f"@{v.name}" if isinstance(v, Weight) else f"%{v.name}"
 
 
@@ -20,6 +22,8 @@ def _attr(v) -> str:
 
 def format_node(n: Node) -> str:
     op = n.op
+    if not isinstance(op, Op):  # a malformed node; verify() reports it with this line
+        return f"%{n.out.name} = <{type(op).__name__}> : {n.out.type}"
     args = ", ".join(_operand(getattr(op, f)) for f in op.OPERANDS if getattr(op, f) is not None)
     attrs_ = op.attributes()
     tail = (" {" + ", ".join(f"{k}={_attr(v)}" for k, v in attrs_.items()) + "}") if attrs_ else ""

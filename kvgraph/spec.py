@@ -91,7 +91,7 @@ class DecoderSpec:
             raise SpecError("naming", self.naming, f"unknown naming; expected one of {NAMINGS}")
         if self.naming_style == "whisper" and not self.tie_embeddings:
             raise SpecError("tie_embeddings", self.tie_embeddings, "whisper naming has no separate output head")
-        if not self.name.isidentifier():
+        if not (isinstance(self.name, str) and self.name.isidentifier()):
             raise SpecError("name", self.name, "must be an identifier")
 
     # ---- derived facts

@@ -199,7 +199,10 @@ def read_model_bin(path: Union[PathLike, Sequence[PathLike]]):
     # Each variable needs at least 2+1+1+1+4 header bytes: a cheap sanity check
     # that catches garbage counts before looping.
     if num_vars * 9 > cur.size - cur.pos:
-        raise cur.fail(f"variable count {num_vars} cannot fit in the remaining {cur.size - cur.pos} bytes")
+        raise cur.fail(
+            f"truncated or corrupt: {num_vars} variables cannot fit in the remaining "
+            f"{cur.size - cur.pos} bytes"
+        )
 
     variables: dict[str, np.ndarray] = {}
     dtypes: dict[str, str] = {}

@@ -308,15 +308,22 @@ def test_detect_language_through_backend(small_multi, jfk_mel):
     assert ours.language == ref.language and ours.tokens == ref.tokens
 
 
-def test_transcribe_random_model_matches_openai_and_timings(small_en, jfk):
-    kw = dict(temperature=0.0, language="en", without_timestamps=True, sample_len=16)
+def test_transcribe_fallback_matches_openai_and_timings(small_en, jfk):
+    """Default temperature schedule: a random model fails the logprob /
+    compression thresholds, so openai's fallback runs up to T=1.0 (sampling,
+    same torch seed on both sides)."""
+    kw = dict(language="en", sample_len=8)
+    torch.manual_seed(0)
     ref = _ref(small_en, jfk, **kw)
+    torch.manual_seed(0)
     result = transcribe(TorchBackend(small_en), jfk, **kw)
     assert_same_result(result, ref)
+    assert ref["segments"][0]["temperature"] > 0  # fallback happened
     t = result["timings"]
-    assert t["encode_calls"] == 1
-    assert t["prefill_calls"] >= 1 and t["step_calls"] >= 1
-    assert t["tokens_decoded"] >= 1
+    assert t["decode_calls"] == 6  # T = 0.0, 0.2, ..., 1.0
+    assert t["encode_calls"] == 6  # DecodingTask re-encodes each attempt
+    assert t["prefill_calls"] == 6 and t["step_calls"] >= 6
+    assert t["tokens_decoded"] >= 6
     assert t["total_s"] > 0 and t["tokens_per_s"] > 0
     assert set(result) >= {"text", "segments", "language", "timings"}
 
@@ -365,12 +372,6 @@ def test_tiny_en_jfk_with_timestamps(tiny_en, jfk):
     assert ours["timings"]["encode_calls"] == backend.kinds().count("encode")
 
 
-def test_tiny_en_jfk_default_temperature_schedule(tiny_en, jfk):
-    ref = _ref(tiny_en, jfk)
-    ours = transcribe(TorchBackend(tiny_en), jfk)
-    assert_same_result(ours, ref)
-
-
 def _long_clip(jfk: np.ndarray) -> np.ndarray:
     import soxr
 
@@ -413,8 +414,9 @@ def test_tiny_en_beam_search(tiny_en, jfk):
     assert "reorder" in backend.kinds()
 
 
-def test_tiny_en_progress_bar(tiny_en, jfk, capsys):
-    ours = transcribe(TorchBackend(tiny_en), jfk, temperature=0.0, verbose=False)
+def test_progress_bar(small_en, jfk, capsys):
+    ours = transcribe(TorchBackend(small_en), jfk, temperature=0.0, language="en",
+                      sample_len=4, verbose=False)
     err = capsys.readouterr().err
     assert "frames" in err and "100%" in err
-    assert ours["text"]
+    assert "text" in ours

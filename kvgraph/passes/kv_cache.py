@@ -72,7 +72,7 @@ def classify(g: Graph) -> tuple[set[Value], list[int]]:
         elif isinstance(op, ir.Positions):
             if op.offset is not None:
                 _refuse(g, i, "already has an offset: the graph is cached already")
-        elif isinstance(op, ir.Concat) and op.axis not in (1,) and n.out.type.rank == 3:
+        elif isinstance(op, ir.Concat) and n.out.type.rank == 3 and op.axis % 3 != 1:
             pass  # a concat across features keeps rows independent
         elif not op.POSITIONWISE:
             _refuse(g, i, "mixes positions of the token stream; only position-wise ops and causal "
@@ -83,7 +83,7 @@ def classify(g: Graph) -> tuple[set[Value], list[int]]:
     return stream, cached
 
 
-def _step(g: Graph, cached: list[int]) -> Graph:
+def _step(g: Graph, stream: set[Value], cached: list[int]) -> Graph:
     b = GraphBuilder(g.name + ".step")
     mapping: dict[Value, Value] = {}
     for v in g.inputs:
@@ -92,7 +92,9 @@ def _step(g: Graph, cached: list[int]) -> Graph:
     caches: list[tuple[str, Value]] = []
     for i, n in enumerate(g.nodes):
         op = remap(n.op, mapping)
-        if isinstance(op, ir.Positions):
+        if n.out not in stream:
+            pass  # reads only fixed inputs: its rows are not token positions, nothing shifts
+        elif isinstance(op, ir.Positions):
             op = attrs.evolve(op, offset=past)
         elif isinstance(op, ir.Attention) and op.causal:
             if i in cached:
@@ -139,6 +141,11 @@ class KVCache:
     name: str = "kv_cache"
 
     def apply(self, programs: Programs) -> Programs:
+        if "full" not in programs:
+            if "step" in programs:
+                classify(programs["step"])  # names the node that shows it is cached already
+            raise PassError(f"KVCache: expects a 'full' program, got {programs.names()}: "
+                            "the programs are cached already")
         g = programs["full"]
-        _, cached = classify(g)
-        return Programs.of(prefill=_prefill(g, cached), step=_step(g, cached))
+        stream, cached = classify(g)
+        return Programs.of(prefill=_prefill(g, cached), step=_step(g, stream, cached))

@@ -20,6 +20,8 @@ def _row_operands(op) -> list[Value]:
 def sink_take_last(g: Graph) -> Graph:
     prod = g.producers()
     users = g.users()
+    for _, o in g.outputs:  # a graph output is a use too: its value must keep every row
+        users.setdefault(o, []).append(None)
     for n in g.nodes:
         if not isinstance(n.op, ir.TakeLast):
             continue

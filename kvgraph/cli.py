@@ -1,0 +1,108 @@
+"""The ``kvgraph`` command line.
+
+- ``kvgraph show SPEC [--stage NAME] [--program NAME]``: the printed IR of every stage of
+  the default pass pipeline for a built-in spec (``kvgraph list`` names them).
+- ``kvgraph list``: the built-in spec names.
+- ``kvgraph transcribe ...``: forwarded untouched to ``models.transcribe_cli.main``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+PROG = "kvgraph"
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import specs
+    p = argparse.ArgumentParser(prog=PROG, description="Declare transformer decoders, rewrite them "
+                                "for KV caching, run them on MAX.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    show = sub.add_parser("show", help="print the IR after every pass of the default pipeline",
+                          description="Print the IR of a built-in spec after every stage of the "
+                                      "default pipeline (build, kv_cache, hoist_invariant, "
+                                      "sink_take_last, dce).")
+    show.add_argument("spec", metavar="SPEC", help=f"a built-in spec: {', '.join(specs.BUILTIN)}")
+    show.add_argument("--stage", metavar="NAME", help="show only this stage (a pass name, or 'build')")
+    show.add_argument("--program", choices=("full", "prefill", "step"),
+                      help="show only this program of each stage")
+    show.add_argument("--weights", action="store_true", help="list every parameter's type too")
+    sub.add_parser("list", help="list the built-in specs")
+    sub.add_parser("transcribe", help="transcribe audio with Whisper on MAX "
+                                      "(arguments go to models.transcribe_cli)", add_help=False)
+    return p
+
+
+def _error(msg: str, code: int = 2) -> int:
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _show(args) -> int:
+    from . import build, passes, run_passes, specs
+    from .errors import KvgraphError
+    from .printer import format_graph
+    try:
+        spec = specs.get(args.spec)
+    except ValueError as e:
+        return _error(str(e))
+    try:
+        result = run_passes(build(spec), passes.default_pipeline())
+    except KvgraphError as e:
+        return _error(str(e).splitlines()[0], 1)
+    stages = list(result.history)
+    names = [s.name for s in stages]
+    if args.stage is not None:
+        if args.stage not in names:
+            return _error(f"unknown stage {args.stage!r}; stages: {', '.join(names)}")
+        stages = [s for s in stages if s.name == args.stage]
+    blocks = []
+    for s in stages:
+        for k, g in s.programs.items():
+            if args.program is None or k == args.program:
+                blocks.append(f"// ---- after {s.name}: {k}\n{format_graph(g, weights=args.weights)}")
+    if not blocks:
+        where = f"stage {args.stage}" if args.stage else "any stage"
+        return _error(f"{where} has no program {args.program!r}")
+    sys.stdout.write("\n\n".join(blocks) + "\n")
+    return 0
+
+
+def _transcribe(argv: list[str]) -> int:
+    try:
+        from models import transcribe_cli
+    except ModuleNotFoundError as e:
+        if e.name in ("models", "models.transcribe_cli"):
+            return _error(f"transcribe is unavailable: {e}", 1)
+        raise
+    rc = transcribe_cli.main(argv)
+    return rc if isinstance(rc, int) else 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "transcribe":
+        return _transcribe(argv[1:])
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) and usage errors (2)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        if args.command == "show":
+            return _show(args)
+        if args.command == "list":
+            from . import specs
+            print("\n".join(specs.BUILTIN))
+            return 0
+    except BrokenPipeError:  # `kvgraph show ... | head`: stop quietly (Python docs' recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return _error(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects it
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

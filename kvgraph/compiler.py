@@ -1,0 +1,207 @@
+"""``kvgraph.compile``: prefill/step (or full-sequence) programs loaded on MAX.
+
+One ``InferenceSession`` per process; loaded models are cached in-process by
+(program text, weights identity). MAX's own disk cache (``~/.cache/modular``) makes a
+second process's compile of the same graph fast. Decoder state (KV caches, hoisted
+cross-attention K/V) stays in MAX ``Buffer`` s between calls: a step passes the buffers
+the previous call returned straight back in.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Optional
+
+import attrs
+import numpy as np
+
+from .build import build
+from .errors import KvgraphError, LoweringError
+from .ir import Graph
+from .passes import PassResult, Programs, default_pipeline, run_passes
+from .printer import format_graph
+from .spec import DecoderSpec
+
+_SESSION = None
+_MODELS: dict[tuple, object] = {}
+_KEEP: dict[int, object] = {}
+
+
+def session():
+    """The process's one MAX InferenceSession (CPU)."""
+    global _SESSION
+    if _SESSION is None:
+        from max import engine
+        from max.driver import CPU
+        _SESSION = engine.InferenceSession(devices=[CPU()])
+    return _SESSION
+
+
+@attrs.define
+class CompiledProgram:
+    """One IR program loaded on MAX: call it with host arrays or MAX buffers."""
+
+    graph: Graph
+    model: object
+    compile_seconds: float
+
+    @property
+    def input_names(self) -> list[str]:
+        return [v.name for v in self.graph.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [k for k, _ in self.graph.outputs]
+
+    def __call__(self, *args) -> list:
+        from max.driver import Buffer
+        bufs = [a if isinstance(a, Buffer) else Buffer.from_numpy(np.ascontiguousarray(a)) for a in args]
+        try:
+            return self.model.execute(*bufs)
+        except Exception as e:
+            shapes = ", ".join(f"{n}={tuple(b.shape)}" for n, b in zip(self.input_names, bufs))
+            raise LoweringError(f"MAX failed running {self.graph.name}({shapes}): {e}") from e
+
+
+def load_program(g: Graph, weights: dict[str, np.ndarray]) -> CompiledProgram:
+    """Lower and load ``g`` (cached in-process by program text and weights identity)."""
+    key = (hashlib.sha256(format_graph(g).encode()).hexdigest(), id(weights))
+    hit = _MODELS.get(key)
+    if hit is not None:
+        return hit
+    from .lower_max import lower
+    mg, registry = lower(g, weights)
+    t0 = time.perf_counter()
+    try:
+        model = session().load(mg, weights_registry=registry)
+    except Exception as e:
+        raise LoweringError(f"MAX could not compile {g.name}: {type(e).__name__}: {e}") from e
+    prog = CompiledProgram(g, model, time.perf_counter() - t0)
+    _MODELS[key] = prog
+    _KEEP[id(weights)] = weights  # the id in the key must not be reused while cached
+    return prog
+
+
+@attrs.define
+class DecoderState:
+    """What a decoder carries between calls: rows already seen and named MAX buffers."""
+
+    past: int
+    batch: int
+    buffers: dict = attrs.field(factory=dict)
+    tokens: Optional[np.ndarray] = None      # only for the cache-off fallback
+    context: object = None                   # only for the cache-off fallback
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        return {k: b.to_numpy() for k, b in self.buffers.items()}
+
+
+def _tokens(t) -> np.ndarray:
+    a = np.asarray(t)
+    if a.ndim != 2 or a.dtype.kind not in "iu":
+        raise ValueError(f"tokens must be an integer array [batch, n], got {a.dtype}{list(a.shape)}")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+class CompiledDecoder:
+    """A decoder on MAX. With ``kv_cache=True``: ``prefill``/``step`` run the cached
+    programs; ``logits`` runs the full-sequence graph. With ``kv_cache=False`` everything
+    runs the full-sequence graph (``step`` recomputes every row: the fallback)."""
+
+    def __init__(self, graph: Graph, weights: dict, *, kv_cache: bool = True,
+                 passes=None, eager: bool = True):
+        self.full = graph
+        self.weights = weights
+        self.kv_cache = kv_cache
+        self.passes: Optional[PassResult] = run_passes(graph, passes or default_pipeline()) if kv_cache else None
+        self._progs: dict[str, CompiledProgram] = {}
+        if eager:
+            for name in (("prefill", "step") if kv_cache else ("full",)):
+                self.program(name)
+
+    # ---- programs
+    def program(self, name: str) -> CompiledProgram:
+        if name not in self._progs:
+            g = self.full if name == "full" else self.passes.programs[name]
+            self._progs[name] = load_program(g, self.weights)
+        return self._progs[name]
+
+    @property
+    def compile_seconds(self) -> dict[str, float]:
+        return {k: p.compile_seconds for k, p in self._progs.items()}
+
+    def _context_args(self, prog: CompiledProgram, context):
+        if "context" in prog.input_names:
+            if context is None:
+                raise ValueError(f"{prog.graph.name} needs a context (cross-attention input)")
+            return [np.ascontiguousarray(context, dtype=np.float32)] if not _is_buffer(context) else [context]
+        return []
+
+    # ---- public API
+    def logits(self, tokens, context=None) -> np.ndarray:
+        """Full-sequence logits ``[b, t, vocab]`` (the cache-off graph)."""
+        prog = self.program("full")
+        out = prog(_tokens(tokens), *self._context_args(prog, context))
+        return out[0].to_numpy()
+
+    def prefill(self, tokens, context=None) -> tuple[np.ndarray, DecoderState]:
+        """Run the prompt: ``(logits [b, vocab] of the last position, state)``."""
+        tok = _tokens(tokens)
+        if not self.kv_cache:
+            full = self.logits(tok, context)
+            return full[:, -1], DecoderState(tok.shape[1], tok.shape[0], tokens=tok, context=context)
+        prog = self.program("prefill")
+        outs = prog(tok, *self._context_args(prog, context))
+        names = prog.output_names
+        state = DecoderState(tok.shape[1], tok.shape[0], {n: b for n, b in zip(names[1:], outs[1:])})
+        return outs[0].to_numpy()[:, 0], state
+
+    def step(self, tokens, state: DecoderState) -> tuple[np.ndarray, DecoderState]:
+        """Append ``tokens [b, n]``: ``(logits [b, n, vocab], new state)``."""
+        tok = _tokens(tokens)
+        if tok.shape[0] != state.batch:
+            raise ValueError(f"step: batch {tok.shape[0]} != the state's batch {state.batch}")
+        n = tok.shape[1]
+        if not self.kv_cache:
+            allt = np.concatenate([state.tokens, tok], axis=1)
+            full = self.logits(allt, state.context)
+            return full[:, -n:], DecoderState(allt.shape[1], state.batch, tokens=allt, context=state.context)
+        prog = self.program("step")
+        args = [tok, np.array(state.past, dtype=np.int64)]
+        for name in prog.input_names[2:]:
+            if name not in state.buffers:
+                raise KvgraphError(f"step needs state {name!r}; the state holds {sorted(state.buffers)}")
+            args.append(state.buffers[name])
+        outs = prog(*args)
+        bufs = dict(state.buffers)
+        bufs.update({k: b for k, b in zip(prog.output_names[1:], outs[1:])})
+        return outs[0].to_numpy(), DecoderState(state.past + n, state.batch, bufs)
+
+    def reorder(self, state: DecoderState, indices) -> DecoderState:
+        """The state with batch rows re-indexed (beam search)."""
+        from max.driver import Buffer
+        idx = np.asarray(indices, dtype=np.int64)
+        if not self.kv_cache:
+            ctx = None if state.context is None else np.asarray(state.context)[idx]
+            return DecoderState(state.past, len(idx), tokens=state.tokens[idx], context=ctx)
+        bufs = {k: Buffer.from_numpy(np.ascontiguousarray(b.to_numpy()[idx])) for k, b in state.buffers.items()}
+        return DecoderState(state.past, len(idx), bufs)
+
+
+def _is_buffer(x) -> bool:
+    from max.driver import Buffer
+    return isinstance(x, Buffer)
+
+
+def compile(spec_or_graph, weights: dict, *, kv_cache: bool = True, device: str = "cpu",
+            passes=None, eager: bool = True) -> CompiledDecoder:
+    """Compile a decoder spec (or a full-sequence graph from ``kvgraph.build``) for MAX."""
+    if device != "cpu":
+        raise LoweringError(f"device={device!r}: this build lowers for 'cpu' only")
+    if isinstance(spec_or_graph, DecoderSpec):
+        g = build(spec_or_graph)
+    elif isinstance(spec_or_graph, Graph):
+        g = spec_or_graph
+    else:
+        raise TypeError(f"compile() takes a DecoderSpec or Graph, got {type(spec_or_graph).__name__}")
+    return CompiledDecoder(g, weights, kv_cache=kv_cache, passes=passes, eager=eager)

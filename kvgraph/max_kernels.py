@@ -1,0 +1,333 @@
+"""MAX Graph building blocks, one per kvgraph IR op.
+
+Every function takes :class:`max.graph.TensorValue` s and must be called inside
+an active ``with Graph(...)`` context; it returns ``TensorValue`` s.  Shapes may
+be symbolic (``"b"``, ``"s"``, ``"past"``...).  Float work is float32 unless
+stated otherwise.
+
+Facts these kernels rely on (checked against max==26.7.0 on CPU, see
+``tests/test_max_kernels.py``):
+
+* Causal masks are built in the graph with ``ops.where(allowed, scores, -inf)``
+  where ``allowed[i, j] = j <= q_offset + i`` comes from comparing two broadcast
+  ``ops.range`` s.  This is tested for multi-row queries with a nonzero offset
+  (the trap reported in ``/work/shared/MAX_NOTES.md``).
+* ``ops.range`` accepts a symbolic ``Dim`` as ``stop`` (it becomes a runtime
+  scalar), so ``positions`` needs no extra length input.
+* Batched matmul is limited to rank <= 4, so grouped-query attention folds the
+  query heads of one KV group into the row axis (``[b, KVH, G*sq, dh]``) instead
+  of using a rank-5 product.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from max.dtype import DType
+from max.graph import DeviceRef, Dim, TensorValue, ops
+
+__all__ = [
+    "embed",
+    "positions",
+    "gather_rows",
+    "sinusoid",
+    "linear",
+    "linear_weight_constant",
+    "layer_norm",
+    "rms_norm",
+    "gelu",
+    "silu",
+    "add",
+    "mul",
+    "rope",
+    "attention",
+    "causal_allowed",
+    "concat_seq",
+    "conv1d",
+    "conv1d_weight_constant",
+    "take_last",
+]
+
+F32 = DType.float32
+I64 = DType.int64
+
+
+def _cpu() -> DeviceRef:
+    return DeviceRef.CPU()
+
+
+def _f32_const(a: np.ndarray | float, device: DeviceRef | None = None) -> TensorValue:
+    return ops.constant(np.asarray(a, dtype=np.float32), F32, device or _cpu())
+
+
+# --------------------------------------------------------------------------- #
+# Embeddings and positions
+# --------------------------------------------------------------------------- #
+
+
+def embed(tokens: TensorValue, table: TensorValue) -> TensorValue:
+    """``tokens`` int64 ``[b, s]``, ``table`` ``[V, d]`` -> ``[b, s, d]``."""
+    return ops.gather(table, tokens, axis=0)
+
+
+def positions(offset: TensorValue, seq_len_source: TensorValue, axis: int = 1) -> TensorValue:
+    """``offset + arange(s)`` as int64 ``[s]``; ``s = seq_len_source.shape[axis]``.
+
+    ``offset`` is an int64 scalar (rank-0) tensor, typically a graph input.
+    """
+    n = seq_len_source.shape[axis]
+    offset = ops.cast(offset, I64) if offset.dtype != I64 else offset
+    return ops.range(0, n, 1, dtype=I64, device=_cpu()) + offset
+
+
+def gather_rows(table: TensorValue, idx: TensorValue) -> TensorValue:
+    """``table[idx]``: ``[N, d]`` gathered at int64 ``[s]`` -> ``[s, d]``."""
+    return ops.gather(table, idx, axis=0)
+
+
+def sinusoid(pos: TensorValue, dim: int, max_timescale: float = 10000.0) -> TensorValue:
+    """openai-whisper ``sinusoids``: ``concat(sin(p*inv), cos(p*inv))`` -> ``[s, dim]``.
+
+    ``inv = exp(-log(max_timescale) / (dim/2 - 1) * arange(dim/2))``.
+    """
+    if dim % 2:
+        raise ValueError(f"sinusoid dim must be even, got {dim}")
+    half = dim // 2
+    inc = math.log(max_timescale) / (half - 1)
+    inv = np.exp(-inc * np.arange(half, dtype=np.float64))
+    t = ops.unsqueeze(ops.cast(pos, F32), 1) * ops.unsqueeze(_f32_const(inv), 0)
+    return ops.concat([ops.sin(t), ops.cos(t)], axis=1)
+
+
+# --------------------------------------------------------------------------- #
+# Dense layers and element-wise ops
+# --------------------------------------------------------------------------- #
+
+
+def linear(
+    x: TensorValue,
+    w: TensorValue,
+    b: TensorValue | None = None,
+    *,
+    w_transposed: bool = False,
+) -> TensorValue:
+    """``x @ w.T + b`` with ``w`` in torch layout ``[out, in]``.
+
+    With ``w_transposed=True`` ``w`` is already ``[in, out]`` (see
+    :func:`linear_weight_constant`, the faster form for constant weights).
+    """
+    wt = w if w_transposed else ops.transpose(w, 0, 1)
+    y = x @ wt
+    if b is not None:
+        y = y + b
+    return y
+
+
+def linear_weight_constant(w: np.ndarray, device: DeviceRef | None = None) -> TensorValue:
+    """A torch-layout ``[out, in]`` numpy weight as an ``[in, out]`` constant.
+
+    Use with ``linear(x, c, b, w_transposed=True)``.
+    """
+    return _f32_const(np.ascontiguousarray(np.asarray(w, dtype=np.float32).T), device)
+
+
+def layer_norm(x: TensorValue, gamma: TensorValue, beta: TensorValue, eps: float = 1e-5) -> TensorValue:
+    return ops.layer_norm(x, gamma, beta, eps)
+
+
+def rms_norm(x: TensorValue, gamma: TensorValue, eps: float = 1e-6) -> TensorValue:
+    """``x * rsqrt(mean(x^2) + eps) * gamma`` over the last axis."""
+    return ops.rms_norm(x, gamma, eps)
+
+
+def gelu(x: TensorValue) -> TensorValue:
+    """Exact (erf) GELU, torch ``F.gelu`` default."""
+    return ops.gelu(x, approximate="none")
+
+
+def silu(x: TensorValue) -> TensorValue:
+    return ops.silu(x)
+
+
+def add(a: TensorValue, b: TensorValue) -> TensorValue:
+    return a + b
+
+
+def mul(a: TensorValue, b: TensorValue) -> TensorValue:
+    return a * b
+
+
+# --------------------------------------------------------------------------- #
+# Rotary embedding
+# --------------------------------------------------------------------------- #
+
+
+def rope(x: TensorValue, pos: TensorValue, n_heads: int, theta: float = 10000.0) -> TensorValue:
+    """HF-Llama rotate-half RoPE on ``x`` ``[b, s, H*dh]`` at int64 positions ``[s]``."""
+    b, s, hd = x.shape
+    d = int(hd)
+    if d % n_heads:
+        raise ValueError(f"last dim {d} not divisible by n_heads={n_heads}")
+    dh = d // n_heads
+    if dh % 2:
+        raise ValueError(f"head dim {dh} must be even for rope")
+    half = dh // 2
+    inv_freq = 1.0 / (theta ** (np.arange(0, dh, 2, dtype=np.float64) / dh))
+    freqs = ops.unsqueeze(ops.cast(pos, F32), 1) * ops.unsqueeze(_f32_const(inv_freq), 0)  # [s, half]
+    cos = ops.unsqueeze(ops.cos(freqs), 1)  # [s, 1, half]
+    sin = ops.unsqueeze(ops.sin(freqs), 1)
+    xh = ops.reshape(x, [b, s, n_heads, dh])
+    x1 = xh[:, :, :, :half]
+    x2 = xh[:, :, :, half:]
+    o1 = x1 * cos - x2 * sin
+    o2 = x2 * cos + x1 * sin
+    return ops.reshape(ops.concat([o1, o2], axis=3), [b, s, hd])
+
+
+# --------------------------------------------------------------------------- #
+# Attention
+# --------------------------------------------------------------------------- #
+
+
+def causal_allowed(sq: Dim, sk: Dim, q_offset: TensorValue | None) -> TensorValue:
+    """Boolean ``[sq, sk]``: key ``j`` visible to query row ``i`` iff ``j <= q_offset + i``."""
+    cpu = _cpu()
+    qpos = ops.range(0, sq, 1, dtype=I64, device=cpu)
+    if q_offset is not None:
+        qpos = qpos + (ops.cast(q_offset, I64) if q_offset.dtype != I64 else q_offset)
+    kpos = ops.range(0, sk, 1, dtype=I64, device=cpu)
+    return ops.greater_equal(ops.unsqueeze(qpos, 1), ops.unsqueeze(kpos, 0))
+
+
+def attention(
+    q: TensorValue,
+    k: TensorValue,
+    v: TensorValue,
+    n_heads: int,
+    n_kv_heads: int,
+    causal: bool,
+    q_offset: TensorValue | None,
+    scale: float,
+) -> TensorValue:
+    """Multi-head / grouped-query scaled dot-product attention.
+
+    ``q`` ``[b, sq, H*dh]``, ``k``/``v`` ``[b, sk, KVH*dh]`` -> ``[b, sq, H*dh]``.
+    Query head ``h`` uses KV head ``h // (H // KVH)``.  With ``causal`` query row
+    ``i`` sees key ``j`` iff ``j <= q_offset + i`` (``q_offset=None`` means 0).
+    """
+    H, KVH = n_heads, n_kv_heads
+    if H % KVH:
+        raise ValueError(f"n_heads={H} not a multiple of n_kv_heads={KVH}")
+    G = H // KVH
+    b, sq, hd = q.shape
+    sk = k.shape[1]
+    dh = int(hd) // H
+    if int(k.shape[2]) != KVH * dh or int(v.shape[2]) != KVH * dh:
+        raise ValueError("k/v last dim must be n_kv_heads * head_dim")
+
+    qh = ops.transpose(ops.reshape(q, [b, sq, H, dh]), 1, 2)  # [b, H, sq, dh]
+    kh = ops.transpose(ops.reshape(k, [b, sk, KVH, dh]), 1, 2)  # [b, KVH, sk, dh]
+    vh = ops.transpose(ops.reshape(v, [b, sk, KVH, dh]), 1, 2)
+    if G > 1:
+        # Fold the G query heads sharing a KV head into the row axis: row g*sq+i.
+        qh = ops.reshape(qh, [b, KVH, G * sq, dh])
+
+    scores = ops.matmul(qh, ops.transpose(kh, -1, -2)) * scale  # [b, KVH, G*sq, sk]
+    if causal:
+        allowed = causal_allowed(sq, sk, q_offset)  # [sq, sk]
+        if G > 1:
+            allowed = ops.tile(allowed, [G, 1])  # [G*sq, sk]
+        scores = ops.where(allowed, scores, _f32_const(float("-inf")))
+    out = ops.softmax(scores) @ vh  # [b, KVH, G*sq, dh]
+    if G > 1:
+        out = ops.reshape(out, [b, H, sq, dh])
+    return ops.reshape(ops.transpose(out, 1, 2), [b, sq, hd])
+
+
+# --------------------------------------------------------------------------- #
+# Sequence helpers
+# --------------------------------------------------------------------------- #
+
+
+def concat_seq(a: TensorValue, b: TensorValue) -> TensorValue:
+    """Concatenate along axis 1 (cache append): ``[b, past, d] + [b, s, d]``."""
+    return ops.concat([a, b], axis=1)
+
+
+def take_last(x: TensorValue) -> TensorValue:
+    """Last row along axis 1: ``[b, s, d]`` -> ``[b, 1, d]`` (symbolic ``s``)."""
+    return x[:, -1:, :]
+
+
+# --------------------------------------------------------------------------- #
+# Convolution
+# --------------------------------------------------------------------------- #
+
+
+def conv1d_weight_constant(w: np.ndarray, device: DeviceRef | None = None) -> TensorValue:
+    """A torch ``[c_out, c_in, k]`` numpy conv weight as the RSCF constant ``[1, k, c_in, c_out]``.
+
+    Pass it to :func:`conv1d` with ``w_layout="rscf"``.
+    """
+    w = np.asarray(w, dtype=np.float32)
+    return _f32_const(np.ascontiguousarray(w.transpose(2, 1, 0)[None]), device)
+
+
+def conv1d(
+    x: TensorValue,
+    w: TensorValue,
+    b: TensorValue | None = None,
+    stride: int = 1,
+    padding: int = 0,
+    *,
+    w_layout: str = "torch",
+    method: str = "conv2d",
+) -> TensorValue:
+    """1-D convolution, channels-last: ``x`` ``[b, t, c_in]`` -> ``[b, t_out, c_out]``.
+
+    ``w`` is torch layout ``[c_out, c_in, k]`` (``w_layout="torch"``) or already
+    RSCF ``[1, k, c_in, c_out]`` (``w_layout="rscf"``, see
+    :func:`conv1d_weight_constant`).  ``t_out = (t + 2*padding - k)//stride + 1``.
+    ``method`` is ``"conv2d"`` (MAX conv2d over a height-1 image) or
+    ``"im2col"`` (strided slices + one matmul).
+    """
+    if w_layout == "torch":
+        c_out, c_in, k = (int(d) for d in w.shape)
+        w_rscf = ops.unsqueeze(ops.permute(w, [2, 1, 0]), 0)
+    elif w_layout == "rscf":
+        _, k, c_in, c_out = (int(d) for d in w.shape)
+        w_rscf = w
+    else:
+        raise ValueError(f"unknown w_layout {w_layout!r}")
+    bsz, t, cx = x.shape
+    if int(cx) != c_in:
+        raise ValueError(f"x channels {cx} != weight c_in {c_in}")
+    # Same algebraic form as MAX conv2d shape inference, so both methods agree.
+    t_out = (t + 2 * padding - k + stride) // stride
+
+    if method == "conv2d":
+        x4 = ops.reshape(x, [bsz, 1, t, c_in])
+        y = ops.conv2d(
+            x4, w_rscf, stride=(1, stride), padding=(0, 0, padding, padding), bias=b
+        )
+        return ops.squeeze(y, 1)
+    if method == "im2col":
+        xp = ops.pad(x, [0, 0, padding, padding, 0, 0]) if padding else x
+        cols = []
+        for j in range(k):
+            # Symbolic slice bounds must be tensors: turn the Dim into a scalar.
+            end = ops.reshape(ops.shape_to_tensor([j + stride * (t_out - 1) + 1]), [])
+            cols.append(
+                ops.slice_tensor(
+                    xp, [slice(None), (slice(j, end, stride), t_out), slice(None)]
+                )
+            )
+        xc = ops.concat(cols, axis=2) if k > 1 else cols[0]  # [b, t_out, k*c_in]
+        w2 = ops.reshape(ops.squeeze(w_rscf, 0), [k * c_in, c_out])
+        y = xc @ w2
+        if b is not None:
+            y = y + b
+        return y
+    raise ValueError(f"unknown conv1d method {method!r}")

@@ -1,0 +1,123 @@
+"""The NumPy oracle runtime: ``prefill`` / ``step`` / ``logits`` over the reference interpreter.
+
+:class:`ReferenceDecoder` runs the programs of a :class:`~kvgraph.passes.PassResult` with
+:func:`kvgraph.reference.run` and carries decoder state by one generic rule, so it works
+for any spec the passes accept:
+
+- every ``step`` input other than ``tokens`` and ``past`` is *state*;
+- state starts as the ``prefill`` output of the same name (``cache.*``, ``hoisted.*``);
+- after each step, a state entry is replaced by the step output of the same name when
+  step returns one (the grown caches); others (``hoisted.*``) are carried unchanged;
+- ``past`` counts the rows already cached.
+
+The MAX ``CompiledDecoder`` has the same method names; tests compare the two.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from . import reference
+from .build import build
+from .errors import KvgraphError
+from .ir import Graph
+from .passes import PassResult, Programs, default_pipeline, run_passes
+from .spec import DecoderSpec
+
+STEP_ARGS = ("tokens", "past")
+PAST = "past"
+
+
+class DecoderState(dict):
+    """``{state name: array}`` plus the ``"past"`` entry (an int: rows already cached)."""
+
+    @property
+    def past(self) -> int:
+        return int(self[PAST])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: v for k, v in self.items() if k != PAST}
+
+
+class ReferenceDecoder:
+    """Prefill/step decoding through the NumPy reference interpreter.
+
+    ``result_or_spec`` is a :class:`PassResult` (its ``prefill``/``step`` programs and its
+    un-rewritten ``full`` graph are used), a :class:`DecoderSpec` or a full-sequence
+    :class:`Graph` (both run through the default pipeline).
+    """
+
+    def __init__(self, result_or_spec, weights: dict, dtype=np.float32):
+        if isinstance(result_or_spec, DecoderSpec):
+            result_or_spec = build(result_or_spec)
+        if isinstance(result_or_spec, (Graph, Programs)):
+            result_or_spec = run_passes(result_or_spec, default_pipeline())
+        if not isinstance(result_or_spec, PassResult):
+            raise TypeError("ReferenceDecoder takes a PassResult, DecoderSpec or Graph, "
+                            f"got {type(result_or_spec).__name__}")
+        self.result = result_or_spec
+        self.weights = weights
+        self.dtype = np.dtype(dtype)
+        self.prefill_graph: Graph = self.result.prefill
+        self.step_graph: Graph = self.result.step
+        self.full_graph: Graph = self.result.full
+        self.state_names = tuple(v.name for v in self.step_graph.inputs if v.name not in STEP_ARGS)
+        prefill_outs = {k for k, _ in self.prefill_graph.outputs}
+        missing = [n for n in self.state_names if n not in prefill_outs]
+        if missing:
+            raise KvgraphError(f"step input(s) {missing} are state but prefill does not return them; "
+                               f"prefill returns {sorted(prefill_outs)}")
+        self.step_outputs = tuple(k for k, _ in self.step_graph.outputs)
+
+    # ------------------------------------------------------------------ helpers
+    def _inputs(self, g: Graph, **given) -> dict:
+        names = {v.name for v in g.inputs}
+        out = {k: v for k, v in given.items() if k in names}
+        for k, v in given.items():
+            if k not in names and v is not None:
+                raise KvgraphError(f"graph {g.name} takes no input {k!r}; it takes {sorted(names)}")
+        return out
+
+    def _run(self, g: Graph, **inputs) -> dict[str, np.ndarray]:
+        return reference.run(g, self.weights, dtype=self.dtype, **inputs)
+
+    @staticmethod
+    def _tokens(tokens) -> np.ndarray:
+        t = np.asarray(tokens, dtype=np.int64)
+        if t.ndim != 2:
+            raise ValueError(f"tokens must be an int array [batch, n], got shape {t.shape}")
+        return t
+
+    # ------------------------------------------------------------------ API
+    def prefill(self, tokens, context: Optional[np.ndarray] = None) -> tuple[np.ndarray, DecoderState]:
+        """Run the prompt; returns the last position's logits ``[b, V]`` and the state."""
+        tokens = self._tokens(tokens)
+        out = self._run(self.prefill_graph, **self._inputs(self.prefill_graph, tokens=tokens, context=context))
+        state = DecoderState({n: out[n] for n in self.state_names})
+        state[PAST] = tokens.shape[1]
+        return out["logits"][:, -1, :], state
+
+    def step(self, tokens, state: DecoderState) -> tuple[np.ndarray, DecoderState]:
+        """Append ``tokens [b, n]`` after ``state``; returns their logits ``[b, n, V]`` and
+        the new state (the given state is not modified)."""
+        tokens = self._tokens(tokens)
+        past = int(state[PAST])
+        inputs = {"tokens": tokens, "past": np.int64(past)}
+        for n in self.state_names:
+            if n not in state:
+                raise KvgraphError(f"state has no entry {n!r}; it has {sorted(state)}")
+            inputs[n] = state[n]
+        out = self._run(self.step_graph, **self._inputs(self.step_graph, **inputs))
+        new = DecoderState(state)
+        for n in self.state_names:
+            if n in out:
+                new[n] = out[n]
+        new[PAST] = past + tokens.shape[1]
+        return out["logits"], new
+
+    def logits(self, tokens, context: Optional[np.ndarray] = None) -> np.ndarray:
+        """The un-rewritten full graph (the cache-off fallback): logits ``[b, s, V]``."""
+        tokens = self._tokens(tokens)
+        out = self._run(self.full_graph, **self._inputs(self.full_graph, tokens=tokens, context=context))
+        return out["logits"]

@@ -1,0 +1,312 @@
+"""``kvgraph transcribe``: openai-whisper's transcription on a kvgraph backend.
+
+    kvgraph transcribe AUDIO [AUDIO ...] [--model tiny.en|base|PATH]
+        [--output-format txt|vtt|srt|tsv|json|all] [--output-dir DIR]
+        [--language LANG] [--task transcribe|translate] [--temperature T]
+        [--best_of N] [--beam_size N] [--no-kv-cache] [--verbose] ...
+
+Decoding options mirror openai-whisper's ``whisper`` command (same flag names,
+``--snake_case`` and ``--kebab-case`` both accepted); decoding is greedy unless
+``--beam_size`` is given (openai's CLI defaults to a beam of 5).  Word-level
+timestamps are not supported.
+
+Each audio file is processed independently: a failure prints one line
+``kvgraph: error: <file>: <reason>`` on stderr and the remaining files are still
+transcribed.  Output files are written to a temporary directory inside the
+output directory and moved into place with ``os.replace``, so an error never
+leaves a partial output file behind.  Exit status: 0 if every file succeeded,
+1 if any failed (or the model could not be loaded), 2 for usage errors.
+
+Importing this module is cheap (no torch / whisper / MAX); the heavy imports
+happen once the arguments are parsed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from typing import Callable, List, Optional, Sequence
+
+PROG = "kvgraph transcribe"
+OUTPUT_FORMATS = ("txt", "vtt", "srt", "tsv", "json", "all")
+
+# Errors caused by the user's input: reported as one line, no traceback.
+# (models.audio.AudioError and models.ct2.CT2FormatError are ValueErrors;
+# models.whisper_weights.WeightsNotInstalledError is an ImportError.)
+USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, PermissionError)
+
+
+# --------------------------------------------------------------------------
+# argparse helpers (same semantics as whisper.utils, without importing torch)
+
+
+def str2bool(string: str) -> bool:
+    values = {"True": True, "False": False, "true": True, "false": False}
+    if string in values:
+        return values[string]
+    raise argparse.ArgumentTypeError(f"expected True or False, got {string!r}")
+
+
+def optional_int(string: str) -> Optional[int]:
+    return None if string == "None" else int(string)
+
+
+def optional_float(string: str) -> Optional[float]:
+    return None if string == "None" else float(string)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Transcribe audio files with Whisper (openai-whisper decoding, kvgraph backend).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = p.add_argument
+    add("audio", nargs="+", help="audio file(s) to transcribe (WAV, FLAC, OGG, ...)")
+    add("--model", default="tiny.en", help="'tiny.en', 'base', or a path to a checkpoint")
+    add("--output-dir", "--output_dir", "-o", dest="output_dir", default=".",
+        help="directory to save the outputs")
+    add("--output-format", "--output_format", "-f", dest="output_format", default="all",
+        choices=OUTPUT_FORMATS, help="format of the output file(s)")
+    add("--verbose", action="store_true",
+        help="show a progress bar and print timings (load, compile, encode, decode, tokens/s)")
+    add("--no-kv-cache", "--no_kv_cache", dest="no_kv_cache", action="store_true",
+        help="use the backend without a KV cache (recompute the prefix every step)")
+
+    add("--task", default="transcribe", choices=["transcribe", "translate"],
+        help="X->X speech recognition ('transcribe') or X->English translation ('translate')")
+    add("--language", default=None,
+        help="language spoken in the audio (code or name); detected if not given")
+
+    add("--temperature", type=float, default=0.0, help="temperature to use for sampling")
+    add("--best_of", "--best-of", dest="best_of", type=optional_int, default=5,
+        help="number of candidates when sampling with non-zero temperature")
+    add("--beam_size", "--beam-size", dest="beam_size", type=optional_int, default=None,
+        help="number of beams in beam search, only when temperature is zero (default: greedy)")
+    add("--patience", type=float, default=None, help="optional patience value for beam decoding")
+    add("--length_penalty", "--length-penalty", dest="length_penalty", type=float, default=None,
+        help="optional token length penalty coefficient (alpha); simple length normalization by default")
+
+    add("--suppress_tokens", "--suppress-tokens", dest="suppress_tokens", type=str, default="-1",
+        help="comma-separated token ids to suppress; '-1' suppresses most special characters")
+    add("--initial_prompt", "--initial-prompt", dest="initial_prompt", type=str, default=None,
+        help="optional text to provide as a prompt for the first window")
+    add("--carry_initial_prompt", "--carry-initial-prompt", dest="carry_initial_prompt",
+        type=str2bool, default=False, help="prepend initial_prompt to every window's prompt")
+    add("--condition_on_previous_text", "--condition-on-previous-text",
+        dest="condition_on_previous_text", type=str2bool, default=True,
+        help="provide the previous output as a prompt for the next window")
+    add("--without_timestamps", "--without-timestamps", dest="without_timestamps",
+        type=str2bool, default=False, help="sample text tokens only (one segment per window)")
+
+    add("--temperature_increment_on_fallback", "--temperature-increment-on-fallback",
+        dest="temperature_increment_on_fallback", type=optional_float, default=0.2,
+        help="temperature increase when falling back after failing the thresholds below")
+    add("--compression_ratio_threshold", "--compression-ratio-threshold",
+        dest="compression_ratio_threshold", type=optional_float, default=2.4,
+        help="treat the decoding as failed if the gzip compression ratio is higher")
+    add("--logprob_threshold", "--logprob-threshold", dest="logprob_threshold",
+        type=optional_float, default=-1.0,
+        help="treat the decoding as failed if the average log probability is lower")
+    add("--no_speech_threshold", "--no-speech-threshold", dest="no_speech_threshold",
+        type=optional_float, default=0.6,
+        help="consider a window silent if P(<|nospeech|>) is higher and the decoding failed logprob_threshold")
+    add("--clip_timestamps", "--clip-timestamps", dest="clip_timestamps", type=str, default="0",
+        help="comma-separated start,end,start,end,... seconds of clips to process")
+    return p
+
+
+# --------------------------------------------------------------------------
+
+
+def _default_load_backend(model_name: str, kv_cache: bool):
+    from models.whisper import load_backend  # lazy: imports MAX
+
+    return load_backend(model_name, kv_cache=kv_cache)
+
+
+def _one_line(exc: BaseException, path: Optional[str] = None) -> str:
+    msg = " ".join(str(exc).split())
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)) and exc.strerror:
+        msg = exc.strerror  # the file name is printed separately
+    if path is not None:
+        for prefix in (f"{path}: ", f"{os.path.normpath(path)}: "):
+            if msg.startswith(prefix):
+                msg = msg[len(prefix):]
+                break
+    return msg or type(exc).__name__
+
+
+def _error(msg: str) -> None:
+    print(f"kvgraph: error: {msg}", file=sys.stderr, flush=True)
+
+
+def write_outputs(result: dict, audio_path: str, output_format: str, output_dir: str) -> List[str]:
+    """Writes ``result`` with openai-whisper's writers, atomically.
+
+    Everything is first written into a fresh temporary directory inside
+    ``output_dir`` (same filesystem), then each file is moved into place with
+    ``os.replace``; on any error the temporary directory is removed and no
+    output of this audio file is touched.  Returns the written paths.
+    """
+    from whisper.utils import get_writer
+
+    tmp = tempfile.mkdtemp(prefix=".kvgraph-transcribe-", dir=output_dir)
+    try:
+        get_writer(output_format, tmp)(result, audio_path)
+        written = []
+        for name in sorted(os.listdir(tmp)):
+            dest = os.path.join(output_dir, name)
+            os.replace(os.path.join(tmp, name), dest)
+            written.append(dest)
+        return written
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _normalize_language(parser: argparse.ArgumentParser, language: Optional[str]) -> Optional[str]:
+    if language is None or language == "None":
+        return None
+    from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+
+    lang = language.lower()
+    if lang in LANGUAGES:
+        return lang
+    if lang in TO_LANGUAGE_CODE:
+        return TO_LANGUAGE_CODE[lang]
+    parser.error(f"argument --language: unknown language {language!r}")
+    return None  # unreachable
+
+
+def _format_timings(load_s: float, compile_s: Optional[float], t: dict, wall_s: float) -> str:
+    decode_s = t["prefill_s"] + t["step_s"] + t["reorder_s"]
+    tps = t["tokens_decoded"] / decode_s if decode_s > 0 else 0.0
+    load = f"load {load_s:.2f} s"
+    if compile_s is not None:
+        load += f" (compile {compile_s:.2f} s)"
+    return (
+        f"kvgraph: timings: {load}, "
+        f"encode {t['encode_s']:.2f} s ({t['encode_calls']} calls), "
+        f"decode {decode_s:.2f} s (prefill {t['prefill_calls']} calls {t['prefill_s']:.2f} s, "
+        f"step {t['step_calls']} calls {t['step_s']:.2f} s), "
+        f"{t['tokens_decoded']} tokens, {tps:.1f} tokens/s, "
+        f"transcribe total {t['total_s']:.2f} s, wall {wall_s:.2f} s"
+    )
+
+
+def main(
+    argv: Optional[Sequence[str]] = None,
+    load_backend: Optional[Callable[..., object]] = None,
+) -> int:
+    """Entry point of ``kvgraph transcribe``; ``argv`` excludes the subcommand.
+
+    ``load_backend(model_name, kv_cache: bool) -> WhisperBackend`` defaults to
+    ``models.whisper.load_backend``.  If the backend has a float attribute
+    ``compile_s`` it is reported by ``--verbose``.
+    """
+    wall0 = time.perf_counter()
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        language = _normalize_language(parser, args.language)
+    except SystemExit as e:  # --help (0) and usage errors (2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+
+    model_name: str = args.model
+    if model_name.endswith(".en") and language not in (None, "en"):
+        print(f"kvgraph: warning: {model_name} is an English-only model; using English "
+              f"instead of {args.language!r}", file=sys.stderr)
+        language = "en"
+
+    temperature = args.temperature
+    if args.temperature_increment_on_fallback is not None:
+        import numpy as np
+
+        temperatures = tuple(
+            float(t) for t in np.arange(temperature, 1.0 + 1e-6, args.temperature_increment_on_fallback)
+        ) or (temperature,)
+    else:
+        temperatures = (temperature,)
+
+    decode_options = dict(
+        temperature=temperatures,
+        task=args.task,
+        language=language,
+        best_of=args.best_of,
+        beam_size=args.beam_size,
+        patience=args.patience,
+        length_penalty=args.length_penalty,
+        suppress_tokens=args.suppress_tokens,
+        initial_prompt=args.initial_prompt,
+        carry_initial_prompt=args.carry_initial_prompt,
+        condition_on_previous_text=args.condition_on_previous_text,
+        without_timestamps=args.without_timestamps,
+        compression_ratio_threshold=args.compression_ratio_threshold,
+        logprob_threshold=args.logprob_threshold,
+        no_speech_threshold=args.no_speech_threshold,
+        clip_timestamps=args.clip_timestamps,
+        verbose=False if args.verbose else None,  # False = tqdm progress bar
+    )
+
+    try:
+        os.makedirs(args.output_dir, exist_ok=True)
+    except OSError as e:
+        _error(f"{args.output_dir}: cannot create output directory: {_one_line(e)}")
+        return 1
+
+    load_backend = load_backend or _default_load_backend
+    t0 = time.perf_counter()
+    try:
+        backend = load_backend(model_name, kv_cache=not args.no_kv_cache)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except (*USER_ERRORS, ImportError) as e:
+        _error(f"model {model_name!r}: {_one_line(e)}")
+        return 1
+    except Exception as e:  # noqa: BLE001 - internal failure: keep the traceback
+        traceback.print_exc()
+        _error(f"model {model_name!r}: {type(e).__name__}: {_one_line(e)}")
+        return 1
+    load_s = time.perf_counter() - t0
+    compile_s = getattr(backend, "compile_s", None)
+
+    from models.whisper_decode import DecodeTimings, transcribe
+
+    totals = DecodeTimings().as_dict()
+    failed = False
+    multiple = len(args.audio) > 1
+    for path in args.audio:
+        try:
+            result = transcribe(backend, path, **dict(decode_options))
+            write_outputs(result, path, args.output_format, args.output_dir)
+        except KeyboardInterrupt:
+            _error("interrupted")
+            return 130
+        except USER_ERRORS as e:
+            _error(f"{path}: {_one_line(e, path)}")
+            failed = True
+            continue
+        except Exception as e:  # noqa: BLE001 - internal failure: keep the traceback
+            traceback.print_exc()
+            _error(f"{path}: {type(e).__name__}: {_one_line(e, path)}")
+            failed = True
+            continue
+        text = result["text"].strip()
+        print(f"{path}: {text}" if multiple else text, flush=True)
+        for k, v in result.get("timings", {}).items():
+            totals[k] = totals.get(k, 0) + v
+
+    if args.verbose:
+        print(_format_timings(load_s, compile_s, totals, time.perf_counter() - wall0),
+              file=sys.stderr, flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
