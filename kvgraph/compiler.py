@@ -55,7 +55,7 @@ class CompiledProgram:
 
     def __call__(self, *args) -> list:
         from max.driver import Buffer
-        bufs = [a if isinstance(a, Buffer) else Buffer.from_numpy(np.ascontiguousarray(a)) for a in args]
+        bufs = [a if isinstance(a, Buffer) else Buffer.from_numpy(np.asarray(a, order="C")) for a in args]
         try:
             return self.model.execute(*bufs)
         except Exception as e:
