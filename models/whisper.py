@@ -62,3 +62,72 @@ def build_encoder(dims) -> "kvgraph.Graph":
         x = g.add(ir.Add(x, lin(B + "mlp.2", u, d, 4 * d, p + "fc2")), p + "x2")
     out = ln("encoder.ln_post", x, "features")
     return g.finish([("features", out)])
+
+
+# ----------------------------------------------------------------------------- MAX model
+
+class MaxWhisperBackend:
+    """Whisper's encoder and decoder compiled through kvgraph and running on MAX.
+
+    Implements the backend protocol of :mod:`models.whisper_decode`: ``encode``,
+    ``prefill``, ``step``, ``reorder``. The decoder runs the cached prefill/step programs
+    (``kv_cache=True``) or recomputes the full sequence every step (``kv_cache=False``).
+    """
+
+    def __init__(self, dims, weights, *, kv_cache: bool = True):
+        import time
+
+        from kvgraph.compiler import load_program
+
+        self.dims, self.kv_cache = dims, kv_cache
+        t0 = time.perf_counter()
+        self.encoder = load_program(build_encoder(dims), weights)
+        self.decoder = kvgraph.compile(spec_from_dims(dims), weights, kv_cache=kv_cache)
+        self.compile_s = time.perf_counter() - t0
+
+    def encode(self, mel):
+        import numpy as np
+
+        mel = np.asarray(mel, dtype=np.float32)
+        want = (self.dims.n_mels, 2 * self.dims.n_audio_ctx)
+        if mel.ndim != 3 or mel.shape[1:] != want:
+            raise ValueError(f"encode: mel must be [batch, {want[0]}, {want[1]}], got {list(mel.shape)}")
+        return self.encoder(mel)[0].to_numpy()
+
+    def prefill(self, tokens, audio_features):
+        return self.decoder.prefill(tokens, audio_features)
+
+    def step(self, tokens, state):
+        return self.decoder.step(tokens, state)
+
+    def reorder(self, state, indices):
+        return self.decoder.reorder(state, indices)
+
+
+def load_checkpoint(name_or_path):
+    """``(dims, weights)`` for ``"tiny.en"``, ``"base"``, a CTranslate2 directory or a ``.pt`` file."""
+    from models.whisper_weights import load_checkpoint as _load
+    return _load(name_or_path)
+
+
+def load_backend(name_or_path="tiny.en", *, kv_cache: bool = True) -> MaxWhisperBackend:
+    dims, weights = load_checkpoint(name_or_path)
+    return MaxWhisperBackend(dims, weights, kv_cache=kv_cache)
+
+
+class WhisperModel:
+    """A compiled Whisper: ``transcribe(audio, **options)`` returns openai-whisper's result
+    dict (``text``, ``segments``, ``language``) computed on MAX."""
+
+    def __init__(self, backend: MaxWhisperBackend):
+        self.backend = backend
+        self.dims = backend.dims
+
+    def transcribe(self, audio, **options) -> dict:
+        from models.whisper_decode import transcribe
+        return transcribe(self.backend, audio, **options)
+
+
+def load_model(name_or_path="tiny.en", *, kv_cache: bool = True) -> WhisperModel:
+    """Load weights and compile encoder + decoder on MAX (cold compiles take minutes)."""
+    return WhisperModel(load_backend(name_or_path, kv_cache=kv_cache))

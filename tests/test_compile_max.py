@@ -1,0 +1,161 @@
+"""kvgraph.compile on MAX against the NumPy reference (each model compiled once per session)."""
+import attrs
+import numpy as np
+import pytest
+
+import kvgraph
+from kvgraph import ir
+from kvgraph.errors import LoweringError
+from kvgraph.reference_decoder import ReferenceDecoder
+
+pytestmark = pytest.mark.max
+
+SPECS = {
+    # Whisper/GPT-2 family with cross-attention and grouped-query self-attention.
+    "gpt_cross_gqa": kvgraph.DecoderSpec(
+        vocab_size=97, d_model=48, n_heads=6, n_kv_heads=3, n_layers=2, max_seq_len=64, mlp_hidden=96,
+        norm="layernorm", mlp="gelu", positions="learned",
+        cross_attention=kvgraph.CrossAttention(context_len=12, context_dim=40), name="gpt_cross_gqa"),
+    # Llama family: RMSNorm, rotary, GQA, SwiGLU, untied head, no cross-attention.
+    "llama_gqa": kvgraph.DecoderSpec(
+        vocab_size=89, d_model=64, n_heads=4, n_kv_heads=2, n_layers=2, max_seq_len=64, mlp_hidden=112,
+        norm="rmsnorm", mlp="swiglu", positions="rotary", rope_theta=5000.0, tie_embeddings=False,
+        eps=1e-6, name="llama_gqa"),
+}
+
+
+@pytest.fixture(scope="session", params=sorted(SPECS))
+def case(request):
+    spec = SPECS[request.param]
+    weights = kvgraph.init_weights(spec, seed=3)
+    model = kvgraph.compile(spec, weights)
+    return spec, weights, model
+
+
+def _inputs(spec, batch, length, seed):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, spec.vocab_size, (batch, length))
+    ctx = None
+    if spec.cross_attention is not None:
+        ca = spec.cross_attention
+        ctx = rng.standard_normal((batch, ca.context_len, ca.context_dim)).astype(np.float32)
+    return tokens, ctx
+
+
+def test_prefill_and_steps_match_reference(case):
+    spec, weights, model = case
+    tokens, ctx = _inputs(spec, 2, 11, seed=1)
+    full = kvgraph.reference.run(kvgraph.build(spec), weights, np.float64, tokens=tokens,
+                                 **({"context": ctx} if ctx is not None else {}))["logits"]
+    p = 5
+    logits, state = model.prefill(tokens[:, :p], ctx)
+    assert logits.shape == (2, spec.vocab_size)
+    np.testing.assert_allclose(logits, full[:, p - 1], atol=1e-4, rtol=0)
+    past = p
+    for n in (1, 1, 3, 1):
+        logits, state = model.step(tokens[:, past:past + n], state)
+        assert logits.shape == (2, n, spec.vocab_size)
+        np.testing.assert_allclose(logits, full[:, past:past + n], atol=1e-4, rtol=0)
+        past += n
+    assert state.past == past == 11
+
+
+def test_full_sequence_fallback_matches_reference(case):
+    spec, weights, model = case
+    tokens, ctx = _inputs(spec, 2, 7, seed=2)
+    ref = ReferenceDecoder(spec, weights).logits(tokens, ctx)
+    np.testing.assert_allclose(model.logits(tokens, ctx), ref, atol=1e-4, rtol=0)
+
+
+def test_prefill_length_one_and_batch_one(case):
+    spec, weights, model = case
+    tokens, ctx = _inputs(spec, 1, 4, seed=5)
+    ref = ReferenceDecoder(spec, weights)
+    rl, rs = ref.prefill(tokens[:, :1], ctx)
+    ml, ms = model.prefill(tokens[:, :1], ctx)
+    np.testing.assert_allclose(ml, rl, atol=1e-4, rtol=0)
+    rl, rs = ref.step(tokens[:, 1:4], rs)
+    ml, ms = model.step(tokens[:, 1:4], ms)
+    np.testing.assert_allclose(ml, rl, atol=1e-4, rtol=0)
+
+
+def test_state_stays_in_max_buffers_and_step_takes_no_weights(case):
+    from max.driver import Buffer
+    spec, weights, model = case
+    tokens, ctx = _inputs(spec, 1, 3, seed=4)
+    _, state = model.prefill(tokens, ctx)
+    assert state.buffers and all(isinstance(b, Buffer) for b in state.buffers.values())
+    step = model.program("step")
+    names = step.input_names
+    assert names[:2] == ["tokens", "past"]
+    assert set(names[2:]) == set(state.buffers)
+    assert all(n.startswith(("cache.", "hoisted.")) for n in names[2:])
+    assert not set(names) & set(weights)
+    # GQA: the cache holds kv_heads * head_dim columns
+    k0 = [n for n in names if n.startswith("cache.") and n.endswith(".k")][0]
+    assert state.buffers[k0].shape[-1] == spec.kv_heads * spec.head_dim
+    # hoisted cross-attention K/V are computed in prefill, never in step
+    if spec.cross_attention is not None:
+        assert any(n.startswith("hoisted.") for n in names)
+        assert "context" not in names
+
+
+def test_beam_reorder(case):
+    spec, weights, model = case
+    tokens, ctx = _inputs(spec, 2, 6, seed=6)
+    _, state = model.prefill(tokens[:, :4], ctx)
+    swapped = model.reorder(state, [1, 0])
+    a, _ = model.step(tokens[::-1, 4:5], swapped)
+    b, _ = model.step(tokens[:, 4:5], state)
+    np.testing.assert_allclose(a, b[::-1], atol=1e-5)
+
+
+def test_programs_are_cached_in_process(case):
+    spec, weights, model = case
+    again = kvgraph.compile(spec, weights)
+    assert again.program("step") is model.program("step")
+    assert again.program("prefill") is model.program("prefill")
+
+
+# ------------------------------------------------------------- errors (no MAX compile)
+
+@attrs.frozen(eq=False)
+class _Mystery(ir.Op):
+    NAME = "mystery"
+    OPERANDS = ("x",)
+    x: ir.Value
+
+    def infer_type(self):
+        return self.x.type
+
+
+def test_op_without_rule_names_op_and_rules():
+    from kvgraph.lower_max import lower
+    spec = SPECS["llama_gqa"]
+    g = kvgraph.build(spec)
+    node = g.nodes[3]
+    bad = ir.Node(_Mystery(node.out), ir.Value("odd", node.out.type))
+    g2 = ir.Graph(g.name, g.inputs, g.nodes[:4] + (bad,), (("logits", bad.out),))
+    with pytest.raises(LoweringError) as e:
+        lower(g2, kvgraph.init_weights(spec))
+    msg = str(e.value)
+    assert "'mystery'" in msg and "attention" in msg and "linear" in msg and ">>%odd = mystery" in msg
+
+
+def test_lowering_error_carries_ir_line():
+    from kvgraph.lower_max import lower
+    spec = SPECS["llama_gqa"]
+    w = kvgraph.init_weights(spec)
+    w["model.layers.0.self_attn.q_proj.weight"] = np.zeros((3, 3), np.float32)
+    with pytest.raises(LoweringError) as e:
+        lower(kvgraph.build(spec), w)
+    msg = str(e.value)
+    assert "model.layers.0.self_attn.q_proj.weight" in msg and "(3, 3)" in msg
+    assert "%b0.q = linear" in msg
+
+
+def test_compile_rejects_bad_arguments():
+    with pytest.raises(TypeError):
+        kvgraph.compile("not a spec", {})
+    with pytest.raises(LoweringError, match="device"):
+        kvgraph.compile(SPECS["llama_gqa"], {}, device="tpu")
