@@ -9,11 +9,11 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,base]'
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/kvgraph transcribe examples/jfk.wav --verbose
+	$(BIN)/kvgraph transcribe examples/jfk.wav --verbose --output-dir out
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
