@@ -53,6 +53,9 @@ __all__ = [
 F32 = DType.float32
 I64 = DType.int64
 
+#: Value written into masked attention scores (finite on purpose, see ``attention``).
+MASK_FILL = -1e30
+
 
 def _cpu() -> DeviceRef:
     return DeviceRef.CPU()
@@ -239,7 +242,12 @@ def attention(
         allowed = causal_allowed(sq, sk, q_offset)  # [sq, sk]
         if G > 1:
             allowed = ops.tile(allowed, [G, 1])  # [G*sq, sk]
-        scores = ops.where(allowed, scores, _f32_const(float("-inf")))
+        # A finite fill, not -inf: when MAX fuses this into its masked flash
+        # attention kernel it rewrites the select as ``scores + (!allowed) * fill``,
+        # and 0 * -inf = NaN poisoned every row (seen on max 26.7 CPU).  Key 0 is
+        # always visible (q_offset >= 0), so no row is ever fully masked.
+        fill = -65504.0 if scores.dtype == DType.float16 else MASK_FILL
+        scores = ops.where(allowed, scores, ops.constant(fill, scores.dtype, scores.device))
     out = ops.softmax(scores) @ vh  # [b, KVH, G*sq, dh]
     if G > 1:
         out = ops.reshape(out, [b, H, sq, dh])

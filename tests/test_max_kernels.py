@@ -63,7 +63,10 @@ W = {
     "wv": (_rng.standard_normal((KVH * DH, D)) * 0.2).astype(np.float32),
 }
 
-INPUT_NAMES = ["tokens", "x", "off", "q", "k_past", "k_new", "v_past", "v_new", "mel"]
+INPUT_NAMES = [
+    "tokens", "x", "off", "q", "k_past", "k_new", "v_past", "v_new",
+    "kg_past", "kg_new", "vg_past", "vg_new", "mel",
+]
 
 
 def _input_types():
@@ -76,6 +79,11 @@ def _input_types():
         TensorType(F32, ["b", "s", D], CPU_REF),  # k_new
         TensorType(F32, ["b", "past", D], CPU_REF),  # v_past
         TensorType(F32, ["b", "s", D], CPU_REF),  # v_new
+        # GQA cache with KVH heads (unsliced, as a real model's cache would be)
+        TensorType(F32, ["b", "past", KVH * DH], CPU_REF),  # kg_past
+        TensorType(F32, ["b", "s", KVH * DH], CPU_REF),  # kg_new
+        TensorType(F32, ["b", "past", KVH * DH], CPU_REF),  # vg_past
+        TensorType(F32, ["b", "s", KVH * DH], CPU_REF),  # vg_new
         TensorType(F32, ["b", "t", C_IN], CPU_REF),  # mel
     ]
 
@@ -83,7 +91,8 @@ def _input_types():
 def build_graph() -> tuple[Graph, list[str]]:
     outs: dict[str, object] = {}
     with Graph("test_max_kernels", input_types=_input_types()) as g:
-        tokens, x, off, q, k_past, k_new, v_past, v_new, mel = (v.tensor for v in g.inputs)
+        (tokens, x, off, q, k_past, k_new, v_past, v_new,
+         kg_past, kg_new, vg_past, vg_new, mel) = (v.tensor for v in g.inputs)
         c = lambda a: ops.constant(a, F32, CPU_REF)  # noqa: E731
 
         outs["embed"] = K.embed(tokens, c(W["tok_table"]))
@@ -109,7 +118,10 @@ def build_graph() -> tuple[Graph, list[str]]:
         v = K.concat_seq(v_past, v_new)
         outs["k_cat"] = k
         outs["v_cat"] = v
-        kg, vg = k[:, :, : KVH * DH], v[:, :, : KVH * DH]
+        kg = K.concat_seq(kg_past, kg_new)  # [b, past+s, KVH*DH]
+        vg = K.concat_seq(vg_past, vg_new)
+        outs["kg_cat"] = kg
+        outs["vg_cat"] = vg
         outs["attn_causal"] = K.attention(q, k, v, H, H, True, off, SCALE)
         outs["attn_causal_gqa"] = K.attention(q, kg, vg, H, KVH, True, off, SCALE)
         outs["attn_causal_nooff"] = K.attention(q, k, v, H, H, True, None, SCALE)
@@ -222,7 +234,8 @@ def references(inp: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     pos = off + np.arange(s)
     k = np.concatenate([f["k_past"], f["k_new"]], 1)
     v = np.concatenate([f["v_past"], f["v_new"]], 1)
-    kg, vg = k[:, :, : KVH * DH], v[:, :, : KVH * DH]
+    kg = np.concatenate([f["kg_past"], f["kg_new"]], 1)
+    vg = np.concatenate([f["vg_past"], f["vg_new"]], 1)
     sk = k.shape[1]
     onehot = np.broadcast_to(np.eye(sk, D), (x.shape[0], sk, D))
     r = {
@@ -243,6 +256,8 @@ def references(inp: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "take_last": x[:, -1:, :],
         "k_cat": k,
         "v_cat": v,
+        "kg_cat": kg,
+        "vg_cat": vg,
         "attn_causal": ref_attention(q, k, v, H, H, True, off, SCALE),
         "attn_causal_gqa": ref_attention(q, kg, vg, H, KVH, True, off, SCALE),
         "attn_causal_nooff": ref_attention(q, k, v, H, H, True, 0, SCALE),
@@ -293,12 +308,17 @@ def make_inputs(rng, b, s, past, off, t):
         "k_new": rng.standard_normal((b, s, D)).astype(np.float32),
         "v_past": rng.standard_normal((b, past, D)).astype(np.float32),
         "v_new": rng.standard_normal((b, s, D)).astype(np.float32),
+        "kg_past": rng.standard_normal((b, past, KVH * DH)).astype(np.float32),
+        "kg_new": rng.standard_normal((b, s, KVH * DH)).astype(np.float32),
+        "vg_past": rng.standard_normal((b, past, KVH * DH)).astype(np.float32),
+        "vg_new": rng.standard_normal((b, s, KVH * DH)).astype(np.float32),
         "mel": rng.standard_normal((b, t, C_IN)).astype(np.float32),
     }
 
 
 def run(model, names, inp, override=None):
-    args = [Buffer.from_numpy(np.ascontiguousarray(inp[n])) for n in INPUT_NAMES]
+    # np.ascontiguousarray would turn the 0-d offset into shape (1,): copy instead.
+    args = [Buffer.from_numpy(np.array(inp[n], order="C", copy=True)) for n in INPUT_NAMES]
     for n, buf in (override or {}).items():
         args[INPUT_NAMES.index(n)] = buf
     res = model.execute(*args)
@@ -387,11 +407,10 @@ def test_outputs_feed_back_as_inputs(compiled, results):
     first = run(model, names, inp0)
     b, past = inp0["k_new"].shape[0], first["k_cat"].shape[1]
     step = make_inputs(rng, b, 1, 0, past, 9)
-    got = run(
-        model, names, step, override={"k_past": first["k_cat"], "v_past": first["v_cat"]}
-    )
-    step["k_past"] = first["k_cat"].to_numpy()
-    step["v_past"] = first["v_cat"].to_numpy()
+    feed = {"k_past": "k_cat", "v_past": "v_cat", "kg_past": "kg_cat", "vg_past": "vg_cat"}
+    got = run(model, names, step, override={i: first[o] for i, o in feed.items()})
+    for i, o in feed.items():
+        step[i] = first[o].to_numpy()
     ref = references(step)
-    for n in ("k_cat", "attn_causal", "attn_causal_gqa", "block"):
+    for n in ("k_cat", "kg_cat", "attn_causal", "attn_causal_gqa", "block"):
         np.testing.assert_allclose(got[n].to_numpy(), ref[n], atol=TOL, rtol=TOL, err_msg=n)

@@ -1,0 +1,119 @@
+"""Session-wide Whisper models for the MAX tests.
+
+Every loader is memoized at module level, so each MAX model is compiled/loaded
+once per test session even though the fixtures are imported into several test
+modules (pytest would otherwise register one session fixture per module).
+
+Use in a test module with ``from whisper_fixtures import *  # noqa: F401,F403``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from whisper_clips import JFK
+
+__all__ = [
+    "tiny_backend", "tiny_model", "tiny_backend_nocache", "torch_tiny",
+    "jfk_audio", "jfk_mel", "base_model", "torch_base", "fixture_loader",
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _checkpoint(name: str):
+    from models.whisper import load_checkpoint
+
+    return load_checkpoint(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _max_backend(name: str, kv_cache: bool):
+    from models.whisper import MaxWhisperBackend
+
+    dims, weights = _checkpoint(name)
+    return MaxWhisperBackend(dims, weights, kv_cache=kv_cache)
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_model(name: str):
+    import torch
+    from whisper.model import Whisper
+
+    dims, weights = _checkpoint(name)
+    model = Whisper(dims)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    return model.float().eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _jfk_audio():
+    from models.audio import load_audio
+
+    return load_audio(str(JFK))
+
+
+def fixture_loader(model_name: str, kv_cache: bool = True):
+    """A ``load_backend`` for ``models.transcribe_cli.main`` that hands out the
+    session's compiled backends instead of compiling again."""
+    return _max_backend(model_name, kv_cache)
+
+
+def _needs(name: str):
+    try:
+        _checkpoint(name)
+    except ImportError as e:  # WeightsNotInstalledError
+        pytest.skip(f"{name} weights not installed: {e}")
+
+
+@pytest.fixture(scope="session")
+def tiny_backend():
+    _needs("tiny.en")
+    return _max_backend("tiny.en", True)
+
+
+@pytest.fixture(scope="session")
+def tiny_backend_nocache():
+    _needs("tiny.en")
+    return _max_backend("tiny.en", False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_backend):
+    from models.whisper import WhisperModel
+
+    return WhisperModel(tiny_backend)
+
+
+@pytest.fixture(scope="session")
+def torch_tiny():
+    _needs("tiny.en")
+    return _torch_model("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def base_model():
+    from models.whisper import WhisperModel
+
+    _needs("base")
+    return WhisperModel(_max_backend("base", True))
+
+
+@pytest.fixture(scope="session")
+def torch_base():
+    _needs("base")
+    return _torch_model("base")
+
+
+@pytest.fixture(scope="session")
+def jfk_audio():
+    return _jfk_audio()
+
+
+@pytest.fixture(scope="session")
+def jfk_mel(jfk_audio):
+    """openai's log-mel of the 30 s padded JFK clip, torch f32[80, 3000]."""
+    import whisper
+
+    return whisper.log_mel_spectrogram(whisper.pad_or_trim(jfk_audio))
