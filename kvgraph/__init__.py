@@ -23,10 +23,12 @@ from .passes import run_passes  # noqa: E402
 __all__ += ["passes", "run_passes"]
 
 
-def compile(spec_or_graph, weights, *, kv_cache=True, device="cpu", passes=None, eager=True):
+def compile(spec_or_graph, weights, *, kv_cache=True, device="cpu", passes=None, eager=True,
+            weights_mode="registry"):
     """Compile for MAX (imports MAX on first use). See :func:`kvgraph.compiler.compile`."""
     from .compiler import compile as _compile
-    return _compile(spec_or_graph, weights, kv_cache=kv_cache, device=device, passes=passes, eager=eager)
+    return _compile(spec_or_graph, weights, kv_cache=kv_cache, device=device, passes=passes,
+                    eager=eager, weights_mode=weights_mode)
 
 
 __all__ += ["compile"]

@@ -63,14 +63,14 @@ class CompiledProgram:
             raise LoweringError(f"MAX failed running {self.graph.name}({shapes}): {e}") from e
 
 
-def load_program(g: Graph, weights: dict[str, np.ndarray]) -> CompiledProgram:
-    """Lower and load ``g`` (cached in-process by program text and weights identity)."""
-    key = (hashlib.sha256(format_graph(g).encode()).hexdigest(), id(weights))
+def load_program(g: Graph, weights: dict[str, np.ndarray], weights_mode: str = "registry") -> CompiledProgram:
+    """Lower and load ``g`` (cached in-process by program text, weights identity and mode)."""
+    key = (hashlib.sha256(format_graph(g).encode()).hexdigest(), id(weights), weights_mode)
     hit = _MODELS.get(key)
     if hit is not None:
         return hit
     from .lower_max import lower
-    mg, registry = lower(g, weights)
+    mg, registry = lower(g, weights, weights_mode)
     t0 = time.perf_counter()
     try:
         model = session().load(mg, weights_registry=registry)
@@ -109,9 +109,10 @@ class CompiledDecoder:
     runs the full-sequence graph (``step`` recomputes every row: the fallback)."""
 
     def __init__(self, graph: Graph, weights: dict, *, kv_cache: bool = True,
-                 passes=None, eager: bool = True):
+                 passes=None, eager: bool = True, weights_mode: str = "registry"):
         self.full = graph
         self.weights = weights
+        self.weights_mode = weights_mode
         self.kv_cache = kv_cache
         self.passes: Optional[PassResult] = run_passes(graph, passes or default_pipeline()) if kv_cache else None
         self._progs: dict[str, CompiledProgram] = {}
@@ -123,7 +124,7 @@ class CompiledDecoder:
     def program(self, name: str) -> CompiledProgram:
         if name not in self._progs:
             g = self.full if name == "full" else self.passes.programs[name]
-            self._progs[name] = load_program(g, self.weights)
+            self._progs[name] = load_program(g, self.weights, self.weights_mode)
         return self._progs[name]
 
     @property
@@ -194,8 +195,11 @@ def _is_buffer(x) -> bool:
 
 
 def compile(spec_or_graph, weights: dict, *, kv_cache: bool = True, device: str = "cpu",
-            passes=None, eager: bool = True) -> CompiledDecoder:
-    """Compile a decoder spec (or a full-sequence graph from ``kvgraph.build``) for MAX."""
+            passes=None, eager: bool = True, weights_mode: str = "registry") -> CompiledDecoder:
+    """Compile a decoder spec (or a full-sequence graph from ``kvgraph.build``) for MAX.
+
+    ``weights_mode``: ``"registry"`` binds weights at load (one compile serves any weights
+    of the same shapes); ``"constant"`` bakes them into the graph (see lower_max.lower)."""
     if device != "cpu":
         raise LoweringError(f"device={device!r}: this build lowers for 'cpu' only")
     if isinstance(spec_or_graph, DecoderSpec):
@@ -204,4 +208,5 @@ def compile(spec_or_graph, weights: dict, *, kv_cache: bool = True, device: str 
         g = spec_or_graph
     else:
         raise TypeError(f"compile() takes a DecoderSpec or Graph, got {type(spec_or_graph).__name__}")
-    return CompiledDecoder(g, weights, kv_cache=kv_cache, passes=passes, eager=eager)
+    return CompiledDecoder(g, weights, kv_cache=kv_cache, passes=passes, eager=eager,
+                           weights_mode=weights_mode)

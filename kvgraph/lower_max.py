@@ -20,6 +20,8 @@ from .errors import LoweringError
 from .printer import format_node, window
 from .types import TensorType
 
+WEIGHT_MODES = ("registry", "constant")
+
 # layout name -> host transform of a torch-layout array
 LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "plain": lambda a: a,
@@ -51,8 +53,10 @@ def max_type(t: TensorType):
 class LowerCtx:
     """State of one lowering: the weight registry and the MAX weights emitted so far."""
 
-    def __init__(self, weights: dict[str, np.ndarray]):
-        self.weights = weights
+    def __init__(self, weights: dict[str, np.ndarray], mode: str = "registry"):
+        if mode not in WEIGHT_MODES:
+            raise LoweringError(f"weights mode {mode!r}: expected one of {WEIGHT_MODES}")
+        self.weights, self.mode = weights, mode
         self.registry: dict[str, np.ndarray] = {}
         self._emitted: dict[str, object] = {}
 
@@ -66,8 +70,12 @@ class LowerCtx:
             if src.shape != tuple(w.type.shape):
                 raise LoweringError(f"weight {w.name!r} expects {w.type}, got shape {src.shape}")
             arr = np.ascontiguousarray(LAYOUTS[layout](src))
-            self.registry[key] = arr
-            self._emitted[key] = MaxWeight(key, DType.float32, list(arr.shape), DeviceRef.CPU())
+            if self.mode == "constant":
+                ops = _max()[5]
+                self._emitted[key] = ops.constant(arr, DType.float32, DeviceRef.CPU())
+            else:
+                self.registry[key] = arr
+                self._emitted[key] = MaxWeight(key, DType.float32, list(arr.shape), DeviceRef.CPU())
         return self._emitted[key]
 
 
@@ -121,12 +129,16 @@ RULES: dict[type, Callable] = {
 }
 
 
-def lower(g: ir.Graph, weights: dict[str, np.ndarray]):
+def lower(g: ir.Graph, weights: dict[str, np.ndarray], mode: str = "registry"):
     """Emit ``g`` as a MAX ``Graph``; returns ``(max_graph, registry)`` where ``registry``
-    maps MAX weight names to host arrays (bind them once, at load)."""
+    maps MAX weight names to host arrays (bind them once, at load).
+
+    ``mode="registry"``: weights are MAX ``Weight`` s bound at load (one compiled graph
+    serves every weight set of the same shapes). ``mode="constant"``: weights are baked
+    into the graph as constants (a compile per weight set, faster steps)."""
     from . import max_kernels as K
     _, _, Graph, _, _, _ = _max()
-    ctx = LowerCtx(weights)
+    ctx = LowerCtx(weights, mode)
     try:
         in_types = [max_type(v.type) for v in g.inputs]
     except LoweringError as e:

@@ -8,22 +8,26 @@ stated otherwise.
 Facts these kernels rely on (checked against max==26.7.0 on CPU, see
 ``tests/test_max_kernels.py``):
 
-* Causal masks are built in the graph with ``ops.where(allowed, scores, -inf)``
-  where ``allowed[i, j] = j <= q_offset + i`` comes from comparing two broadcast
-  ``ops.range`` s.  This is tested for multi-row queries with a nonzero offset
-  (the trap reported in ``/work/shared/MAX_NOTES.md``).
+* TRAP: ``range(n)[:, None]`` broadcast against a row vector (the textbook causal
+  mask ``range(sq)[:, None] >= range(sk)[None, :]``, or the rope/sinusoid outer
+  product of a bare ``positions``) is miscompiled in some graphs: every row got
+  row 0's value (so every query row got row 0's mask) or no mask at all, while the
+  same expression was right in other graphs.  So masks are built from ONE flat
+  ``range(rows*sk)`` split with integer division (:func:`causal_allowed`) and
+  position outer products are K=1 matmuls (:func:`_pos_outer`).
+* Masked scores are filled with a finite ``MASK_FILL`` (not ``-inf``): once MAX
+  fused ``where(mask, scores, -inf)`` into its masked flash-attention kernel as
+  ``scores + (!mask) * -inf`` and every row came back NaN (0 * -inf).
 * ``ops.range`` accepts a symbolic ``Dim`` as ``stop`` (it becomes a runtime
   scalar), so ``positions`` needs no extra length input.
 * Batched matmul is limited to rank <= 4, so grouped-query attention folds the
   query heads of one KV group into the row axis (``[b, KVH, G*sq, dh]``) instead
-  of using a rank-5 product.
+  of using a rank-5 product or materialising repeated K/V.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
-
 import numpy as np
 from max.dtype import DType
 from max.graph import DeviceRef, Dim, TensorValue, ops
@@ -85,6 +89,17 @@ def positions(offset: TensorValue, seq_len_source: TensorValue, axis: int = 1) -
     return ops.range(0, n, 1, dtype=I64, device=_cpu()) + offset
 
 
+def _pos_outer(pos: TensorValue, vec: np.ndarray) -> TensorValue:
+    """``float(pos)[:, None] * vec[None, :]`` as a K=1 matmul -> ``[s, len(vec)]``.
+
+    A matmul instead of a broadcast multiply: a bare ``range`` (``positions`` with
+    a constant offset) unsqueezed on the last axis and broadcast is exactly the
+    pattern max 26.7 miscompiles (see :func:`causal_allowed`).
+    """
+    p = ops.reshape(ops.cast(pos, F32), [pos.shape[0], 1])
+    return ops.matmul(p, _f32_const(np.asarray(vec, dtype=np.float64)[None, :]))
+
+
 def gather_rows(table: TensorValue, idx: TensorValue) -> TensorValue:
     """``table[idx]``: ``[N, d]`` gathered at int64 ``[s]`` -> ``[s, d]``."""
     return ops.gather(table, idx, axis=0)
@@ -100,7 +115,7 @@ def sinusoid(pos: TensorValue, dim: int, max_timescale: float = 10000.0) -> Tens
     half = dim // 2
     inc = math.log(max_timescale) / (half - 1)
     inv = np.exp(-inc * np.arange(half, dtype=np.float64))
-    t = ops.unsqueeze(ops.cast(pos, F32), 1) * ops.unsqueeze(_f32_const(inv), 0)
+    t = _pos_outer(pos, inv)  # [s, half]
     return ops.concat([ops.sin(t), ops.cos(t)], axis=1)
 
 
@@ -178,7 +193,7 @@ def rope(x: TensorValue, pos: TensorValue, n_heads: int, theta: float = 10000.0)
         raise ValueError(f"head dim {dh} must be even for rope")
     half = dh // 2
     inv_freq = 1.0 / (theta ** (np.arange(0, dh, 2, dtype=np.float64) / dh))
-    freqs = ops.unsqueeze(ops.cast(pos, F32), 1) * ops.unsqueeze(_f32_const(inv_freq), 0)  # [s, half]
+    freqs = _pos_outer(pos, inv_freq)  # [s, half]
     cos = ops.unsqueeze(ops.cos(freqs), 1)  # [s, 1, half]
     sin = ops.unsqueeze(ops.sin(freqs), 1)
     xh = ops.reshape(x, [b, s, n_heads, dh])
@@ -194,14 +209,32 @@ def rope(x: TensorValue, pos: TensorValue, n_heads: int, theta: float = 10000.0)
 # --------------------------------------------------------------------------- #
 
 
-def causal_allowed(sq: Dim, sk: Dim, q_offset: TensorValue | None) -> TensorValue:
-    """Boolean ``[sq, sk]``: key ``j`` visible to query row ``i`` iff ``j <= q_offset + i``."""
+def _scalar_dim(d: Dim | int) -> TensorValue:
+    """A (possibly symbolic) dim as an int64 rank-0 tensor."""
+    return ops.reshape(ops.shape_to_tensor([d]), [])
+
+
+def causal_allowed(
+    sq: Dim | int, sk: Dim | int, q_offset: TensorValue | None, groups: int = 1
+) -> TensorValue:
+    """Boolean ``[groups*sq, sk]``: row ``g*sq + i`` may see key ``j`` iff ``j <= q_offset + i``.
+
+    Built from ONE flat ``range(groups*sq*sk)`` split into (row, col) with integer
+    division, then reshaped.  The obvious ``range(sq)[:, None] >= range(sk)[None, :]``
+    is miscompiled by max 26.7 in some graphs: a bare ``range`` unsqueezed on the
+    last axis and broadcast came back as row 0's value for every row (or as the
+    column index), i.e. every query row got row 0's mask, or no mask at all.
+    """
     cpu = _cpu()
-    qpos = ops.range(0, sq, 1, dtype=I64, device=cpu)
+    rows = groups * sq
+    skt = _scalar_dim(sk)
+    n = ops.range(0, rows * sk, 1, dtype=I64, device=cpu)
+    r = ops.floor_div(n, skt)  # row in [0, groups*sq)
+    j = n - r * skt  # key index
+    i = r % _scalar_dim(sq) if groups > 1 else r  # query row within its head
     if q_offset is not None:
-        qpos = qpos + (ops.cast(q_offset, I64) if q_offset.dtype != I64 else q_offset)
-    kpos = ops.range(0, sk, 1, dtype=I64, device=cpu)
-    return ops.greater_equal(ops.unsqueeze(qpos, 1), ops.unsqueeze(kpos, 0))
+        i = i + (ops.cast(q_offset, I64) if q_offset.dtype != I64 else q_offset)
+    return ops.reshape(ops.greater_equal(i, j), [rows, sk])
 
 
 def attention(
@@ -239,9 +272,7 @@ def attention(
 
     scores = ops.matmul(qh, ops.transpose(kh, -1, -2)) * scale  # [b, KVH, G*sq, sk]
     if causal:
-        allowed = causal_allowed(sq, sk, q_offset)  # [sq, sk]
-        if G > 1:
-            allowed = ops.tile(allowed, [G, 1])  # [G*sq, sk]
+        allowed = causal_allowed(sq, sk, q_offset, G)  # [G*sq, sk]
         # A finite fill, not -inf: when MAX fuses this into its masked flash
         # attention kernel it rewrites the select as ``scores + (!allowed) * fill``,
         # and 0 * -inf = NaN poisoned every row (seen on max 26.7 CPU).  Key 0 is

@@ -113,6 +113,12 @@ def build_graph() -> tuple[Graph, list[str]]:
         outs["mul"] = K.mul(x, q)
         outs["rope"] = K.rope(x, pos, H, THETA)
         outs["take_last"] = K.take_last(x)
+        # positions from a constant 0 offset (a bare range after folding), as the
+        # lowering emits for ops without a runtime offset
+        pos0 = K.positions(ops.constant(np.int64(0), I64, CPU_REF), x, 1)
+        outs["positions0"] = pos0
+        outs["rope_pos0"] = K.rope(x, pos0, H, THETA)
+        outs["sinusoid_pos0"] = K.sinusoid(pos0, D)
 
         k = K.concat_seq(k_past, k_new)  # [b, past+s, D]
         v = K.concat_seq(v_past, v_new)
@@ -125,19 +131,17 @@ def build_graph() -> tuple[Graph, list[str]]:
         outs["attn_causal"] = K.attention(q, k, v, H, H, True, off, SCALE)
         outs["attn_causal_gqa"] = K.attention(q, kg, vg, H, KVH, True, off, SCALE)
         outs["attn_causal_nooff"] = K.attention(q, k, v, H, H, True, None, SCALE)
+        outs["attn_causal_gqa_nooff"] = K.attention(q, kg, vg, H, KVH, True, None, SCALE)
         outs["attn_full"] = K.attention(q, k, v, H, H, False, None, SCALE)
         outs["attn_full_gqa"] = K.attention(q, kg, vg, H, KVH, False, None, SCALE)
         outs["attn_mqa"] = K.attention(q, k[:, :, :DH], v[:, :, :DH], H, 1, True, off, SCALE)
         # Single head against one-hot values: the output row *is* the attention
         # probability vector over the (<= 32) keys, so visibility is read directly.
+        # (built from one flat range: range(sk)[:, None] == range(D)[None, :] is
+        # the broadcast pattern max 26.7 miscompiles, see K.causal_allowed)
         sk = k.shape[1]
-        onehot = ops.cast(
-            ops.equal(
-                ops.unsqueeze(ops.range(0, sk, 1, dtype=I64, device=CPU_REF), 1),
-                ops.unsqueeze(ops.range(0, D, 1, dtype=I64, device=CPU_REF), 0),
-            ),
-            F32,
-        )
+        n = ops.range(0, sk * D, 1, dtype=I64, device=CPU_REF)
+        onehot = ops.reshape(ops.cast(ops.equal(n // D, n % D), F32), [sk, D])
         onehot = ops.broadcast_to(ops.unsqueeze(onehot, 0), [x.shape[0], sk, D])
         outs["attn_probs"] = K.attention(q, k, onehot, 1, 1, True, off, 1.0 / math.sqrt(D))
         # A decoder-like block: projections + RoPE feeding a GQA cache append.
@@ -254,6 +258,9 @@ def references(inp: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "mul": x * q,
         "rope": ref_rope(x, pos, H, THETA),
         "take_last": x[:, -1:, :],
+        "positions0": np.arange(s),
+        "rope_pos0": ref_rope(x, np.arange(s), H, THETA),
+        "sinusoid_pos0": ref_sinusoid(np.arange(s), D),
         "k_cat": k,
         "v_cat": v,
         "kg_cat": kg,
@@ -261,6 +268,7 @@ def references(inp: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "attn_causal": ref_attention(q, k, v, H, H, True, off, SCALE),
         "attn_causal_gqa": ref_attention(q, kg, vg, H, KVH, True, off, SCALE),
         "attn_causal_nooff": ref_attention(q, k, v, H, H, True, 0, SCALE),
+        "attn_causal_gqa_nooff": ref_attention(q, kg, vg, H, KVH, True, 0, SCALE),
         "attn_full": ref_attention(q, k, v, H, H, False, 0, SCALE),
         "attn_full_gqa": ref_attention(q, kg, vg, H, KVH, False, 0, SCALE),
         "attn_mqa": ref_attention(q, k[:, :, :DH], v[:, :, :DH], H, 1, True, off, SCALE),
