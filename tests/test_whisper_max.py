@@ -206,8 +206,11 @@ def test_silence_matches_openai(tiny_model, torch_tiny, kind):
     ours = tiny_model.transcribe(audio)
     assert_same_result(ours, ref)
     assert ours["text"] == ref["text"]
-    for s in ours["segments"]:  # whatever openai keeps, we keep; but no invented speech
-        assert s["no_speech_prob"] > 0.5 or s["text"] == ""
+    # whatever openai keeps we keep (low noise falls back to sampling and yields
+    # " ." segments), but no invented words
+    assert not any(c.isalpha() for c in ours["text"]), ours["text"]
+    for s in ours["segments"]:
+        assert s["no_speech_prob"] > 0.5
 
     # the no-speech probability itself, from one decode of the window
     mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio))
@@ -241,7 +244,9 @@ AUDIO_VARIANTS = {
 
 
 @pytest.mark.parametrize("name", sorted(AUDIO_VARIANTS))
-def test_file_variants_transcribe_to_reference_text(tiny_backend, jfk_audio, tmp_path, capsys, name):
+def test_file_variants_transcribe_to_reference_text(tiny_backend, torch_tiny, jfk_audio, tmp_path,
+                                                    capsys, name):
+    from models.audio import load_audio
     from models.transcribe_cli import main
 
     sr, channels, fmt = AUDIO_VARIANTS[name]
@@ -258,9 +263,19 @@ def test_file_variants_transcribe_to_reference_text(tiny_backend, jfk_audio, tmp
               load_backend=lambda name, kv_cache=True: tiny_backend)
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert words(captured.out) == JFK_WORDS
-    txt = out / (path.stem + ".txt")
-    assert words(txt.read_text()) == JFK_WORDS
+    got = words(captured.out)
+    assert words((out / (path.stem + ".txt")).read_text()) == got
+
+    # exactly what openai-whisper hears in the same decoded 16 kHz samples ...
+    ref = _ref(torch_tiny, load_audio(str(path)), temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0))
+    assert got == words(ref["text"])
+    # ... which is the JFK transcript; telephone-band audio (8 kHz: nothing above
+    # 4 kHz) loses the final sibilant of "Americans" for tiny.en, openai included.
+    if sr == 8000:
+        assert len(got) == len(JFK_WORDS)
+        assert sum(a != b for a, b in zip(got, JFK_WORDS)) <= 1, got
+    else:
+        assert got == JFK_WORDS
 
 
 # --------------------------------------------------------------------------
