@@ -4,8 +4,8 @@ import numpy as np
 import kvgraph
 from kvgraph.passes import default_pipeline
 
-spec = kvgraph.DecoderSpec(
-    vocab_size=256, d_model=64, n_heads=4, n_kv_heads=2, n_layers=2, max_seq_len=128,
+spec = kvgraph.DecoderSpec(                           # = kvgraph.specs.get("llama-demo")
+    vocab_size=512, d_model=64, n_heads=4, n_kv_heads=2, n_layers=2, max_seq_len=256,
     mlp_hidden=176, norm="rmsnorm", mlp="swiglu", positions="rotary", tie_embeddings=False,
     name="llama_demo")
 weights = kvgraph.init_weights(spec, seed=0)          # random weights: a demo, not a model

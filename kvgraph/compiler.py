@@ -17,6 +17,7 @@ import numpy as np
 
 from .build import build
 from .errors import KvgraphError, LoweringError
+from . import ir
 from .ir import Graph
 from .passes import PassResult, Programs, default_pipeline, run_passes
 from .printer import format_graph
@@ -98,9 +99,23 @@ class DecoderState:
 
 def _tokens(t) -> np.ndarray:
     a = np.asarray(t)
-    if a.ndim != 2 or a.dtype.kind not in "iu":
-        raise ValueError(f"tokens must be an integer array [batch, n], got {a.dtype}{list(a.shape)}")
+    if a.ndim != 2 or a.dtype.kind not in "iu" or a.shape[1] == 0:
+        raise ValueError(f"tokens must be a non-empty integer array [batch, n], got {a.dtype}{list(a.shape)}")
     return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def _limits(g: Graph) -> tuple[Optional[int], Optional[int]]:
+    """(vocabulary size, longest sequence) the graph can index: rows of the tables that
+    ``embed`` reads with tokens and ``gather_rows`` reads with positions."""
+    vocab = max_len = None
+    pos = {n.out for n in g.nodes if isinstance(n.op, ir.Positions)}
+    for n in g.nodes:
+        if isinstance(n.op, ir.Embed):
+            vocab = n.op.table.type.shape[0] if vocab is None else min(vocab, n.op.table.type.shape[0])
+        elif isinstance(n.op, ir.GatherRows) and n.op.index in pos:
+            rows = n.op.table.type.shape[0]
+            max_len = rows if max_len is None else min(max_len, rows)
+    return vocab, max_len
 
 
 class CompiledDecoder:
@@ -116,6 +131,7 @@ class CompiledDecoder:
         self.kv_cache = kv_cache
         self.passes: Optional[PassResult] = run_passes(graph, passes or default_pipeline()) if kv_cache else None
         self._progs: dict[str, CompiledProgram] = {}
+        self.vocab_size, self.max_len = _limits(graph)
         if eager:
             for name in (("prefill", "step") if kv_cache else ("full",)):
                 self.program(name)
@@ -138,16 +154,24 @@ class CompiledDecoder:
             return [np.ascontiguousarray(context, dtype=np.float32)] if not _is_buffer(context) else [context]
         return []
 
+    def _check(self, tok: np.ndarray, past: int = 0) -> np.ndarray:
+        if self.vocab_size is not None and (tok.min() < 0 or tok.max() >= self.vocab_size):
+            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {tok.min()}..{tok.max()}")
+        if self.max_len is not None and past + tok.shape[1] > self.max_len:
+            raise ValueError(f"sequence of {past + tok.shape[1]} positions exceeds the model's "
+                             f"{self.max_len} learned positions")
+        return tok
+
     # ---- public API
     def logits(self, tokens, context=None) -> np.ndarray:
         """Full-sequence logits ``[b, t, vocab]`` (the cache-off graph)."""
         prog = self.program("full")
-        out = prog(_tokens(tokens), *self._context_args(prog, context))
+        out = prog(self._check(_tokens(tokens)), *self._context_args(prog, context))
         return out[0].to_numpy()
 
     def prefill(self, tokens, context=None) -> tuple[np.ndarray, DecoderState]:
         """Run the prompt: ``(logits [b, vocab] of the last position, state)``."""
-        tok = _tokens(tokens)
+        tok = self._check(_tokens(tokens))
         if not self.kv_cache:
             full = self.logits(tok, context)
             return full[:, -1], DecoderState(tok.shape[1], tok.shape[0], tokens=tok, context=context)
@@ -159,7 +183,7 @@ class CompiledDecoder:
 
     def step(self, tokens, state: DecoderState) -> tuple[np.ndarray, DecoderState]:
         """Append ``tokens [b, n]``: ``(logits [b, n, vocab], new state)``."""
-        tok = _tokens(tokens)
+        tok = self._check(_tokens(tokens), state.past)
         if tok.shape[0] != state.batch:
             raise ValueError(f"step: batch {tok.shape[0]} != the state's batch {state.batch}")
         n = tok.shape[1]

@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=OUTPUT_FORMATS, help="format of the output file(s)")
     add("--verbose", action="store_true",
         help="show a progress bar and print timings (load, compile, encode, decode, tokens/s)")
+    add("--no-progress", "--no_progress", dest="no_progress", action="store_true",
+        help="no progress bar (shown with --verbose or when stderr is a terminal)")
     add("--no-kv-cache", "--no_kv_cache", dest="no_kv_cache", action="store_true",
         help="use the backend without a KV cache (recompute the prefix every step)")
 
@@ -233,6 +235,7 @@ def main(
     else:
         temperatures = (temperature,)
 
+    progress = (args.verbose or sys.stderr.isatty()) and not args.no_progress
     decode_options = dict(
         temperature=temperatures,
         task=args.task,
@@ -250,7 +253,7 @@ def main(
         logprob_threshold=args.logprob_threshold,
         no_speech_threshold=args.no_speech_threshold,
         clip_timestamps=args.clip_timestamps,
-        verbose=False if args.verbose else None,  # False = tqdm progress bar
+        verbose=False if progress else None,  # False = tqdm progress bar
     )
 
     try:
@@ -260,6 +263,9 @@ def main(
         return 1
 
     load_backend = load_backend or _default_load_backend
+    if progress:
+        print(f"{PROG}: loading {model_name} and compiling it for MAX (minutes on a cold "
+              "cache, seconds afterwards)", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     try:
         backend = load_backend(model_name, kv_cache=not args.no_kv_cache)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import kvgraph
+import kvgraph.specs
 from kvgraph import ir
 from kvgraph.errors import LoweringError
 from kvgraph.reference_decoder import ReferenceDecoder
@@ -16,11 +17,9 @@ SPECS = {
         vocab_size=97, d_model=48, n_heads=6, n_kv_heads=3, n_layers=2, max_seq_len=64, mlp_hidden=96,
         norm="layernorm", mlp="gelu", positions="learned",
         cross_attention=kvgraph.CrossAttention(context_len=12, context_dim=40), name="gpt_cross_gqa"),
-    # Llama family: RMSNorm, rotary, GQA, SwiGLU, untied head, no cross-attention.
-    "llama_gqa": kvgraph.DecoderSpec(
-        vocab_size=89, d_model=64, n_heads=4, n_kv_heads=2, n_layers=2, max_seq_len=64, mlp_hidden=112,
-        norm="rmsnorm", mlp="swiglu", positions="rotary", rope_theta=5000.0, tie_embeddings=False,
-        eps=1e-6, name="llama_gqa"),
+    # Llama family: RMSNorm, rotary, GQA, SwiGLU, untied head, no cross-attention. The
+    # built-in demo spec, so examples/compile_llama_style.py reuses these compiled graphs.
+    "llama_gqa": kvgraph.specs.get("llama-demo"),
 }
 
 
@@ -159,3 +158,18 @@ def test_compile_rejects_bad_arguments():
         kvgraph.compile("not a spec", {})
     with pytest.raises(LoweringError, match="device"):
         kvgraph.compile(SPECS["llama_gqa"], {}, device="tpu")
+
+
+def test_bad_tokens_are_refused_before_max_runs(case):
+    spec, weights, model = case
+    tokens, ctx = _inputs(spec, 1, 3, seed=7)
+    with pytest.raises(ValueError, match="token ids"):
+        model.prefill(np.array([[spec.vocab_size]]), ctx)
+    with pytest.raises(ValueError, match="integer array"):
+        model.prefill(np.zeros((1, 0), np.int64), ctx)
+    _, state = model.prefill(tokens, ctx)
+    with pytest.raises(ValueError, match="batch"):
+        model.step(np.zeros((2, 1), np.int64), state)
+    if spec.positions == "learned":
+        with pytest.raises(ValueError, match="learned positions"):
+            model.step(np.zeros((1, spec.max_seq_len), np.int64), state)
