@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quiet import machine  # noqa: E402
+from quiet import machine, write_json  # noqa: E402
 
 CHILD = """
 import json, time
@@ -46,12 +46,7 @@ def main(argv=None) -> int:
         warm = run_child(args.model, home)
         print("warm", warm, flush=True)
     report = {"machine": machine(), "model": args.model, "cold_s": cold, "warm_s": warm}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    write_json(report, args.out)
     return 0
 
 

@@ -53,3 +53,39 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def measure_interleaved(fns: dict, reps: int, calls: int = 1, threshold: float = 0.3):
+    """Time each of ``fns`` (name -> callable) ``reps`` times, interleaved, each repetition
+    the mean of ``calls`` calls. A repetition during which other processes used
+    ``threshold`` cores or more is discarded and run again.
+    Returns ``({name: [seconds, ...]}, {name: discarded count})``."""
+    times = {k: [] for k in fns}
+    discarded = {k: 0 for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            while True:
+                wait_quiet()
+                with Probe() as p:
+                    t = time.perf_counter()
+                    for _ in range(calls):
+                        f()
+                    dt = (time.perf_counter() - t) / calls
+                if p.other_cores < threshold:
+                    times[k].append(dt)
+                    break
+                discarded[k] += 1
+    return times, discarded
+
+
+def write_json(report: dict, out) -> None:
+    """Write ``report`` to ``out`` atomically (temp file + rename)."""
+    import json
+    from pathlib import Path
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, out)
+    print(f"wrote {out}")

@@ -5,7 +5,6 @@ benchmarks/results/step_latency.json). Run on demand: ``make bench``."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quiet import Probe, machine, wait_quiet  # noqa: E402
+from quiet import machine, measure_interleaved, write_json  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -72,22 +71,8 @@ def main(argv=None) -> int:
         fns = engines(P)
         for f in fns.values():
             f()  # warm-up
-        times = {k: [] for k in fns}
-        discarded = {k: 0 for k in fns}
-        for _ in range(args.reps):
-            for k, f in fns.items():
-                while True:
-                    wait_quiet()
-                    with Probe() as p:
-                        t = time.perf_counter()
-                        for _ in range(args.calls):
-                            f()
-                        dt = (time.perf_counter() - t) / args.calls
-                    if p.other_cores < 0.3:
-                        times[k].append(dt * 1e3)
-                        break
-                    discarded[k] += 1
-        med = {k: statistics.median(v) for k, v in times.items()}
+        times, discarded = measure_interleaved(fns, args.reps, args.calls)
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         results[P] = {"median_ms": med, "runs": {k: len(v) for k, v in times.items()},
                       "discarded": discarded,
                       "speedup_cached_vs_no_cache": med["kvgraph_no_cache"] / med["kvgraph_cached"],
@@ -96,12 +81,7 @@ def main(argv=None) -> int:
     for h in hooks:
         h.remove()
     report = {"machine": machine(), "model": args.model, "compile_s": compile_s, "positions": results}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    write_json(report, args.out)
     return 0
 
 

@@ -7,17 +7,15 @@ faster-whisper`); it reads the same CTranslate2 model directory that kvgraph par
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quiet import Probe, machine, wait_quiet  # noqa: E402
+from quiet import machine, measure_interleaved, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,32 +63,14 @@ def main(argv=None) -> int:
     results = {}
     for cname, audio in clips.items():
         texts = {k: f(audio) for k, f in engines.items()}  # warm-up, and the outputs
-        times = {k: [] for k in engines}
-        discarded = {k: 0 for k in engines}
-        for _ in range(args.reps):
-            for k, f in engines.items():
-                while True:
-                    wait_quiet()
-                    with Probe() as p:
-                        t = time.perf_counter()
-                        f(audio)
-                        dt = time.perf_counter() - t
-                    if p.other_cores < 0.3:
-                        times[k].append(dt)
-                        break
-                    discarded[k] += 1
+        times, discarded = measure_interleaved({k: (lambda f=f: f(audio)) for k, f in engines.items()}, args.reps)
         med = {k: statistics.median(v) for k, v in times.items()}
         results[cname] = {"seconds": len(audio) / 16000, "median_s": med, "discarded": discarded,
                           "texts": texts,
                           "speedup_vs": {k: med[k] / med["kvgraph_max"] for k in med if k != "kvgraph_max"}}
         print(cname, {k: round(v, 3) for k, v in med.items()}, flush=True)
     report = {"machine": machine(), "model": "tiny.en fp32 greedy", "clips": results}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    write_json(report, args.out)
     return 0
 
 

@@ -19,7 +19,7 @@ from .build import build
 from .errors import KvgraphError, LoweringError
 from . import ir
 from .ir import Graph
-from .passes import PassResult, Programs, default_pipeline, run_passes
+from .passes import PassResult, default_pipeline, run_passes
 from .printer import format_graph
 from .spec import DecoderSpec
 

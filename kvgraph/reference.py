@@ -12,7 +12,6 @@ import numpy as np
 from . import ir
 from .errors import KvgraphError
 from .printer import window
-from .types import bind_dim
 
 
 def _erf(x: np.ndarray) -> np.ndarray:

@@ -60,6 +60,13 @@ def optional_float(string: str) -> Optional[float]:
     return None if string == "None" else float(string)
 
 
+DECODE_OPTIONS = (
+    "task", "best_of", "beam_size", "patience", "length_penalty", "suppress_tokens",
+    "initial_prompt", "carry_initial_prompt", "condition_on_previous_text", "without_timestamps",
+    "compression_ratio_threshold", "logprob_threshold", "no_speech_threshold", "clip_timestamps",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -236,25 +243,10 @@ def main(
         temperatures = (temperature,)
 
     progress = (args.verbose or sys.stderr.isatty()) and not args.no_progress
-    decode_options = dict(
-        temperature=temperatures,
-        task=args.task,
-        language=language,
-        best_of=args.best_of,
-        beam_size=args.beam_size,
-        patience=args.patience,
-        length_penalty=args.length_penalty,
-        suppress_tokens=args.suppress_tokens,
-        initial_prompt=args.initial_prompt,
-        carry_initial_prompt=args.carry_initial_prompt,
-        condition_on_previous_text=args.condition_on_previous_text,
-        without_timestamps=args.without_timestamps,
-        compression_ratio_threshold=args.compression_ratio_threshold,
-        logprob_threshold=args.logprob_threshold,
-        no_speech_threshold=args.no_speech_threshold,
-        clip_timestamps=args.clip_timestamps,
-        verbose=False if progress else None,  # False = tqdm progress bar
-    )
+    # options passed through to whisper.transcribe under their own names
+    decode_options = {k: getattr(args, k) for k in DECODE_OPTIONS}
+    decode_options.update(temperature=temperatures, language=language,
+                          verbose=False if progress else None)  # False = tqdm progress bar
 
     try:
         os.makedirs(args.output_dir, exist_ok=True)
