@@ -17,6 +17,12 @@ SPECS = {
         vocab_size=97, d_model=48, n_heads=6, n_kv_heads=3, n_layers=2, max_seq_len=64, mlp_hidden=96,
         norm="layernorm", mlp="gelu", positions="learned",
         cross_attention=kvgraph.CrossAttention(context_len=12, context_dim=40), name="gpt_cross_gqa"),
+    # A mix neither family uses: sinusoidal positions, RMSNorm with GELU and biases,
+    # multi-query attention (one KV head), cross-attention to a context wider than d_model.
+    "mixed_mqa": kvgraph.DecoderSpec(
+        vocab_size=71, d_model=32, n_heads=4, n_kv_heads=1, n_layers=3, max_seq_len=64, mlp_hidden=80,
+        norm="rmsnorm", mlp="gelu", positions="sinusoidal", bias=True, naming="llama",
+        cross_attention=kvgraph.CrossAttention(context_len=9, context_dim=56), name="mixed_mqa"),
     # Llama family: RMSNorm, rotary, GQA, SwiGLU, untied head, no cross-attention. The
     # built-in demo spec, so examples/compile_llama_style.py reuses these compiled graphs.
     "llama_gqa": kvgraph.specs.get("llama-demo"),
