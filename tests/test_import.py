@@ -62,4 +62,6 @@ def test_import_is_cheap(module):
     out = _probe(module)
     assert not out["max_loaded"], f"import {module} loaded the 'max' module"
     assert out["attempts"] == [], f"import {module} tried to import {out['attempts']}"
-    assert out["wall"] < 5.0, f"import {module} took {out['wall']:.1f}s (limit 5s)"
+    # Not a speed target: a MAX compile takes a minute or more, so this loose bound only
+    # proves none happened (it tolerates a loaded CI machine).
+    assert out["wall"] < 30.0, f"import {module} took {out['wall']:.1f}s: something heavy ran"
