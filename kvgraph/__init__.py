@@ -2,25 +2,15 @@
 
 Importing kvgraph is cheap: MAX is imported only by :func:`compile`.
 """
-from . import reference
+from . import passes, reference
 from .build import build
 from .errors import IRTypeError, KvgraphError, LoweringError, PassError, SpecError, VerifyError
 from .ir import Graph
+from .passes import run_passes
 from .printer import format_graph
 from .spec import CrossAttention, DecoderSpec
 from .verify import verify
 from .weights import init_weights
-
-__all__ = [
-    "CrossAttention", "DecoderSpec", "Graph", "IRTypeError", "KvgraphError", "LoweringError",
-    "PassError", "SpecError", "VerifyError", "build", "format_graph", "init_weights",
-    "reference", "verify",
-]
-
-from . import passes  # noqa: E402
-from .passes import run_passes  # noqa: E402
-
-__all__ += ["passes", "run_passes"]
 
 
 def compile(spec_or_graph, weights, *, kv_cache=True, device="cpu", passes=None, eager=True,
@@ -31,4 +21,8 @@ def compile(spec_or_graph, weights, *, kv_cache=True, device="cpu", passes=None,
                     eager=eager, weights_mode=weights_mode)
 
 
-__all__ += ["compile"]
+__all__ = [
+    "CrossAttention", "DecoderSpec", "Graph", "IRTypeError", "KvgraphError", "LoweringError",
+    "PassError", "SpecError", "VerifyError", "build", "compile", "format_graph", "init_weights",
+    "passes", "reference", "run_passes", "verify",
+]
