@@ -139,6 +139,9 @@ class CompiledDecoder:
     # ---- programs
     def program(self, name: str) -> CompiledProgram:
         if name not in self._progs:
+            if name != "full" and self.passes is None:
+                raise KvgraphError(f"no {name!r} program: this decoder was compiled with kv_cache=False "
+                                   "(only 'full')")
             g = self.full if name == "full" else self.passes.programs[name]
             self._progs[name] = load_program(g, self.weights, self.weights_mode)
         return self._progs[name]
