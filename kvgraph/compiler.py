@@ -9,6 +9,7 @@ the previous call returned straight back in.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from typing import Optional
 
@@ -23,6 +24,7 @@ from .passes import PassResult, default_pipeline, run_passes
 from .printer import format_graph
 from .spec import DecoderSpec
 
+log = logging.getLogger("kvgraph")
 _SESSION = None
 _MODELS: dict[tuple, object] = {}
 _KEEP: dict[int, object] = {}
@@ -72,12 +74,14 @@ def load_program(g: Graph, weights: dict[str, np.ndarray], weights_mode: str = "
         return hit
     from .lower_max import lower
     mg, registry = lower(g, weights, weights_mode)
+    log.info("compiling %s for MAX (%d nodes; minutes if MAX's cache is cold)", g.name, len(g.nodes))
     t0 = time.perf_counter()
     try:
         model = session().load(mg, weights_registry=registry)
     except Exception as e:
         raise LoweringError(f"MAX could not compile {g.name}: {type(e).__name__}: {e}") from e
     prog = CompiledProgram(g, model, time.perf_counter() - t0)
+    log.info("compiled %s in %.1f s", g.name, prog.compile_seconds)
     _MODELS[key] = prog
     _KEEP[id(weights)] = weights  # the id in the key must not be reused while cached
     return prog

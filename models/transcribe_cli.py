@@ -258,6 +258,14 @@ def main(
     if progress:
         print(f"{PROG}: loading {model_name} and compiling it for MAX (minutes on a cold "
               "cache, seconds afterwards)", file=sys.stderr, flush=True)
+        import logging  # one line per compiled program, as it happens
+        kv_log = logging.getLogger("kvgraph")
+        if not any(getattr(h, "kvgraph_cli", False) for h in kv_log.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("kvgraph: %(message)s"))
+            handler.kvgraph_cli = True
+            kv_log.addHandler(handler)
+        kv_log.setLevel(logging.INFO)
     t0 = time.perf_counter()
     try:
         backend = load_backend(model_name, kv_cache=not args.no_kv_cache)
