@@ -47,22 +47,18 @@ class CompiledProgram:
     graph: Graph
     model: object
     compile_seconds: float
+    # computed once (steps read them every call)
+    output_names: list = attrs.field(init=False)
+    buffer_outputs: dict = attrs.field(init=False)
+
+    def __attrs_post_init__(self):
+        from .lower_max import buffer_outputs, emitted_outputs
+        self.output_names = emitted_outputs(self.graph)   # what the MAX model returns, in order
+        self.buffer_outputs = buffer_outputs(self.graph)  # {output: input buffer mutated in place}
 
     @property
     def input_names(self) -> list[str]:
         return [v.name for v in self.graph.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        """The outputs the MAX model returns, in order (buffer outputs are not among them)."""
-        from .lower_max import emitted_outputs
-        return emitted_outputs(self.graph)
-
-    @property
-    def buffer_outputs(self) -> dict[str, str]:
-        """``{output name: input name}``: outputs that are an input buffer mutated in place."""
-        from .lower_max import buffer_outputs
-        return buffer_outputs(self.graph)
 
     def results(self, args: list, outs: list) -> dict:
         """``{output name: Buffer}`` of one call: emitted outputs, and buffer outputs as the
