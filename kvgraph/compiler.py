@@ -211,7 +211,12 @@ class CompiledDecoder:
         return logits.to_numpy()[:, 0], state
 
     def step(self, tokens, state: DecoderState) -> tuple[np.ndarray, DecoderState]:
-        """Append ``tokens [b, n]``: ``(logits [b, n, vocab], new state)``."""
+        """Append ``tokens [b, n]``: ``(logits [b, n, vocab], new state)``.
+
+        With ``cache_layout="buffer"`` the new state shares the given state's cache buffers,
+        written in place at rows ``[past, past+n)``: the given state stays valid (its rows
+        are untouched), but two states that step from one common state overwrite each
+        other's new rows; ``reorder`` (or a fresh prefill) gives an independent copy."""
         tok = self._check(_tokens(tokens), state.past)
         if tok.shape[0] != state.batch:
             raise ValueError(f"step: batch {tok.shape[0]} != the state's batch {state.batch}")
