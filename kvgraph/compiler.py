@@ -47,14 +47,27 @@ class CompiledProgram:
     graph: Graph
     model: object
     compile_seconds: float
+    # computed once (steps read them every call)
+    output_names: list = attrs.field(init=False)
+    buffer_outputs: dict = attrs.field(init=False)
+
+    def __attrs_post_init__(self):
+        from .lower_max import buffer_outputs, emitted_outputs
+        self.output_names = emitted_outputs(self.graph)   # what the MAX model returns, in order
+        self.buffer_outputs = buffer_outputs(self.graph)  # {output: input buffer mutated in place}
 
     @property
     def input_names(self) -> list[str]:
         return [v.name for v in self.graph.inputs]
 
-    @property
-    def output_names(self) -> list[str]:
-        return [k for k, _ in self.graph.outputs]
+    def results(self, args: list, outs: list) -> dict:
+        """``{output name: Buffer}`` of one call: emitted outputs, and buffer outputs as the
+        (mutated) buffer passed for their input."""
+        got = dict(zip(self.output_names, outs))
+        by_input = dict(zip(self.input_names, args))
+        for k, src in self.buffer_outputs.items():
+            got[k] = by_input[src]
+        return got
 
     def __call__(self, *args) -> list:
         from max.driver import Buffer
@@ -136,6 +149,10 @@ class CompiledDecoder:
         self.passes: Optional[PassResult] = run_passes(graph, passes or default_pipeline()) if kv_cache else None
         self._progs: dict[str, CompiledProgram] = {}
         self.vocab_size, self.max_len = _limits(graph)
+        # rows a fixed-capacity (layout="buffer") cache holds; None for growing caches
+        caps = [n.op.cache.type.shape[1] for n in (self.passes.step.nodes if self.passes else ())
+                if isinstance(n.op, ir.CacheStore)]
+        self.capacity: Optional[int] = min(caps) if caps else None
         if eager:
             for name in (("prefill", "step") if kv_cache else ("full",)):
                 self.program(name)
@@ -167,6 +184,9 @@ class CompiledDecoder:
         if self.max_len is not None and past + tok.shape[1] > self.max_len:
             raise ValueError(f"sequence of {past + tok.shape[1]} positions exceeds the model's "
                              f"{self.max_len} learned positions")
+        if self.kv_cache and self.capacity is not None and past + tok.shape[1] > self.capacity:
+            raise ValueError(f"sequence of {past + tok.shape[1]} positions exceeds the KV cache "
+                             f"capacity of {self.capacity} rows (compile with a larger capacity=)")
         return tok
 
     # ---- public API
@@ -183,13 +203,20 @@ class CompiledDecoder:
             full = self.logits(tok, context)
             return full[:, -1], DecoderState(tok.shape[1], tok.shape[0], tokens=tok, context=context)
         prog = self.program("prefill")
-        outs = prog(tok, *self._context_args(prog, context))
-        names = prog.output_names
-        state = DecoderState(tok.shape[1], tok.shape[0], {n: b for n, b in zip(names[1:], outs[1:])})
-        return outs[0].to_numpy()[:, 0], state
+        args = [tok] + self._context_args(prog, context)
+        args += [_zeros(v, tok.shape[0]) for v in prog.graph.inputs[len(args):]]
+        got = prog.results(args, prog(*args))
+        logits = got.pop("logits")
+        state = DecoderState(tok.shape[1], tok.shape[0], got)
+        return logits.to_numpy()[:, 0], state
 
     def step(self, tokens, state: DecoderState) -> tuple[np.ndarray, DecoderState]:
-        """Append ``tokens [b, n]``: ``(logits [b, n, vocab], new state)``."""
+        """Append ``tokens [b, n]``: ``(logits [b, n, vocab], new state)``.
+
+        With ``cache_layout="buffer"`` the new state shares the given state's cache buffers,
+        written in place at rows ``[past, past+n)``: the given state stays valid (its rows
+        are untouched), but two states that step from one common state overwrite each
+        other's new rows; ``reorder`` (or a fresh prefill) gives an independent copy."""
         tok = self._check(_tokens(tokens), state.past)
         if tok.shape[0] != state.batch:
             raise ValueError(f"step: batch {tok.shape[0]} != the state's batch {state.batch}")
@@ -204,10 +231,11 @@ class CompiledDecoder:
             if name not in state.buffers:
                 raise KvgraphError(f"step needs state {name!r}; the state holds {sorted(state.buffers)}")
             args.append(state.buffers[name])
-        outs = prog(*args)
+        got = prog.results(args, prog(*args))
+        logits = got.pop("logits")
         bufs = dict(state.buffers)
-        bufs.update({k: b for k, b in zip(prog.output_names[1:], outs[1:])})
-        return outs[0].to_numpy(), DecoderState(state.past + n, state.batch, bufs)
+        bufs.update(got)
+        return logits.to_numpy(), DecoderState(state.past + n, state.batch, bufs)
 
     def reorder(self, state: DecoderState, indices) -> DecoderState:
         """The state with batch rows re-indexed (beam search)."""
@@ -220,17 +248,31 @@ class CompiledDecoder:
         return DecoderState(state.past, len(idx), bufs)
 
 
+def _zeros(v: ir.Value, batch: int):
+    """A zero-filled MAX buffer for input ``v`` (a fixed-capacity cache), ``b`` = ``batch``."""
+    from max.driver import Buffer
+    shape = [batch if str(d) == "b" else d for d in v.type.shape]
+    if v.type.dtype != "f32" or not all(isinstance(d, int) for d in shape):
+        raise KvgraphError(f"cannot allocate prefill input %{v.name}: {v.type}")
+    return Buffer.from_numpy(np.zeros(shape, np.float32))
+
+
 def _is_buffer(x) -> bool:
     from max.driver import Buffer
     return isinstance(x, Buffer)
 
 
 def compile(spec_or_graph, weights: dict, *, kv_cache: bool = True, device: str = "cpu",
-            passes=None, eager: bool = True, weights_mode: str = "registry") -> CompiledDecoder:
+            passes=None, eager: bool = True, weights_mode: str = "registry",
+            cache_layout: str = "concat", capacity: Optional[int] = None) -> CompiledDecoder:
     """Compile a decoder spec (or a full-sequence graph from ``kvgraph.build``) for MAX.
 
     ``weights_mode``: ``"registry"`` binds weights at load (one compile serves any weights
-    of the same shapes); ``"constant"`` bakes them into the graph (see lower_max.lower)."""
+    of the same shapes); ``"constant"`` bakes them into the graph (see lower_max.lower).
+
+    ``cache_layout``: ``"concat"`` (caches grow by a new tensor each step) or ``"buffer"``
+    (fixed-capacity MAX buffers written in place; ``capacity`` rows, by default the
+    graph's learned-position limit). Ignored when ``passes`` is given."""
     if device != "cpu":
         raise LoweringError(f"device={device!r}: this build lowers for 'cpu' only")
     if isinstance(spec_or_graph, DecoderSpec):
@@ -239,5 +281,16 @@ def compile(spec_or_graph, weights: dict, *, kv_cache: bool = True, device: str 
         g = spec_or_graph
     else:
         raise TypeError(f"compile() takes a DecoderSpec or Graph, got {type(spec_or_graph).__name__}")
+    if cache_layout not in ("concat", "buffer"):
+        raise ValueError(f"cache_layout={cache_layout!r}: expected 'concat' or 'buffer'")
+    if passes is None and kv_cache and cache_layout == "buffer":
+        if capacity is None:
+            capacity = _limits(g)[1]
+            if capacity is None:
+                raise ValueError(f"cache_layout='buffer': graph {g.name} has no learned-position limit; "
+                                 "pass capacity=<max rows the cache holds>")
+        passes = default_pipeline("buffer", capacity)
+    elif capacity is not None and cache_layout != "buffer":
+        raise ValueError("capacity= is for cache_layout='buffer' only")
     return CompiledDecoder(g, weights, kv_cache=kv_cache, passes=passes, eager=eager,
                            weights_mode=weights_mode)

@@ -20,7 +20,7 @@ from typing import ClassVar, Iterator, Optional
 import attrs
 
 from .errors import IRTypeError
-from .types import Dim, TensorType, dim_add, f32, i64
+from .types import Dim, TensorType, dim_add, f32, i64, sym
 
 
 @attrs.frozen(eq=False, repr=False)
@@ -336,6 +336,51 @@ class Concat(Op):
         return TensorType(a.dtype, shape)
 
 
+@op("cache_store", ("cache", "new", "past"))
+class CacheStore(Op):
+    """The fixed-capacity cache with rows ``[past, past+s)`` replaced by ``new``.
+
+    cache f32[b, cap, d], new f32[b, s, d], past an i64[] scalar or absent (0)
+    -> f32[b, cap, d]; ``past + s <= cap`` is required (the reference raises otherwise).
+    Functional meaning; the MAX lowering writes the cache input buffer in place, so the
+    result is the same buffer and a graph output holding it is the mutated input.
+    """
+
+    cache: Value
+    new: Value
+    past: Optional[Value] = None
+
+    def infer_type(self):
+        c, n = _t(self.cache), _t(self.new)
+        _need(c.rank == 3 and n.rank == 3 and c.dtype == n.dtype == "f32",
+              f"cache_store: cache and new must be f32 rank 3, got {c} and {n}")
+        _need(c.shape[0] == n.shape[0] and c.shape[2] == n.shape[2],
+              f"cache_store: new {n} does not fit cache {c} (batch and width must match)")
+        _need(isinstance(c.shape[1], int), f"cache_store: cache capacity must be static, got {c}")
+        if self.past is not None:
+            _need(_t(self.past) == i64(), f"cache_store: past must be i64[], got {_t(self.past)}")
+        return c
+
+
+@op("cache_view", ("cache", "new", "past"))
+class CacheView(Op):
+    """The filled rows ``[0, past+s)`` of a fixed-capacity cache: cache f32[b, cap, d],
+    new f32[b, s, d] (only its length ``s`` is read), past an i64[] scalar (the symbolic
+    dim ``past``) or absent (0) -> f32[b, past+s, d] (f32[b, s, d] without past)."""
+
+    cache: Value
+    new: Value
+    past: Optional[Value] = None
+
+    def infer_type(self):
+        c, n = _t(self.cache), _t(self.new)
+        _need(c.rank == 3 and n.rank == 3, f"cache_view: cache and new must be rank 3, got {c} and {n}")
+        if self.past is None:
+            return TensorType(c.dtype, (c.shape[0], n.shape[1], c.shape[2]))
+        _need(_t(self.past) == i64(), f"cache_view: past must be i64[], got {_t(self.past)}")
+        return TensorType(c.dtype, (c.shape[0], dim_add(sym("past"), n.shape[1]), c.shape[2]))
+
+
 @op("take_last", ("x",))
 class TakeLast(Op):
     """The last row along axis 1: x f32[b, s, d] -> f32[b, 1, d]."""
@@ -382,8 +427,8 @@ class Conv1d(Op):
 
 
 OP_CLASSES: tuple[type, ...] = (Embed, Positions, GatherRows, Sinusoid, Rope, Add, Mul, Linear,
-                                LayerNorm, RMSNorm, Gelu, Silu, Attention, Concat, TakeLast,
-                                Transpose, Conv1d)
+                                LayerNorm, RMSNorm, Gelu, Silu, Attention, Concat, CacheStore,
+                                CacheView, TakeLast, Transpose, Conv1d)
 
 
 # ------------------------------------------------------------------------ graph

@@ -6,6 +6,11 @@ kernel (a Linear weight pre-transposed to ``[in, out]``, a conv weight as RSCF);
 registry then holds that layout, computed once on the host. Nothing weight-sized is
 ever a per-call input.
 
+Fixed-capacity caches (``cache_store`` / ``cache_view``) lower to MAX buffers: a graph
+input that a ``cache_store`` writes is a ``BufferType`` written in place with
+``buffer_store_slice``; a graph output holding such a buffer is not emitted (the caller
+keeps the input buffer of that name, see :func:`buffer_outputs`).
+
 Errors raised while emitting a node are re-raised as :class:`LoweringError` carrying
 that node's printed IR line.
 """
@@ -44,9 +49,12 @@ def max_dim(d):
     raise LoweringError(f"input dim {d} is a sum; graph inputs take plain symbols")
 
 
-def max_type(t: TensorType):
+def max_type(t: TensorType, buffer: bool = False):
     DType, DeviceRef, _, MaxTensorType, _, _ = _max()
     dt = DType.float32 if t.dtype == "f32" else DType.int64
+    if buffer:
+        from max.graph import BufferType
+        return BufferType(dt, [max_dim(d) for d in t.shape], device=DeviceRef.CPU())
     return MaxTensorType(dt, [max_dim(d) for d in t.shape], device=DeviceRef.CPU())
 
 
@@ -103,6 +111,70 @@ def _rule_attention(op, env, ctx, K):
                        op.kv_heads, op.causal, _arg(ctx, env, op.q_offset), op.scale)
 
 
+def _rows(op, env, K):
+    """(start, end) int64 scalars of the rows ``[past, past+s)`` a cache op addresses."""
+    DType, DeviceRef, _, _, _, ops = _max()
+    start = env[op.past] if op.past is not None else ops.constant(np.int64(0), DType.int64, DeviceRef.CPU())
+    return start, start + K._scalar_dim(env[op.new].shape[1])
+
+
+def _dim_name(d) -> str:
+    """A MAX dim name for a symbolic IR dim (``past+s`` -> ``past_s``)."""
+    if isinstance(d, int):
+        return d
+    return "_".join(list(d.terms) + ([str(d.const)] if d.const else []))
+
+
+def _rule_cache_store(op, env, ctx, K):
+    from max.graph import BufferValue
+    ops = _max()[5]
+    buf, new = env[op.cache], env[op.new]
+    if not isinstance(buf, BufferValue):
+        raise LoweringError("cache_store: the cache must be a graph input (lowered as a buffer)")
+    start, end = _rows(op, env, K)
+    ops.buffer_store_slice(buf, new, [slice(None), (slice(start, end), new.shape[1]), slice(None)])
+    return buf  # written in place: the result is the same buffer
+
+
+def _rule_cache_view(op, env, ctx, K):
+    ops = _max()[5]
+    full = ops.buffer_load(env[op.cache])
+    _, end = _rows(op, env, K)
+    rows = op.infer_type().shape[1]
+    return ops.slice_tensor(full, [slice(None), (slice(0, end), _dim_name(rows)), slice(None)])
+
+
+def buffer_values(g: ir.Graph) -> set:
+    """IR values lowered as MAX buffers: graph inputs a ``cache_store`` writes, and the
+    ``cache_store`` results (the same buffers)."""
+    bufs = set()
+    for n in g.nodes:
+        if isinstance(n.op, ir.CacheStore):
+            bufs.add(n.op.cache)
+            bufs.add(n.out)
+    return bufs
+
+
+def buffer_outputs(g: ir.Graph) -> dict[str, str]:
+    """``{output name: input name}`` for outputs that are buffers: not emitted by the MAX
+    graph, they are the input buffer of that name, mutated in place."""
+    prod = g.producers()
+    bufs = buffer_values(g)
+    out = {}
+    for k, v in g.outputs:
+        if v in bufs:
+            while v in prod:
+                v = prod[v].op.cache
+            out[k] = v.name
+    return out
+
+
+def emitted_outputs(g: ir.Graph) -> list[str]:
+    """Names of the outputs the MAX graph returns, in order (buffer outputs are left out)."""
+    bufs = buffer_values(g)
+    return [k for k, v in g.outputs if v not in bufs]
+
+
 def _rule_conv1d(op, env, ctx, K):
     return K.conv1d(_arg(ctx, env, op.x), _arg(ctx, env, op.w, "rscf"), _arg(ctx, env, op.bias),
                     op.stride, op.padding, w_layout="rscf")
@@ -123,6 +195,8 @@ RULES: dict[type, Callable] = {
     ir.Silu: lambda op, env, ctx, K: K.silu(env[op.x]),
     ir.Attention: _rule_attention,
     ir.Concat: lambda op, env, ctx, K: _max()[5].concat([env[op.a], env[op.b]], axis=op.axis),
+    ir.CacheStore: _rule_cache_store,
+    ir.CacheView: _rule_cache_view,
     ir.TakeLast: lambda op, env, ctx, K: K.take_last(env[op.x]),
     ir.Transpose: lambda op, env, ctx, K: _max()[5].transpose(env[op.x], 1, 2),
     ir.Conv1d: _rule_conv1d,
@@ -139,13 +213,15 @@ def lower(g: ir.Graph, weights: dict[str, np.ndarray], mode: str = "registry"):
     from . import max_kernels as K
     _, _, Graph, _, _, _ = _max()
     ctx = LowerCtx(weights, mode)
+    bufs = buffer_values(g)
     try:
-        in_types = [max_type(v.type) for v in g.inputs]
+        in_types = [max_type(v.type, v in bufs) for v in g.inputs]
     except LoweringError as e:
         raise LoweringError(f"graph {g.name}: {e}") from None
     mg = Graph(g.name.replace(".", "_"), input_types=in_types)
     with mg:
-        env: dict = {v: mg.inputs[i].tensor for i, v in enumerate(g.inputs)}
+        env: dict = {v: (mg.inputs[i].buffer if v in bufs else mg.inputs[i].tensor)
+                     for i, v in enumerate(g.inputs)}
         for i, n in enumerate(g.nodes):
             rule = RULES.get(type(n.op))
             if rule is None:
@@ -159,5 +235,6 @@ def lower(g: ir.Graph, weights: dict[str, np.ndarray], mode: str = "registry"):
             except Exception as e:  # MAX's own errors, re-raised with the IR line
                 raise LoweringError(f"MAX rejected {n.op.NAME}: {type(e).__name__}: {e}\n"
                                     f"  IR: {format_node(n)}\n{window(g, i)}") from e
-        mg.output(*[env[v] if not isinstance(v, ir.Weight) else ctx.weight(v) for _, v in g.outputs])
+        mg.output(*[env[v] if not isinstance(v, ir.Weight) else ctx.weight(v)
+                    for _, v in g.outputs if v not in bufs])
     return mg, ctx.registry

@@ -79,6 +79,26 @@ def _attention(op, a, ctx):
     return (p @ vh).transpose(0, 2, 1, 3).reshape(b, sq, w)
 
 
+def _cache_rows(op, a, what):
+    past = 0 if a["past"] is None else int(a["past"])
+    s, cap = a["new"].shape[1], a["cache"].shape[1]
+    if past < 0 or past + s > cap:
+        raise ReferenceError_(f"{what}: rows [{past}, {past + s}) do not fit a cache of capacity {cap}")
+    return past, s
+
+
+def _cache_store(op, a, ctx):
+    past, s = _cache_rows(op, a, "cache_store")
+    out = a["cache"].copy()  # functional: the input array is left as it was
+    out[:, past: past + s] = a["new"]
+    return out
+
+
+def _cache_view(op, a, ctx):
+    past, s = _cache_rows(op, a, "cache_view")
+    return a["cache"][:, : past + s]
+
+
 def _conv1d(op, a, ctx):
     x, w, bias = a["x"], a["w"], a["bias"]            # x [b, t, cin], w [cout, cin, k]
     k = w.shape[2]
@@ -103,6 +123,8 @@ RULES = {
     ir.Silu: lambda op, a, ctx: a["x"] / (1.0 + np.exp(-a["x"])),
     ir.Attention: _attention,
     ir.Concat: lambda op, a, ctx: np.concatenate([a["a"], a["b"]], axis=op.axis),
+    ir.CacheStore: _cache_store,
+    ir.CacheView: _cache_view,
     ir.TakeLast: lambda op, a, ctx: a["x"][:, -1:, :],
     ir.Transpose: lambda op, a, ctx: a["x"].transpose(0, 2, 1),
     ir.Conv1d: _conv1d,

@@ -8,7 +8,10 @@ for any spec the passes accept:
 - state starts as the ``prefill`` output of the same name (``cache.*``, ``hoisted.*``);
 - after each step, a state entry is replaced by the step output of the same name when
   step returns one (the grown caches); others (``hoisted.*``) are carried unchanged;
-- ``past`` counts the rows already cached.
+- ``past`` counts the rows already cached;
+- a ``prefill`` input other than ``tokens`` and ``context`` (the fixed-capacity caches of
+  ``KVCache(layout="buffer")``) is allocated zero-filled from its type, ``b`` bound to the
+  batch.
 
 The MAX ``CompiledDecoder`` has the same method names; tests compare the two.
 """
@@ -79,6 +82,19 @@ class ReferenceDecoder:
                 raise KvgraphError(f"graph {g.name} takes no input {k!r}; it takes {sorted(names)}")
         return out
 
+    def _zeros(self, g: Graph, batch: int, given) -> dict:
+        """Zero-filled arrays for the inputs of ``g`` not in ``given`` (other than context)."""
+        out = {}
+        for v in g.inputs:
+            if v.name in given or v.name == "context":
+                continue
+            shape = [batch if str(d) == "b" else d for d in v.type.shape]
+            if not all(isinstance(d, int) for d in shape):
+                raise KvgraphError(f"graph {g.name}: cannot allocate input %{v.name}: {v.type} "
+                                   "has a dim other than the batch b")
+            out[v.name] = np.zeros(shape, dtype=self.dtype if v.type.dtype == "f32" else np.int64)
+        return out
+
     def _run(self, g: Graph, **inputs) -> dict[str, np.ndarray]:
         return reference.run(g, self.weights, dtype=self.dtype, **inputs)
 
@@ -93,7 +109,9 @@ class ReferenceDecoder:
     def prefill(self, tokens, context: Optional[np.ndarray] = None) -> tuple[np.ndarray, DecoderState]:
         """Run the prompt; returns the last position's logits ``[b, V]`` and the state."""
         tokens = self._tokens(tokens)
-        out = self._run(self.prefill_graph, **self._inputs(self.prefill_graph, tokens=tokens, context=context))
+        given = self._inputs(self.prefill_graph, tokens=tokens, context=context)
+        given.update(self._zeros(self.prefill_graph, tokens.shape[0], given))
+        out = self._run(self.prefill_graph, **given)
         state = DecoderState({n: out[n] for n in self.state_names})
         state[PAST] = tokens.shape[1]
         return out["logits"][:, -1, :], state

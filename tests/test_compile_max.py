@@ -179,3 +179,59 @@ def test_bad_tokens_are_refused_before_max_runs(case):
     if spec.positions == "learned":
         with pytest.raises(ValueError, match="learned positions"):
             model.step(np.zeros((1, spec.max_seq_len), np.int64), state)
+
+
+# ------------------------------------------------- the fixed-capacity buffer layout
+
+BUFFER_CAPACITY = 32
+
+
+@pytest.fixture(scope="module")
+def buffer_case():
+    spec = SPECS["llama_gqa"]
+    weights = kvgraph.init_weights(spec, seed=3)
+    return spec, weights, kvgraph.compile(spec, weights, cache_layout="buffer", capacity=BUFFER_CAPACITY)
+
+
+def test_buffer_layout_matches_reference_in_place(buffer_case):
+    from max.driver import Buffer
+    from max.graph import BufferType
+    from kvgraph.lower_max import lower
+    spec, weights, model = buffer_case
+    assert model.capacity == BUFFER_CAPACITY
+    tokens, ctx = _inputs(spec, 2, 10, seed=1)
+    full = kvgraph.reference.run(kvgraph.build(spec), weights, np.float64, tokens=tokens)["logits"]
+    p = 5
+    logits, state = model.prefill(tokens[:, :p])
+    np.testing.assert_allclose(logits, full[:, p - 1], atol=1e-4, rtol=0)
+    caches = {k: b for k, b in state.buffers.items() if k.startswith("cache.")}
+    assert len(caches) == 2 * spec.n_layers
+    assert all(isinstance(b, Buffer) for b in caches.values())
+    kv = spec.kv_heads * spec.head_dim
+    assert all(tuple(b.shape) == (2, BUFFER_CAPACITY, kv) for b in caches.values())
+    past = p
+    for n in (1, 1, 3):
+        logits, new = model.step(tokens[:, past:past + n], state)
+        np.testing.assert_allclose(logits, full[:, past:past + n], atol=1e-4, rtol=0)
+        assert all(new.buffers[k] is b for k, b in caches.items())  # written in place
+        state, past = new, past + n
+    assert state.past == past == 10
+    for k, b in caches.items():
+        a = b.to_numpy()
+        assert np.abs(a[:, :past]).max() > 0 and not a[:, past:].any(), k
+    step = model.program("step")
+    assert step.output_names == ["logits"] and set(step.buffer_outputs) == set(caches)
+    mg, _ = lower(step.graph, weights)
+    in_types = {v.name: x.type for v, x in zip(step.graph.inputs, mg.inputs)}
+    assert all(isinstance(in_types[k], BufferType) for k in caches)
+    assert not isinstance(in_types["tokens"], BufferType)
+    with pytest.raises(ValueError, match="capacity"):
+        model.step(np.zeros((2, BUFFER_CAPACITY - past + 1), np.int64), state)
+    model.step(np.zeros((2, BUFFER_CAPACITY - past), np.int64), state)  # exactly full: fine
+    swapped = model.reorder(state, [1, 0])
+    assert all(swapped.buffers[k] is not b for k, b in caches.items())
+
+
+def test_buffer_layout_needs_a_capacity_without_learned_positions():
+    with pytest.raises(ValueError, match="capacity"):
+        kvgraph.compile(SPECS["llama_gqa"], {}, cache_layout="buffer")

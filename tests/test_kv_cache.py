@@ -384,3 +384,125 @@ def test_each_pass_is_a_frozen_value():
     for p in (KVCache(), HoistInvariant(), SinkTakeLast(), DCE()):
         with pytest.raises(attrs.exceptions.FrozenInstanceError):
             p.name = "x"
+
+
+# --------------------------------------------- the fixed-capacity buffer layout
+
+N_BUFFER_SPECS = 20
+
+
+def _buffer_result(spec, capacity):
+    return kvgraph.run_passes(kvgraph.build(spec), default_pipeline("buffer", capacity))
+
+
+@pytest.mark.parametrize("seed", range(N_BUFFER_SPECS))
+def test_buffer_layout_cached_decode_equals_full_graph_float64(seed):
+    """layout="buffer": prefill, single steps and one multi-token step give the full
+    graph's rows; caches keep their capacity, hold the rows seen and zeros after them."""
+    spec, weights, tokens, context, (p, k, m) = random_case(seed)
+    cap = p + k + m + seed % 3
+    result = _buffer_result(spec, cap)
+    dec = ReferenceDecoder(result, weights, dtype=np.float64)
+    full = dec.logits(tokens, context)
+    b = tokens.shape[0]
+    kv = spec.kv_heads * spec.head_dim
+
+    def check(state, past):
+        assert state.past == past
+        caches = {n: a for n, a in state.items() if n.startswith("cache.")}
+        assert len(caches) == 2 * spec.n_layers
+        for n, a in caches.items():
+            assert a.shape == (b, cap, kv), n
+            assert not a[:, past:].any(), n  # rows not yet written are still zero
+            assert np.abs(a[:, :past]).max() > 0, n
+
+    last, state = dec.prefill(tokens[:, :p], context)
+    errs = [np.abs(last - full[:, p - 1]).max()]
+    check(state, p)
+    for i in range(k):
+        out, state = dec.step(tokens[:, p + i: p + i + 1], state)
+        assert out.shape == (b, 1, spec.vocab_size)
+        errs.append(np.abs(out[:, 0] - full[:, p + i]).max())
+        check(state, p + i + 1)
+    out, state = dec.step(tokens[:, p + k:], state)
+    assert out.shape == (b, m, spec.vocab_size)
+    errs.append(np.abs(out - full[:, p + k:]).max())
+    check(state, p + k + m)
+    assert max(errs) <= 1e-5, f"{spec}: max abs error {max(errs)}"
+
+
+def test_buffer_layout_programs():
+    """IR sanity: fixed-capacity cache inputs in both programs, returned under the same
+    names, no concat; attention reads a cache_view, the only value with past+s rows."""
+    spec = kvgraph.DecoderSpec(vocab_size=20, d_model=32, n_heads=8, n_kv_heads=2, n_layers=2,
+                               max_seq_len=16, mlp_hidden=40, norm="rmsnorm", mlp="swiglu",
+                               positions="rotary", cross_attention=kvgraph.CrossAttention(3, 5))
+    result = _buffer_result(spec, 12)
+    for g in (result.prefill, result.step):
+        caches = [v for v in g.inputs if v.name.startswith("cache.")]
+        assert [str(v.type) for v in caches] == ["f32[b, 12, 8]"] * 4, g.name
+        assert sorted(v.name for v in caches) == sorted(k for k, _ in g.outputs if k.startswith("cache."))
+        assert not any(isinstance(n.op, ir.Concat) for n in g.nodes), g.name
+        stores = [n for n in g.nodes if isinstance(n.op, ir.CacheStore)]
+        assert {n.op.cache.name for n in stores} == {v.name for v in caches}
+        for k, v in g.outputs:
+            if k.startswith("cache."):
+                assert any(n.out is v and n.op.cache.name == k for n in stores), k
+        for n in g.nodes:
+            if isinstance(n.op, ir.Attention) and n.op.causal:
+                assert isinstance(result_producer(g, n.op.k), ir.CacheView)
+                assert isinstance(result_producer(g, n.op.v), ir.CacheView)
+    names = [v.name for v in result.step.inputs]
+    assert names[:2] == ["tokens", "past"] and "context" not in names
+    assert [v.name for v in result.prefill.inputs][:2] == ["tokens", "context"]
+    for n in result.step.nodes:
+        if n.out.type.rank == 3 and n.out.type.shape[1] == PAST_S:
+            assert isinstance(n.op, ir.CacheView), n
+    assert "cache_store %cache.b0.attn.v, %b0.v, %past : f32[b, 12, 8]" in str(result.step)
+    # the concat layout is still the default
+    assert any(isinstance(n.op, ir.Concat) for n in kvgraph.run_passes(
+        kvgraph.build(spec), default_pipeline()).step.nodes)
+
+
+def result_producer(g, v):
+    return g.producers()[v].op
+
+
+def test_buffer_layout_needs_a_capacity():
+    with pytest.raises(kvgraph.PassError, match="capacity"):
+        KVCache(layout="buffer")
+    with pytest.raises(kvgraph.PassError, match="capacity"):
+        KVCache(layout="buffer", capacity=0)
+    with pytest.raises(kvgraph.PassError, match="no capacity"):
+        KVCache(capacity=8)
+    assert KVCache(layout="buffer", capacity=8).capacity == 8
+
+
+def test_buffer_layout_refuses_rows_past_capacity():
+    spec, weights, tokens, context, (p, k, m) = random_case(7)
+    cap = p + 1
+    dec = ReferenceDecoder(_buffer_result(spec, cap), weights, dtype=np.float64)
+    _, state = dec.prefill(tokens[:, :p], context)
+    out, state = dec.step(tokens[:, p:p + 1], state)  # exactly full: fine
+    assert state.past == cap
+    with pytest.raises(kvgraph.KvgraphError, match=f"capacity {cap}"):
+        dec.step(tokens[:, p + 1:p + 2], state)
+    with pytest.raises(kvgraph.KvgraphError, match=f"capacity {cap}"):
+        dec.prefill(tokens[:, :cap + 1], context)
+
+
+def test_buffer_layout_step_is_refused_as_already_cached():
+    spec = kvgraph.DecoderSpec(vocab_size=10, d_model=8, n_heads=2, n_layers=1, max_seq_len=8,
+                               mlp_hidden=16, norm="rmsnorm", mlp="swiglu", positions="none")
+    step = _buffer_result(spec, 8).step
+    _assert_refused(step, "b0.attn.k_store", "mixes positions")
+
+
+
+def test_buffer_layout_keeps_the_refusals():
+    spec = kvgraph.DecoderSpec(vocab_size=10, d_model=8, n_heads=2, n_layers=2, max_seq_len=8, mlp_hidden=16)
+    full = kvgraph.build(spec)
+    nodes = [Node(attrs.evolve(n.op, causal=False), n.out) if n.out.name == "b1.attn" else n
+             for n in full.nodes]
+    bad = kvgraph.Graph(full.name, full.inputs, nodes, full.outputs)
+    _assert_refused(bad, "b1.attn", "non-causal", passes=[KVCache("buffer", capacity=8)])

@@ -8,9 +8,12 @@ from .sink import SinkTakeLast
 DEFAULT_PASSES = (KVCache(), HoistInvariant(), SinkTakeLast(), DCE())
 
 
-def default_pipeline():
-    """The passes ``kvgraph.compile`` runs for a cached decoder."""
-    return list(DEFAULT_PASSES)
+def default_pipeline(cache_layout: str = "concat", capacity=None):
+    """The passes ``kvgraph.compile`` runs for a cached decoder (``cache_layout`` and
+    ``capacity`` go to :class:`KVCache`)."""
+    if cache_layout == "concat" and capacity is None:
+        return list(DEFAULT_PASSES)
+    return [KVCache(cache_layout, capacity=capacity)] + list(DEFAULT_PASSES[1:])
 
 
 __all__ = ["DCE", "DEFAULT_PASSES", "HoistInvariant", "KVCache", "Pass", "PassResult",

@@ -14,8 +14,19 @@ Nothing here knows a model family. The pass reads only the IR:
    gives the attention ``q_offset=past`` and ``positions`` ``offset=past``, and returns the
    logits of the new rows and the grown caches under the same names. ``prefill`` is the
    full graph returning the last row's logits and the caches.
+
+Layouts (``KVCache(layout=...)``):
+
+- ``"concat"`` (default): caches are f32[b, past, kv] and grow by ``concat`` each step.
+- ``"buffer"``: caches are fixed-capacity f32[b, capacity, kv] inputs of *both* programs
+  (prefill gets zero-filled ones from the runtime). ``st = cache_store(cache, new, past)``
+  writes the new rows at ``past`` and ``cache_view(st, new, past)`` hands attention rows
+  ``[0, past+s)``; ``st`` is returned under the input's name. Prefill is the same with
+  no ``past`` (offset 0). The MAX lowering makes these caches buffers written in place.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import attrs
 
@@ -28,7 +39,7 @@ from .manager import Programs
 from .rewrite import copy_node, depends_on, remap
 
 PAST = sym("past")
-LAYOUTS = ("concat",)
+LAYOUTS = ("concat", "buffer")
 STREAM_INPUT = "tokens"
 
 
@@ -83,7 +94,17 @@ def classify(g: Graph) -> tuple[set[Value], list[int]]:
     return stream, cached
 
 
-def _step(g: Graph, stream: set[Value], cached: list[int]) -> Graph:
+def _store(b: GraphBuilder, attn: Value, which: str, new: Value, past, capacity: int):
+    """Buffer layout: the cache input, its stored value (an output) and the view attention reads."""
+    name = cache_name(attn, which)
+    t = new.type
+    cache = b.input(name, f32(t.shape[0], capacity, t.shape[2]))
+    st = b.add(ir.CacheStore(cache, new, past), f"{attn.name}.{which}_store")
+    view = b.add(ir.CacheView(st, new, past), f"{attn.name}.{which}_all")
+    return (name, st), view
+
+
+def _step(g: Graph, stream: set[Value], cached: list[int], capacity=None) -> Graph:
     b = GraphBuilder(g.name + ".step")
     mapping: dict[Value, Value] = {}
     for v in g.inputs:
@@ -100,6 +121,11 @@ def _step(g: Graph, stream: set[Value], cached: list[int]) -> Graph:
             if i in cached:
                 kv = []
                 for which, new in (("k", op.k), ("v", op.v)):
+                    if capacity is not None:
+                        out, view = _store(b, n.out, which, new, past, capacity)
+                        caches.append(out)
+                        kv.append(view)
+                        continue
                     name = cache_name(n.out, which)
                     t = new.type
                     old = b.input(name, f32(t.shape[0], PAST, t.shape[2]))
@@ -114,14 +140,23 @@ def _step(g: Graph, stream: set[Value], cached: list[int]) -> Graph:
     return b.finish(outs)
 
 
-def _prefill(g: Graph, cached: list[int]) -> Graph:
+def _prefill(g: Graph, cached: list[int], capacity=None) -> Graph:
     b = GraphBuilder(g.name + ".prefill")
     mapping: dict[Value, Value] = {}
     for v in g.inputs:
         mapping[v] = b.input(v.name, v.type)
     caches = []
     for i, n in enumerate(g.nodes):
-        copy_node(b, n, remap(n.op, mapping), mapping)
+        op = remap(n.op, mapping)
+        if i in cached and capacity is not None:
+            kv = []
+            for which, new in (("k", op.k), ("v", op.v)):
+                out, view = _store(b, n.out, which, new, None, capacity)
+                caches.append(out)
+                kv.append(view)
+            copy_node(b, n, attrs.evolve(op, k=kv[0], v=kv[1]), mapping)
+            continue
+        copy_node(b, n, op, mapping)
         if i in cached:
             caches += [(cache_name(n.out, "k"), mapping[n.op.k]), (cache_name(n.out, "v"), mapping[n.op.v])]
     outs = []
@@ -138,7 +173,16 @@ class KVCache:
     """Turn ``full`` into ``prefill`` and ``step`` (see the module docstring)."""
 
     layout: str = attrs.field(default="concat", validator=attrs.validators.in_(LAYOUTS))
+    capacity: Optional[int] = attrs.field(default=None, kw_only=True)
     name: str = "kv_cache"
+
+    def __attrs_post_init__(self):
+        if self.layout == "buffer":
+            if not (isinstance(self.capacity, int) and self.capacity > 0):
+                raise PassError(f"KVCache(layout='buffer') needs capacity=<rows per cache, a positive int>, "
+                                f"got capacity={self.capacity!r}")
+        elif self.capacity is not None:
+            raise PassError(f"KVCache(layout={self.layout!r}) takes no capacity (only layout='buffer' does)")
 
     def apply(self, programs: Programs) -> Programs:
         if "full" not in programs:
@@ -148,4 +192,5 @@ class KVCache:
                             "the programs are cached already")
         g = programs["full"]
         stream, cached = classify(g)
-        return Programs.of(prefill=_prefill(g, cached), step=_step(g, stream, cached))
+        cap = self.capacity if self.layout == "buffer" else None
+        return Programs.of(prefill=_prefill(g, cached, cap), step=_step(g, stream, cached, cap))
