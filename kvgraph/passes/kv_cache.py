@@ -104,6 +104,16 @@ def _store(b: GraphBuilder, attn: Value, which: str, new: Value, past, capacity:
     return (name, st), view
 
 
+def _grow(b: GraphBuilder, attn: Value, which: str, new: Value):
+    """Concat layout: the cache input grown by the new rows; the result is both the next
+    cache (an output) and what attention reads."""
+    name = cache_name(attn, which)
+    t = new.type
+    old = b.input(name, f32(t.shape[0], PAST, t.shape[2]))
+    grown = b.add(ir.Concat(old, new, 1), f"{attn.name}.{which}_all")
+    return (name, grown), grown
+
+
 def _step(g: Graph, stream: set[Value], cached: list[int], capacity=None) -> Graph:
     b = GraphBuilder(g.name + ".step")
     mapping: dict[Value, Value] = {}
@@ -123,15 +133,10 @@ def _step(g: Graph, stream: set[Value], cached: list[int], capacity=None) -> Gra
                 for which, new in (("k", op.k), ("v", op.v)):
                     if capacity is not None:
                         out, view = _store(b, n.out, which, new, past, capacity)
-                        caches.append(out)
-                        kv.append(view)
-                        continue
-                    name = cache_name(n.out, which)
-                    t = new.type
-                    old = b.input(name, f32(t.shape[0], PAST, t.shape[2]))
-                    grown = b.add(ir.Concat(old, new, 1), f"{n.out.name}.{which}_all")
-                    caches.append((name, grown))
-                    kv.append(grown)
+                    else:
+                        out, view = _grow(b, n.out, which, new)
+                    caches.append(out)
+                    kv.append(view)
                 op = attrs.evolve(op, k=kv[0], v=kv[1], q_offset=past)
             else:
                 op = attrs.evolve(op, q_offset=past)
