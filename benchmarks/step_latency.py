@@ -5,7 +5,9 @@ benchmarks/results/step_latency.json). Run on demand: ``make bench``.
 
 ``--layout buffer`` adds the engine ``kvgraph_cached_buffer``: the cached step with the
 fixed-capacity in-place cache (``compile(cache_layout="buffer")``, capacity 448) next to
-the default concat layout."""
+the default concat layout. ``--compare-f32`` adds ``kvgraph_cached_f32``: the default
+cached step with ``f16_weights=False`` (every weight read as float32), to show what the
+float16 copies of an fp16 checkpoint's weights save."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +31,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=5, help="step calls averaged inside one repetition")
     ap.add_argument("--layout", choices=("concat", "buffer"), default="concat",
                     help="'buffer' also times the in-place fixed-capacity cache layout")
+    ap.add_argument("--compare-f32", action="store_true",
+                    help="also time the cached step with f16_weights=False")
     ap.add_argument("--no-full", action="store_true", help="skip the kv_cache=False engine")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "step_latency.json"))
     args = ap.parse_args(argv)
@@ -46,6 +50,7 @@ def main(argv=None) -> int:
     cached = kvgraph.compile(spec, weights)
     full = None if args.no_full else kvgraph.compile(spec, weights, kv_cache=False)
     buffered = kvgraph.compile(spec, weights, cache_layout="buffer") if args.layout == "buffer" else None
+    f32 = kvgraph.compile(spec, weights, f16_weights=False) if args.compare_f32 else None
     compile_s = time.perf_counter() - t0
 
     tm = whisper.model.Whisper(dims)
@@ -75,6 +80,10 @@ def main(argv=None) -> int:
             # each call writes row P in place; the state (past=P) stays valid
             fns["kvgraph_cached_buffer"] = lambda: buffered.step(new, bst)
             np.testing.assert_allclose(buffered.step(new, bst)[0], cached.step(new, st)[0], atol=2e-3)
+        if f32 is not None:
+            _, f32st = f32.prefill(toks[:, :P], xa)
+            fns["kvgraph_cached_f32"] = lambda: f32.step(new, f32st)
+            np.testing.assert_allclose(f32.step(new, f32st)[0], cached.step(new, st)[0], atol=2e-3)
         if full is not None:
             _, fst = full.prefill(toks[:, :P], xa)
             fns["kvgraph_no_cache"] = lambda: full.step(new, fst)
@@ -93,6 +102,10 @@ def main(argv=None) -> int:
                       "ratio_cached_vs_openai": med["kvgraph_cached"] / med["openai_whisper_torch"]}
         if "kvgraph_no_cache" in med:
             results[P]["speedup_cached_vs_no_cache"] = med["kvgraph_no_cache"] / med["kvgraph_cached"]
+        if "kvgraph_cached_buffer" in med:
+            results[P]["speedup_buffer_vs_no_cache"] = med.get("kvgraph_no_cache", float("nan")) / med["kvgraph_cached_buffer"]
+        if "kvgraph_cached_f32" in med:
+            results[P]["ratio_cached_vs_f32_weights"] = med["kvgraph_cached"] / med["kvgraph_cached_f32"]
         if "kvgraph_cached_buffer" in med:
             results[P]["ratio_buffer_vs_concat"] = med["kvgraph_cached_buffer"] / med["kvgraph_cached"]
         print(f"position {P}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in med.items()), flush=True)

@@ -14,12 +14,12 @@ from .weights import init_weights
 
 
 def compile(spec_or_graph, weights, *, kv_cache=True, device="cpu", passes=None, eager=True,
-            weights_mode="registry", cache_layout="concat", capacity=None):
+            weights_mode="registry", cache_layout="concat", capacity=None, f16_weights=True):
     """Compile for MAX (imports MAX on first use). See :func:`kvgraph.compiler.compile`."""
     from .compiler import compile as _compile
     return _compile(spec_or_graph, weights, kv_cache=kv_cache, device=device, passes=passes,
                     eager=eager, weights_mode=weights_mode, cache_layout=cache_layout,
-                    capacity=capacity)
+                    capacity=capacity, f16_weights=f16_weights)
 
 
 __all__ = [

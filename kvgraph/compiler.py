@@ -16,7 +16,7 @@ from typing import Optional
 import attrs
 import numpy as np
 
-from .build import build
+from .build import B, S, build
 from .errors import KvgraphError, LoweringError
 from . import ir
 from .ir import Graph
@@ -79,14 +79,17 @@ class CompiledProgram:
             raise LoweringError(f"MAX failed running {self.graph.name}({shapes}): {e}") from e
 
 
-def load_program(g: Graph, weights: dict[str, np.ndarray], weights_mode: str = "registry") -> CompiledProgram:
-    """Lower and load ``g`` (cached in-process by program text, weights identity and mode)."""
-    key = (hashlib.sha256(format_graph(g).encode()).hexdigest(), id(weights), weights_mode)
+def load_program(g: Graph, weights: dict[str, np.ndarray], weights_mode: str = "registry",
+                 f16_weights: bool = True, few_dims=frozenset(), always_few: bool = False) -> CompiledProgram:
+    """Lower and load ``g`` (cached in-process by program text, weights identity and the
+    lowering options; see :func:`kvgraph.lower_max.lower` for them)."""
+    key = (hashlib.sha256(format_graph(g).encode()).hexdigest(), id(weights), weights_mode, f16_weights,
+           tuple(sorted(few_dims)), always_few)
     hit = _MODELS.get(key)
     if hit is not None:
         return hit
     from .lower_max import lower
-    mg, registry = lower(g, weights, weights_mode)
+    mg, registry = lower(g, weights, weights_mode, f16_weights, few_dims, always_few)
     log.info("compiling %s for MAX (%d nodes; minutes if MAX's cache is cold)", g.name, len(g.nodes))
     t0 = time.perf_counter()
     try:
@@ -141,10 +144,12 @@ class CompiledDecoder:
     runs the full-sequence graph (``step`` recomputes every row: the fallback)."""
 
     def __init__(self, graph: Graph, weights: dict, *, kv_cache: bool = True,
-                 passes=None, eager: bool = True, weights_mode: str = "registry"):
+                 passes=None, eager: bool = True, weights_mode: str = "registry",
+                 f16_weights: bool = True):
         self.full = graph
         self.weights = weights
         self.weights_mode = weights_mode
+        self.f16_weights = f16_weights
         self.kv_cache = kv_cache
         self.passes: Optional[PassResult] = run_passes(graph, passes or default_pipeline()) if kv_cache else None
         self._progs: dict[str, CompiledProgram] = {}
@@ -153,8 +158,12 @@ class CompiledDecoder:
         caps = [n.op.cache.type.shape[1] for n in (self.passes.step.nodes if self.passes else ())
                 if isinstance(n.op, ir.CacheStore)]
         self.capacity: Optional[int] = min(caps) if caps else None
+        # an fp16 checkpoint: steps of few rows run "step_few" (float16 GEMVs, no per-linear
+        # run-time switch); steps of more rows run "step" (float32 GEMMs), compiled on first use
+        self.few_steps = bool(kv_cache and f16_weights and weights_mode == "registry"
+                              and _has_f16_linear(self.passes.step, weights))
         if eager:
-            for name in (("prefill", "step") if kv_cache else ("full",)):
+            for name in (("prefill", "step_few" if self.few_steps else "step") if kv_cache else ("full",)):
                 self.program(name)
 
     # ---- programs
@@ -163,8 +172,15 @@ class CompiledDecoder:
             if name != "full" and self.passes is None:
                 raise KvgraphError(f"no {name!r} program: this decoder was compiled with kv_cache=False "
                                    "(only 'full')")
-            g = self.full if name == "full" else self.passes.programs[name]
-            self._progs[name] = load_program(g, self.weights, self.weights_mode)
+            g = self.full if name == "full" else self.passes.programs["step" if name == "step_few" else name]
+            if name == "step_few":
+                # every linear is a GEMV: run only with few rows (see step())
+                opts = dict(few_dims=_TOKEN_DIMS, always_few=True)
+            else:  # a linear over [b, d] (prefill's last row) picks GEMV/GEMM at run time
+                opts = dict(few_dims=_BATCH_DIM)
+            if name == "step" and self.few_steps:
+                log.info("a step of more than %d rows: compiling the GEMM step program", STEP_FEW_ROWS)
+            self._progs[name] = load_program(g, self.weights, self.weights_mode, self.f16_weights, **opts)
         return self._progs[name]
 
     @property
@@ -225,7 +241,8 @@ class CompiledDecoder:
             allt = np.concatenate([state.tokens, tok], axis=1)
             full = self.logits(allt, state.context)
             return full[:, -n:], DecoderState(allt.shape[1], state.batch, tokens=allt, context=state.context)
-        prog = self.program("step")
+        few = self.few_steps and tok.shape[0] * n <= STEP_FEW_ROWS
+        prog = self.program("step_few" if few else "step")
         args = [tok, np.array(state.past, dtype=np.int64)]
         for name in prog.input_names[2:]:
             if name not in state.buffers:
@@ -248,6 +265,24 @@ class CompiledDecoder:
         return DecoderState(state.past, len(idx), bufs)
 
 
+#: Steps of at most this many rows (batch x new tokens) run the GEMV program "step_few".
+#: Its cost grows with the rows (the 51865x384 projection: 0.9 ms for 1 row, 4.0 ms for 5,
+#: on a par with the float32 GEMM there), while compiling the GEMM program "step" takes
+#: minutes cold: so a prompt's few-token step or a beam of 5 stays on "step_few", and only
+#: larger batches compile "step".
+STEP_FEW_ROWS = 8
+
+_BATCH_DIM = frozenset({str(B)})           # kvgraph.build's batch dim
+_TOKEN_DIMS = frozenset({str(B), str(S)})  # ... and its new-tokens dim
+
+
+def _has_f16_linear(g: Graph, weights: dict) -> bool:
+    """Does ``g`` have a linear whose weight is float16-exact (see lower_max.f16_exact)?"""
+    from .lower_max import f16_exact
+    names = {n.op.w.name for n in g.nodes if isinstance(n.op, ir.Linear) and isinstance(n.op.w, ir.Weight)}
+    return any(name in weights and f16_exact(weights[name]) for name in sorted(names))
+
+
 def _zeros(v: ir.Value, batch: int):
     """A zero-filled MAX buffer for input ``v`` (a fixed-capacity cache), ``b`` = ``batch``."""
     from max.driver import Buffer
@@ -264,11 +299,16 @@ def _is_buffer(x) -> bool:
 
 def compile(spec_or_graph, weights: dict, *, kv_cache: bool = True, device: str = "cpu",
             passes=None, eager: bool = True, weights_mode: str = "registry",
-            cache_layout: str = "concat", capacity: Optional[int] = None) -> CompiledDecoder:
+            cache_layout: str = "concat", capacity: Optional[int] = None,
+            f16_weights: bool = True) -> CompiledDecoder:
     """Compile a decoder spec (or a full-sequence graph from ``kvgraph.build``) for MAX.
 
     ``weights_mode``: ``"registry"`` binds weights at load (one compile serves any weights
     of the same shapes); ``"constant"`` bakes them into the graph (see lower_max.lower).
+
+    ``f16_weights``: matrix weights whose values are all exactly float16 (an fp16
+    checkpoint) are read as float16 by the one-token kernels, computing in float32:
+    the same results with half the bytes per token. ``False`` keeps every weight float32.
 
     ``cache_layout``: ``"concat"`` (caches grow by a new tensor each step) or ``"buffer"``
     (fixed-capacity MAX buffers written in place; ``capacity`` rows, by default the
@@ -293,4 +333,4 @@ def compile(spec_or_graph, weights: dict, *, kv_cache: bool = True, device: str 
     elif capacity is not None and cache_layout != "buffer":
         raise ValueError("capacity= is for cache_layout='buffer' only")
     return CompiledDecoder(g, weights, kv_cache=kv_cache, passes=passes, eager=eager,
-                           weights_mode=weights_mode)
+                           weights_mode=weights_mode, f16_weights=f16_weights)

@@ -27,6 +27,11 @@ from .types import TensorType
 
 WEIGHT_MODES = ("registry", "constant")
 
+#: Most rows (product of a linear's leading dims) computed as a float16 GEMV: reading the
+#: weight once per row, it beats the float32 GEMM up to about 3 rows (see
+#: ``max_kernels.linear_gemv``).
+FEW_ROWS = 2
+
 # layout name -> host transform of a torch-layout array
 LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "plain": lambda a: a,
@@ -58,32 +63,72 @@ def max_type(t: TensorType, buffer: bool = False):
     return MaxTensorType(dt, [max_dim(d) for d in t.shape], device=DeviceRef.CPU())
 
 
-class LowerCtx:
-    """State of one lowering: the weight registry and the MAX weights emitted so far."""
+def f16_exact(a: np.ndarray) -> bool:
+    """True when every value of ``a`` is exactly a float16 value (so storing it as
+    float16 loses nothing): e.g. weights from an fp16 checkpoint held as float32."""
+    a = np.asarray(a)
+    if a.dtype == np.float16:
+        return True
+    if a.dtype != np.float32:
+        a = a.astype(np.float32)
+    with np.errstate(over="ignore"):
+        return bool(np.array_equal(a.astype(np.float16).astype(np.float32), a))
 
-    def __init__(self, weights: dict[str, np.ndarray], mode: str = "registry"):
+
+class LowerCtx:
+    """State of one lowering: the weight registry and the MAX weights emitted so far.
+
+    ``f16_weights``: a matrix weight whose values are all exactly float16 (checked, see
+    :func:`f16_exact`) is also held as float16 for the kernels that read it once per
+    token (the few-rows ``linear`` and ``embed``); the arithmetic stays float32, so
+    results are those of the float32 weights, with half the bytes to read.
+
+    A linear counts as few-rows when its input's static leading dims hold at most
+    ``FEW_ROWS`` rows and its symbolic ones are all in ``few_dims`` (dims that are small
+    at run time, e.g. the batch). With ``always_few`` (a program only run with few rows)
+    it is a GEMV outright; otherwise a ``cond`` picks GEMV or GEMM by the actual rows."""
+
+    def __init__(self, weights: dict[str, np.ndarray], mode: str = "registry", f16_weights: bool = True,
+                 few_dims=frozenset(), always_few: bool = False):
         if mode not in WEIGHT_MODES:
             raise LoweringError(f"weights mode {mode!r}: expected one of {WEIGHT_MODES}")
         self.weights, self.mode = weights, mode
+        self.few_dims, self.always_few = frozenset(few_dims), always_few
+        self.f16_weights = f16_weights and mode == "registry"
         self.registry: dict[str, np.ndarray] = {}
         self._emitted: dict[str, object] = {}
+        self._half: dict[str, bool] = {}
 
-    def weight(self, w: ir.Weight, layout: str = "plain"):
-        key = w.name if layout == "plain" else f"{w.name}@{layout}"
+    def _source(self, w: ir.Weight) -> np.ndarray:
+        if w.name not in self.weights:
+            raise LoweringError(f"missing weight {w.name!r} ({w.type})")
+        src = np.asarray(self.weights[w.name])
+        if src.shape != tuple(w.type.shape):
+            raise LoweringError(f"weight {w.name!r} expects {w.type}, got shape {src.shape}")
+        return src
+
+    def half(self, w) -> bool:
+        """May ``w`` (an IR value) be read as float16 without changing any result?"""
+        if not (self.f16_weights and isinstance(w, ir.Weight) and w.type.rank == 2):
+            return False
+        if w.name not in self._half:
+            self._half[w.name] = f16_exact(self._source(w))
+        return self._half[w.name]
+
+    def weight(self, w: ir.Weight, layout: str = "plain", f16: bool = False):
+        key = (w.name if layout == "plain" else f"{w.name}@{layout}") + ("#f16" if f16 else "")
         if key not in self._emitted:
             DType, DeviceRef, _, _, MaxWeight, _ = _max()
-            if w.name not in self.weights:
-                raise LoweringError(f"missing weight {w.name!r} ({w.type})")
-            src = np.asarray(self.weights[w.name], dtype=np.float32)
-            if src.shape != tuple(w.type.shape):
-                raise LoweringError(f"weight {w.name!r} expects {w.type}, got shape {src.shape}")
-            arr = np.ascontiguousarray(LAYOUTS[layout](src))
+            src = self._source(w)
+            dt = np.float16 if f16 else np.float32
+            arr = np.ascontiguousarray(LAYOUTS[layout](src.astype(dt, copy=False)))
             if self.mode == "constant":
                 ops = _max()[5]
                 self._emitted[key] = ops.constant(arr, DType.float32, DeviceRef.CPU())
             else:
                 self.registry[key] = arr
-                self._emitted[key] = MaxWeight(key, DType.float32, list(arr.shape), DeviceRef.CPU())
+                self._emitted[key] = MaxWeight(key, DType.float16 if f16 else DType.float32,
+                                               list(arr.shape), DeviceRef.CPU())
         return self._emitted[key]
 
 
@@ -96,7 +141,20 @@ def _arg(ctx, env, v, layout="plain"):
 
 
 def _rule_linear(op, env, ctx, K):
-    return K.linear(_arg(ctx, env, op.x), _arg(ctx, env, op.w, "T"), _arg(ctx, env, op.bias), w_transposed=True)
+    x, b = _arg(ctx, env, op.x), _arg(ctx, env, op.bias)
+    static, sym = K.leading_dims(x)
+    if static <= FEW_ROWS and set(sym) <= ctx.few_dims and ctx.half(op.w):
+        w16 = ctx.weight(op.w, "plain", f16=True)
+        if ctx.always_few:  # a program only run with few rows (a decode step)
+            return K.linear_gemv(x, w16, b)
+        return K.linear_few_rows(x, w16, _arg(ctx, env, op.w, "T"), b, FEW_ROWS)
+    return K.linear(x, _arg(ctx, env, op.w, "T"), b, w_transposed=True)
+
+
+def _rule_embed(op, env, ctx, K):
+    half = ctx.half(op.table)
+    return K.embed(_arg(ctx, env, op.tokens), ctx.weight(op.table, "plain", f16=half) if half
+                   else _arg(ctx, env, op.table))
 
 
 def _rule_positions(op, env, ctx, K):
@@ -181,7 +239,7 @@ def _rule_conv1d(op, env, ctx, K):
 
 
 RULES: dict[type, Callable] = {
-    ir.Embed: lambda op, env, ctx, K: K.embed(_arg(ctx, env, op.tokens), _arg(ctx, env, op.table)),
+    ir.Embed: _rule_embed,
     ir.Positions: _rule_positions,
     ir.GatherRows: lambda op, env, ctx, K: K.gather_rows(_arg(ctx, env, op.table), _arg(ctx, env, op.index)),
     ir.Sinusoid: lambda op, env, ctx, K: K.sinusoid(env[op.positions], op.dim),
@@ -203,16 +261,18 @@ RULES: dict[type, Callable] = {
 }
 
 
-def lower(g: ir.Graph, weights: dict[str, np.ndarray], mode: str = "registry"):
+def lower(g: ir.Graph, weights: dict[str, np.ndarray], mode: str = "registry", f16_weights: bool = True,
+          few_dims=frozenset(), always_few: bool = False):
     """Emit ``g`` as a MAX ``Graph``; returns ``(max_graph, registry)`` where ``registry``
     maps MAX weight names to host arrays (bind them once, at load).
 
     ``mode="registry"``: weights are MAX ``Weight`` s bound at load (one compiled graph
     serves every weight set of the same shapes). ``mode="constant"``: weights are baked
-    into the graph as constants (a compile per weight set, faster steps)."""
+    into the graph as constants (a compile per weight set, faster steps).
+    ``f16_weights``, ``few_dims``, ``always_few``: see :class:`LowerCtx`."""
     from . import max_kernels as K
     _, _, Graph, _, _, _ = _max()
-    ctx = LowerCtx(weights, mode)
+    ctx = LowerCtx(weights, mode, f16_weights, few_dims, always_few)
     bufs = buffer_values(g)
     try:
         in_types = [max_type(v.type, v in bufs) for v in g.inputs]

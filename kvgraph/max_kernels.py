@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import numpy as np
 from max.dtype import DType
-from max.graph import DeviceRef, Dim, TensorValue, ops
+from max.graph import DeviceRef, Dim, TensorType, TensorValue, ops
 
 __all__ = [
     "embed",
@@ -38,6 +38,9 @@ __all__ = [
     "gather_rows",
     "sinusoid",
     "linear",
+    "linear_gemv",
+    "linear_few_rows",
+    "leading_dims",
     "linear_weight_constant",
     "layer_norm",
     "rms_norm",
@@ -75,8 +78,10 @@ def _f32_const(a: np.ndarray | float, device: DeviceRef | None = None) -> Tensor
 
 
 def embed(tokens: TensorValue, table: TensorValue) -> TensorValue:
-    """``tokens`` int64 ``[b, s]``, ``table`` ``[V, d]`` -> ``[b, s, d]``."""
-    return ops.gather(table, tokens, axis=0)
+    """``tokens`` int64 ``[b, s]``, ``table`` ``[V, d]`` -> ``[b, s, d]`` float32 (a
+    float16 table is gathered, then widened)."""
+    out = ops.gather(table, tokens, axis=0)
+    return out if out.dtype == F32 else ops.cast(out, F32)
 
 
 def positions(offset: TensorValue, seq_len_source: TensorValue, axis: int = 1) -> TensorValue:
@@ -141,6 +146,53 @@ def linear(
     if b is not None:
         y = y + b
     return y
+
+
+def _rows(x: TensorValue) -> tuple[int, list]:
+    """(product of the static leading dims, the symbolic leading dims) of ``x``."""
+    static, sym = 1, []
+    for d in list(x.shape)[:-1]:
+        try:
+            static *= int(d)
+        except TypeError:
+            sym.append(d)
+    return static, sym
+
+
+def leading_dims(x: TensorValue) -> tuple[int, list[str]]:
+    """(product of the static leading dims, names of the symbolic ones) of ``x [..., in]``."""
+    static, sym = _rows(x)
+    return static, [str(d) for d in sym]
+
+
+def linear_gemv(x: TensorValue, w16: TensorValue, b: TensorValue | None = None) -> TensorValue:
+    """``x @ w.T + b`` for a few rows of ``x``, ``w16`` the float16 ``[out, in]`` weight.
+
+    A GEMV written as a fused broadcast-multiply-sum over ``in``: it streams the
+    half-size weight once per row and accumulates in float32, so the result is that of
+    the float32 weight (same values) with half the bytes read. Measured for a 51865x384
+    projection on the 2-core CPU: 0.9 ms for 1 row, 1.7 ms for 2, 4.0 ms for 5; the
+    float32 GEMM 2.5-4 ms at any small row count (a float16 weight cast inside the graph
+    before a GEMM was materialised: 2.5x slower, hence the separate float32 copy there).
+    """
+    wf = ops.cast(w16, F32)
+    y = ops.squeeze(ops.sum(ops.unsqueeze(x, -2) * wf, axis=-1), -1)
+    return y if b is None else y + b
+
+
+def linear_few_rows(x: TensorValue, w16: TensorValue, wt: TensorValue, b: TensorValue | None = None,
+                    few: int = 2) -> TensorValue:
+    """``x @ w.T + b`` choosing at run time: :func:`linear_gemv` when ``x`` has at most
+    ``few`` rows, else the float32 GEMM with ``wt`` (the same values, ``[in, out]``).
+    A ``cond`` costs ~10 us per call here, so programs that always see few rows use
+    :func:`linear_gemv` directly."""
+    static, sym = _rows(x)
+    out_type = TensorType(F32, [*x.shape[:-1], w16.shape[0]], device=x.device)
+    rows = ops.constant(np.int64(static), I64, device=_cpu())
+    for d in sym:
+        rows = rows * _scalar_dim(d)
+    y = ops.cond(rows <= few, [out_type], lambda: linear_gemv(x, w16), lambda: x @ wt)[0]
+    return y if b is None else y + b
 
 
 def linear_weight_constant(w: np.ndarray, device: DeviceRef | None = None) -> TensorValue:

@@ -29,10 +29,23 @@ SPECS = {
 }
 
 
+# Specs whose random weights are rounded to float16 values, as an fp16 checkpoint's are:
+# their one-row linears and embeddings read float16 copies (lower_max.LowerCtx), which
+# must give the float32 results.
+F16_EXACT = {"gpt_cross_gqa"}
+
+
+def _weights(name):
+    weights = kvgraph.init_weights(SPECS[name], seed=3)
+    if name in F16_EXACT:
+        weights = {k: v.astype(np.float16).astype(np.float32) for k, v in weights.items()}
+    return weights
+
+
 @pytest.fixture(scope="session", params=sorted(SPECS))
 def case(request):
     spec = SPECS[request.param]
-    weights = kvgraph.init_weights(spec, seed=3)
+    weights = _weights(request.param)
     model = kvgraph.compile(spec, weights)
     return spec, weights, model
 
@@ -79,9 +92,47 @@ def test_prefill_length_one_and_batch_one(case):
     rl, rs = ref.prefill(tokens[:, :1], ctx)
     ml, ms = model.prefill(tokens[:, :1], ctx)
     np.testing.assert_allclose(ml, rl, atol=1e-4, rtol=0)
-    rl, rs = ref.step(tokens[:, 1:4], rs)
-    ml, ms = model.step(tokens[:, 1:4], ms)
+    rl, rs = ref.step(tokens[:, 1:3], rs)
+    ml, ms = model.step(tokens[:, 1:3], ms)
     np.testing.assert_allclose(ml, rl, atol=1e-4, rtol=0)
+    rl, rs = ref.step(tokens[:, 3:4], rs)  # one row: the float16 GEMV where weights allow
+    ml, ms = model.step(tokens[:, 3:4], ms)
+    np.testing.assert_allclose(ml, rl, atol=1e-4, rtol=0)
+
+
+def test_float16_copies_only_where_lossless(case):
+    """A float16-exact weight set gets float16 copies for the GEMV kernels (and the
+    embedding); any other weight set stays float32 throughout."""
+    from kvgraph.lower_max import lower
+    spec, weights, model = case
+    step = model.passes.step
+    _, registry = lower(step, weights, few_dims={"b", "s"}, always_few=True)
+    half = {k for k, a in registry.items() if a.dtype == np.float16}
+    linears = {n.op.w.name for n in step.nodes if isinstance(n.op, ir.Linear)}
+    assert model.few_steps == (spec.name in F16_EXACT)
+    if spec.name in F16_EXACT:
+        assert {k.split("#")[0] for k in half} >= linears  # every linear reads float16 ...
+        assert not any(k.split("@")[0] in linears for k, a in registry.items() if a.dtype == np.float32)  # only
+        for k in half:
+            np.testing.assert_array_equal(registry[k].astype(np.float32), weights[k.split("#")[0]])
+        tokens, ctx = _inputs(spec, 1, 3, seed=7)
+        _, state = model.prefill(tokens[:, :2], ctx)
+        before = dict(model._progs)
+        model.step(tokens[:, 2:], state)
+        assert "step_few" in before and model._progs == before  # compiled eagerly; nothing new ran
+        # a step of more rows than STEP_FEW_ROWS runs the float32 GEMM program "step"
+        from kvgraph.compiler import STEP_FEW_ROWS
+        b, n = 2, STEP_FEW_ROWS // 2 + 1
+        tokens, ctx = _inputs(spec, b, 3 + n, seed=8)
+        full = ReferenceDecoder(spec, weights).logits(tokens, ctx)
+        _, state = model.prefill(tokens[:, :3], ctx)
+        logits, _ = model.step(tokens[:, 3:], state)
+        assert "step" in model._progs
+        np.testing.assert_allclose(logits, full[:, 3:], atol=1e-4, rtol=0)
+    else:
+        assert not half and "step_few" not in model._progs
+    _, registry = lower(step, weights, f16_weights=False, few_dims={"b", "s"}, always_few=True)
+    assert all(a.dtype == np.float32 for a in registry.values())
 
 
 def test_state_stays_in_max_buffers_and_step_takes_no_weights(case):
