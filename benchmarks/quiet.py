@@ -55,10 +55,12 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
-def measure_interleaved(fns: dict, reps: int, calls: int = 1, threshold: float = 0.3):
+def measure_interleaved(fns: dict, reps: int, calls: int = 1, threshold: float = 0.3, warmup: int = 0):
     """Time each of ``fns`` (name -> callable) ``reps`` times, interleaved, each repetition
-    the mean of ``calls`` calls. A repetition during which other processes used
-    ``threshold`` cores or more is discarded and run again.
+    the mean of ``calls`` calls after ``warmup`` untimed ones (the engine timed before
+    this one evicted its data from the CPU caches; in a decode loop one engine's steps
+    run back to back). A repetition during which other processes used ``threshold``
+    cores or more is discarded and run again.
     Returns ``({name: [seconds, ...]}, {name: discarded count})``."""
     times = {k: [] for k in fns}
     discarded = {k: 0 for k in fns}
@@ -66,6 +68,8 @@ def measure_interleaved(fns: dict, reps: int, calls: int = 1, threshold: float =
         for k, f in fns.items():
             while True:
                 wait_quiet()
+                for _ in range(warmup):
+                    f()
                 with Probe() as p:
                     t = time.perf_counter()
                     for _ in range(calls):

@@ -29,6 +29,9 @@ def main(argv=None) -> int:
     ap.add_argument("--positions", default="10,100,220")
     ap.add_argument("--reps", type=int, default=7, help="quiet repetitions per engine and position (>= 5)")
     ap.add_argument("--calls", type=int, default=5, help="step calls averaged inside one repetition")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="untimed calls before each repetition (steps of one engine run back to back "
+                         "when decoding; the engine timed before evicted the CPU caches)")
     ap.add_argument("--layout", choices=("concat", "buffer"), default="concat",
                     help="'buffer' also times the in-place fixed-capacity cache layout")
     ap.add_argument("--compare-f32", action="store_true",
@@ -95,7 +98,7 @@ def main(argv=None) -> int:
         fns = engines(P)
         for f in fns.values():
             f()  # warm-up
-        times, discarded = measure_interleaved(fns, args.reps, args.calls)
+        times, discarded = measure_interleaved(fns, args.reps, args.calls, warmup=args.warmup)
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         results[P] = {"median_ms": med, "runs": {k: len(v) for k, v in times.items()},
                       "discarded": discarded,
@@ -112,6 +115,7 @@ def main(argv=None) -> int:
     for h in hooks:
         h.remove()
     report = {"machine": machine(), "model": args.model, "compile_s": compile_s, "layout": args.layout,
+              "reps": args.reps, "calls": args.calls, "warmup": args.warmup,
               "positions": results}
     write_json(report, args.out)
     return 0

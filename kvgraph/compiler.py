@@ -141,7 +141,12 @@ def _limits(g: Graph) -> tuple[Optional[int], Optional[int]]:
 class CompiledDecoder:
     """A decoder on MAX. With ``kv_cache=True``: ``prefill``/``step`` run the cached
     programs; ``logits`` runs the full-sequence graph. With ``kv_cache=False`` everything
-    runs the full-sequence graph (``step`` recomputes every row: the fallback)."""
+    runs the full-sequence graph (``step`` recomputes every row: the fallback).
+
+    MAX programs (``program(name)``): ``"prefill"``, ``"full"``, and two lowerings of the
+    one step graph: ``"step_few"`` (float16 GEMVs, for steps of at most ``STEP_FEW_ROWS``
+    rows; only when the weights are an fp16 checkpoint's, see ``few_steps``) and ``"step"``
+    (float32 GEMMs). Both read and write the same state."""
 
     def __init__(self, graph: Graph, weights: dict, *, kv_cache: bool = True,
                  passes=None, eager: bool = True, weights_mode: str = "registry",
