@@ -48,17 +48,15 @@ class CompiledProgram:
     model: object
     compile_seconds: float
     # computed once (steps read them every call)
+    input_names: list = attrs.field(init=False)
     output_names: list = attrs.field(init=False)
     buffer_outputs: dict = attrs.field(init=False)
 
     def __attrs_post_init__(self):
         from .lower_max import buffer_outputs, emitted_outputs
+        self.input_names = [v.name for v in self.graph.inputs]
         self.output_names = emitted_outputs(self.graph)   # what the MAX model returns, in order
         self.buffer_outputs = buffer_outputs(self.graph)  # {output: input buffer mutated in place}
-
-    @property
-    def input_names(self) -> list[str]:
-        return [v.name for v in self.graph.inputs]
 
     def results(self, args: list, outs: list) -> dict:
         """``{output name: Buffer}`` of one call: emitted outputs, and buffer outputs as the
