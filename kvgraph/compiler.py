@@ -51,20 +51,21 @@ class CompiledProgram:
     input_names: list = attrs.field(init=False)
     output_names: list = attrs.field(init=False)
     buffer_outputs: dict = attrs.field(init=False)
+    _buffer_arg: list = attrs.field(init=False, repr=False)  # [(output name, argument index)]
 
     def __attrs_post_init__(self):
         from .lower_max import buffer_outputs, emitted_outputs
         self.input_names = [v.name for v in self.graph.inputs]
         self.output_names = emitted_outputs(self.graph)   # what the MAX model returns, in order
         self.buffer_outputs = buffer_outputs(self.graph)  # {output: input buffer mutated in place}
+        self._buffer_arg = [(k, self.input_names.index(src)) for k, src in self.buffer_outputs.items()]
 
     def results(self, args: list, outs: list) -> dict:
         """``{output name: Buffer}`` of one call: emitted outputs, and buffer outputs as the
         (mutated) buffer passed for their input."""
         got = dict(zip(self.output_names, outs))
-        by_input = dict(zip(self.input_names, args))
-        for k, src in self.buffer_outputs.items():
-            got[k] = by_input[src]
+        for k, i in self._buffer_arg:
+            got[k] = args[i]
         return got
 
     def __call__(self, *args) -> list:
@@ -198,8 +199,12 @@ class CompiledDecoder:
         return []
 
     def _check(self, tok: np.ndarray, past: int = 0) -> np.ndarray:
-        if self.vocab_size is not None and (tok.min() < 0 or tok.max() >= self.vocab_size):
-            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {tok.min()}..{tok.max()}")
+        if self.vocab_size is not None:
+            # a decode step's few ids: Python's min/max beat two numpy reductions per call
+            ids = tok.ravel().tolist() if tok.size <= 64 else (int(tok.min()), int(tok.max()))
+            lo, hi = min(ids), max(ids)
+            if lo < 0 or hi >= self.vocab_size:
+                raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {lo}..{hi}")
         if self.max_len is not None and past + tok.shape[1] > self.max_len:
             raise ValueError(f"sequence of {past + tok.shape[1]} positions exceeds the model's "
                              f"{self.max_len} learned positions")
