@@ -89,14 +89,15 @@ def load_program(g: Graph, weights: dict[str, np.ndarray], weights_mode: str = "
         return hit
     from .lower_max import lower
     mg, registry = lower(g, weights, weights_mode, f16_weights, few_dims, always_few)
-    log.info("compiling %s for MAX (%d nodes; minutes if MAX's cache is cold)", g.name, len(g.nodes))
+    what = g.name + (" (few-row lowering: float16 GEMVs)" if always_few else "")
+    log.info("compiling %s for MAX (%d nodes; minutes if MAX's cache is cold)", what, len(g.nodes))
     t0 = time.perf_counter()
     try:
         model = session().load(mg, weights_registry=registry)
     except Exception as e:
         raise LoweringError(f"MAX could not compile {g.name}: {type(e).__name__}: {e}") from e
     prog = CompiledProgram(g, model, time.perf_counter() - t0)
-    log.info("compiled %s in %.1f s", g.name, prog.compile_seconds)
+    log.info("compiled %s in %.1f s", what, prog.compile_seconds)
     _MODELS[key] = prog
     _KEEP[id(weights)] = weights  # the id in the key must not be reused while cached
     return prog
