@@ -227,13 +227,17 @@ def _finish(g, h):
     return g.finish([("logits", logits)])
 
 
-def test_refuses_non_causal_self_attention():
+def _non_causal_b1():
+    """A built decoder whose second layer's self-attention is made non-causal."""
     spec = kvgraph.DecoderSpec(vocab_size=10, d_model=8, n_heads=2, n_layers=2, max_seq_len=8, mlp_hidden=16)
     full = kvgraph.build(spec)
     nodes = [Node(attrs.evolve(n.op, causal=False), n.out) if n.out.name == "b1.attn" else n
              for n in full.nodes]
-    bad = kvgraph.Graph(full.name, full.inputs, nodes, full.outputs)
-    _assert_refused(bad, "b1.attn", "non-causal")
+    return kvgraph.Graph(full.name, full.inputs, nodes, full.outputs)
+
+
+def test_refuses_non_causal_self_attention():
+    _assert_refused(_non_causal_b1(), "b1.attn", "non-causal")
 
 
 def test_refuses_hand_built_non_causal_attention():
@@ -500,9 +504,4 @@ def test_buffer_layout_step_is_refused_as_already_cached():
 
 
 def test_buffer_layout_keeps_the_refusals():
-    spec = kvgraph.DecoderSpec(vocab_size=10, d_model=8, n_heads=2, n_layers=2, max_seq_len=8, mlp_hidden=16)
-    full = kvgraph.build(spec)
-    nodes = [Node(attrs.evolve(n.op, causal=False), n.out) if n.out.name == "b1.attn" else n
-             for n in full.nodes]
-    bad = kvgraph.Graph(full.name, full.inputs, nodes, full.outputs)
-    _assert_refused(bad, "b1.attn", "non-causal", passes=[KVCache("buffer", capacity=8)])
+    _assert_refused(_non_causal_b1(), "b1.attn", "non-causal", passes=[KVCache("buffer", capacity=8)])
