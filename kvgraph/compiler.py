@@ -103,6 +103,34 @@ def load_program(g: Graph, weights: dict[str, np.ndarray], weights_mode: str = "
     return prog
 
 
+class WrittenRows:
+    """Which write last touched each row of one set of in-place cache buffers
+    (``cache_layout="buffer"``). A state remembers the write that made it; it is stale once
+    a later write (a step from an earlier state) touched one of its rows, and stepping it
+    would silently attend to another branch's keys, so ``step`` refuses it."""
+
+    __slots__ = ("last", "row_write")
+
+    def __init__(self, capacity: int, rows: int):
+        self.last = 1
+        self.row_write = np.zeros(capacity, np.int64)
+        self.row_write[:rows] = 1
+
+    def check(self, past: int, made_by: int) -> None:
+        if past and int(self.row_write[:past].max()) > made_by:
+            bad = np.flatnonzero(self.row_write[:past] > made_by)
+            raise KvgraphError(
+                f"step: this state (past={past}) is stale: rows {bad[0]}..{bad[-1]} of its in-place "
+                "KV cache were overwritten by a later step from an earlier state. Buffer caches are "
+                "written in place; copy a state with reorder(state, range(batch)) before stepping "
+                "two branches from it")
+
+    def write(self, past: int, n: int) -> int:
+        self.last += 1
+        self.row_write[past:past + n] = self.last
+        return self.last
+
+
 @attrs.define
 class DecoderState:
     """What a decoder carries between calls: rows already seen and named MAX buffers."""
@@ -112,6 +140,8 @@ class DecoderState:
     buffers: dict = attrs.field(factory=dict)
     tokens: Optional[np.ndarray] = None      # only for the cache-off fallback
     context: object = None                   # only for the cache-off fallback
+    rows: Optional[WrittenRows] = None       # only for in-place (buffer) caches
+    made_by: int = 1                         # the write of ``rows`` that made this state
 
     def numpy(self) -> dict[str, np.ndarray]:
         return {k: b.to_numpy() for k, b in self.buffers.items()}
@@ -232,8 +262,11 @@ class CompiledDecoder:
         args += [_zeros(v, tok.shape[0]) for v in prog.graph.inputs[len(args):]]
         got = prog.results(args, prog(*args))
         logits = got.pop("logits")
-        state = DecoderState(tok.shape[1], tok.shape[0], got)
+        state = DecoderState(tok.shape[1], tok.shape[0], got, rows=self._rows(tok.shape[1]))
         return logits.to_numpy()[:, 0], state
+
+    def _rows(self, past: int) -> Optional[WrittenRows]:
+        return WrittenRows(self.capacity, past) if self.capacity is not None else None
 
     def step(self, tokens, state: DecoderState) -> tuple[np.ndarray, DecoderState]:
         """Append ``tokens [b, n]``: ``(logits [b, n, vocab], new state)``.
@@ -241,8 +274,12 @@ class CompiledDecoder:
         With ``cache_layout="buffer"`` the new state shares the given state's cache buffers,
         written in place at rows ``[past, past+n)``: the given state stays valid (its rows
         are untouched), but two states that step from one common state overwrite each
-        other's new rows; ``reorder`` (or a fresh prefill) gives an independent copy."""
+        other's new rows: stepping a state whose rows a later step from an earlier state
+        overwrote raises ``KvgraphError``; ``reorder`` (or a fresh prefill) gives an
+        independent copy."""
         tok = self._check(_tokens(tokens), state.past)
+        if state.rows is not None:
+            state.rows.check(state.past, state.made_by)
         if tok.shape[0] != state.batch:
             raise ValueError(f"step: batch {tok.shape[0]} != the state's batch {state.batch}")
         n = tok.shape[1]
@@ -261,7 +298,8 @@ class CompiledDecoder:
         logits = got.pop("logits")
         bufs = dict(state.buffers)
         bufs.update(got)
-        return logits.to_numpy(), DecoderState(state.past + n, state.batch, bufs)
+        made_by = state.rows.write(state.past, n) if state.rows is not None else 1
+        return logits.to_numpy(), DecoderState(state.past + n, state.batch, bufs, rows=state.rows, made_by=made_by)
 
     def reorder(self, state: DecoderState, indices) -> DecoderState:
         """The state with batch rows re-indexed (beam search)."""
@@ -270,8 +308,10 @@ class CompiledDecoder:
         if not self.kv_cache:
             ctx = None if state.context is None else np.asarray(state.context)[idx]
             return DecoderState(state.past, len(idx), tokens=state.tokens[idx], context=ctx)
+        if state.rows is not None:
+            state.rows.check(state.past, state.made_by)
         bufs = {k: Buffer.from_numpy(np.ascontiguousarray(b.to_numpy()[idx])) for k, b in state.buffers.items()}
-        return DecoderState(state.past, len(idx), bufs)
+        return DecoderState(state.past, len(idx), bufs, rows=self._rows(state.past))
 
 
 #: Steps of at most this many rows (batch x new tokens) run the GEMV program "step_few".

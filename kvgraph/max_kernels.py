@@ -50,6 +50,7 @@ __all__ = [
     "mul",
     "rope",
     "attention",
+    "attention_few",
     "causal_allowed",
     "concat_seq",
     "conv1d",
@@ -335,6 +336,45 @@ def attention(
     if G > 1:
         out = ops.reshape(out, [b, H, sq, dh])
     return ops.reshape(ops.transpose(out, 1, 2), [b, sq, hd])
+
+
+def attention_few(
+    q: TensorValue,
+    k: TensorValue,
+    v: TensorValue,
+    n_heads: int,
+    n_kv_heads: int,
+    causal: bool,
+    q_offset: TensorValue | None,
+    scale: float,
+) -> TensorValue:
+    """:func:`attention` for a few query rows (a decode step), same arguments and result.
+
+    The two products are fused broadcast-multiply-sums that read K and V in the layout
+    they are stored in (``[b, sk, KVH*dh]``, a cache's rows): the matmul form needs
+    head-major copies of K and V, which MAX materialises as transposes every call, so a
+    step over a long cache spent more on those copies than on the attention itself.
+    The work grows with ``sq``, so this is only for programs run with few rows.
+    """
+    H, KVH = n_heads, n_kv_heads
+    if H % KVH:
+        raise ValueError(f"n_heads={H} not a multiple of n_kv_heads={KVH}")
+    G = H // KVH
+    b, sq, hd = q.shape
+    sk = k.shape[1]
+    dh = int(hd) // H
+    if int(k.shape[2]) != KVH * dh or int(v.shape[2]) != KVH * dh:
+        raise ValueError("k/v last dim must be n_kv_heads * head_dim")
+    q6 = ops.reshape(q, [b, sq, 1, KVH, G, dh])
+    k6 = ops.reshape(k, [b, 1, sk, KVH, 1, dh])
+    scores = ops.squeeze(ops.sum(q6 * k6, axis=-1), -1) * scale  # [b, sq, sk, KVH, G]
+    if causal:
+        allowed = ops.reshape(causal_allowed(sq, sk, q_offset), [1, sq, sk, 1, 1])
+        scores = ops.where(allowed, scores, ops.constant(MASK_FILL, scores.dtype, scores.device))
+    p = ops.unsqueeze(ops.softmax(scores, axis=2), -1)  # [b, sq, sk, KVH, G, 1]
+    v6 = ops.reshape(v, [b, 1, sk, KVH, 1, dh])
+    out = ops.sum(p * v6, axis=2)  # [b, sq, 1, KVH, G, dh]
+    return ops.reshape(out, [b, sq, hd])
 
 
 # --------------------------------------------------------------------------- #

@@ -283,6 +283,29 @@ def test_buffer_layout_matches_reference_in_place(buffer_case):
     assert all(swapped.buffers[k] is not b for k, b in caches.items())
 
 
+def test_buffer_layout_refuses_a_stale_state(buffer_case):
+    """Two branches stepped from one state share its in-place cache: the branch whose rows
+    the other overwrote is refused, not silently run on the other's keys; a state copied
+    with reorder() branches safely, and an earlier state may always be stepped again."""
+    spec, weights, model = buffer_case
+    tokens, _ = _inputs(spec, 2, 9, seed=4)
+    other = (tokens + 1) % spec.vocab_size
+    full = kvgraph.reference.run(kvgraph.build(spec), weights, np.float64, tokens=tokens)["logits"]
+    _, s0 = model.prefill(tokens[:, :5])
+    copy = model.reorder(s0, [0, 1])
+    _, s1 = model.step(tokens[:, 5:7], s0)
+    _, s2 = model.step(other[:, 5:6], s0)  # writes row 5 again: s1 is now stale
+    with pytest.raises(kvgraph.KvgraphError, match=r"stale: rows 5\.\.5"):
+        model.step(tokens[:, 7:8], s1)
+    with pytest.raises(kvgraph.KvgraphError, match="stale"):
+        model.reorder(s1, [0, 1])
+    model.step(other[:, 6:7], s2)  # the newest branch is fine
+    logits, c1 = model.step(tokens[:, 5:8], copy)  # the copy was not touched by either
+    np.testing.assert_allclose(logits, full[:, 5:8], atol=1e-4, rtol=0)
+    logits, _ = model.step(tokens[:, 5:6], s0)  # the common ancestor stays valid
+    np.testing.assert_allclose(logits[:, 0], full[:, 5], atol=1e-4, rtol=0)
+
+
 def test_buffer_layout_needs_a_capacity_without_learned_positions():
     with pytest.raises(ValueError, match="capacity"):
         kvgraph.compile(SPECS["llama_gqa"], {}, cache_layout="buffer")

@@ -144,6 +144,13 @@ def build_graph() -> tuple[Graph, list[str]]:
         onehot = ops.reshape(ops.cast(ops.equal(n // D, n % D), F32), [sk, D])
         onehot = ops.broadcast_to(ops.unsqueeze(onehot, 0), [x.shape[0], sk, D])
         outs["attn_probs"] = K.attention(q, k, onehot, 1, 1, True, off, 1.0 / math.sqrt(D))
+        # the few-rows form (decode steps) must agree with the same references
+        outs["few_causal"] = K.attention_few(q, k, v, H, H, True, off, SCALE)
+        outs["few_causal_gqa"] = K.attention_few(q, kg, vg, H, KVH, True, off, SCALE)
+        outs["few_causal_gqa_nooff"] = K.attention_few(q, kg, vg, H, KVH, True, None, SCALE)
+        outs["few_full_gqa"] = K.attention_few(q, kg, vg, H, KVH, False, None, SCALE)
+        outs["few_mqa"] = K.attention_few(q, k[:, :, :DH], v[:, :, :DH], H, 1, True, off, SCALE)
+        outs["few_probs"] = K.attention_few(q, k, onehot, 1, 1, True, off, 1.0 / math.sqrt(D))
         # A decoder-like block: projections + RoPE feeding a GQA cache append.
         qb = K.rope(K.linear(x, c(W["wq"])), pos, H, THETA)
         kb = K.concat_seq(kg, K.rope(K.linear(x, c(W["wk"])), pos, KVH, THETA))
@@ -274,6 +281,10 @@ def references(inp: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "attn_mqa": ref_attention(q, k[:, :, :DH], v[:, :, :DH], H, 1, True, off, SCALE),
         "attn_probs": ref_attention(q, k, onehot, 1, 1, True, off, 1.0 / math.sqrt(D)),
     }
+    for name, same in (("few_causal", "attn_causal"), ("few_causal_gqa", "attn_causal_gqa"),
+                       ("few_causal_gqa_nooff", "attn_causal_gqa_nooff"), ("few_full_gqa", "attn_full_gqa"),
+                       ("few_mqa", "attn_mqa"), ("few_probs", "attn_probs")):
+        r[name] = r[same]
     qb = ref_rope(x @ Wd["wq"].T, pos, H, THETA)
     kb = np.concatenate([kg, ref_rope(x @ Wd["wk"].T, pos, KVH, THETA)], 1)
     vb = np.concatenate([vg, x @ Wd["wv"].T], 1)
@@ -372,10 +383,11 @@ def test_kernel_matches_reference(results, case, name):
         np.testing.assert_allclose(a, r, atol=TOL, rtol=TOL, err_msg=f"{name} [{case}]")
 
 
-def test_causal_visibility_counts(results):
+@pytest.mark.parametrize("probs", ["attn_probs", "few_probs"])
+def test_causal_visibility_counts(results, probs):
     """Row i of a 3-query prefill at q_offset 5 over 16 keys sees exactly 6+i keys."""
     inp, got, _ = results["prefill_offset"]
-    p = got["attn_probs"]  # [b, 3, 32]: probabilities over keys 0..15, zeros after
+    p = got[probs]  # [b, 3, 32]: probabilities over keys 0..15, zeros after
     assert p.shape == (2, 3, D)
     np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
     for i in range(3):
@@ -384,11 +396,12 @@ def test_causal_visibility_counts(results):
         assert (p[:, i, 6 + i :] == 0).all()
 
 
-def test_decode_and_full_visibility(results):
+@pytest.mark.parametrize("probs", ["attn_probs", "few_probs"])
+def test_decode_and_full_visibility(results, probs):
     _, got, _ = results["decode_step"]  # sq=1 at offset 15 over 16 keys: all visible
-    assert (got["attn_probs"][:, 0, :16] > 0).all()
+    assert (got[probs][:, 0, :16] > 0).all()
     _, got, _ = results["full_seq_past0"]  # lower-triangular
-    p = got["attn_probs"][0, :, :16]
+    p = got[probs][0, :, :16]
     assert ((p > 0) == np.tril(np.ones((16, 16), bool))).all()
 
 
