@@ -14,7 +14,7 @@ from .weights import init_weights
 
 
 def compile(spec_or_graph, weights, *, kv_cache=True, device="cpu", passes=None, eager=True,
-            weights_mode="registry", cache_layout="concat", capacity=None, f16_weights=True):
+            weights_mode="registry", cache_layout="auto", capacity=None, f16_weights=True):
     """Compile for MAX (imports MAX on first use). See :func:`kvgraph.compiler.compile`."""
     from .compiler import compile as _compile
     return _compile(spec_or_graph, weights, kv_cache=kv_cache, device=device, passes=passes,

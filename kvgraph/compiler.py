@@ -348,7 +348,7 @@ def _is_buffer(x) -> bool:
 
 def compile(spec_or_graph, weights: dict, *, kv_cache: bool = True, device: str = "cpu",
             passes=None, eager: bool = True, weights_mode: str = "registry",
-            cache_layout: str = "concat", capacity: Optional[int] = None,
+            cache_layout: str = "auto", capacity: Optional[int] = None,
             f16_weights: bool = True) -> CompiledDecoder:
     """Compile a decoder spec (or a full-sequence graph from ``kvgraph.build``) for MAX.
 
@@ -359,9 +359,13 @@ def compile(spec_or_graph, weights: dict, *, kv_cache: bool = True, device: str 
     checkpoint) are read as float16 by the one-token kernels, computing in float32:
     the same results with half the bytes per token. ``False`` keeps every weight float32.
 
-    ``cache_layout``: ``"concat"`` (caches grow by a new tensor each step) or ``"buffer"``
-    (fixed-capacity MAX buffers written in place; ``capacity`` rows, by default the
-    graph's learned-position limit). Ignored when ``passes`` is given."""
+    ``cache_layout``: ``"buffer"`` (fixed-capacity MAX buffers written in place;
+    ``capacity`` rows, by default the graph's learned-position limit or the spec's
+    ``max_seq_len``), ``"concat"`` (caches grow by a new tensor each step), or ``"auto"``
+    (the default): ``"buffer"`` whenever a capacity is known, else ``"concat"``. The
+    buffer layout was measured faster (README, Design notes); its states are written in
+    place, so two branches stepped from one state need ``reorder`` (a stale state is
+    refused). Ignored when ``passes`` is given."""
     if device != "cpu":
         raise LoweringError(f"device={device!r}: this build lowers for 'cpu' only")
     if isinstance(spec_or_graph, DecoderSpec):
@@ -370,16 +374,19 @@ def compile(spec_or_graph, weights: dict, *, kv_cache: bool = True, device: str 
         g = spec_or_graph
     else:
         raise TypeError(f"compile() takes a DecoderSpec or Graph, got {type(spec_or_graph).__name__}")
-    if cache_layout not in ("concat", "buffer"):
-        raise ValueError(f"cache_layout={cache_layout!r}: expected 'concat' or 'buffer'")
-    if passes is None and kv_cache and cache_layout == "buffer":
+    if cache_layout not in ("auto", "concat", "buffer"):
+        raise ValueError(f"cache_layout={cache_layout!r}: expected 'auto', 'buffer' or 'concat'")
+    if capacity is not None and cache_layout == "concat":
+        raise ValueError("capacity= is for cache_layout='buffer' (or 'auto') only")
+    if passes is None and kv_cache and cache_layout != "concat":
         if capacity is None:
             capacity = _limits(g)[1]
-            if capacity is None:
-                raise ValueError(f"cache_layout='buffer': graph {g.name} has no learned-position limit; "
-                                 "pass capacity=<max rows the cache holds>")
-        passes = default_pipeline("buffer", capacity)
-    elif capacity is not None and cache_layout != "buffer":
-        raise ValueError("capacity= is for cache_layout='buffer' only")
+        if capacity is None and isinstance(spec_or_graph, DecoderSpec):
+            capacity = spec_or_graph.max_seq_len
+        if capacity is None and cache_layout == "buffer":
+            raise ValueError(f"cache_layout='buffer': graph {g.name} has no learned-position limit; "
+                             "pass capacity=<max rows the cache holds>")
+        if capacity is not None:
+            passes = default_pipeline("buffer", capacity)
     return CompiledDecoder(g, weights, kv_cache=kv_cache, passes=passes, eager=eager,
                            weights_mode=weights_mode, f16_weights=f16_weights)

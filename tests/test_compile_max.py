@@ -307,5 +307,49 @@ def test_buffer_layout_refuses_a_stale_state(buffer_case):
 
 
 def test_buffer_layout_needs_a_capacity_without_learned_positions():
+    graph = kvgraph.build(SPECS["llama_gqa"])  # rotary: no table bounds the positions
     with pytest.raises(ValueError, match="capacity"):
-        kvgraph.compile(SPECS["llama_gqa"], {}, cache_layout="buffer")
+        kvgraph.compile(graph, {}, cache_layout="buffer")
+    with pytest.raises(ValueError, match="capacity"):
+        kvgraph.compile(SPECS["llama_gqa"], {}, cache_layout="concat", capacity=16)
+    with pytest.raises(ValueError, match="cache_layout"):
+        kvgraph.compile(SPECS["llama_gqa"], {}, cache_layout="paged")
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_default_layout_is_buffer_when_the_capacity_is_known(name):
+    """"auto" (the default): in-place buffers of the spec's max_seq_len rows (the learned
+    table's for learned positions), or capacity=; concat for a graph with no known bound."""
+    spec = SPECS[name]
+    lazy = dict(eager=False)  # no MAX compile: only the passes run
+    assert kvgraph.compile(spec, {}, **lazy).capacity == spec.max_seq_len
+    assert kvgraph.compile(spec, {}, capacity=20, **lazy).capacity == 20
+    assert kvgraph.compile(spec, {}, cache_layout="concat", **lazy).capacity is None
+    graph = kvgraph.build(spec)
+    expect = spec.max_seq_len if spec.positions == "learned" else None
+    assert kvgraph.compile(graph, {}, **lazy).capacity == expect
+
+
+@pytest.fixture(scope="module")
+def concat_case():
+    spec = SPECS["llama_gqa"]
+    weights = kvgraph.init_weights(spec, seed=3)
+    return spec, weights, kvgraph.compile(spec, weights, cache_layout="concat")
+
+
+def test_concat_layout_matches_reference_and_keeps_states_immutable(concat_case):
+    spec, weights, model = concat_case
+    assert model.capacity is None
+    tokens, _ = _inputs(spec, 2, 9, seed=5)
+    full = kvgraph.reference.run(kvgraph.build(spec), weights, np.float64, tokens=tokens)["logits"]
+    logits, s0 = model.prefill(tokens[:, :4])
+    np.testing.assert_allclose(logits, full[:, 3], atol=1e-4, rtol=0)
+    caches = [k for k in s0.buffers if k.startswith("cache.")]
+    assert caches and all(s0.buffers[k].shape[1] == 4 for k in caches)
+    _, s1 = model.step(tokens[:, 4:6], s0)
+    _, other = model.step((tokens[:, 4:5] + 1) % spec.vocab_size, s0)  # a second branch
+    assert all(s1.buffers[k].shape[1] == 6 for k in caches)  # a grown copy, s0 untouched
+    logits, _ = model.step(tokens[:, 6:9], s1)  # still valid: nothing is written in place
+    np.testing.assert_allclose(logits, full[:, 6:9], atol=1e-4, rtol=0)
+    logits, _ = model.step(tokens[:, 4:5], s0)
+    np.testing.assert_allclose(logits[:, 0], full[:, 4], atol=1e-4, rtol=0)
