@@ -25,7 +25,7 @@ show: $(STAMP)
 	$(BIN)/kvgraph show whisper-tiny.en
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/step_latency.py --compare-concat --compare-f32 --reps 9 --warmup 3 --calls 20
+	$(BIN)/python benchmarks/step_latency.py --compare-concat --compare-f32 --reps 10 --warmup 3 --calls 20
 
 clean:
 	rm -rf $(VENV)

@@ -60,12 +60,16 @@ def measure_interleaved(fns: dict, reps: int, calls: int = 1, threshold: float =
     the mean of ``calls`` calls after ``warmup`` untimed ones (the engine timed before
     this one evicted its data from the CPU caches; in a decode loop one engine's steps
     run back to back). A repetition during which other processes used ``threshold``
-    cores or more is discarded and run again.
+    cores or more is discarded and run again. The order rotates by one engine per
+    repetition, so each engine follows every other equally often (an engine's first calls
+    pay for the one before it: its evicted caches, its threads still spinning).
     Returns ``({name: [seconds, ...]}, {name: discarded count})``."""
     times = {k: [] for k in fns}
     discarded = {k: 0 for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items():
+    names = list(fns)
+    for rep in range(reps):
+        for k in names[rep % len(names):] + names[:rep % len(names)]:
+            f = fns[k]
             while True:
                 wait_quiet()
                 for _ in range(warmup):

@@ -73,10 +73,11 @@ class MaxWhisperBackend:
     ``prefill``, ``step``, ``reorder``. The decoder runs the cached prefill/step programs
     (``kv_cache=True``) or recomputes the full sequence every step (``kv_cache=False``).
 
-    The cache layout defaults to ``"buffer"``: fixed-capacity caches (``n_text_ctx`` rows)
-    written in place, measured faster than the functional concat for Whisper's steps
-    (README, Design notes). Whisper decoding uses each state once, in order, which is what
-    that layout asks of its caller.
+    The cache layout defaults to ``"buffer"`` (as ``kvgraph.compile``'s does): fixed-capacity
+    caches (``n_text_ctx`` rows) written in place, measured faster than the functional
+    concat for Whisper's steps (README, Design notes). Whisper decoding steps each state
+    once, in order, and beam search branches through ``reorder`` (a copy); a stale state
+    would be refused by the decoder.
     """
 
     def __init__(self, dims, weights, *, kv_cache: bool = True, cache_layout: str = "buffer"):
