@@ -277,6 +277,29 @@ def test_beam_search_random_model_uses_reorder(small_en, jfk_mel):
     assert adapter.timings.reorder_calls > 0
 
 
+def test_decode_runs_torch_single_threaded_and_restores(small_en, jfk_mel):
+    """torch only edits logits between backend calls: decoding holds it to one thread (its
+    spinning OpenMP workers slowed MAX's steps 2x) and gives the caller's setting back."""
+    backend = TorchBackend(small_en)
+    seen = []
+    prefill = backend.prefill
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return prefill(*a, **k)
+
+    backend.prefill = spy
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        WhisperAdapter(backend).decode(jfk_mel, DecodingOptions(language="en", fp16=False, sample_len=4,
+                                                                without_timestamps=True))
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_sampling_best_of_matches_openai(small_en, jfk_mel):
     opts = DecodingOptions(language="en", fp16=False, temperature=0.7, best_of=3,
                            sample_len=10)
