@@ -290,6 +290,16 @@ def causal_allowed(
     return ops.reshape(ops.greater_equal(i, j), [rows, sk])
 
 
+def _head_dims(q: TensorValue, k: TensorValue, v: TensorValue, n_heads: int, n_kv_heads: int):
+    """(query heads per KV head, head dim), after checking the heads split the widths."""
+    if n_heads % n_kv_heads:
+        raise ValueError(f"n_heads={n_heads} not a multiple of n_kv_heads={n_kv_heads}")
+    dh = int(q.shape[2]) // n_heads
+    if int(k.shape[2]) != n_kv_heads * dh or int(v.shape[2]) != n_kv_heads * dh:
+        raise ValueError("k/v last dim must be n_kv_heads * head_dim")
+    return n_heads // n_kv_heads, dh
+
+
 def attention(
     q: TensorValue,
     k: TensorValue,
@@ -307,14 +317,9 @@ def attention(
     ``i`` sees key ``j`` iff ``j <= q_offset + i`` (``q_offset=None`` means 0).
     """
     H, KVH = n_heads, n_kv_heads
-    if H % KVH:
-        raise ValueError(f"n_heads={H} not a multiple of n_kv_heads={KVH}")
-    G = H // KVH
+    G, dh = _head_dims(q, k, v, H, KVH)
     b, sq, hd = q.shape
     sk = k.shape[1]
-    dh = int(hd) // H
-    if int(k.shape[2]) != KVH * dh or int(v.shape[2]) != KVH * dh:
-        raise ValueError("k/v last dim must be n_kv_heads * head_dim")
 
     qh = ops.transpose(ops.reshape(q, [b, sq, H, dh]), 1, 2)  # [b, H, sq, dh]
     kh = ops.transpose(ops.reshape(k, [b, sk, KVH, dh]), 1, 2)  # [b, KVH, sk, dh]
@@ -357,14 +362,9 @@ def attention_few(
     The work grows with ``sq``, so this is only for programs run with few rows.
     """
     H, KVH = n_heads, n_kv_heads
-    if H % KVH:
-        raise ValueError(f"n_heads={H} not a multiple of n_kv_heads={KVH}")
-    G = H // KVH
+    G, dh = _head_dims(q, k, v, H, KVH)
     b, sq, hd = q.shape
     sk = k.shape[1]
-    dh = int(hd) // H
-    if int(k.shape[2]) != KVH * dh or int(v.shape[2]) != KVH * dh:
-        raise ValueError("k/v last dim must be n_kv_heads * head_dim")
     q6 = ops.reshape(q, [b, sq, 1, KVH, G, dh])
     k6 = ops.reshape(k, [b, 1, sk, KVH, 1, dh])
     scores = ops.squeeze(ops.sum(q6 * k6, axis=-1), -1) * scale  # [b, sq, sk, KVH, G]
