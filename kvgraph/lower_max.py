@@ -172,7 +172,7 @@ def _rule_attention(op, env, ctx, K):
     # flash-attention kernel (measured: the faster of the two over 1500 audio frames).
     fn = K.attention_few if ctx.always_few and op.causal else K.attention
     return fn(_arg(ctx, env, op.q), _arg(ctx, env, op.k), _arg(ctx, env, op.v), op.heads,
-                       op.kv_heads, op.causal, _arg(ctx, env, op.q_offset), op.scale)
+              op.kv_heads, op.causal, _arg(ctx, env, op.q_offset), op.scale)
 
 
 def _rows(op, env, K):
