@@ -8,6 +8,7 @@ import kvgraph.specs
 from kvgraph import ir
 from kvgraph.errors import LoweringError
 from kvgraph.reference_decoder import ReferenceDecoder
+from tolerance import MAX_VS_REF, assert_close
 
 pytestmark = pytest.mark.max
 
@@ -68,12 +69,12 @@ def test_prefill_and_steps_match_reference(case):
     p = 5
     logits, state = model.prefill(tokens[:, :p], ctx)
     assert logits.shape == (2, spec.vocab_size)
-    np.testing.assert_allclose(logits, full[:, p - 1], atol=1e-4, rtol=0)
+    assert_close(logits, full[:, p - 1], MAX_VS_REF, what="test_prefill_and_steps_match_reference")
     past = p
     for n in (1, 1, 3, 1):
         logits, state = model.step(tokens[:, past:past + n], state)
         assert logits.shape == (2, n, spec.vocab_size)
-        np.testing.assert_allclose(logits, full[:, past:past + n], atol=1e-4, rtol=0)
+        assert_close(logits, full[:, past:past + n], MAX_VS_REF, what="test_prefill_and_steps_match_reference")
         past += n
     assert state.past == past == 11
 
@@ -82,7 +83,7 @@ def test_full_sequence_fallback_matches_reference(case):
     spec, weights, model = case
     tokens, ctx = _inputs(spec, 2, 7, seed=2)
     ref = ReferenceDecoder(spec, weights).logits(tokens, ctx)
-    np.testing.assert_allclose(model.logits(tokens, ctx), ref, atol=1e-4, rtol=0)
+    assert_close(model.logits(tokens, ctx), ref, MAX_VS_REF, what="test_full_sequence_fallback_matches_reference")
 
 
 def test_prefill_length_one_and_batch_one(case):
@@ -91,13 +92,13 @@ def test_prefill_length_one_and_batch_one(case):
     ref = ReferenceDecoder(spec, weights)
     rl, rs = ref.prefill(tokens[:, :1], ctx)
     ml, ms = model.prefill(tokens[:, :1], ctx)
-    np.testing.assert_allclose(ml, rl, atol=1e-4, rtol=0)
+    assert_close(ml, rl, MAX_VS_REF, what="test_prefill_length_one_and_batch_one")
     rl, rs = ref.step(tokens[:, 1:3], rs)
     ml, ms = model.step(tokens[:, 1:3], ms)
-    np.testing.assert_allclose(ml, rl, atol=1e-4, rtol=0)
+    assert_close(ml, rl, MAX_VS_REF, what="test_prefill_length_one_and_batch_one")
     rl, rs = ref.step(tokens[:, 3:4], rs)  # one row: the float16 GEMV where weights allow
     ml, ms = model.step(tokens[:, 3:4], ms)
-    np.testing.assert_allclose(ml, rl, atol=1e-4, rtol=0)
+    assert_close(ml, rl, MAX_VS_REF, what="test_prefill_length_one_and_batch_one")
 
 
 def test_float16_copies_only_where_lossless(case):
@@ -128,7 +129,7 @@ def test_float16_copies_only_where_lossless(case):
         _, state = model.prefill(tokens[:, :3], ctx)
         logits, _ = model.step(tokens[:, 3:], state)
         assert "step" in model._progs
-        np.testing.assert_allclose(logits, full[:, 3:], atol=1e-4, rtol=0)
+        assert_close(logits, full[:, 3:], MAX_VS_REF, what="test_float16_copies_only_where_lossless")
     else:
         assert not half and "step_few" not in model._progs
     _, registry = lower(step, weights, f16_weights=False, few_dims={"b", "s"}, always_few=True)
@@ -254,7 +255,7 @@ def test_buffer_layout_matches_reference_in_place(buffer_case):
     full = kvgraph.reference.run(kvgraph.build(spec), weights, np.float64, tokens=tokens)["logits"]
     p = 5
     logits, state = model.prefill(tokens[:, :p])
-    np.testing.assert_allclose(logits, full[:, p - 1], atol=1e-4, rtol=0)
+    assert_close(logits, full[:, p - 1], MAX_VS_REF, what="test_buffer_layout_matches_reference_in_place")
     caches = {k: b for k, b in state.buffers.items() if k.startswith("cache.")}
     assert len(caches) == 2 * spec.n_layers
     assert all(isinstance(b, Buffer) for b in caches.values())
@@ -263,7 +264,7 @@ def test_buffer_layout_matches_reference_in_place(buffer_case):
     past = p
     for n in (1, 1, 3):
         logits, new = model.step(tokens[:, past:past + n], state)
-        np.testing.assert_allclose(logits, full[:, past:past + n], atol=1e-4, rtol=0)
+        assert_close(logits, full[:, past:past + n], MAX_VS_REF, what="test_buffer_layout_matches_reference_in_place")
         assert all(new.buffers[k] is b for k, b in caches.items())  # written in place
         state, past = new, past + n
     assert state.past == past == 10
@@ -301,9 +302,9 @@ def test_buffer_layout_refuses_a_stale_state(buffer_case):
         model.reorder(s1, [0, 1])
     model.step(other[:, 6:7], s2)  # the newest branch is fine
     logits, c1 = model.step(tokens[:, 5:8], copy)  # the copy was not touched by either
-    np.testing.assert_allclose(logits, full[:, 5:8], atol=1e-4, rtol=0)
+    assert_close(logits, full[:, 5:8], MAX_VS_REF, what="test_buffer_layout_refuses_a_stale_state")
     logits, _ = model.step(tokens[:, 5:6], s0)  # the common ancestor stays valid
-    np.testing.assert_allclose(logits[:, 0], full[:, 5], atol=1e-4, rtol=0)
+    assert_close(logits[:, 0], full[:, 5], MAX_VS_REF, what="test_buffer_layout_refuses_a_stale_state")
 
 
 def test_buffer_layout_needs_a_capacity_without_learned_positions():
@@ -343,13 +344,13 @@ def test_concat_layout_matches_reference_and_keeps_states_immutable(concat_case)
     tokens, _ = _inputs(spec, 2, 9, seed=5)
     full = kvgraph.reference.run(kvgraph.build(spec), weights, np.float64, tokens=tokens)["logits"]
     logits, s0 = model.prefill(tokens[:, :4])
-    np.testing.assert_allclose(logits, full[:, 3], atol=1e-4, rtol=0)
+    assert_close(logits, full[:, 3], MAX_VS_REF, what="test_concat_layout_matches_reference_and_keeps_states_immutable")
     caches = [k for k in s0.buffers if k.startswith("cache.")]
     assert caches and all(s0.buffers[k].shape[1] == 4 for k in caches)
     _, s1 = model.step(tokens[:, 4:6], s0)
     _, other = model.step((tokens[:, 4:5] + 1) % spec.vocab_size, s0)  # a second branch
     assert all(s1.buffers[k].shape[1] == 6 for k in caches)  # a grown copy, s0 untouched
     logits, _ = model.step(tokens[:, 6:9], s1)  # still valid: nothing is written in place
-    np.testing.assert_allclose(logits, full[:, 6:9], atol=1e-4, rtol=0)
+    assert_close(logits, full[:, 6:9], MAX_VS_REF, what="test_concat_layout_matches_reference_and_keeps_states_immutable")
     logits, _ = model.step(tokens[:, 4:5], s0)
-    np.testing.assert_allclose(logits[:, 0], full[:, 4], atol=1e-4, rtol=0)
+    assert_close(logits[:, 0], full[:, 4], MAX_VS_REF, what="test_concat_layout_matches_reference_and_keeps_states_immutable")

@@ -13,6 +13,7 @@ from kvgraph.passes import DCE, HoistInvariant, KVCache, SinkTakeLast, default_p
 from kvgraph.passes.sink import sink_take_last
 from kvgraph.reference_decoder import ReferenceDecoder
 from kvgraph.types import dim_add, f32, i64, sym
+from tolerance import F32_PASS, F64_PASS, bound
 
 B, S = sym("b"), sym("s")
 PAST_S = dim_add(sym("past"), S)
@@ -82,7 +83,7 @@ def _decode_vs_full(spec, weights, tokens, context, lengths, dtype):
     _check_state(spec, state, b, p + k + m)
     for n, a in hoisted0.items():  # computed once in prefill, carried unchanged
         assert state[n] is a
-    return max(errs), dec
+    return max(errs), dec, full
 
 
 def _check_state(spec, state, b, past):
@@ -104,8 +105,8 @@ def _check_state(spec, state, b, past):
 @pytest.mark.parametrize("seed", range(N_SPECS))
 def test_cached_decode_equals_full_graph_float64(seed):
     spec, weights, tokens, context, lengths = random_case(seed)
-    err, dec = _decode_vs_full(spec, weights, tokens, context, lengths, np.float64)
-    assert err <= 1e-5, f"{spec}: max abs error {err}"
+    err, dec, full = _decode_vs_full(spec, weights, tokens, context, lengths, np.float64)
+    assert err <= bound(full, F64_PASS, np.float64), f"{spec}: max abs error {err}"
     _check_step_program(spec, dec.result)
 
 
@@ -124,8 +125,9 @@ def test_random_specs_cover_the_space():
 @pytest.mark.parametrize("seed", [1, 2, 5])
 def test_cached_decode_equals_full_graph_float32(seed):
     spec, weights, tokens, context, lengths = random_case(seed)
-    err, _ = _decode_vs_full(spec, weights, tokens, context, lengths, np.float32)
-    assert err <= 1e-4, f"{spec}: max abs error {err}"
+    err, _, full = _decode_vs_full(spec, weights, tokens, context, lengths, np.float32)
+    # two float32 passes (cached and full) of the same maths: each is a few spacings from the truth
+    assert err <= bound(full, F32_PASS), f"{spec}: max abs error {err}"
 
 
 def _check_step_program(spec, result):
@@ -432,7 +434,7 @@ def test_buffer_layout_cached_decode_equals_full_graph_float64(seed):
     assert out.shape == (b, m, spec.vocab_size)
     errs.append(np.abs(out - full[:, p + k:]).max())
     check(state, p + k + m)
-    assert max(errs) <= 1e-5, f"{spec}: max abs error {max(errs)}"
+    assert max(errs) <= bound(full, F64_PASS, np.float64), f"{spec}: max abs error {max(errs)}"
 
 
 def test_buffer_layout_programs():

@@ -1,0 +1,93 @@
+"""Floating-point bounds scaled to the values compared.
+
+An absolute bound such as ``1e-4`` means different things at different magnitudes: logits of a
+random model reach ~200, where one float32 spacing (ulp) is already ~1.5e-5, so the rounding of
+two correct implementations differs by more than 1e-4 on some CPUs and by less on others.
+
+Every comparison here is stated in *spacings at the scale of the data*:
+
+    |got - ref| <= ulps * eps(dtype) * scale,   scale = max(1, max|ref|)
+
+``eps`` is the dtype's machine epsilon (2**-23 for float32, 2**-52 for float64). ``scale`` is the
+largest magnitude of the reference tensor, floored at 1: an output near 0 comes from cancelling
+terms of O(1) or larger (a dot product of unit-scale rows), so its error does not shrink with it.
+
+Why this shape. The rounding error of a length-n float sum of products is a few units of
+``eps * sum|x_i * y_i|`` in practice (errors of a random sign add like a random walk: ~sqrt(n)
+spacings of the *terms*, not of the result; Higham & Mary, "A new approach to probabilistic
+rounding error analysis", SIAM J. Sci. Comput. 2019). For a network whose layers renormalise
+(LayerNorm/RMSNorm), those relative errors do not compound with depth; the largest output
+bounds the terms' scale. So the error of a correct float32 forward pass is a small multiple of
+``eps * scale``, independent of the CPU's summation order, and a real bug (a wrong weight, mask
+or position) moves outputs by a fixed fraction of ``scale`` — far above any such multiple.
+
+The constants are in units of ``eps * scale`` and were measured on both CPU kinds the project's
+machines come in (see each constant); each keeps several times that headroom. Set
+``KVGRAPH_TOL_REPORT=1`` to print every comparison's measured ratio at the end of a test run.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+#: A float32 pass (the NumPy reference, openai-whisper, a torch oracle) against a float64 truth.
+#: Measured 1.8-2.6 on an AMD EPYC (AVX-512), and the 2026-11-30 report on another AVX-512 machine
+#: implies ~4-7 for the difference of two float32 passes: 32 keeps >= 4x headroom.
+F32_PASS = 32
+#: Two float64 passes of the same maths (different summation orders). Measured 2.1-4.9.
+F64_PASS = 64
+#: MAX's float32 kernels against the float32 NumPy reference: two float32 passes plus MAX's
+#: vectorised exp/erf/tanh approximations, float16 weight copies read as float32, fused
+#: attention. Measured up to ~90 (see KVGRAPH_TOL_REPORT); 512 keeps >= 4x headroom, and at the
+#: random test models' scale (max |logit| 3-30) this is 2e-4-2e-3.
+MAX_VS_REF = 512
+
+_REPORT: list[tuple[str, float]] = []
+
+
+def scale(ref) -> float:
+    """``max(1, max|ref|)``: the magnitude the bound is relative to."""
+    r = np.asarray(ref, dtype=np.float64)
+    return max(1.0, float(np.max(np.abs(r)))) if r.size else 1.0
+
+
+def bound(ref, ulps: float, dtype=np.float32) -> float:
+    """The largest difference from ``ref`` allowed for a ``dtype`` computation of it."""
+    return ulps * float(np.finfo(dtype).eps) * scale(ref)
+
+
+def max_diff(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape, f"shapes differ: {a.shape} vs {b.shape}"
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def check(got, ref, ulps: float, dtype=np.float32, what: str = "") -> tuple[bool, str]:
+    """``(ok, message)`` of ``|got - ref| <= bound(ref, ulps, dtype)``."""
+    d, b = max_diff(got, ref), bound(ref, ulps, dtype)
+    spacing = float(np.finfo(dtype).eps) * scale(ref)
+    if what:  # unnamed checks (a test showing that a bound fails) stay out of the report
+        _REPORT.append((what, d / spacing))
+    msg = (f"{what}: max |diff| {d:.3g} > bound {b:.3g} ({d / spacing:.1f} vs {ulps} spacings of "
+           f"{np.dtype(dtype).name} at scale {scale(ref):.3g})")
+    return d <= b, msg
+
+
+def assert_close(got, ref, ulps: float, dtype=np.float32, what: str = "") -> float:
+    """Assert ``got`` is within ``ulps`` spacings of ``ref`` at its scale; returns the max diff."""
+    ok, msg = check(got, ref, ulps, dtype, what)
+    assert ok, msg
+    return max_diff(got, ref)
+
+
+def report() -> list[str]:
+    """Lines ``ratio  what`` of the comparisons made so far, worst first (for KVGRAPH_TOL_REPORT)."""
+    worst: dict[str, float] = {}
+    for what, r in _REPORT:
+        worst[what] = max(r, worst.get(what, 0.0))
+    return [f"{r:9.2f}  {w}" for w, r in sorted(worst.items(), key=lambda kv: -kv[1])]
+
+
+def reporting() -> bool:
+    return bool(os.environ.get("KVGRAPH_TOL_REPORT"))
