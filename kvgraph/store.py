@@ -1,0 +1,250 @@
+"""A store of compiled programs on disk, safe under real conditions. MAX-free.
+
+Compiling a program takes minutes; reading a persisted one back takes milliseconds. The
+store keeps each compiled artifact under a key that covers everything that changes the
+compiled code (the caller passes those parts: the lowered program's text, lowering options,
+the compiler's version, the CPU), so a hit is always the right artifact.
+
+Files are ``<root>/<key[:2]>/<key>.kvp``: a header (magic, format version, the key, payload
+length and SHA-256) and the payload (the compiled artifact's bytes).
+
+What can go wrong, and what happens:
+
+- two processes compile the same program at once: the first takes an advisory lock
+  (``fcntl.flock`` on ``<key>.lock``), the second waits for it, then finds the artifact stored
+  and reads it instead of compiling again;
+- a writer dies half-way: artifacts are written to a temporary file in the same folder and
+  renamed into place (``os.replace``, atomic), so a reader sees the old state or the whole file;
+- a truncated, corrupt or foreign file (another key's artifact copied over, another tool's
+  file): the header or the checksum does not match; it counts as a miss, one log line says
+  why, the program is compiled and stored anew. The payload is checked before the compiler's
+  reader ever sees it;
+- a read-only, missing-permission or full cache folder: reads that fail are misses, writes
+  that fail are logged once and skipped; the program still runs.
+
+The root is ``$KVGRAPH_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/kvgraph`` or
+``~/.cache/kvgraph``; ``KVGRAPH_CACHE_DIR=off`` (or ``0``, ``none``) turns the store off.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import attrs
+
+log = logging.getLogger("kvgraph.store")
+
+MAGIC = b"KVGRAPH-PROGRAM\n"
+FORMAT = 1
+_HEADER = struct.Struct("<16sI64sQ32s")  # magic, format, key (hex), payload length, sha256
+_OFF = ("off", "0", "none", "false", "")
+
+
+def default_root() -> Optional[Path]:
+    """The store's folder from the environment, or None when the store is turned off."""
+    env = os.environ.get("KVGRAPH_CACHE_DIR")
+    if env is not None:
+        return None if env.strip().lower() in _OFF else Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "kvgraph"
+
+
+def make_key(*parts) -> str:
+    """A hex SHA-256 over ``parts`` (strings or bytes), each length-prefixed so that
+    ``("ab", "c")`` and ``("a", "bc")`` differ."""
+    h = hashlib.sha256()
+    for p in parts:
+        b = p if isinstance(p, bytes) else str(p).encode()
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+@attrs.define
+class StoreStats:
+    """What the store did in this process (tests assert on these, not on time)."""
+
+    hits: int = 0
+    misses: int = 0
+    writes: int = 0
+    bad: int = 0            # artifacts found but refused (truncated, corrupt, foreign, unreadable)
+    write_errors: int = 0
+
+
+class ProgramStore:
+    """``get(key, read)`` / ``put(key, write)`` / ``lock(key)`` over one folder."""
+
+    def __init__(self, root: Optional[os.PathLike] = None, *, enabled: bool = True):
+        self.root = Path(root) if root is not None else None
+        self.enabled = enabled and self.root is not None
+        self.stats = StoreStats()
+        self._warned_write = False
+
+    @classmethod
+    def from_env(cls) -> "ProgramStore":
+        root = default_root()
+        return cls(root, enabled=root is not None)
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.kvp"
+
+    # ------------------------------------------------------------------ reading
+    def load_bytes(self, key: str) -> Optional[bytes]:
+        """The stored payload for ``key``, or None (missing, or refused with one log line)."""
+        if not self.enabled:
+            return None
+        p = self.path(key)
+        try:
+            data = p.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            return self._refuse(p, f"cannot be read ({e.strerror or e})")
+        why = _check(data, key)
+        if why:
+            return self._refuse(p, why)
+        return data[_HEADER.size:]
+
+    def get(self, key: str, read: Callable[[bytes], object]):
+        """``read(payload)`` of the artifact stored under ``key``; None on a miss. A payload
+        that ``read`` rejects counts as a bad artifact (a miss), never as an error."""
+        obj = self._read(key, read)
+        if obj is None:
+            self.stats.misses += 1
+        return obj
+
+    def _read(self, key: str, read: Callable[[bytes], object]):
+        data = self.load_bytes(key)
+        if data is None:
+            return None
+        try:
+            obj = read(data)
+        except Exception as e:  # the compiler's reader refused it: recompile
+            return self._refuse(self.path(key), f"was refused by the reader ({type(e).__name__}: {e})")
+        self.stats.hits += 1
+        return obj
+
+    def _refuse(self, p: Path, why: str) -> None:
+        self.stats.bad += 1
+        log.warning("kvgraph store: ignoring %s: it %s; compiling instead", p, why)
+        with contextlib.suppress(OSError):  # a bad file is replaced by the next put anyway
+            p.unlink()
+        return None
+
+    # ------------------------------------------------------------------ writing
+    def put(self, key: str, write: Callable[[str], None]) -> bool:
+        """Store the artifact that ``write(path)`` writes to ``path``; atomic. Returns whether
+        it was stored (False, with one log line per process, when the folder is unwritable)."""
+        if not self.enabled:
+            return False
+        final = self.path(key)
+        tmp = None
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".part", dir=final.parent)
+            os.close(fd)
+            write(tmp)                                   # the compiler writes its artifact
+            payload = Path(tmp).read_bytes()
+            if not payload:
+                raise OSError("the writer produced an empty artifact")
+            with open(tmp, "wb") as f:                    # header + payload, then rename
+                f.write(_HEADER.pack(MAGIC, FORMAT, key.encode(), len(payload),
+                                     hashlib.sha256(payload).digest()))
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+            tmp = None
+            self.stats.writes += 1
+            return True
+        except OSError as e:
+            self.stats.write_errors += 1
+            if not self._warned_write:
+                self._warned_write = True
+                log.warning("kvgraph store: cannot write %s (%s); programs will be compiled "
+                            "each time until it is writable", final.parent, e.strerror or e)
+            return False
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Hold ``key``'s advisory lock (blocking): one process compiles a program, the
+        others wait and then read what it stored. No lock where the folder is unwritable."""
+        fd = None
+        if self.enabled:
+            try:
+                import fcntl
+                p = self.path(key).with_suffix(".lock")
+                p.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except (OSError, ImportError):
+                if fd is not None:
+                    os.close(fd)
+                fd = None
+        try:
+            yield
+        finally:
+            if fd is not None:
+                os.close(fd)  # closing releases the flock
+
+    def get_or_make(self, key: str, read: Callable[[bytes], object], make: Callable[[], object],
+                    write: Callable[[object, str], None]):
+        """``(artifact, hit)``: the stored artifact, or ``make()`` stored with ``write``.
+        Concurrent callers of one key compile it once (see :meth:`lock`)."""
+        obj = self._read(key, read)
+        if obj is not None:
+            return obj, True
+        with self.lock(key):
+            obj = self._read(key, read)  # another process may have stored it while we waited
+            if obj is not None:
+                return obj, True
+            self.stats.misses += 1
+            obj = make()
+            self.put(key, lambda path: write(obj, path))
+        return obj, False
+
+
+def _check(data: bytes, key: str) -> Optional[str]:
+    """Why ``data`` is not a whole, intact artifact for ``key`` (None when it is)."""
+    if len(data) < _HEADER.size:
+        return f"is truncated ({len(data)} bytes, shorter than the header)"
+    magic, fmt, k, n, digest = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        return "is not a kvgraph program (foreign file)"
+    if fmt != FORMAT:
+        return f"has format {fmt}, this kvgraph reads {FORMAT}"
+    if k != key.encode():
+        return "holds another program (its key differs)"
+    body = memoryview(data)[_HEADER.size:]
+    if len(body) != n:
+        return f"is truncated ({len(body)} of {n} payload bytes)"
+    if hashlib.sha256(body).digest() != digest:
+        return "is corrupt (checksum mismatch)"
+    return None
+
+
+_DEFAULT: Optional[ProgramStore] = None
+
+
+def default_store() -> ProgramStore:
+    """The process's store, configured from the environment on first use."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = ProgramStore.from_env()
+    return _DEFAULT
+
+
+def set_default_store(store: Optional[ProgramStore]) -> None:
+    """Replace the process's store (None: read the environment again on next use)."""
+    global _DEFAULT
+    _DEFAULT = store
