@@ -36,7 +36,7 @@ def main(argv=None) -> int:
 
     from models import whisper as mw
     from models.audio import load_audio
-    from models.whisper_weights import resolve_source
+    from models.weight_packages import resolve_source
 
     torch.set_num_threads(os.cpu_count() or 1)
     jfk = load_audio(str(ROOT / "examples" / "jfk.wav"))

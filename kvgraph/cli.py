@@ -3,7 +3,10 @@
 - ``kvgraph show SPEC [--stage NAME] [--program NAME]``: the printed IR of every stage of
   the default pass pipeline for a built-in spec (``kvgraph list`` names them).
 - ``kvgraph list``: the built-in spec names.
-- ``kvgraph transcribe ...``: forwarded untouched to ``models.transcribe_cli.main``.
+- ``kvgraph COMMAND ...`` for a command a plugin registers (:mod:`kvgraph.plugins`; e.g.
+  ``kvgraph transcribe`` from the ``models`` package): the arguments after ``COMMAND`` are
+  forwarded untouched to the plugin's function. With no plugin providing ``COMMAND``, one line
+  on stderr says so (exit status 2).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ PROG = "kvgraph"
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import specs
+    from . import plugins, specs
     p = argparse.ArgumentParser(prog=PROG, description="Declare transformer decoders, rewrite them "
                                 "for KV caching, run them on MAX.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -31,8 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="show only this program of each stage")
     show.add_argument("--weights", action="store_true", help="list every parameter's type too")
     sub.add_parser("list", help="list the built-in specs")
-    sub.add_parser("transcribe", help="transcribe audio with Whisper on MAX "
-                                      "(arguments go to models.transcribe_cli)", add_help=False)
+    for cmd in plugins.REGISTRY.commands().values():  # listed in --help; main() runs them
+        sub.add_parser(cmd.name, help=cmd.help, add_help=False)
     return p
 
 
@@ -71,21 +74,22 @@ def _show(args) -> int:
     return 0
 
 
-def _transcribe(argv: list[str]) -> int:
-    try:
-        from models import transcribe_cli
-    except ModuleNotFoundError as e:
-        if e.name in ("models", "models.transcribe_cli"):
-            return _error(f"transcribe is unavailable: {e}", 1)
-        raise
-    rc = transcribe_cli.main(argv)
+def _plugin_command(name: str, argv: list[str]) -> int:
+    from .plugins import CORE_COMMANDS, GROUP, REGISTRY
+    commands = REGISTRY.commands()
+    if name not in commands:
+        known = ", ".join([*CORE_COMMANDS, *commands])
+        hint = "" if commands else f"; no installed plugin adds commands (entry point group {GROUP!r})"
+        return _error(f"unknown command {name!r}; commands: {known}{hint}")
+    rc = commands[name].run(argv)
     return rc if isinstance(rc, int) else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .plugins import CORE_COMMANDS
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "transcribe":
-        return _transcribe(argv[1:])
+    if argv and not argv[0].startswith("-") and argv[0] not in CORE_COMMANDS:
+        return _plugin_command(argv[0], argv[1:])
     parser = _parser()
     try:
         args = parser.parse_args(argv)

@@ -1,32 +1,17 @@
-"""Built-in named decoder specs (``kvgraph show NAME``).
+"""Named decoder specs (``kvgraph show NAME``, ``kvgraph list``).
 
-``BUILTIN`` maps a name to its :class:`~kvgraph.DecoderSpec`. Specs are made on first
-access, so importing this module does not import :mod:`models` (which imports kvgraph).
+``BUILTIN`` maps a name to its :class:`~kvgraph.DecoderSpec`: the specs that plugins register
+(a model family's, e.g. Whisper's from the ``models`` package: see :mod:`kvgraph.plugins`),
+then the core's own (``llama-demo``). Plugins are discovered and specs made on first access,
+so importing this module imports no plugin.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import SimpleNamespace
-from typing import Callable, Iterator
+from typing import Iterator
 
+from . import plugins
 from .spec import DecoderSpec
-
-# openai-whisper's published ModelDimensions (the "dims" of each checkpoint).
-WHISPER_DIMS = {
-    "whisper-tiny.en": dict(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6,
-                            n_audio_layer=4, n_vocab=51864, n_text_ctx=448, n_text_state=384,
-                            n_text_head=6, n_text_layer=4),
-    "whisper-base": dict(n_mels=80, n_audio_ctx=1500, n_audio_state=512, n_audio_head=8,
-                         n_audio_layer=6, n_vocab=51865, n_text_ctx=448, n_text_state=512,
-                         n_text_head=8, n_text_layer=6),
-}
-
-
-def _whisper(name: str) -> Callable[[], DecoderSpec]:
-    def make() -> DecoderSpec:
-        from models.whisper import spec_from_dims  # lazy: models imports kvgraph
-        return spec_from_dims(SimpleNamespace(**WHISPER_DIMS[name]))
-    return make
 
 
 def _llama_demo() -> DecoderSpec:
@@ -37,41 +22,40 @@ def _llama_demo() -> DecoderSpec:
                        eps=1e-5, naming="llama", name="llama_demo")
 
 
-_MAKERS: dict[str, Callable[[], DecoderSpec]] = {
-    "whisper-tiny.en": _whisper("whisper-tiny.en"),
-    "whisper-base": _whisper("whisper-base"),
-    "llama-demo": _llama_demo,
-}
+def register_core(registry: "plugins.Registry") -> None:
+    """The core's own named specs (applied by :data:`kvgraph.plugins.REGISTRY` on discovery)."""
+    registry.add_spec("llama-demo", _llama_demo)
 
 
 class _Builtins(Mapping):
-    """Read-only, lazily filled ``{name: DecoderSpec}``."""
+    """Read-only, lazily filled ``{name: DecoderSpec}`` over a plugin registry."""
 
-    def __init__(self, makers: dict[str, Callable[[], DecoderSpec]]):
-        self._makers = makers
+    def __init__(self, registry: "plugins.Registry"):
+        self._registry = registry
         self._cache: dict[str, DecoderSpec] = {}
 
     def __getitem__(self, name: str) -> DecoderSpec:
-        if name not in self._makers:
+        entries = self._registry.specs()
+        if name not in entries:
             raise KeyError(name)
         if name not in self._cache:
-            self._cache[name] = self._makers[name]()
+            self._cache[name] = entries[name].make()
         return self._cache[name]
 
     def __contains__(self, name) -> bool:
-        return name in self._makers
+        return name in self._registry.specs()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._makers)
+        return iter(self._registry.specs())
 
     def __len__(self) -> int:
-        return len(self._makers)
+        return len(self._registry.specs())
 
     def __repr__(self) -> str:
-        return f"BUILTIN({', '.join(self._makers)})"
+        return f"BUILTIN({', '.join(self)})"
 
 
-BUILTIN: Mapping[str, DecoderSpec] = _Builtins(_MAKERS)
+BUILTIN: Mapping[str, DecoderSpec] = _Builtins(plugins.REGISTRY)
 
 
 def names() -> list[str]:

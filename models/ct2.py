@@ -1,7 +1,8 @@
 """Reader for CTranslate2 ``model.bin`` files.
 
 The ``ctranslate2`` Python package can write models but cannot hand the stored
-variables back, so this module parses the binary layout directly into numpy.
+variables back, so this module parses the binary layout directly into numpy
+(:func:`read_model_bin`) and reads the variables by name (:class:`CT2Variables`).
 
 Layout (all integers little-endian), as written by ``ModelSpec._serialize`` in
 CTranslate2's ``python/ctranslate2/specs/model_spec.py`` and read back by
@@ -32,13 +33,14 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import struct
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
 
-__all__ = ["CT2FormatError", "read_model_bin", "MAX_BINARY_VERSION"]
+__all__ = ["CT2FormatError", "CT2Variables", "read_model_bin", "MAX_BINARY_VERSION"]
 
 MAX_BINARY_VERSION = 6
 
@@ -268,3 +270,60 @@ def read_model_bin(path: Union[PathLike, Sequence[PathLike]]):
         "dtypes": dtypes,
     }
     return variables, aliases, meta
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    """A writable, C-contiguous float32 copy (never a view of the file)."""
+    return np.array(x, dtype=np.float32, order="C", copy=True)
+
+
+class CT2Variables:
+    """Variable access over :func:`read_model_bin`'s result: names resolved through the
+    aliases, integer (int8/int16) weights dequantized, every array read as a float32 copy."""
+
+    def __init__(self, variables, aliases, meta):
+        self.v, self.a, self.meta = variables, aliases, meta
+        self.label = meta["path"]
+
+    def resolve(self, name):
+        seen = set()
+        while name not in self.v and name in self.a and name not in seen:
+            seen.add(name)
+            name = self.a[name]
+        return name
+
+    def has(self, name):
+        return self.resolve(name) in self.v
+
+    def raw(self, name) -> np.ndarray:
+        r = self.resolve(name)
+        if r not in self.v:
+            raise CT2FormatError(f"{self.label}: missing variable '{name}'")
+        return self.v[r]
+
+    def get(self, name) -> np.ndarray:
+        x = self.raw(name)
+        if np.issubdtype(x.dtype, np.integer) and x.ndim >= 1:
+            # Quantized weight: value = round(w * scale) (CTranslate2
+            # model_spec._quantize), scale per output row for int8, scalar for int16.
+            scale_name = self.resolve(name) + "_scale"
+            if scale_name not in self.v:
+                raise CT2FormatError(f"{self.label}: integer variable '{name}' has no '{scale_name}'")
+            if self.resolve(name) + "_zero" in self.v:
+                raise CT2FormatError(f"{self.label}: '{name}' uses zero-point (AWQ) quantization, unsupported")
+            scale = np.asarray(self.v[scale_name], dtype=np.float32)
+            if scale.ndim == 1:
+                scale = scale.reshape((-1,) + (1,) * (x.ndim - 1))
+            return (x.astype(np.float32) / scale).astype(np.float32, copy=False)
+        return _f32(x)
+
+    def scalar(self, name):
+        return int(self.raw(name)) if self.has(name) else None
+
+    def count_layers(self, prefix: str) -> int:
+        """How many ``{prefix}/layer_N/...`` blocks the model has (numbered 0..N-1)."""
+        pat = re.compile(rf"^{prefix}/layer_(\d+)/")
+        idx = {int(m.group(1)) for k in list(self.v) + list(self.a) if (m := pat.match(k))}
+        if idx and idx != set(range(len(idx))):
+            raise CT2FormatError(f"{prefix} layers are not numbered 0..{len(idx) - 1}: {sorted(idx)}")
+        return len(idx)

@@ -37,7 +37,7 @@ OUTPUT_FORMATS = ("txt", "vtt", "srt", "tsv", "json", "all")
 
 # Errors caused by the user's input: reported as one line, no traceback.
 # (models.audio.AudioError and models.ct2.CT2FormatError are ValueErrors;
-# models.whisper_weights.WeightsNotInstalledError is an ImportError.)
+# models.weight_packages.WeightsNotInstalledError is an ImportError.)
 USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, PermissionError)
 
 

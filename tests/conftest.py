@@ -1,4 +1,14 @@
-"""Shared pytest set-up: markers only (also declared in pyproject.toml)."""
+"""Shared pytest set-up: markers (also declared in pyproject.toml), and the ``models`` plugin.
+
+The Whisper specs and ``kvgraph transcribe`` reach kvgraph through the ``kvgraph.plugins``
+entry point, which exists only once this checkout is installed (``make``); applying the plugin
+here lets the suite run against a checkout whose installed metadata is older. Applying it
+twice (here and through the entry point) is a no-op.
+"""
+import kvgraph.plugins
+import models.plugin
+
+kvgraph.plugins.use(models.plugin.register)
 
 
 def pytest_configure(config):

@@ -1,9 +1,9 @@
-"""Tests for models.ct2 (CTranslate2 model.bin reader) and
-models.whisper_weights (CT2 / .pt -> openai-whisper state_dict)."""
+"""Tests for loading Whisper checkpoints as openai-whisper state_dicts: models.whisper_weights
+and the modules it composes (weight_packages, ct2_whisper, pt_checkpoint, whisper_shapes).
+The model.bin reader itself is tested in test_ct2.py."""
 
 import importlib.util
 import re
-import struct
 import warnings
 from pathlib import Path
 
@@ -13,15 +13,12 @@ import torch
 import whisper
 import whisper.model as wm
 
+from ct2_files import write_model_bin
 from models.audio import load_audio
-from models.ct2 import CT2FormatError, read_model_bin
-from models.whisper_weights import (
-    ACCEPTED_NAMES,
-    WeightsNotInstalledError,
-    load_checkpoint,
-    resolve_source,
-    state_dict_shapes,
-)
+from models.ct2 import read_model_bin
+from models.weight_packages import ACCEPTED_NAMES, WeightsNotInstalledError, resolve_source
+from models.whisper_shapes import state_dict_shapes
+from models.whisper_weights import load_checkpoint
 
 JFK = Path(__file__).resolve().parent.parent / "examples" / "jfk.wav"
 JFK_TEXT = (
@@ -74,134 +71,6 @@ def tiny_model(tiny):
 @pytest.fixture(scope="module")
 def jfk_audio():
     return load_audio(JFK)
-
-
-# ------------------------------------------------------------- ct2 reader
-
-
-def test_read_model_bin_header(tiny_raw):
-    variables, aliases, meta = tiny_raw
-    assert meta["binary_version"] == 6
-    assert meta["spec_name"] == "WhisperSpec"
-    assert meta["spec_revision"] == 3
-    assert aliases == {"decoder/projection/weight": "decoder/embeddings/weight"}
-    assert variables["decoder/embeddings/weight"].shape == (51864, 384)
-    assert variables["decoder/embeddings/weight"].dtype == np.float16
-    assert int(variables["encoder/num_heads"]) == 6
-    assert int(variables["decoder/num_heads"]) == 6
-    assert variables["encoder/layer_0/self_attention/linear_0/weight"].shape == (1152, 384)
-    assert variables["decoder/layer_3/attention/linear_1/weight"].shape == (768, 384)
-    assert not variables["encoder/conv1/weight"].flags.writeable
-
-
-def _ct2_string(s):
-    b = s.encode()
-    return struct.pack("<H", len(b) + 1) + b + b"\0"
-
-
-def write_model_bin(path, variables, aliases=(), spec="WhisperSpec", revision=3, version=6):
-    """Minimal writer following CTranslate2's ModelSpec._serialize layout.
-    ``variables``: name -> (dtype id, ndarray of the stored dtype)."""
-    with open(path, "wb") as f:
-        f.write(struct.pack("<I", version))
-        f.write(_ct2_string(spec) + struct.pack("<I", revision))
-        f.write(struct.pack("<I", len(variables)))
-        for name, (type_id, arr) in variables.items():
-            arr = np.asarray(arr, order="C")  # (ascontiguousarray makes 0-d 1-d)
-            f.write(_ct2_string(name) + struct.pack("<B", arr.ndim))
-            f.write(struct.pack(f"<{arr.ndim}I", *arr.shape))
-            f.write(struct.pack("<BI", type_id, arr.nbytes))
-            f.write(arr.tobytes())
-        f.write(struct.pack("<I", len(aliases)))
-        for alias, target in aliases:
-            f.write(_ct2_string(alias) + _ct2_string(target))
-
-
-def test_read_all_dtypes(tmp_path):
-    rng = np.random.default_rng(0)
-    f32 = rng.standard_normal((3, 4)).astype(np.float32)
-    bf16_bits = (f32.view(np.uint32) >> 16).astype(np.uint16)
-    src = {
-        "a/f32": (0, f32),
-        "a/i8": (1, np.arange(-5, 5, dtype=np.int8)),
-        "a/i16": (2, np.array(-7, dtype=np.int16)),  # rank 0
-        "a/i32": (3, np.arange(6, dtype=np.int32).reshape(1, 2, 3)),
-        "a/f16": (4, f32.astype(np.float16)),
-        "a/bf16": (5, bf16_bits),
-    }
-    path = tmp_path / "model.bin"
-    write_model_bin(path, src, aliases=[("b/alias", "a/f32")], spec="TestSpec", revision=7)
-    variables, aliases, meta = read_model_bin(path)
-    assert meta["spec_name"] == "TestSpec" and meta["spec_revision"] == 7
-    assert aliases == {"b/alias": "a/f32"}
-    for name, (_, arr) in src.items():
-        if name == "a/bf16":
-            continue
-        assert variables[name].dtype == arr.dtype and variables[name].shape == arr.shape
-        np.testing.assert_array_equal(variables[name], arr)
-    bf = variables["a/bf16"]
-    assert bf.dtype == np.float32 and meta["dtypes"]["a/bf16"] == "bfloat16"
-    np.testing.assert_allclose(bf, f32, rtol=1e-2)
-    np.testing.assert_array_equal(bf.view(np.uint32) >> 16, bf16_bits)
-    # the same bytes split in two parts read as a sequence
-    data = path.read_bytes()
-    (tmp_path / "p1").write_bytes(data[:50])
-    (tmp_path / "p2").write_bytes(data[50:])
-    v2, a2, _ = read_model_bin([tmp_path / "p1", tmp_path / "p2"])
-    assert a2 == aliases and all(np.array_equal(v2[k], variables[k]) for k in variables)
-
-
-@pytest.mark.parametrize(
-    "cut,where",
-    [
-        (2, "binary version"),
-        (10, "spec name"),
-        (30, "variable count"),
-        (2000, "variable #"),
-        (1_000_000, "decoder/embeddings/weight"),
-        (-5, "alias"),
-    ],
-)
-def test_truncated_model_bin(tmp_path, tiny_bin, cut, where):
-    data = Path(tiny_bin).read_bytes()
-    path = tmp_path / "model.bin"
-    path.write_bytes(data[:cut])
-    with pytest.raises(CT2FormatError) as ei:
-        read_model_bin(path)
-    msg = str(ei.value)
-    assert str(path) in msg and "truncated" in msg and "offset" in msg
-    assert where in msg
-    # load_checkpoint on the directory surfaces the same error
-    with pytest.raises(CT2FormatError, match=re.escape(str(path))):
-        load_checkpoint(tmp_path)
-
-
-def test_corrupt_model_bin(tmp_path, tiny_bin):
-    data = bytearray(Path(tiny_bin).read_bytes()[:4096])
-    path = tmp_path / "model.bin"
-    for bad, needle in [
-        (b"", "empty"),
-        (b"RIFF\x10\x00\x00\x00WAVEfmt ", "binary version"),
-        (bytes(data), "truncated"),
-    ]:
-        path.write_bytes(bad)
-        with pytest.raises(CT2FormatError, match=needle) as ei:
-            read_model_bin(path)
-        assert str(path) in str(ei.value)
-    # a payload byte count that does not match the shape
-    src = {"x": (0, np.zeros((2, 2), np.float32))}
-    write_model_bin(path, src)
-    raw = bytearray(path.read_bytes())
-    i = raw.index(struct.pack("<BI", 0, 16))
-    raw[i + 1 : i + 5] = struct.pack("<I", 12)
-    path.write_bytes(bytes(raw))
-    with pytest.raises(CT2FormatError, match="variable #0 'x'"):
-        read_model_bin(path)
-    # trailing garbage (e.g. a wrong part appended)
-    write_model_bin(path, src)
-    path.write_bytes(path.read_bytes() + b"\0\0\0")
-    with pytest.raises(CT2FormatError, match="trailing"):
-        read_model_bin(path)
 
 
 # ------------------------------------------------------- whisper weights

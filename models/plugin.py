@@ -1,0 +1,41 @@
+"""The ``models`` package's kvgraph plugin: Whisper's named specs and ``kvgraph transcribe``.
+
+Declared in pyproject.toml as the entry point ``whisper = "models.plugin:register"`` of the
+group ``kvgraph.plugins``, which :mod:`kvgraph.plugins` discovers; :func:`register` can also be
+applied explicitly (``kvgraph.plugins.use(models.plugin.register)``). Registering imports
+nothing heavy: a spec is made, and ``models.transcribe_cli`` imported, on first use.
+"""
+from __future__ import annotations
+
+from functools import partial
+from types import SimpleNamespace
+
+# openai-whisper's published ModelDimensions (the "dims" of each checkpoint).
+WHISPER_DIMS = {
+    "whisper-tiny.en": dict(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6,
+                            n_audio_layer=4, n_vocab=51864, n_text_ctx=448, n_text_state=384,
+                            n_text_head=6, n_text_layer=4),
+    "whisper-base": dict(n_mels=80, n_audio_ctx=1500, n_audio_state=512, n_audio_head=8,
+                         n_audio_layer=6, n_vocab=51865, n_text_ctx=448, n_text_state=512,
+                         n_text_head=8, n_text_layer=6),
+}
+
+
+def _whisper_spec(name: str):
+    from models.whisper import spec_from_dims
+    return spec_from_dims(SimpleNamespace(**WHISPER_DIMS[name]))
+
+
+def _transcribe(argv: list[str]) -> int:
+    from models import transcribe_cli
+    return transcribe_cli.main(argv)
+
+
+def register(registry) -> None:
+    """Register the Whisper decoder specs (``whisper-tiny.en``, ``whisper-base``) and the
+    ``transcribe`` command (arguments forwarded untouched to ``models.transcribe_cli.main``)
+    with a :class:`kvgraph.plugins.Registry`."""
+    for name in WHISPER_DIMS:
+        registry.add_spec(name, partial(_whisper_spec, name))
+    registry.add_command("transcribe", _transcribe,
+                         help="transcribe audio with Whisper on MAX (arguments go to models.transcribe_cli)")
