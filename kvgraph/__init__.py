@@ -4,7 +4,8 @@ Importing kvgraph is cheap: MAX is imported only by :func:`compile`.
 """
 from . import passes, reference
 from .build import build
-from .errors import IRTypeError, KvgraphError, LoweringError, PassError, SpecError, VerifyError
+from .errors import (InputError, InputTypeError, IRTypeError, KvgraphError, LoweringError, PassError,
+                     ReferenceRunError, SpecError, VerifyError)
 from .ir import Graph
 from .passes import run_passes
 from .printer import format_graph
@@ -23,7 +24,7 @@ def compile(spec_or_graph, weights, *, kv_cache=True, device="cpu", passes=None,
 
 
 __all__ = [
-    "CrossAttention", "DecoderSpec", "Graph", "IRTypeError", "KvgraphError", "LoweringError",
-    "PassError", "SpecError", "VerifyError", "build", "compile", "format_graph", "init_weights",
+    "CrossAttention", "DecoderSpec", "Graph", "IRTypeError", "InputError", "InputTypeError", "KvgraphError",
+    "LoweringError", "PassError", "ReferenceRunError", "SpecError", "VerifyError", "build", "compile", "format_graph", "init_weights",
     "passes", "reference", "run_passes", "verify",
 ]

@@ -17,7 +17,7 @@ import attrs
 import numpy as np
 
 from .build import B, S, build
-from .errors import KvgraphError, LoweringError
+from .errors import InputError, InputTypeError, KvgraphError, LoweringError
 from . import ir
 from .ir import Graph
 from .passes import PassResult, default_pipeline, run_passes
@@ -150,7 +150,7 @@ class DecoderState:
 def _tokens(t) -> np.ndarray:
     a = np.asarray(t)
     if a.ndim != 2 or a.dtype.kind not in "iu" or a.shape[1] == 0:
-        raise ValueError(f"tokens must be a non-empty integer array [batch, n], got {a.dtype}{list(a.shape)}")
+        raise InputError(f"tokens must be a non-empty integer array [batch, n], got {a.dtype}{list(a.shape)}")
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
@@ -225,7 +225,7 @@ class CompiledDecoder:
     def _context_args(self, prog: CompiledProgram, context):
         if "context" in prog.input_names:
             if context is None:
-                raise ValueError(f"{prog.graph.name} needs a context (cross-attention input)")
+                raise InputError(f"{prog.graph.name} needs a context (cross-attention input)")
             return [np.ascontiguousarray(context, dtype=np.float32)] if not _is_buffer(context) else [context]
         return []
 
@@ -235,12 +235,12 @@ class CompiledDecoder:
             ids = tok.ravel().tolist() if tok.size <= 64 else (int(tok.min()), int(tok.max()))
             lo, hi = min(ids), max(ids)
             if lo < 0 or hi >= self.vocab_size:
-                raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {lo}..{hi}")
+                raise InputError(f"token ids must be in [0, {self.vocab_size}), got {lo}..{hi}")
         if self.max_len is not None and past + tok.shape[1] > self.max_len:
-            raise ValueError(f"sequence of {past + tok.shape[1]} positions exceeds the model's "
+            raise InputError(f"sequence of {past + tok.shape[1]} positions exceeds the model's "
                              f"{self.max_len} learned positions")
         if self.kv_cache and self.capacity is not None and past + tok.shape[1] > self.capacity:
-            raise ValueError(f"sequence of {past + tok.shape[1]} positions exceeds the KV cache "
+            raise InputError(f"sequence of {past + tok.shape[1]} positions exceeds the KV cache "
                              f"capacity of {self.capacity} rows (compile with a larger capacity=)")
         return tok
 
@@ -281,7 +281,7 @@ class CompiledDecoder:
         if state.rows is not None:
             state.rows.check(state.past, state.made_by)
         if tok.shape[0] != state.batch:
-            raise ValueError(f"step: batch {tok.shape[0]} != the state's batch {state.batch}")
+            raise InputError(f"step: batch {tok.shape[0]} != the state's batch {state.batch}")
         n = tok.shape[1]
         if not self.kv_cache:
             allt = np.concatenate([state.tokens, tok], axis=1)
@@ -373,18 +373,18 @@ def compile(spec_or_graph, weights: dict, *, kv_cache: bool = True, device: str 
     elif isinstance(spec_or_graph, Graph):
         g = spec_or_graph
     else:
-        raise TypeError(f"compile() takes a DecoderSpec or Graph, got {type(spec_or_graph).__name__}")
+        raise InputTypeError(f"compile() takes a DecoderSpec or Graph, got {type(spec_or_graph).__name__}")
     if cache_layout not in ("auto", "concat", "buffer"):
-        raise ValueError(f"cache_layout={cache_layout!r}: expected 'auto', 'buffer' or 'concat'")
+        raise InputError(f"cache_layout={cache_layout!r}: expected 'auto', 'buffer' or 'concat'")
     if capacity is not None and cache_layout == "concat":
-        raise ValueError("capacity= is for cache_layout='buffer' (or 'auto') only")
+        raise InputError("capacity= is for cache_layout='buffer' (or 'auto') only")
     if passes is None and kv_cache and cache_layout != "concat":
         if capacity is None:
             capacity = _limits(g)[1]
         if capacity is None and isinstance(spec_or_graph, DecoderSpec):
             capacity = spec_or_graph.max_seq_len
         if capacity is None and cache_layout == "buffer":
-            raise ValueError(f"cache_layout='buffer': graph {g.name} has no learned-position limit; "
+            raise InputError(f"cache_layout='buffer': graph {g.name} has no learned-position limit; "
                              "pass capacity=<max rows the cache holds>")
         if capacity is not None:
             passes = default_pipeline("buffer", capacity)

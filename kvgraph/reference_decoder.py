@@ -23,7 +23,7 @@ import numpy as np
 
 from . import reference
 from .build import build
-from .errors import KvgraphError
+from .errors import InputError, InputTypeError, KvgraphError
 from .ir import Graph
 from .passes import PassResult, Programs, default_pipeline, run_passes
 from .spec import DecoderSpec
@@ -57,7 +57,7 @@ class ReferenceDecoder:
         if isinstance(result_or_spec, (Graph, Programs)):
             result_or_spec = run_passes(result_or_spec, default_pipeline())
         if not isinstance(result_or_spec, PassResult):
-            raise TypeError("ReferenceDecoder takes a PassResult, DecoderSpec or Graph, "
+            raise InputTypeError("ReferenceDecoder takes a PassResult, DecoderSpec or Graph, "
                             f"got {type(result_or_spec).__name__}")
         self.result = result_or_spec
         self.weights = weights
@@ -102,7 +102,7 @@ class ReferenceDecoder:
     def _tokens(tokens) -> np.ndarray:
         t = np.asarray(tokens, dtype=np.int64)
         if t.ndim != 2:
-            raise ValueError(f"tokens must be an int array [batch, n], got shape {t.shape}")
+            raise InputError(f"tokens must be an int array [batch, n], got shape {t.shape}")
         return t
 
     # ------------------------------------------------------------------ API
