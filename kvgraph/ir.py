@@ -3,8 +3,11 @@
 A :class:`Graph` holds its inputs, a tuple of :class:`Node` (an op and the value it
 defines) and named outputs. Operands are :class:`Value` s: graph inputs, node results,
 or :class:`Weight` s (named parameters, printed ``@name``). Every op class documents its
-meaning and has ``infer_type()``; three interpreters share the IR through one table each:
-the printer, the NumPy reference (:mod:`kvgraph.reference`) and the MAX lowering.
+meaning and has ``infer_type()``; the printer reads only these, and three interpreters
+have one table (``RULES``, ``{op class: rule}``) each: the NumPy reference
+(:mod:`kvgraph.reference`), the MAX lowering (:mod:`kvgraph.max.lower`) and the cost
+model (:mod:`kvgraph.cost`). ``@op`` lists every op class in :data:`OP_CLASSES`;
+:func:`missing_rules` checks a table against it (``tests/test_rules.py``).
 
 Op classes carry two facts the passes read instead of knowing op names:
 

@@ -12,7 +12,7 @@ from kvgraph import ir, reference
 from kvgraph.errors import InputError
 
 
-TABLES = {"reference": "kvgraph.reference", "cost": "kvgraph.cost", "max": "kvgraph.lower_max"}
+TABLES = {"reference": "kvgraph.reference", "cost": "kvgraph.cost", "max": "kvgraph.max.lower"}
 
 
 @pytest.mark.parametrize("which", sorted(TABLES))

@@ -32,7 +32,7 @@ import numpy as np
 from max.dtype import DType
 from max.graph import DeviceRef, Dim, TensorType, TensorValue, ops
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "embed",
