@@ -85,7 +85,7 @@ class CompiledDecoder:
         if CONTEXT in prog.input_names:
             if context is None:
                 raise InputError(f"{prog.graph.name} needs a context (cross-attention input)")
-            return [np.ascontiguousarray(context, dtype=np.float32)] if not isinstance(context, Buffer) else [context]
+            return [context if isinstance(context, Buffer) else np.ascontiguousarray(context, dtype=np.float32)]
         return []
 
     def _check(self, tok: np.ndarray, past: int = 0) -> np.ndarray:
