@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from max.driver import Buffer
 
-    from kvgraph.compiler import session
+    from kvgraph.max.runtime import session
     concat, buffer = build(session())
     rng = np.random.default_rng(0)
     new = Buffer.from_numpy(rng.standard_normal((1, 1, D)).astype(np.float32))

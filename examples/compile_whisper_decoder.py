@@ -5,7 +5,7 @@ import numpy as np
 import whisper
 
 import kvgraph
-from kvgraph.compiler import load_program
+from kvgraph.max.runtime import load_program
 from models import whisper as mw
 from models.audio import load_audio
 

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from . import ir
+from .errors import InputTypeError
 from .ir import GraphBuilder, Value
+from .names import BATCH, CONTEXT, LOGITS, SEQ, TOKENS
 from .spec import DecoderSpec
 from .types import f32, i64, sym
 
-B, S = sym("b"), sym("s")
+B, S = sym(BATCH), sym(SEQ)
 
 
 def _norm(g: GraphBuilder, spec: DecoderSpec, base: str, x: Value, hint: str) -> Value:
@@ -29,15 +31,15 @@ def build(spec: DecoderSpec) -> ir.Graph:
     """The decoder over a whole sequence: inputs ``tokens`` (and ``context`` with cross
     attention), output ``logits`` for every position."""
     if not isinstance(spec, DecoderSpec):
-        raise TypeError(f"build() takes a kvgraph.DecoderSpec, got {type(spec).__name__}")
+        raise InputTypeError(f"build() takes a kvgraph.DecoderSpec, got {type(spec).__name__}")
     names, st = spec.names(), spec.names().s
     d, hd, H, KV = spec.d_model, spec.head_dim, spec.n_heads, spec.kv_heads
     g = GraphBuilder(spec.name)
-    tokens = g.input("tokens", i64(B, S))
+    tokens = g.input(TOKENS, i64(B, S))
     context = None
     if spec.cross_attention is not None:
         ca = spec.cross_attention
-        context = g.input("context", f32(B, ca.context_len, ca.context_dim))
+        context = g.input(CONTEXT, f32(B, ca.context_len, ca.context_dim))
 
     x = g.add(ir.Embed(tokens, g.weight(st["tok"], (spec.vocab_size, d))), "tok_emb")
     pos = g.add(ir.Positions(tokens), "pos")
@@ -85,5 +87,5 @@ def build(spec: DecoderSpec) -> ir.Graph:
 
     h = _norm(g, spec, st["final_norm"], x, "ln_f")
     head = st["tok"] if spec.tie_embeddings else st["head"]
-    logits = g.add(ir.Linear(h, g.weight(head, (spec.vocab_size, d))), "logits")
-    return g.finish([("logits", logits)])
+    logits = g.add(ir.Linear(h, g.weight(head, (spec.vocab_size, d))), LOGITS)
+    return g.finish([(LOGITS, logits)])

@@ -8,14 +8,16 @@ type and sums a FLOP estimate per op, split in two buckets:
 - ``"attention"``: scores ``q @ kᵀ``, softmax and the weighted sum ``p @ v``, which
   legitimately grows with the number of keys (``past + s`` in a cached step).
 
-Data movement (``concat``, ``take_last``, ``transpose``) counts zero. Causal masking is
-ignored: an attention is charged for every (query, key) pair, as a dense kernel computes them.
+Data movement (``concat``, ``cache_store``, ``cache_view``, ``take_last``, ``transpose``)
+counts zero. Causal masking is ignored: an attention is charged for every (query, key) pair,
+as a dense kernel computes them. One rule per op class (``RULES``).
 """
 from __future__ import annotations
 
 import math
 
 from . import ir
+from .errors import InputError
 from .ir import Graph, Node
 from .types import Dim, bind_dim
 
@@ -35,31 +37,62 @@ def _numel(v, dims) -> int:
     return _size(v.type.shape, dims)
 
 
+def _linear(op, numel, dims):
+    rows = _size(op.x.type.shape[:-1], dims)
+    o, i = (bind_dim(d, dims) for d in op.w.type.shape)
+    return DENSE, 2 * rows * o * i + (rows * o if op.bias is not None else 0)
+
+
+def _attention(op, numel, dims):
+    b, sq, w = (bind_dim(d, dims) for d in op.q.type.shape)
+    sk = bind_dim(op.k.type.shape[1], dims)
+    hd = w // op.heads
+    pairs = b * op.heads * sq * sk
+    # q·k (2*hd per pair) + scale, max, exp, sum, divide (~5 per pair) + p·v (2*hd per pair)
+    return ATTENTION, pairs * (4 * hd + 5)
+
+
+def _conv1d(op, numel, dims):
+    cout, cin, k = (bind_dim(d, dims) for d in op.w.type.shape)
+    return DENSE, numel * (2 * cin * k + 1)
+
+
+def _per_element(k: int):
+    """A dense rule of ``k`` FLOPs per result element (0: data movement)."""
+    return lambda op, numel, dims: (DENSE, k * numel)
+
+
+#: ``{op class: rule(op, numel of its result, dims) -> ("dense" | "attention", flops)}``:
+#: one rule per op class, like the reference's and the MAX lowering's tables.
+RULES = {
+    ir.Embed: _per_element(1),
+    ir.Positions: _per_element(1),
+    ir.GatherRows: _per_element(1),
+    ir.Sinusoid: _per_element(3),
+    ir.Rope: _per_element(4),
+    ir.Add: _per_element(1),
+    ir.Mul: _per_element(1),
+    ir.Linear: _linear,
+    ir.LayerNorm: _per_element(8),
+    ir.RMSNorm: _per_element(5),
+    ir.Gelu: _per_element(8),
+    ir.Silu: _per_element(4),
+    ir.Attention: _attention,
+    ir.Concat: _per_element(0),
+    ir.CacheStore: _per_element(0),
+    ir.CacheView: _per_element(0),
+    ir.TakeLast: _per_element(0),
+    ir.Transpose: _per_element(0),
+    ir.Conv1d: _conv1d,
+}
+
+
 def _node_flops(n: Node, dims: dict[str, int]) -> tuple[str, int]:
-    op, out = n.op, n.out
-    numel = _numel(out, dims)
-    if isinstance(op, ir.Linear):
-        rows = _size(op.x.type.shape[:-1], dims)
-        o, i = (bind_dim(d, dims) for d in op.w.type.shape)
-        return DENSE, 2 * rows * o * i + (rows * o if op.bias is not None else 0)
-    if isinstance(op, ir.Attention):
-        b, sq, w = (bind_dim(d, dims) for d in op.q.type.shape)
-        sk = bind_dim(op.k.type.shape[1], dims)
-        hd = w // op.heads
-        pairs = b * op.heads * sq * sk
-        # q·k (2*hd per pair) + scale, max, exp, sum, divide (~5 per pair) + p·v (2*hd per pair)
-        return ATTENTION, pairs * (4 * hd + 5)
-    if isinstance(op, ir.Conv1d):
-        cout, cin, k = (bind_dim(d, dims) for d in op.w.type.shape)
-        return DENSE, numel * (2 * cin * k + 1)
-    per_elem = {
-        ir.Embed: 1, ir.GatherRows: 1, ir.Positions: 1, ir.Sinusoid: 3, ir.Rope: 4,
-        ir.Add: 1, ir.Mul: 1, ir.LayerNorm: 8, ir.RMSNorm: 5, ir.Gelu: 8, ir.Silu: 4,
-        ir.Concat: 0, ir.TakeLast: 0, ir.Transpose: 0,
-    }
-    if type(op) not in per_elem:
-        raise ValueError(f"cost: no FLOP rule for op {op.NAME!r} (%{out.name})")
-    return DENSE, per_elem[type(op)] * numel
+    numel = _numel(n.out, dims)
+    rule = RULES.get(type(n.op))
+    if rule is None:
+        raise InputError(f"cost: no FLOP rule for op {n.op.NAME!r} (%{n.out.name})")
+    return rule(n.op, numel, dims)
 
 
 def node_flops(graph: Graph, dims: dict[str, int]) -> list[tuple[str, str, int]]:
@@ -69,7 +102,7 @@ def node_flops(graph: Graph, dims: dict[str, int]) -> list[tuple[str, str, int]]
         try:
             kind, f = _node_flops(n, dims)
         except KeyError as e:
-            raise ValueError(f"cost: dim {e.args[0]!r} of %{n.out.name} ({n.out.type}) is not bound; "
+            raise InputError(f"cost: dim {e.args[0]!r} of %{n.out.name} ({n.out.type}) is not bound; "
                              f"given {sorted(dims)}") from None
         out.append((n.out.name, kind, f))
     return out
@@ -79,7 +112,7 @@ def flops(graph: Graph, dims: dict[str, int]) -> dict:
     """FLOP estimate of ``graph`` with its symbolic dims bound from ``dims``.
 
     Returns ``{"dense": int, "attention": int, "total": int, "by_op": {op name: int}}``.
-    Raises ValueError naming a dim ``graph`` uses that ``dims`` does not bind.
+    Raises InputError (a ValueError) naming a dim ``graph`` uses that ``dims`` does not bind.
     """
     totals = {DENSE: 0, ATTENTION: 0}
     by_op: dict[str, int] = {}

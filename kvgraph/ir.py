@@ -3,8 +3,11 @@
 A :class:`Graph` holds its inputs, a tuple of :class:`Node` (an op and the value it
 defines) and named outputs. Operands are :class:`Value` s: graph inputs, node results,
 or :class:`Weight` s (named parameters, printed ``@name``). Every op class documents its
-meaning and has ``infer_type()``; three interpreters share the IR through one table each:
-the printer, the NumPy reference (:mod:`kvgraph.reference`) and the MAX lowering.
+meaning and has ``infer_type()``; the printer reads only these, and three interpreters
+have one table (``RULES``, ``{op class: rule}``) each: the NumPy reference
+(:mod:`kvgraph.reference`), the MAX lowering (:mod:`kvgraph.max.lower`) and the cost
+model (:mod:`kvgraph.cost`). ``@op`` lists every op class in :data:`OP_CLASSES`;
+:func:`missing_rules` checks a table against it (``tests/test_rules.py``).
 
 Op classes carry two facts the passes read instead of knowing op names:
 
@@ -19,7 +22,8 @@ from typing import ClassVar, Iterator, Optional
 
 import attrs
 
-from .errors import IRTypeError
+from . import names
+from .errors import InputError, IRTypeError
 from .types import Dim, TensorType, dim_add, f32, i64, sym
 
 
@@ -90,16 +94,32 @@ class Op:
         raise NotImplementedError
 
 
+_OPS: dict[str, type] = {}  # printed name -> op class, in definition order (filled by @op)
+
+
 def op(name: str, operands: tuple[str, ...], positionwise: bool = False):
-    """Class decorator: a frozen attrs op class with its printed name and operand fields."""
+    """Class decorator: a frozen attrs op class with its printed name and operand fields,
+    registered in :data:`OP_CLASSES` (a name may be taken once)."""
 
     def wrap(cls):
+        if name in _OPS:
+            raise InputError(f"op name {name!r} is taken by {_OPS[name].__name__}")
         cls.NAME = name
         cls.OPERANDS = operands
         cls.POSITIONWISE = positionwise
-        return attrs.frozen(eq=False)(cls)
+        cls = attrs.frozen(eq=False)(cls)
+        _OPS[name] = cls
+        return cls
 
     return wrap
+
+
+def missing_rules(table, ops=None) -> list[str]:
+    """Names of the op classes (``ops``, by default :data:`OP_CLASSES`) that ``table`` (an
+    interpreter's ``{op class: rule}``) has no rule for, in definition order. Every
+    interpreter (the NumPy reference, the MAX lowering, the cost model) covers every op;
+    ``tests/test_rules.py`` checks it with this."""
+    return [c.NAME for c in (OP_CLASSES if ops is None else ops) if c not in table]
 
 
 # --------------------------------------------------------------------------- ops
@@ -378,7 +398,7 @@ class CacheView(Op):
         if self.past is None:
             return TensorType(c.dtype, (c.shape[0], n.shape[1], c.shape[2]))
         _need(_t(self.past) == i64(), f"cache_view: past must be i64[], got {_t(self.past)}")
-        return TensorType(c.dtype, (c.shape[0], dim_add(sym("past"), n.shape[1]), c.shape[2]))
+        return TensorType(c.dtype, (c.shape[0], dim_add(sym(names.PAST_DIM), n.shape[1]), c.shape[2]))
 
 
 @op("take_last", ("x",))
@@ -426,9 +446,8 @@ class Conv1d(Op):
         return f32(x.shape[0], t_out, w.shape[0])
 
 
-OP_CLASSES: tuple[type, ...] = (Embed, Positions, GatherRows, Sinusoid, Rope, Add, Mul, Linear,
-                                LayerNorm, RMSNorm, Gelu, Silu, Attention, Concat, CacheStore,
-                                CacheView, TakeLast, Transpose, Conv1d)
+#: Every op class, in definition order: those the ``@op`` decorator registered above.
+OP_CLASSES: tuple[type, ...] = tuple(_OPS.values())
 
 
 # ------------------------------------------------------------------------ graph
@@ -498,7 +517,11 @@ class Graph:
 
 
 class GraphBuilder:
-    """The one mutable thing: appends nodes, hands out unique value names, makes a Graph."""
+    """The one mutable thing: appends nodes, hands out unique value names, makes a Graph.
+
+    Passes build their rewritten graphs with :meth:`like` and :meth:`copy` (and
+    :meth:`input`, :meth:`add`, :meth:`append`); nothing outside this class touches
+    ``inputs`` or ``nodes``."""
 
     def __init__(self, name: str):
         self.name = name
@@ -506,6 +529,16 @@ class GraphBuilder:
         self.nodes: list[Node] = []
         self._names: set[str] = set()
         self._weights: dict[str, Weight] = {}
+
+    @classmethod
+    def like(cls, g: Graph, name: Optional[str] = None) -> "GraphBuilder":
+        """A builder for a rewrite of ``g``: named like ``g`` (or ``name``), taking ``g``'s
+        inputs as they are (the same values, so ``g``'s nodes may read them unchanged)."""
+        b = cls(g.name if name is None else name)
+        for v in g.inputs:
+            b.inputs.append(v)
+            b.reserve(v.name)
+        return b
 
     def fresh(self, hint: str) -> str:
         name, k = hint, 1
@@ -520,7 +553,7 @@ class GraphBuilder:
 
     def input(self, name: str, type: TensorType) -> Value:
         if name in self._names:
-            raise ValueError(f"input name {name!r} already used")
+            raise InputError(f"input name {name!r} already used")
         self._names.add(name)
         v = Value(name, type)
         self.inputs.append(v)
@@ -538,9 +571,18 @@ class GraphBuilder:
         return v
 
     def append(self, node: Node) -> Value:
+        """Append ``node`` as it is (its value and name)."""
         self._names.add(node.out.name)
         self.nodes.append(node)
         return node.out
+
+    def copy(self, node: Node, op: Op, mapping: dict, name: Optional[str] = None) -> Value:
+        """Append ``op`` (operands already remapped) as the copy of ``node``, named like
+        ``node`` (or ``name``) when that name is free; records ``mapping[node.out]``."""
+        v = Value(self.fresh(name or node.out.name), op.infer_type())
+        self.nodes.append(Node(op, v))
+        mapping[node.out] = v
+        return v
 
     def finish(self, outputs) -> Graph:
         return Graph(self.name, tuple(self.inputs), tuple(self.nodes), tuple(outputs))

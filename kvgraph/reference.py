@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from . import ir
-from .errors import KvgraphError
+from .errors import ReferenceRunError
 from .printer import window
 
 
@@ -83,7 +83,7 @@ def _cache_rows(op, a, what):
     past = 0 if a["past"] is None else int(a["past"])
     s, cap = a["new"].shape[1], a["cache"].shape[1]
     if past < 0 or past + s > cap:
-        raise ReferenceError_(f"{what}: rows [{past}, {past + s}) do not fit a cache of capacity {cap}")
+        raise ReferenceRunError(f"{what}: rows [{past}, {past + s}) do not fit a cache of capacity {cap}")
     return past, s
 
 
@@ -136,22 +136,18 @@ class _Ctx:
         self.dtype = np.dtype(dtype)
 
 
-class ReferenceError_(KvgraphError):
-    """The reference interpreter could not run a graph (missing input/weight, bad shape)."""
-
-
 def _check_shape(g, v, arr, env_dims, what):
     t = v.type
     if arr.ndim != t.rank:
-        raise ReferenceError_(f"graph {g.name}: {what} %{v.name} expects {t}, got an array of shape {arr.shape}")
+        raise ReferenceRunError(f"graph {g.name}: {what} %{v.name} expects {t}, got an array of shape {arr.shape}")
     for d, n in zip(t.shape, arr.shape):
         if isinstance(d, int):
             if d != n:
-                raise ReferenceError_(f"graph {g.name}: {what} %{v.name} expects {t}, got shape {arr.shape}")
+                raise ReferenceRunError(f"graph {g.name}: {what} %{v.name} expects {t}, got shape {arr.shape}")
         elif len(d.terms) == 1 and not d.const:
             seen = env_dims.setdefault(d.terms[0], n)
             if seen != n:
-                raise ReferenceError_(f"graph {g.name}: {what} %{v.name}: dim {d} is {n} here but {seen} elsewhere")
+                raise ReferenceRunError(f"graph {g.name}: {what} %{v.name}: dim {d} is {n} here but {seen} elsewhere")
 
 
 def run(g: ir.Graph, weights: dict, dtype=np.float32, **inputs) -> dict[str, np.ndarray]:
@@ -161,25 +157,25 @@ def run(g: ir.Graph, weights: dict, dtype=np.float32, **inputs) -> dict[str, np.
     dims: dict[str, int] = {}
     for v in g.inputs:
         if v.name not in inputs or inputs[v.name] is None:
-            raise ReferenceError_(f"graph {g.name}: missing input {v.name!r} ({v.type})")
+            raise ReferenceRunError(f"graph {g.name}: missing input {v.name!r} ({v.type})")
         arr = np.asarray(inputs[v.name])
         arr = arr.astype(np.int64) if v.type.dtype == "i64" else arr.astype(ctx.dtype)
         _check_shape(g, v, arr, dims, "input")
         env[v] = arr
     extra = set(inputs) - {v.name for v in g.inputs}
     if extra:
-        raise ReferenceError_(f"graph {g.name}: unknown inputs {sorted(extra)}; it takes {[v.name for v in g.inputs]}")
+        raise ReferenceRunError(f"graph {g.name}: unknown inputs {sorted(extra)}; it takes {[v.name for v in g.inputs]}")
     for w in g.weights():
         if w.name not in weights:
-            raise ReferenceError_(f"graph {g.name}: missing weight {w.name!r} {w.type}")
+            raise ReferenceRunError(f"graph {g.name}: missing weight {w.name!r} {w.type}")
         arr = np.asarray(weights[w.name], dtype=ctx.dtype)
         if arr.shape != tuple(w.type.shape):
-            raise ReferenceError_(f"graph {g.name}: weight {w.name!r} expects {w.type}, got shape {arr.shape}")
+            raise ReferenceRunError(f"graph {g.name}: weight {w.name!r} expects {w.type}, got shape {arr.shape}")
         env[w] = arr
     for i, n in enumerate(g.nodes):
         rule = RULES.get(type(n.op))
         if rule is None:
-            raise ReferenceError_(f"no reference rule for op {n.op.NAME!r}\n{window(g, i)}")
+            raise ReferenceRunError(f"no reference rule for op {n.op.NAME!r}\n{window(g, i)}")
         args = {f: (None if getattr(n.op, f) is None else env[getattr(n.op, f)]) for f in n.op.OPERANDS}
         out = rule(n.op, args, ctx)
         if out.dtype != np.int64:

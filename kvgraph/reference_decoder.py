@@ -13,7 +13,8 @@ for any spec the passes accept:
   ``KVCache(layout="buffer")``) is allocated zero-filled from its type, ``b`` bound to the
   batch.
 
-The MAX ``CompiledDecoder`` has the same method names; tests compare the two.
+It implements :class:`kvgraph.decoder.Decoder`, as the MAX ``CompiledDecoder`` does; tests
+compare the two.
 """
 from __future__ import annotations
 
@@ -23,24 +24,12 @@ import numpy as np
 
 from . import reference
 from .build import build
-from .errors import KvgraphError
+from .decoder import DecoderState, tokens_array, zeros
+from .errors import InputTypeError, KvgraphError
 from .ir import Graph
+from .names import BATCH, CONTEXT, LOGITS, PAST, STEP_ARGS, TOKENS
 from .passes import PassResult, Programs, default_pipeline, run_passes
 from .spec import DecoderSpec
-
-STEP_ARGS = ("tokens", "past")
-PAST = "past"
-
-
-class DecoderState(dict):
-    """``{state name: array}`` plus the ``"past"`` entry (an int: rows already cached)."""
-
-    @property
-    def past(self) -> int:
-        return int(self[PAST])
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {k: v for k, v in self.items() if k != PAST}
 
 
 class ReferenceDecoder:
@@ -57,8 +46,8 @@ class ReferenceDecoder:
         if isinstance(result_or_spec, (Graph, Programs)):
             result_or_spec = run_passes(result_or_spec, default_pipeline())
         if not isinstance(result_or_spec, PassResult):
-            raise TypeError("ReferenceDecoder takes a PassResult, DecoderSpec or Graph, "
-                            f"got {type(result_or_spec).__name__}")
+            raise InputTypeError("ReferenceDecoder takes a PassResult, DecoderSpec or Graph, "
+                                 f"got {type(result_or_spec).__name__}")
         self.result = result_or_spec
         self.weights = weights
         self.dtype = np.dtype(dtype)
@@ -86,56 +75,53 @@ class ReferenceDecoder:
         """Zero-filled arrays for the inputs of ``g`` not in ``given`` (other than context)."""
         out = {}
         for v in g.inputs:
-            if v.name in given or v.name == "context":
+            if v.name in given or v.name == CONTEXT:
                 continue
-            shape = [batch if str(d) == "b" else d for d in v.type.shape]
-            if not all(isinstance(d, int) for d in shape):
-                raise KvgraphError(f"graph {g.name}: cannot allocate input %{v.name}: {v.type} "
-                                   "has a dim other than the batch b")
-            out[v.name] = np.zeros(shape, dtype=self.dtype if v.type.dtype == "f32" else np.int64)
+            try:
+                out[v.name] = zeros(v, batch, self.dtype)
+            except KvgraphError as e:
+                raise KvgraphError(f"graph {g.name}: {e}") from None
         return out
 
     def _run(self, g: Graph, **inputs) -> dict[str, np.ndarray]:
         return reference.run(g, self.weights, dtype=self.dtype, **inputs)
 
-    @staticmethod
-    def _tokens(tokens) -> np.ndarray:
-        t = np.asarray(tokens, dtype=np.int64)
-        if t.ndim != 2:
-            raise ValueError(f"tokens must be an int array [batch, n], got shape {t.shape}")
-        return t
-
     # ------------------------------------------------------------------ API
     def prefill(self, tokens, context: Optional[np.ndarray] = None) -> tuple[np.ndarray, DecoderState]:
         """Run the prompt; returns the last position's logits ``[b, V]`` and the state."""
-        tokens = self._tokens(tokens)
-        given = self._inputs(self.prefill_graph, tokens=tokens, context=context)
+        tokens = tokens_array(tokens)
+        given = self._inputs(self.prefill_graph, **{TOKENS: tokens, CONTEXT: context})
         given.update(self._zeros(self.prefill_graph, tokens.shape[0], given))
         out = self._run(self.prefill_graph, **given)
-        state = DecoderState({n: out[n] for n in self.state_names})
-        state[PAST] = tokens.shape[1]
-        return out["logits"][:, -1, :], state
+        state = DecoderState(tokens.shape[1], tokens.shape[0], {n: out[n] for n in self.state_names})
+        return out[LOGITS][:, -1, :], state
 
     def step(self, tokens, state: DecoderState) -> tuple[np.ndarray, DecoderState]:
         """Append ``tokens [b, n]`` after ``state``; returns their logits ``[b, n, V]`` and
         the new state (the given state is not modified)."""
-        tokens = self._tokens(tokens)
-        past = int(state[PAST])
-        inputs = {"tokens": tokens, "past": np.int64(past)}
+        tokens = tokens_array(tokens)
+        inputs = {TOKENS: tokens, PAST: np.int64(state.past)}
         for n in self.state_names:
-            if n not in state:
-                raise KvgraphError(f"state has no entry {n!r}; it has {sorted(state)}")
-            inputs[n] = state[n]
+            if n not in state.buffers:
+                raise KvgraphError(f"state has no entry {n!r}; it has {sorted(state.buffers)}")
+            inputs[n] = state.buffers[n]
         out = self._run(self.step_graph, **self._inputs(self.step_graph, **inputs))
-        new = DecoderState(state)
+        new = dict(state.buffers)
         for n in self.state_names:
             if n in out:
                 new[n] = out[n]
-        new[PAST] = past + tokens.shape[1]
-        return out["logits"], new
+        return out[LOGITS], DecoderState(state.past + tokens.shape[1], state.batch, new)
 
     def logits(self, tokens, context: Optional[np.ndarray] = None) -> np.ndarray:
         """The un-rewritten full graph (the cache-off fallback): logits ``[b, s, V]``."""
-        tokens = self._tokens(tokens)
-        out = self._run(self.full_graph, **self._inputs(self.full_graph, tokens=tokens, context=context))
-        return out["logits"]
+        tokens = tokens_array(tokens)
+        out = self._run(self.full_graph, **self._inputs(self.full_graph, **{TOKENS: tokens, CONTEXT: context}))
+        return out[LOGITS]
+
+    def reorder(self, state: DecoderState, indices) -> DecoderState:
+        """The state with batch rows re-indexed (beam search): every state entry whose
+        first dim is the batch ``b`` is indexed along it; a new state, ``state`` unchanged."""
+        idx = np.asarray(indices, dtype=np.int64)
+        batched = {v.name for v in self.step_graph.inputs if v.type.rank and str(v.type.shape[0]) == BATCH}
+        bufs = {k: a[idx] if k in batched else a for k, a in state.buffers.items()}
+        return DecoderState(state.past, len(idx), bufs)

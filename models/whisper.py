@@ -83,7 +83,7 @@ class MaxWhisperBackend:
     def __init__(self, dims, weights, *, kv_cache: bool = True, cache_layout: str = "buffer"):
         import time
 
-        from kvgraph.compiler import load_program
+        from kvgraph.max.runtime import load_program
 
         self.dims, self.kv_cache = dims, kv_cache
         t0 = time.perf_counter()

@@ -31,7 +31,7 @@ SPECS = {
 
 
 # Specs whose random weights are rounded to float16 values, as an fp16 checkpoint's are:
-# their one-row linears and embeddings read float16 copies (lower_max.LowerCtx), which
+# their one-row linears and embeddings read float16 copies (kvgraph.max.lower.LowerCtx), which
 # must give the float32 results.
 F16_EXACT = {"gpt_cross_gqa"}
 
@@ -104,7 +104,7 @@ def test_prefill_length_one_and_batch_one(case):
 def test_float16_copies_only_where_lossless(case):
     """A float16-exact weight set gets float16 copies for the GEMV kernels (and the
     embedding); any other weight set stays float32 throughout."""
-    from kvgraph.lower_max import lower
+    from kvgraph.max.lower import lower
     spec, weights, model = case
     step = model.passes.step
     _, registry = lower(step, weights, few_dims={"b", "s"}, always_few=True)
@@ -122,7 +122,7 @@ def test_float16_copies_only_where_lossless(case):
         model.step(tokens[:, 2:], state)
         assert "step_few" in before and model._progs == before  # compiled eagerly; nothing new ran
         # a step of more rows than STEP_FEW_ROWS runs the float32 GEMM program "step"
-        from kvgraph.compiler import STEP_FEW_ROWS
+        from kvgraph.max.decoder import STEP_FEW_ROWS
         b, n = 2, STEP_FEW_ROWS // 2 + 1
         tokens, ctx = _inputs(spec, b, 3 + n, seed=8)
         full = ReferenceDecoder(spec, weights).logits(tokens, ctx)
@@ -157,6 +157,15 @@ def test_state_stays_in_max_buffers_and_step_takes_no_weights(case):
         assert "context" not in names
 
 
+def test_compiled_decoder_implements_the_decoder_protocol(case):
+    from kvgraph.decoder import Decoder, DecoderState
+    spec, weights, model = case
+    assert isinstance(model, Decoder) and isinstance(ReferenceDecoder(spec, weights), Decoder)
+    tokens, ctx = _inputs(spec, 1, 2, seed=9)
+    _, state = model.prefill(tokens, ctx)
+    assert isinstance(state, DecoderState) and state.past == 2 and state.batch == 1
+
+
 def test_beam_reorder(case):
     spec, weights, model = case
     tokens, ctx = _inputs(spec, 2, 6, seed=6)
@@ -187,7 +196,7 @@ class _Mystery(ir.Op):
 
 
 def test_op_without_rule_names_op_and_rules():
-    from kvgraph.lower_max import lower
+    from kvgraph.max.lower import lower
     spec = SPECS["llama_gqa"]
     g = kvgraph.build(spec)
     node = g.nodes[3]
@@ -200,7 +209,7 @@ def test_op_without_rule_names_op_and_rules():
 
 
 def test_lowering_error_carries_ir_line():
-    from kvgraph.lower_max import lower
+    from kvgraph.max.lower import lower
     spec = SPECS["llama_gqa"]
     w = kvgraph.init_weights(spec)
     w["model.layers.0.self_attn.q_proj.weight"] = np.zeros((3, 3), np.float32)
@@ -248,7 +257,7 @@ def buffer_case():
 def test_buffer_layout_matches_reference_in_place(buffer_case):
     from max.driver import Buffer
     from max.graph import BufferType
-    from kvgraph.lower_max import lower
+    from kvgraph.max.lower import lower
     spec, weights, model = buffer_case
     assert model.capacity == BUFFER_CAPACITY
     tokens, ctx = _inputs(spec, 2, 10, seed=1)

@@ -82,3 +82,13 @@ def test_unbound_dim_is_a_clear_error(case):
     _, r = case
     with pytest.raises(ValueError, match="past"):
         flops(r.step, {"b": 1, "s": 1})
+
+
+def test_buffer_layout_step_costs_what_the_concat_step_costs(case):
+    """cache_store / cache_view are data movement: the in-place cache adds no FLOPs."""
+    spec, r = case
+    buf = kvgraph.run_passes(kvgraph.build(spec), default_pipeline("buffer", spec.max_seq_len))
+    a, b = _step(buf, 10), _step(r, 10)
+    totals = ("dense", "attention", "total")
+    assert [a[k] for k in totals] == [b[k] for k in totals]
+    assert a["by_op"]["cache_store"] == a["by_op"]["cache_view"] == b["by_op"]["concat"] == 0

@@ -11,6 +11,7 @@ from kvgraph import ir
 from kvgraph.ir import GraphBuilder, Node
 from kvgraph.passes import DCE, HoistInvariant, KVCache, SinkTakeLast, default_pipeline
 from kvgraph.passes.sink import sink_take_last
+from kvgraph.decoder import Decoder, DecoderState
 from kvgraph.reference_decoder import ReferenceDecoder
 from kvgraph.types import dim_add, f32, i64, sym
 from tolerance import F32_PASS, F64_PASS, bound
@@ -70,7 +71,7 @@ def _decode_vs_full(spec, weights, tokens, context, lengths, dtype):
     last, state = dec.prefill(tokens[:, :p], context)
     assert last.shape == (b, spec.vocab_size)
     errs = [np.abs(last - full[:, p - 1]).max()]
-    hoisted0 = {n: a for n, a in state.items() if n.startswith("hoisted.")}
+    hoisted0 = {n: a for n, a in state.buffers.items() if n.startswith("hoisted.")}
     _check_state(spec, state, b, p)
     for i in range(k):
         out, state = dec.step(tokens[:, p + i: p + i + 1], state)
@@ -82,15 +83,15 @@ def _decode_vs_full(spec, weights, tokens, context, lengths, dtype):
     errs.append(np.abs(out - full[:, p + k:]).max())
     _check_state(spec, state, b, p + k + m)
     for n, a in hoisted0.items():  # computed once in prefill, carried unchanged
-        assert state[n] is a
+        assert state.buffers[n] is a
     return max(errs), dec, full
 
 
 def _check_state(spec, state, b, past):
     assert state.past == past
-    caches = {n: a for n, a in state.items() if n.startswith("cache.")}
-    hoisted = {n: a for n, a in state.items() if n.startswith("hoisted.")}
-    assert set(state) == set(caches) | set(hoisted) | {"past"}
+    caches = {n: a for n, a in state.buffers.items() if n.startswith("cache.")}
+    hoisted = {n: a for n, a in state.buffers.items() if n.startswith("hoisted.")}
+    assert set(state.buffers) == set(caches) | set(hoisted)
     assert len(caches) == 2 * spec.n_layers
     for n, a in caches.items():  # GQA: n_kv_heads * head_dim columns, not n_heads
         assert a.shape == (b, past, spec.kv_heads * spec.head_dim), n
@@ -193,12 +194,28 @@ def test_reference_decoder_accepts_pass_result_and_keeps_state_immutable():
     dec = ReferenceDecoder(result, weights, dtype=np.float64)
     assert dec.result is result
     _, st0 = dec.prefill(tokens[:, :p], context)
-    snapshot = dict(st0)
+    snapshot = dict(st0.buffers)
     a, st1 = dec.step(tokens[:, p:p + 1], st0)
-    assert dict(st0).keys() == snapshot.keys() and all(st0[n] is snapshot[n] for n in snapshot)
+    assert st0.buffers.keys() == snapshot.keys() and all(st0.buffers[n] is snapshot[n] for n in snapshot)
+    assert st0.past == p
     b, _ = dec.step(tokens[:, p:p + 1], st0)  # same state, same answer
     np.testing.assert_array_equal(a, b)
     assert st1.past == p + 1
+
+
+def test_reference_decoder_is_a_decoder_and_reorders_batch_rows():
+    spec, weights, tokens, context, (p, k, m) = random_case(5)
+    dec = ReferenceDecoder(spec, weights, dtype=np.float64)
+    assert isinstance(dec, Decoder)
+    flip = tokens[::-1]
+    _, st = dec.prefill(tokens[:, :p], context)
+    swapped = dec.reorder(st, list(range(tokens.shape[0]))[::-1])
+    assert isinstance(swapped, DecoderState) and swapped.past == st.past and swapped.batch == st.batch
+    a, _ = dec.step(flip[:, p:p + 1], swapped)
+    b, _ = dec.step(tokens[:, p:p + 1], st)
+    np.testing.assert_allclose(a, b[::-1], atol=1e-12)
+    with pytest.raises(ValueError, match="integer array"):
+        dec.prefill(np.zeros((1, 0), np.int64), context)
 
 
 # ------------------------------------------------------------------ refusals
@@ -415,7 +432,7 @@ def test_buffer_layout_cached_decode_equals_full_graph_float64(seed):
 
     def check(state, past):
         assert state.past == past
-        caches = {n: a for n, a in state.items() if n.startswith("cache.")}
+        caches = {n: a for n, a in state.buffers.items() if n.startswith("cache.")}
         assert len(caches) == 2 * spec.n_layers
         for n, a in caches.items():
             assert a.shape == (b, cap, kv), n

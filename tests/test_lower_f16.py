@@ -1,7 +1,7 @@
 """Which weights may be read as float16: only those whose values are float16 values."""
 import numpy as np
 
-from kvgraph.lower_max import f16_exact
+from kvgraph.analysis import f16_exact
 
 
 def test_f16_exact_accepts_fp16_checkpoint_values():

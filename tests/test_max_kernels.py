@@ -1,4 +1,4 @@
-"""Numerical tests for ``kvgraph.max_kernels`` against float64 NumPy references.
+"""Numerical tests for ``kvgraph.max.kernels`` against float64 NumPy references.
 
 One MAX graph (compiling one costs 1-4 minutes on the 2-core CI box; later runs
 hit the on-disk cache) exercises every kernel with symbolic dims and is executed
@@ -28,7 +28,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from kvgraph import max_kernels as K  # noqa: E402
+from kvgraph.max import kernels as K  # noqa: E402
 
 F32, I64 = DType.float32, DType.int64
 CPU_REF = DeviceRef.CPU()

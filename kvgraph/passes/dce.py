@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import attrs
 
+from .. import names
 from ..ir import Graph
 from .manager import Programs
 
 
-def dce(g: Graph, keep_inputs: tuple[str, ...] = ("tokens", "past")) -> Graph:
+def dce(g: Graph, keep_inputs: tuple[str, ...] = names.STEP_ARGS) -> Graph:
     live = {v for _, v in g.outputs}
     nodes = []
     for n in reversed(g.nodes):

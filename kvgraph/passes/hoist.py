@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import attrs
 
+from .. import names
+from ..errors import PassError
 from ..ir import Graph, GraphBuilder, Value, Weight
 from .manager import Programs
-from .rewrite import copy_node, depends_on, remap
+from .rewrite import depends_on, remap
 
-VARYING = ("tokens", "past")
+VARYING = names.STEP_ARGS
 
 
 def hoisted_name(v: Value) -> str:
-    return f"hoisted.{v.name}"
+    return names.hoisted_name(v.name)
 
 
 def _invariant(step: Graph) -> set[Value]:
@@ -45,11 +47,8 @@ def hoist(prefill: Graph, step: Graph) -> tuple[Graph, Graph]:
         return prefill, step
 
     # prefill: compute the frontier (reuse same-named nodes that print the same)
-    pb = GraphBuilder(prefill.name)
+    pb = GraphBuilder.like(prefill)
     pmap: dict[Value, Value] = {}
-    for v in prefill.inputs:
-        pb.inputs.append(v)
-        pb.reserve(v.name)
     for n in prefill.nodes:
         pb.append(n)
     by_name = {n.out.name: n for n in prefill.nodes}
@@ -58,7 +57,7 @@ def hoist(prefill: Graph, step: Graph) -> tuple[Graph, Graph]:
     for v in step.inputs:
         if v in needed:
             if v.name not in in_by_name:
-                raise ValueError(f"hoist: step input %{v.name} is fixed but prefill does not take it")
+                raise PassError(f"hoist: step input %{v.name} is fixed but prefill does not take it")
             pmap[v] = in_by_name[v.name]
     for n in step.nodes:
         if n.out not in needed:
@@ -68,21 +67,18 @@ def hoist(prefill: Graph, step: Graph) -> tuple[Graph, Graph]:
         if same is not None and _same_op(same.op, op):
             pmap[n.out] = same.out
         else:
-            copy_node(pb, n, op, pmap, "hoist." + n.out.name)
+            pb.copy(n, op, pmap, "hoist." + n.out.name)
     new_prefill = pb.finish(list(prefill.outputs) + [(hoisted_name(v), pmap[v]) for v in frontier])
 
     # step: the frontier arrives as inputs; invariant nodes go
-    sb = GraphBuilder(step.name)
+    sb = GraphBuilder.like(step)
     smap: dict[Value, Value] = {}
-    for v in step.inputs:
-        sb.inputs.append(v)
-        sb.reserve(v.name)
     for v in frontier:
         smap[v] = sb.input(hoisted_name(v), v.type)
     for n in step.nodes:
         if n.out in inv:
             continue
-        copy_node(sb, n, remap(n.op, smap), smap)
+        sb.copy(n, remap(n.op, smap), smap)
     new_step = sb.finish([(k, smap.get(v, v)) for k, v in step.outputs])
     return new_prefill, new_step
 

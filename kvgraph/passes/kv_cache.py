@@ -30,21 +30,21 @@ from typing import Optional
 
 import attrs
 
-from .. import ir
+from .. import ir, names
 from ..errors import PassError
 from ..ir import Graph, GraphBuilder, Value
 from ..printer import window
 from ..types import f32, i64, sym
 from .manager import Programs
-from .rewrite import copy_node, depends_on, remap
+from .rewrite import depends_on, remap
 
-PAST = sym("past")
+PAST = sym(names.PAST_DIM)
 LAYOUTS = ("concat", "buffer")
-STREAM_INPUT = "tokens"
+STREAM_INPUT = names.TOKENS
 
 
 def cache_name(attn: Value, which: str) -> str:
-    return f"cache.{attn.name}.{which}"
+    return names.cache_name(attn.name, which)
 
 
 def _refuse(g: Graph, i: int, why: str):
@@ -119,7 +119,7 @@ def _step(g: Graph, stream: set[Value], cached: list[int], capacity=None) -> Gra
     mapping: dict[Value, Value] = {}
     for v in g.inputs:
         mapping[v] = b.input(v.name, v.type)
-    past = b.input("past", i64())
+    past = b.input(names.PAST, i64())
     caches: list[tuple[str, Value]] = []
     for i, n in enumerate(g.nodes):
         op = remap(n.op, mapping)
@@ -140,7 +140,7 @@ def _step(g: Graph, stream: set[Value], cached: list[int], capacity=None) -> Gra
                 op = attrs.evolve(op, k=kv[0], v=kv[1], q_offset=past)
             else:
                 op = attrs.evolve(op, q_offset=past)
-        copy_node(b, n, op, mapping)
+        b.copy(n, op, mapping)
     outs = [(k, mapping[v]) for k, v in g.outputs] + caches
     return b.finish(outs)
 
@@ -159,9 +159,9 @@ def _prefill(g: Graph, cached: list[int], capacity=None) -> Graph:
                 out, view = _store(b, n.out, which, new, None, capacity)
                 caches.append(out)
                 kv.append(view)
-            copy_node(b, n, attrs.evolve(op, k=kv[0], v=kv[1]), mapping)
+            b.copy(n, attrs.evolve(op, k=kv[0], v=kv[1]), mapping)
             continue
-        copy_node(b, n, op, mapping)
+        b.copy(n, op, mapping)
         if i in cached:
             caches += [(cache_name(n.out, "k"), mapping[n.op.k]), (cache_name(n.out, "v"), mapping[n.op.v])]
     outs = []

@@ -1,7 +1,8 @@
-"""Small helpers passes share: copying nodes with remapped operands, dependence sets."""
+"""Small helpers passes share: remapping operands, dependence sets (building graphs:
+``GraphBuilder.like`` / ``GraphBuilder.copy``)."""
 from __future__ import annotations
 
-from ..ir import Graph, GraphBuilder, Node, Op, Value, Weight
+from ..ir import Graph, Op, Value, Weight
 
 
 def depends_on(g: Graph, roots: set[Value]) -> set[Value]:
@@ -11,15 +12,6 @@ def depends_on(g: Graph, roots: set[Value]) -> set[Value]:
         if any(v in dep for v in n.op.operands()):
             dep.add(n.out)
     return dep
-
-
-def copy_node(b: GraphBuilder, n: Node, op: Op, mapping: dict[Value, Value], name: str | None = None) -> Value:
-    """Append ``op`` (operands already remapped) keeping ``n``'s name when free; record it."""
-    new_name = b.fresh(name or n.out.name)
-    v = Value(new_name, op.infer_type())
-    b.nodes.append(Node(op, v))
-    mapping[n.out] = v
-    return v
 
 
 def remap(op: Op, mapping: dict[Value, Value]) -> Op:

@@ -10,7 +10,7 @@ import attrs
 from .. import ir
 from ..ir import Graph, GraphBuilder, Value, Weight
 from .manager import Programs
-from .rewrite import copy_node, remap
+from .rewrite import remap
 
 
 def _row_operands(op) -> list[Value]:
@@ -38,24 +38,21 @@ def sink_take_last(g: Graph) -> Graph:
             v = rows[0]
         if not chain:
             continue
-        b = GraphBuilder(g.name)
-        for x in g.inputs:
-            b.inputs.append(x)
-            b.reserve(x.name)
+        b = GraphBuilder.like(g)
         mapping: dict[Value, Value] = {}
         skip = set(chain)
         for m in g.nodes:
             if m in skip:
                 continue
             if m is not n:
-                copy_node(b, m, remap(m.op, mapping), mapping)
+                b.copy(m, remap(m.op, mapping), mapping)
                 continue
             src = mapping.get(v, v)
             cur = b.add(ir.TakeLast(src), src.name + ".last")
             for p in reversed(chain):
                 row = _row_operands(p.op)[0]
                 op = remap(p.op, mapping).replace_operands({mapping.get(row, row): cur})
-                cur = copy_node(b, p, op, mapping)
+                cur = b.copy(p, op, mapping)
             mapping[n.out] = cur
         return sink_take_last(b.finish([(k, mapping.get(o, o)) for k, o in g.outputs]))
     return g

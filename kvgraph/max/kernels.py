@@ -32,6 +32,8 @@ import numpy as np
 from max.dtype import DType
 from max.graph import DeviceRef, Dim, TensorType, TensorValue, ops
 
+from ..errors import InputError
+
 __all__ = [
     "embed",
     "positions",
@@ -117,7 +119,7 @@ def sinusoid(pos: TensorValue, dim: int, max_timescale: float = 10000.0) -> Tens
     ``inv = exp(-log(max_timescale) / (dim/2 - 1) * arange(dim/2))``.
     """
     if dim % 2:
-        raise ValueError(f"sinusoid dim must be even, got {dim}")
+        raise InputError(f"sinusoid dim must be even, got {dim}")
     half = dim // 2
     inc = math.log(max_timescale) / (half - 1)
     inv = np.exp(-inc * np.arange(half, dtype=np.float64))
@@ -240,10 +242,10 @@ def rope(x: TensorValue, pos: TensorValue, n_heads: int, theta: float = 10000.0)
     b, s, hd = x.shape
     d = int(hd)
     if d % n_heads:
-        raise ValueError(f"last dim {d} not divisible by n_heads={n_heads}")
+        raise InputError(f"last dim {d} not divisible by n_heads={n_heads}")
     dh = d // n_heads
     if dh % 2:
-        raise ValueError(f"head dim {dh} must be even for rope")
+        raise InputError(f"head dim {dh} must be even for rope")
     half = dh // 2
     inv_freq = 1.0 / (theta ** (np.arange(0, dh, 2, dtype=np.float64) / dh))
     freqs = _pos_outer(pos, inv_freq)  # [s, half]
@@ -293,10 +295,10 @@ def causal_allowed(
 def _head_dims(q: TensorValue, k: TensorValue, v: TensorValue, n_heads: int, n_kv_heads: int):
     """(query heads per KV head, head dim), after checking the heads split the widths."""
     if n_heads % n_kv_heads:
-        raise ValueError(f"n_heads={n_heads} not a multiple of n_kv_heads={n_kv_heads}")
+        raise InputError(f"n_heads={n_heads} not a multiple of n_kv_heads={n_kv_heads}")
     dh = int(q.shape[2]) // n_heads
     if int(k.shape[2]) != n_kv_heads * dh or int(v.shape[2]) != n_kv_heads * dh:
-        raise ValueError("k/v last dim must be n_kv_heads * head_dim")
+        raise InputError("k/v last dim must be n_kv_heads * head_dim")
     return n_heads // n_kv_heads, dh
 
 
@@ -431,10 +433,10 @@ def conv1d(
         _, k, c_in, c_out = (int(d) for d in w.shape)
         w_rscf = w
     else:
-        raise ValueError(f"unknown w_layout {w_layout!r}")
+        raise InputError(f"unknown w_layout {w_layout!r}")
     bsz, t, cx = x.shape
     if int(cx) != c_in:
-        raise ValueError(f"x channels {cx} != weight c_in {c_in}")
+        raise InputError(f"x channels {cx} != weight c_in {c_in}")
     # Same algebraic form as MAX conv2d shape inference, so both methods agree.
     t_out = (t + 2 * padding - k + stride) // stride
 
@@ -461,4 +463,4 @@ def conv1d(
         if b is not None:
             y = y + b
         return y
-    raise ValueError(f"unknown conv1d method {method!r}")
+    raise InputError(f"unknown conv1d method {method!r}")

@@ -1,4 +1,5 @@
-"""Lowering to MAX Graph: an interpreter over the IR, one rule per op class (``RULES``).
+"""Lowering to MAX Graph: an interpreter over the IR, one rule per op class (``RULES``),
+emitting :mod:`kvgraph.max.kernels`.
 
 Weights become MAX ``Weight`` s bound once, when the compiled model is loaded, from a
 registry this module builds. A rule may ask for a weight in a layout that suits its
@@ -9,7 +10,7 @@ ever a per-call input.
 Fixed-capacity caches (``cache_store`` / ``cache_view``) lower to MAX buffers: a graph
 input that a ``cache_store`` writes is a ``BufferType`` written in place with
 ``buffer_store_slice``; a graph output holding such a buffer is not emitted (the caller
-keeps the input buffer of that name, see :func:`buffer_outputs`).
+keeps the input buffer of that name, see :func:`kvgraph.analysis.buffer_outputs`).
 
 Errors raised while emitting a node are re-raised as :class:`LoweringError` carrying
 that node's printed IR line.
@@ -19,17 +20,22 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from max.dtype import DType
+from max.graph import BufferType, BufferValue, DeviceRef, Graph as MaxGraph, TensorType as MaxTensorType
+from max.graph import Weight as MaxWeight, ops
 
-from . import ir
-from .errors import LoweringError
-from .printer import format_node, window
-from .types import TensorType
+from .. import ir
+from ..analysis import buffer_values, f16_exact
+from ..errors import LoweringError
+from ..printer import format_node, window
+from ..types import TensorType
+from . import kernels as K
 
 WEIGHT_MODES = ("registry", "constant")
 
 #: Most rows (product of a linear's leading dims) computed as a float16 GEMV: reading the
 #: weight once per row, it beats the float32 GEMM up to about 3 rows (see
-#: ``max_kernels.linear_gemv``).
+#: ``kernels.linear_gemv``).
 FEW_ROWS = 2
 
 # layout name -> host transform of a torch-layout array
@@ -38,12 +44,6 @@ LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "T": lambda a: a.T,                                  # Linear: [out, in] -> [in, out]
     "rscf": lambda a: a.transpose(2, 1, 0)[None],         # Conv1d: [cout, cin, k] -> [1, k, cin, cout]
 }
-
-
-def _max():
-    from max.dtype import DType
-    from max.graph import DeviceRef, Graph, TensorType as MaxTensorType, Weight as MaxWeight, ops
-    return DType, DeviceRef, Graph, MaxTensorType, MaxWeight, ops
 
 
 def max_dim(d):
@@ -55,24 +55,10 @@ def max_dim(d):
 
 
 def max_type(t: TensorType, buffer: bool = False):
-    DType, DeviceRef, _, MaxTensorType, _, _ = _max()
     dt = DType.float32 if t.dtype == "f32" else DType.int64
     if buffer:
-        from max.graph import BufferType
         return BufferType(dt, [max_dim(d) for d in t.shape], device=DeviceRef.CPU())
     return MaxTensorType(dt, [max_dim(d) for d in t.shape], device=DeviceRef.CPU())
-
-
-def f16_exact(a: np.ndarray) -> bool:
-    """True when every value of ``a`` is exactly a float16 value (so storing it as
-    float16 loses nothing): e.g. weights from an fp16 checkpoint held as float32."""
-    a = np.asarray(a)
-    if a.dtype == np.float16:
-        return True
-    if a.dtype != np.float32:
-        a = a.astype(np.float32)
-    with np.errstate(over="ignore"):
-        return bool(np.array_equal(a.astype(np.float16).astype(np.float32), a))
 
 
 class LowerCtx:
@@ -87,7 +73,7 @@ class LowerCtx:
     ``FEW_ROWS`` rows and its symbolic ones are all in ``few_dims`` (dims that are small
     at run time, e.g. the batch). With ``always_few`` (a program only run with few rows)
     it is a GEMV outright; otherwise a ``cond`` picks GEMV or GEMM by the actual rows.
-    ``always_few`` also lowers causal attention to ``max_kernels.attention_few``."""
+    ``always_few`` also lowers causal attention to ``kernels.attention_few``."""
 
     def __init__(self, weights: dict[str, np.ndarray], mode: str = "registry", f16_weights: bool = True,
                  few_dims=frozenset(), always_few: bool = False):
@@ -119,12 +105,10 @@ class LowerCtx:
     def weight(self, w: ir.Weight, layout: str = "plain", f16: bool = False):
         key = (w.name if layout == "plain" else f"{w.name}@{layout}") + ("#f16" if f16 else "")
         if key not in self._emitted:
-            DType, DeviceRef, _, _, MaxWeight, _ = _max()
             src = self._source(w)
             dt = np.float16 if f16 else np.float32
             arr = np.ascontiguousarray(LAYOUTS[layout](src.astype(dt, copy=False)))
             if self.mode == "constant":
-                ops = _max()[5]
                 self._emitted[key] = ops.constant(arr, DType.float32, DeviceRef.CPU())
             else:
                 self.registry[key] = arr
@@ -141,7 +125,7 @@ def _arg(ctx, env, v, layout="plain"):
     return env[v]
 
 
-def _rule_linear(op, env, ctx, K):
+def _rule_linear(op, env, ctx):
     x, b = _arg(ctx, env, op.x), _arg(ctx, env, op.bias)
     static, sym = K.leading_dims(x)
     if static <= FEW_ROWS and set(sym) <= ctx.few_dims and ctx.half(op.w):
@@ -152,20 +136,18 @@ def _rule_linear(op, env, ctx, K):
     return K.linear(x, _arg(ctx, env, op.w, "T"), b, w_transposed=True)
 
 
-def _rule_embed(op, env, ctx, K):
+def _rule_embed(op, env, ctx):
     half = ctx.half(op.table)
     return K.embed(_arg(ctx, env, op.tokens), ctx.weight(op.table, "plain", f16=half) if half
                    else _arg(ctx, env, op.table))
 
 
-def _rule_positions(op, env, ctx, K):
-    _, DeviceRef, _, _, _, ops = _max()
-    from max.dtype import DType
+def _rule_positions(op, env, ctx):
     off = env[op.offset] if op.offset is not None else ops.constant(np.int64(0), DType.int64, DeviceRef.CPU())
     return K.positions(off, env[op.tokens], axis=1)
 
 
-def _rule_attention(op, env, ctx, K):
+def _rule_attention(op, env, ctx):
     # In a program only run with few rows (a decode step) causal self-attention reads the
     # cache in its stored layout (``attention_few``): no per-call head-major copies of a
     # growing cache. Unmasked attention keeps the matmul form, which MAX fuses into its
@@ -175,9 +157,8 @@ def _rule_attention(op, env, ctx, K):
               op.kv_heads, op.causal, _arg(ctx, env, op.q_offset), op.scale)
 
 
-def _rows(op, env, K):
+def _rows(op, env):
     """(start, end) int64 scalars of the rows ``[past, past+s)`` a cache op addresses."""
-    DType, DeviceRef, _, _, _, ops = _max()
     start = env[op.past] if op.past is not None else ops.constant(np.int64(0), DType.int64, DeviceRef.CPU())
     return start, start + K._scalar_dim(env[op.new].shape[1])
 
@@ -189,57 +170,23 @@ def _dim_name(d) -> str:
     return "_".join(list(d.terms) + ([str(d.const)] if d.const else []))
 
 
-def _rule_cache_store(op, env, ctx, K):
-    from max.graph import BufferValue
-    ops = _max()[5]
+def _rule_cache_store(op, env, ctx):
     buf, new = env[op.cache], env[op.new]
     if not isinstance(buf, BufferValue):
         raise LoweringError("cache_store: the cache must be a graph input (lowered as a buffer)")
-    start, end = _rows(op, env, K)
+    start, end = _rows(op, env)
     ops.buffer_store_slice(buf, new, [slice(None), (slice(start, end), new.shape[1]), slice(None)])
     return buf  # written in place: the result is the same buffer
 
 
-def _rule_cache_view(op, env, ctx, K):
-    ops = _max()[5]
+def _rule_cache_view(op, env, ctx):
     full = ops.buffer_load(env[op.cache])
-    _, end = _rows(op, env, K)
+    _, end = _rows(op, env)
     rows = op.infer_type().shape[1]
     return ops.slice_tensor(full, [slice(None), (slice(0, end), _dim_name(rows)), slice(None)])
 
 
-def buffer_values(g: ir.Graph) -> set:
-    """IR values lowered as MAX buffers: graph inputs a ``cache_store`` writes, and the
-    ``cache_store`` results (the same buffers)."""
-    bufs = set()
-    for n in g.nodes:
-        if isinstance(n.op, ir.CacheStore):
-            bufs.add(n.op.cache)
-            bufs.add(n.out)
-    return bufs
-
-
-def buffer_outputs(g: ir.Graph) -> dict[str, str]:
-    """``{output name: input name}`` for outputs that are buffers: not emitted by the MAX
-    graph, they are the input buffer of that name, mutated in place."""
-    prod = g.producers()
-    bufs = buffer_values(g)
-    out = {}
-    for k, v in g.outputs:
-        if v in bufs:
-            while v in prod:
-                v = prod[v].op.cache
-            out[k] = v.name
-    return out
-
-
-def emitted_outputs(g: ir.Graph) -> list[str]:
-    """Names of the outputs the MAX graph returns, in order (buffer outputs are left out)."""
-    bufs = buffer_values(g)
-    return [k for k, v in g.outputs if v not in bufs]
-
-
-def _rule_conv1d(op, env, ctx, K):
+def _rule_conv1d(op, env, ctx):
     return K.conv1d(_arg(ctx, env, op.x), _arg(ctx, env, op.w, "rscf"), _arg(ctx, env, op.bias),
                     op.stride, op.padding, w_layout="rscf")
 
@@ -247,22 +194,22 @@ def _rule_conv1d(op, env, ctx, K):
 RULES: dict[type, Callable] = {
     ir.Embed: _rule_embed,
     ir.Positions: _rule_positions,
-    ir.GatherRows: lambda op, env, ctx, K: K.gather_rows(_arg(ctx, env, op.table), _arg(ctx, env, op.index)),
-    ir.Sinusoid: lambda op, env, ctx, K: K.sinusoid(env[op.positions], op.dim),
-    ir.Rope: lambda op, env, ctx, K: K.rope(env[op.x], env[op.positions], op.heads, op.theta),
-    ir.Add: lambda op, env, ctx, K: K.add(_arg(ctx, env, op.a), _arg(ctx, env, op.b)),
-    ir.Mul: lambda op, env, ctx, K: K.mul(_arg(ctx, env, op.a), _arg(ctx, env, op.b)),
+    ir.GatherRows: lambda op, env, ctx: K.gather_rows(_arg(ctx, env, op.table), _arg(ctx, env, op.index)),
+    ir.Sinusoid: lambda op, env, ctx: K.sinusoid(env[op.positions], op.dim),
+    ir.Rope: lambda op, env, ctx: K.rope(env[op.x], env[op.positions], op.heads, op.theta),
+    ir.Add: lambda op, env, ctx: K.add(_arg(ctx, env, op.a), _arg(ctx, env, op.b)),
+    ir.Mul: lambda op, env, ctx: K.mul(_arg(ctx, env, op.a), _arg(ctx, env, op.b)),
     ir.Linear: _rule_linear,
-    ir.LayerNorm: lambda op, env, ctx, K: K.layer_norm(env[op.x], _arg(ctx, env, op.weight), _arg(ctx, env, op.bias), op.eps),
-    ir.RMSNorm: lambda op, env, ctx, K: K.rms_norm(env[op.x], _arg(ctx, env, op.weight), op.eps),
-    ir.Gelu: lambda op, env, ctx, K: K.gelu(env[op.x]),
-    ir.Silu: lambda op, env, ctx, K: K.silu(env[op.x]),
+    ir.LayerNorm: lambda op, env, ctx: K.layer_norm(env[op.x], _arg(ctx, env, op.weight), _arg(ctx, env, op.bias), op.eps),
+    ir.RMSNorm: lambda op, env, ctx: K.rms_norm(env[op.x], _arg(ctx, env, op.weight), op.eps),
+    ir.Gelu: lambda op, env, ctx: K.gelu(env[op.x]),
+    ir.Silu: lambda op, env, ctx: K.silu(env[op.x]),
     ir.Attention: _rule_attention,
-    ir.Concat: lambda op, env, ctx, K: _max()[5].concat([env[op.a], env[op.b]], axis=op.axis),
+    ir.Concat: lambda op, env, ctx: ops.concat([env[op.a], env[op.b]], axis=op.axis),
     ir.CacheStore: _rule_cache_store,
     ir.CacheView: _rule_cache_view,
-    ir.TakeLast: lambda op, env, ctx, K: K.take_last(env[op.x]),
-    ir.Transpose: lambda op, env, ctx, K: _max()[5].transpose(env[op.x], 1, 2),
+    ir.TakeLast: lambda op, env, ctx: K.take_last(env[op.x]),
+    ir.Transpose: lambda op, env, ctx: ops.transpose(env[op.x], 1, 2),
     ir.Conv1d: _rule_conv1d,
 }
 
@@ -276,15 +223,13 @@ def lower(g: ir.Graph, weights: dict[str, np.ndarray], mode: str = "registry", f
     serves every weight set of the same shapes). ``mode="constant"``: weights are baked
     into the graph as constants (a compile per weight set, faster steps).
     ``f16_weights``, ``few_dims``, ``always_few``: see :class:`LowerCtx`."""
-    from . import max_kernels as K
-    _, _, Graph, _, _, _ = _max()
     ctx = LowerCtx(weights, mode, f16_weights, few_dims, always_few)
     bufs = buffer_values(g)
     try:
         in_types = [max_type(v.type, v in bufs) for v in g.inputs]
     except LoweringError as e:
         raise LoweringError(f"graph {g.name}: {e}") from None
-    mg = Graph(g.name.replace(".", "_"), input_types=in_types)
+    mg = MaxGraph(g.name.replace(".", "_"), input_types=in_types)
     with mg:
         env: dict = {v: (mg.inputs[i].buffer if v in bufs else mg.inputs[i].tensor)
                      for i, v in enumerate(g.inputs)}
@@ -295,7 +240,7 @@ def lower(g: ir.Graph, weights: dict[str, np.ndarray], mode: str = "registry", f
                 raise LoweringError(f"no MAX lowering rule for op {n.op.NAME!r} (rules exist for: {have})\n"
                                     f"{window(g, i)}")
             try:
-                env[n.out] = rule(n.op, env, ctx, K)
+                env[n.out] = rule(n.op, env, ctx)
             except LoweringError as e:
                 raise LoweringError(f"{e}\n  while lowering: {format_node(n)}\n{window(g, i)}") from e
             except Exception as e:  # MAX's own errors, re-raised with the IR line

@@ -1,0 +1,100 @@
+"""The decoder protocol, shared by the NumPy :class:`~kvgraph.reference_decoder.ReferenceDecoder`
+and the MAX :class:`~kvgraph.max.decoder.CompiledDecoder` (tests compare the two): the
+methods, the one state type, and the helpers both use to check tokens and allocate the
+zero-filled inputs of a prefill.
+
+State names follow :mod:`kvgraph.names`: every step input other than ``tokens`` and
+``past`` is state (``cache.*``, ``hoisted.*``), held in ``DecoderState.buffers`` (NumPy
+arrays for the reference, MAX ``Buffer`` s on MAX).
+"""
+from __future__ import annotations
+
+from typing import Optional, Protocol, runtime_checkable
+
+import attrs
+import numpy as np
+
+from . import ir
+from .errors import InputError, KvgraphError
+from .names import BATCH
+
+
+class WrittenRows:
+    """Which write last touched each row of one set of in-place cache buffers
+    (``cache_layout="buffer"`` on MAX). A state remembers the write that made it; it is
+    stale once a later write (a step from an earlier state) touched one of its rows, and
+    stepping it would silently attend to another branch's keys, so ``step`` refuses it."""
+
+    __slots__ = ("last", "row_write")
+
+    def __init__(self, capacity: int, rows: int):
+        self.last = 1
+        self.row_write = np.zeros(capacity, np.int64)
+        self.row_write[:rows] = 1
+
+    def check(self, past: int, made_by: int) -> None:
+        if past and int(self.row_write[:past].max()) > made_by:
+            bad = np.flatnonzero(self.row_write[:past] > made_by)
+            raise KvgraphError(
+                f"step: this state (past={past}) is stale: rows {bad[0]}..{bad[-1]} of its in-place "
+                "KV cache were overwritten by a later step from an earlier state. Buffer caches are "
+                "written in place; copy a state with reorder(state, range(batch)) before stepping "
+                "two branches from it")
+
+    def write(self, past: int, n: int) -> int:
+        self.last += 1
+        self.row_write[past:past + n] = self.last
+        return self.last
+
+
+@attrs.define
+class DecoderState:
+    """What a decoder carries between calls: rows already seen and the named state."""
+
+    past: int
+    batch: int
+    buffers: dict = attrs.field(factory=dict)  # state name -> array (NumPy) or Buffer (MAX)
+    tokens: Optional[np.ndarray] = None      # only for the cache-off fallback
+    context: object = None                   # only for the cache-off fallback
+    rows: Optional[WrittenRows] = None       # only for in-place (buffer) caches on MAX
+    made_by: int = 1                         # the write of ``rows`` that made this state
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """The state as host arrays."""
+        return {k: b.to_numpy() if hasattr(b, "to_numpy") else np.asarray(b) for k, b in self.buffers.items()}
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """A decoder: ``prefill`` a prompt, ``step`` new tokens, ``logits`` of a whole sequence
+    (the un-cached graph), ``reorder`` a state's batch rows (beam search)."""
+
+    def prefill(self, tokens, context=None) -> tuple[np.ndarray, DecoderState]:
+        """Run the prompt ``tokens [b, t]``: ``(logits [b, vocab] of the last position, state)``."""
+
+    def step(self, tokens, state: DecoderState) -> tuple[np.ndarray, DecoderState]:
+        """Append ``tokens [b, n]`` after ``state``: ``(logits [b, n, vocab], new state)``."""
+
+    def logits(self, tokens, context=None) -> np.ndarray:
+        """Full-sequence logits ``[b, t, vocab]`` (the cache-off graph)."""
+
+    def reorder(self, state: DecoderState, indices) -> DecoderState:
+        """``state`` with its batch rows re-indexed by ``indices`` (an independent copy)."""
+
+
+def tokens_array(t) -> np.ndarray:
+    """``t`` as a C-contiguous int64 array ``[batch, n]`` with ``n >= 1``; anything else
+    (another rank, a float dtype, no tokens) is refused."""
+    a = np.asarray(t)
+    if a.ndim != 2 or a.dtype.kind not in "iu" or a.shape[1] == 0:
+        raise InputError(f"tokens must be a non-empty integer array [batch, n], got {a.dtype}{list(a.shape)}")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def zeros(v: ir.Value, batch: int, dtype=np.float32) -> np.ndarray:
+    """A zero-filled array for input ``v`` (a fixed-capacity cache a prefill takes), its
+    batch dim bound to ``batch``; f32 inputs get ``dtype``, i64 ones int64."""
+    shape = [batch if str(d) == BATCH else d for d in v.type.shape]
+    if not all(isinstance(d, int) for d in shape):
+        raise KvgraphError(f"cannot allocate input %{v.name}: {v.type} has a dim other than the batch {BATCH}")
+    return np.zeros(shape, dtype=dtype if v.type.dtype == "f32" else np.int64)
