@@ -23,6 +23,8 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
+from .errors import InputError
+
 if TYPE_CHECKING:
     from .spec import DecoderSpec
 
@@ -80,7 +82,7 @@ class Registry:
         imports nothing heavy). ValueError if ``name`` is taken."""
         owner = self._owner or "<direct>"
         if name in self._specs:
-            raise ValueError(f"spec {name!r} from {owner} is already registered by "
+            raise InputError(f"spec {name!r} from {owner} is already registered by "
                              f"{self._specs[name].owner}")
         self._specs[name] = SpecEntry(name, make, owner)
 
@@ -89,9 +91,9 @@ class Registry:
         ValueError if ``name`` is a core command or taken."""
         owner = self._owner or "<direct>"
         if name in CORE_COMMANDS or name.startswith("-"):
-            raise ValueError(f"command {name!r} from {owner}: the name is reserved by kvgraph")
+            raise InputError(f"command {name!r} from {owner}: the name is reserved by kvgraph")
         if name in self._commands:
-            raise ValueError(f"command {name!r} from {owner} is already registered by "
+            raise InputError(f"command {name!r} from {owner} is already registered by "
                              f"{self._commands[name].owner}")
         self._commands[name] = Command(name, run, help, owner)
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Iterator
 
 from . import plugins
+from .errors import InputError
 from .spec import DecoderSpec
 
 
@@ -65,5 +66,5 @@ def names() -> list[str]:
 def get(name: str) -> DecoderSpec:
     """The built-in spec ``name``; ValueError listing the known names otherwise."""
     if name not in BUILTIN:
-        raise ValueError(f"unknown spec {name!r}; built-in specs: {', '.join(BUILTIN)}")
+        raise InputError(f"unknown spec {name!r}; built-in specs: {', '.join(BUILTIN)}")
     return BUILTIN[name]
