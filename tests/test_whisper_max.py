@@ -20,7 +20,7 @@ from models.whisper_decode import WhisperAdapter
 from whisper_clips import (
     JFK_WORDS, SAMPLE_RATE, assert_same_result, long_clip, low_noise, silence, words,
 )
-from tolerance import MAX_VS_REF, assert_close, bound
+from tolerance import MAX_ENCODER, MAX_VS_REF, assert_close, bound, check
 from whisper_fixtures import *  # noqa: F401,F403 - session fixtures
 
 pytestmark = pytest.mark.max
@@ -46,7 +46,7 @@ def test_encoder_matches_openai(tiny_backend, torch_tiny, jfk_mel):
         ref = torch_tiny.encoder(jfk_mel[None]).numpy()
     got = tiny_backend.encode(jfk_mel[None].numpy())
     assert got.shape == ref.shape == (1, 1500, 384)
-    assert_close(got, ref, MAX_VS_REF, what="test_encoder_matches_openai")
+    assert_close(got, ref, MAX_ENCODER, what="test_encoder_matches_openai")
 
     # batch of two different mels: rows are independent
     quiet = whisper.log_mel_spectrogram(whisper.pad_or_trim(low_noise(3.0)))
@@ -54,7 +54,25 @@ def test_encoder_matches_openai(tiny_backend, torch_tiny, jfk_mel):
     with torch.no_grad():
         ref2 = torch_tiny.encoder(batch).numpy()
     got2 = tiny_backend.encode(batch.numpy())
-    assert_close(got2, ref2, MAX_VS_REF, what="test_encoder_matches_openai")
+    assert_close(got2, ref2, MAX_ENCODER, what="test_encoder_matches_openai")
+
+
+def test_encoder_bound_fails_on_a_1e3_perturbation(jfk_mel, torch_tiny):
+    """The encoder bound can fail: tiny.en's encoder with one weight moved by 1e-3 * N(0, 1)
+    (rounded to float16 values, so it lowers to the same program) is caught."""
+    from kvgraph.max.runtime import load_program
+    from models.whisper import build_encoder
+    from whisper_fixtures import _checkpoint
+
+    dims, weights = _checkpoint("tiny.en")
+    with torch.no_grad():
+        ref = torch_tiny.encoder(jfk_mel[None]).numpy()
+    name = "encoder.blocks.2.mlp.0.weight"
+    bad = dict(weights)
+    noise = np.random.default_rng(0).standard_normal(weights[name].shape)
+    bad[name] = (weights[name] + 1e-3 * noise).astype(np.float16).astype(np.float32)
+    got = load_program(build_encoder(dims), bad)(jfk_mel[None].numpy())[0].to_numpy()
+    assert not check(got, ref, MAX_ENCODER)[0]
 
 
 def test_encoder_rejects_bad_mel_shape(tiny_backend):
