@@ -279,11 +279,14 @@ def _f32(x: np.ndarray) -> np.ndarray:
 
 class CT2Variables:
     """Variable access over :func:`read_model_bin`'s result: names resolved through the
-    aliases, integer (int8/int16) weights dequantized, every array read as a float32 copy."""
+    aliases, integer (int8/int16) weights dequantized, every array read as a float32 copy —
+    or, with ``keep_float16``, float16 variables as a float16 copy (the same values, half the
+    bytes)."""
 
-    def __init__(self, variables, aliases, meta):
+    def __init__(self, variables, aliases, meta, keep_float16: bool = False):
         self.v, self.a, self.meta = variables, aliases, meta
         self.label = meta["path"]
+        self.keep_float16 = keep_float16
 
     def resolve(self, name):
         seen = set()
@@ -315,6 +318,8 @@ class CT2Variables:
             if scale.ndim == 1:
                 scale = scale.reshape((-1,) + (1,) * (x.ndim - 1))
             return (x.astype(np.float32) / scale).astype(np.float32, copy=False)
+        if self.keep_float16 and x.dtype == np.float16:
+            return np.array(x, order="C", copy=True)  # the file's variables need not be aligned
         return _f32(x)
 
     def scalar(self, name):

@@ -86,8 +86,9 @@ def _split_fused(ct: CT2Variables, src: str, names: list[str], dst: str, out: di
     del w, b
 
 
-def ct2_to_openai(variables, aliases, meta, config: dict | None = None):
-    """Maps parsed CTranslate2 Whisper variables to ``(dims, weights)``."""
+def ct2_to_openai(variables, aliases, meta, config: dict | None = None, keep_float16: bool = False):
+    """Maps parsed CTranslate2 Whisper variables to ``(dims, weights)`` (float32 arrays; with
+    ``keep_float16``, float16 variables stay float16 views of the file)."""
     from whisper.model import ModelDimensions
 
     label = meta.get("path", "model.bin")
@@ -95,7 +96,7 @@ def ct2_to_openai(variables, aliases, meta, config: dict | None = None):
         raise CT2FormatError(
             f"{label}: CTranslate2 spec is '{meta.get('spec_name')}', not a Whisper model (WhisperSpec)"
         )
-    ct = CT2Variables(variables, aliases, meta)
+    ct = CT2Variables(variables, aliases, meta, keep_float16)
     config = config or {}
 
     conv1 = ct.raw("encoder/conv1/weight")
@@ -170,9 +171,10 @@ def ct2_to_openai(variables, aliases, meta, config: dict | None = None):
     return dims, w
 
 
-def load_ct2(parts, config_path=None):
+def load_ct2(parts, config_path=None, keep_float16: bool = False):
     """``(dims, weights)`` from a CTranslate2 Whisper model.bin (``parts``: its file, or the
-    files whose concatenation it is) and its optional config.json."""
+    files whose concatenation it is) and its optional config.json; ``keep_float16``: see
+    :func:`ct2_to_openai`."""
     config = {}
     if config_path is not None and Path(config_path).is_file():
         with open(config_path, encoding="utf-8") as f:
@@ -181,4 +183,4 @@ def load_ct2(parts, config_path=None):
         if not Path(p).is_file():
             raise CT2FormatError(f"{p}: CTranslate2 model file is missing")
     variables, aliases, meta = read_model_bin(parts[0] if len(parts) == 1 else parts)
-    return ct2_to_openai(variables, aliases, meta, config)
+    return ct2_to_openai(variables, aliases, meta, config, keep_float16)

@@ -1,4 +1,5 @@
-"""The ``models`` package's kvgraph plugin: Whisper's named specs and ``kvgraph transcribe``.
+"""The ``models`` package's kvgraph plugin: Whisper's named specs, ``kvgraph transcribe`` and
+``kvgraph prepare``.
 
 Declared in pyproject.toml as the entry point ``whisper = "models.plugin:register"`` of the
 group ``kvgraph.plugins``, which :mod:`kvgraph.plugins` discovers; :func:`register` can also be
@@ -31,6 +32,11 @@ def _transcribe(argv: list[str]) -> int:
     return transcribe_cli.main(argv)
 
 
+def _prepare(argv: list[str]) -> int:
+    from models import prepare_cli
+    return prepare_cli.main(argv)
+
+
 def register(registry) -> None:
     """Register the Whisper decoder specs (``whisper-tiny.en``, ``whisper-base``) and the
     ``transcribe`` command (arguments forwarded untouched to ``models.transcribe_cli.main``)
@@ -39,3 +45,5 @@ def register(registry) -> None:
         registry.add_spec(name, partial(_whisper_spec, name))
     registry.add_command("transcribe", _transcribe,
                          help="transcribe audio with Whisper on MAX (arguments go to models.transcribe_cli)")
+    registry.add_command("prepare", _prepare,
+                         help="compile Whisper models' MAX programs ahead of time into the program store")

@@ -13,9 +13,10 @@ __all__ = ["load_pt"]
 _NON_WEIGHT_KEYS = ("alignment_heads",)
 
 
-def load_pt(path: Path):
+def load_pt(path: Path, keep_float16: bool = False):
     """``(dims, weights)`` from an openai-whisper ``.pt`` checkpoint
-    (``{"dims": {...}, "model_state_dict": {...}}``), every weight as float32."""
+    (``{"dims": {...}, "model_state_dict": {...}}``), every weight as float32 (with
+    ``keep_float16``, float16 weights stay float16: the same values, half the bytes)."""
     import torch
     from whisper.model import ModelDimensions
 
@@ -33,7 +34,8 @@ def load_pt(path: Path):
         t = sd.pop(k)  # release each tensor once converted
         if k in _NON_WEIGHT_KEYS:
             continue
-        weights[k] = t.detach().to(torch.float32).contiguous().numpy().copy()
+        keep = keep_float16 and t.dtype == torch.float16
+        weights[k] = t.detach().to(torch.float16 if keep else torch.float32).contiguous().numpy().copy()
     weights = in_state_dict_order(dims, weights)
     check_shapes(dims, weights, str(path))
     return dims, weights

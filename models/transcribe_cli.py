@@ -256,8 +256,8 @@ def main(
 
     load_backend = load_backend or _default_load_backend
     if progress:
-        print(f"{PROG}: loading {model_name} and compiling it for MAX (minutes on a cold "
-              "cache, seconds afterwards)", file=sys.stderr, flush=True)
+        print(f"{PROG}: loading {model_name} (its MAX programs come from the program store; "
+              "the first run compiles them: minutes)", file=sys.stderr, flush=True)
         import logging  # one line per compiled program, as it happens
         kv_log = logging.getLogger("kvgraph")
         if not any(getattr(h, "kvgraph_cli", False) for h in kv_log.handlers):

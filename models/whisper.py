@@ -83,13 +83,15 @@ class MaxWhisperBackend:
     def __init__(self, dims, weights, *, kv_cache: bool = True, cache_layout: str = "buffer"):
         import time
 
-        from kvgraph.max.runtime import load_program
+        from kvgraph.max.runtime import ProgramRequest
 
         self.dims, self.kv_cache = dims, kv_cache
         t0 = time.perf_counter()
-        self.encoder = load_program(build_encoder(dims), weights)
         self.decoder = kvgraph.compile(spec_from_dims(dims), weights, kv_cache=kv_cache,
-                                       cache_layout=cache_layout)
+                                       cache_layout=cache_layout, eager=False)
+        # encoder + the decoder's first programs in one go: one stored artifact, or one compile
+        (self.encoder,) = self.decoder.load(self.decoder.eager_programs,
+                                            extra=[ProgramRequest(build_encoder(dims), weights)])
         self.compile_s = time.perf_counter() - t0
 
     def encode(self, mel):
@@ -111,14 +113,17 @@ class MaxWhisperBackend:
         return self.decoder.reorder(state, indices)
 
 
-def load_checkpoint(name_or_path):
-    """``(dims, weights)`` for ``"tiny.en"``, ``"base"``, a CTranslate2 directory or a ``.pt`` file."""
+def load_checkpoint(name_or_path, *, keep_float16: bool = False):
+    """``(dims, weights)`` for ``"tiny.en"``, ``"base"``, a CTranslate2 directory or a ``.pt`` file
+    (see ``models.whisper_weights.load_checkpoint``)."""
     from models.whisper_weights import load_checkpoint as _load
-    return _load(name_or_path)
+    return _load(name_or_path, keep_float16=keep_float16)
 
 
 def load_backend(name_or_path="tiny.en", *, kv_cache: bool = True) -> MaxWhisperBackend:
-    dims, weights = load_checkpoint(name_or_path)
+    # float16 weights as stored: the lowering reads them for its float16 kernels as they are
+    # and widens copies only where a kernel wants float32 (no float32 copy of every weight)
+    dims, weights = load_checkpoint(name_or_path, keep_float16=True)
     return MaxWhisperBackend(dims, weights, kv_cache=kv_cache)
 
 

@@ -34,8 +34,12 @@ from models.weight_packages import PathLike, resolve_source
 __all__ = ["load_checkpoint"]
 
 
-def load_checkpoint(name_or_path: PathLike):
+def load_checkpoint(name_or_path: PathLike, *, keep_float16: bool = False):
     """Loads a Whisper checkpoint as ``(ModelDimensions, {state_dict key: float32 ndarray})``.
+
+    ``keep_float16``: weights the checkpoint stores as float16 stay float16: the same values
+    with half the bytes; kvgraph's lowering reads them as they are for its float16 kernels
+    (no float32 copy to check and convert back). The MAX backend loads checkpoints this way.
 
     ``name_or_path``: ``"tiny.en"``, ``"base"``, a CTranslate2 model directory
     (or its model.bin), or an openai-whisper ``.pt`` file. Raises
@@ -46,5 +50,5 @@ def load_checkpoint(name_or_path: PathLike):
     """
     src = resolve_source(name_or_path)
     if src["kind"] == "pt":
-        return load_pt(src["path"])
-    return load_ct2(src["parts"], src["config"])
+        return load_pt(src["path"], keep_float16)
+    return load_ct2(src["parts"], src["config"], keep_float16)

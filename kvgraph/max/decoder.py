@@ -22,7 +22,7 @@ from ..errors import InputError, KvgraphError
 from ..ir import Graph
 from ..names import BATCH, CONTEXT, LOGITS, SEQ, STEP_ARGS
 from ..passes import PassResult, default_pipeline, run_passes
-from .runtime import CompiledProgram, load_program
+from .runtime import CompiledProgram, ProgramRequest, load_programs
 
 log = logging.getLogger("kvgraph")
 
@@ -57,25 +57,48 @@ class CompiledDecoder:
         self.few_steps = bool(kv_cache and f16_weights and weights_mode == "registry"
                               and has_f16_linear(self.passes.step, weights))
         if eager:
-            for name in (("prefill", "step_few" if self.few_steps else "step") if kv_cache else ("full",)):
-                self.program(name)
+            self.load(self.eager_programs)
 
     # ---- programs
+    @property
+    def eager_programs(self) -> tuple[str, ...]:
+        """The programs a decode needs from the start (loaded by ``eager=True``)."""
+        return ("prefill", "step_few" if self.few_steps else "step") if self.kv_cache else ("full",)
+
+    def request(self, name: str) -> ProgramRequest:
+        """What program ``name`` is: its graph, weights and lowering options."""
+        if name != "full" and self.passes is None:
+            raise KvgraphError(f"no {name!r} program: this decoder was compiled with kv_cache=False "
+                               "(only 'full')")
+        if name not in ("full", "prefill", "step", "step_few"):
+            raise KvgraphError(f"no program {name!r}: expected 'full', 'prefill', 'step' or 'step_few'")
+        g = self.full if name == "full" else self.passes.programs["step" if name == "step_few" else name]
+        if name == "step_few":
+            # every linear is a GEMV: run only with few rows (see step())
+            opts = dict(few_dims=_TOKEN_DIMS, always_few=True)
+        else:  # a linear over [b, d] (prefill's last row) picks GEMV/GEMM at run time
+            opts = dict(few_dims=_BATCH_DIM)
+        return ProgramRequest(g, self.weights, self.weights_mode, self.f16_weights, **opts)
+
+    def load(self, names, extra=()) -> list[CompiledProgram]:
+        """Load programs ``names`` (and ``extra`` requests of the same model, e.g. its encoder)
+        in one go: from the program store, or compiled together (see ``load_programs``)."""
+        names = [n for n in names if n not in self._progs]
+        progs = load_programs([self.request(n) for n in names] + list(extra))
+        self._progs.update(zip(names, progs))
+        return progs[len(names):]
+
     def program(self, name: str) -> CompiledProgram:
         if name not in self._progs:
-            if name != "full" and self.passes is None:
-                raise KvgraphError(f"no {name!r} program: this decoder was compiled with kv_cache=False "
-                                   "(only 'full')")
-            g = self.full if name == "full" else self.passes.programs["step" if name == "step_few" else name]
-            if name == "step_few":
-                # every linear is a GEMV: run only with few rows (see step())
-                opts = dict(few_dims=_TOKEN_DIMS, always_few=True)
-            else:  # a linear over [b, d] (prefill's last row) picks GEMV/GEMM at run time
-                opts = dict(few_dims=_BATCH_DIM)
             if name == "step" and self.few_steps:
-                log.info("a step of more than %d rows: compiling the GEMM step program", STEP_FEW_ROWS)
-            self._progs[name] = load_program(g, self.weights, self.weights_mode, self.f16_weights, **opts)
+                log.info("a step of more than %d rows: loading the GEMM step program", STEP_FEW_ROWS)
+            self._progs[name] = load_programs([self.request(name)])[0]
         return self._progs[name]
+
+    @property
+    def loaded(self) -> dict[str, CompiledProgram]:
+        """The programs loaded so far, by name."""
+        return dict(self._progs)
 
     @property
     def compile_seconds(self) -> dict[str, float]:

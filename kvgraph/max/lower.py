@@ -108,6 +108,8 @@ class LowerCtx:
             src = self._source(w)
             dt = np.float16 if f16 else np.float32
             arr = np.ascontiguousarray(LAYOUTS[layout](src.astype(dt, copy=False)))
+            if arr.ctypes.data % arr.dtype.alignment:  # MAX refuses misaligned weights
+                arr = arr.copy()
             if self.mode == "constant":
                 self._emitted[key] = ops.constant(arr, DType.float32, DeviceRef.CPU())
             else:
@@ -215,21 +217,22 @@ RULES: dict[type, Callable] = {
 
 
 def lower(g: ir.Graph, weights: dict[str, np.ndarray], mode: str = "registry", f16_weights: bool = True,
-          few_dims=frozenset(), always_few: bool = False):
+          few_dims=frozenset(), always_few: bool = False, module=None):
     """Emit ``g`` as a MAX ``Graph``; returns ``(max_graph, registry)`` where ``registry``
     maps MAX weight names to host arrays (bind them once, at load).
 
     ``mode="registry"``: weights are MAX ``Weight`` s bound at load (one compiled graph
     serves every weight set of the same shapes). ``mode="constant"``: weights are baked
     into the graph as constants (a compile per weight set, faster steps).
-    ``f16_weights``, ``few_dims``, ``always_few``: see :class:`LowerCtx`."""
+    ``f16_weights``, ``few_dims``, ``always_few``: see :class:`LowerCtx`. ``module``: a MAX
+    ``Module`` to emit the graph into (programs compiled together)."""
     ctx = LowerCtx(weights, mode, f16_weights, few_dims, always_few)
     bufs = buffer_values(g)
     try:
         in_types = [max_type(v.type, v in bufs) for v in g.inputs]
     except LoweringError as e:
         raise LoweringError(f"graph {g.name}: {e}") from None
-    mg = MaxGraph(g.name.replace(".", "_"), input_types=in_types)
+    mg = MaxGraph(g.name.replace(".", "_"), input_types=in_types, module=module)
     with mg:
         env: dict = {v: (mg.inputs[i].buffer if v in bufs else mg.inputs[i].tensor)
                      for i, v in enumerate(g.inputs)}

@@ -1,0 +1,113 @@
+"""The program store with real MAX programs, across processes: a second process loads the
+compiled programs from the store without compiling (asserted on the store's counters, not on
+time), a damaged artifact falls back to compiling, concurrent processes compile once, and a
+stored program computes exactly what a fresh compile does.
+
+The child compiles the built-in ``llama-demo`` spec with the weights test_compile_max uses, so
+MAX's own cache already holds its program when the suite runs in order."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kvgraph
+import kvgraph.specs
+from tolerance import MAX_VS_REF, assert_close
+
+pytestmark = pytest.mark.max
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = """
+import json
+import numpy as np
+import kvgraph, kvgraph.specs
+from kvgraph.store import default_store
+spec = kvgraph.specs.get("llama-demo")
+model = kvgraph.compile(spec, kvgraph.init_weights(spec, seed=3))
+tokens = np.arange(1, 8, dtype=np.int64)[None]
+last, state = model.prefill(tokens[:, :5])
+step, state = model.step(tokens[:, 5:], state)
+s = default_store().stats
+print("RESULT " + json.dumps(dict(hits=s.hits, misses=s.misses, writes=s.writes, bad=s.bad,
+      sources=sorted({p.source for p in model._progs.values()}),
+      last=last.tolist(), step=step.tolist())))
+"""
+
+
+def _spawn(store: Path) -> subprocess.Popen:
+    env = dict(os.environ, KVGRAPH_CACHE_DIR=str(store), PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-c", CHILD], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _result(p: subprocess.Popen) -> dict:
+    out, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-3000:]
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def _child(store: Path) -> dict:
+    return _result(_spawn(store))
+
+
+def _artifacts(store: Path) -> list[Path]:
+    return sorted(store.rglob("*.kvp"))
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    """A child with an empty store: compiles and stores."""
+    store = tmp_path_factory.mktemp("store")
+    return store, _child(store)
+
+
+def test_first_process_compiles_and_stores(first):
+    store, r = first
+    assert (r["hits"], r["misses"], r["writes"], r["bad"]) == (0, 1, 1, 0)
+    assert r["sources"] == ["compiled"]
+    assert len(_artifacts(store)) == 1  # prefill and step: one Module, one artifact
+
+
+def test_second_process_loads_without_compiling(first):
+    store, r1 = first
+    r2 = _child(store)
+    assert (r2["hits"], r2["misses"], r2["writes"], r2["bad"]) == (1, 0, 0, 0)
+    assert r2["sources"] == ["store"]
+    # the stored program computes exactly what the fresh compile did ...
+    assert r2["last"] == r1["last"] and r2["step"] == r1["step"]
+    # ... which is the reference's result
+    spec = kvgraph.specs.get("llama-demo")
+    full = kvgraph.reference.run(kvgraph.build(spec), kvgraph.init_weights(spec, seed=3), np.float64,
+                                 tokens=np.arange(1, 8)[None])["logits"]
+    assert_close(np.array(r2["last"]), full[:, 4], MAX_VS_REF, what="stored program prefill")
+    assert_close(np.array(r2["step"]), full[:, 5:], MAX_VS_REF, what="stored program step")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_damaged_artifact_falls_back_to_compiling(first, tmp_path, damage):
+    store, r1 = first
+    mine = tmp_path / "store"
+    (art,) = _artifacts(store)
+    dst = mine / art.relative_to(store)
+    dst.parent.mkdir(parents=True)
+    data = art.read_bytes()
+    dst.write_bytes(data[: len(data) // 2] if damage == "truncated" else os.urandom(4096))
+    r = _child(mine)
+    assert (r["hits"], r["misses"], r["writes"], r["bad"]) == (0, 1, 1, 1)
+    assert r["last"] == r1["last"] and r["step"] == r1["step"]
+    assert _child(mine)["hits"] == 1  # and the replacement is whole
+
+
+def test_concurrent_processes_compile_once(tmp_path):
+    store = tmp_path / "store"
+    rs = [_result(p) for p in [_spawn(store), _spawn(store)]]
+    assert sorted(r["writes"] for r in rs) == [0, 1]
+    assert sorted(r["hits"] for r in rs) == [0, 1]
+    assert rs[0]["last"] == rs[1]["last"]
