@@ -1,0 +1,95 @@
+"""Whole-process start-to-text time and peak memory of one transcription, each engine in a
+fresh process, as a user runs it from a shell: kvgraph (`python -m kvgraph transcribe`, warm
+program store) against openai-whisper (PyTorch) and faster-whisper (CTranslate2 int8 and
+fp32, when installed) on the same clip and the same tiny.en weights.
+
+Engines are interleaved per repetition (median of --reps); peak resident memory is the
+child's own ``ru_maxrss`` (``os.wait4``). Writes JSON (default
+benchmarks/results/startup.json)."""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quiet import Probe, machine, write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+OPENAI = """
+import sys, torch, whisper
+from models.audio import load_audio
+from models.whisper import load_checkpoint
+dims, w = load_checkpoint("tiny.en")
+m = whisper.model.Whisper(dims)
+m.load_state_dict({k: torch.from_numpy(v) for k, v in w.items()}, strict=False)
+print(whisper.transcribe(m.eval(), load_audio(sys.argv[1]), fp16=False, temperature=0.0)["text"])
+"""
+
+FASTER = """
+import sys
+from faster_whisper import WhisperModel
+from models.weight_packages import resolve_source
+m = WhisperModel(str(resolve_source("tiny.en")["parts"][0].parent), device="cpu", compute_type=sys.argv[2])
+print("".join(s.text for s in m.transcribe(sys.argv[1], beam_size=1, temperature=0.0)[0]))
+"""
+
+
+def _run(cmd: list[str]) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd} failed")
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "text": out.strip()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--audio", default=str(ROOT / "examples" / "jfk.wav"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "startup.json"))
+    args = ap.parse_args(argv)
+    py = sys.executable
+    out_dir = tempfile.mkdtemp()
+    engines = {
+        "kvgraph": [py, "-m", "kvgraph", "transcribe", args.audio, "-o", out_dir, "--output-format", "txt"],
+        "openai_whisper": [py, "-c", OPENAI, args.audio],
+    }
+    try:
+        import faster_whisper  # noqa: F401
+        engines["faster_whisper_int8"] = [py, "-c", FASTER, args.audio, "int8"]
+        engines["faster_whisper_fp32"] = [py, "-c", FASTER, args.audio, "float32"]
+    except ImportError:
+        print("faster-whisper not installed: skipped", file=sys.stderr)
+    _run(engines["kvgraph"])  # fills the program store if it is empty (not timed)
+    runs: dict[str, list[dict]] = {k: [] for k in engines}
+    busy = []
+    for _ in range(args.reps):
+        for k, cmd in engines.items():
+            with Probe() as p:
+                runs[k].append(_run(cmd))
+            busy.append(p.other_cores)
+    report = {"machine": machine(), "audio": os.path.relpath(args.audio, ROOT), "reps": args.reps,
+              "other_cores_busy_mean": round(statistics.mean(busy), 2), "engines": {}}
+    for k, rs in runs.items():
+        report["engines"][k] = {"wall_s_median": statistics.median(r["wall_s"] for r in rs),
+                                "wall_s": [round(r["wall_s"], 3) for r in rs],
+                                "peak_rss_mb_max": max(r["peak_rss_mb"] for r in rs),
+                                "text": rs[0]["text"]}
+        print(k, report["engines"][k]["wall_s_median"], report["engines"][k]["peak_rss_mb_max"], flush=True)
+    write_json(report, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
