@@ -370,10 +370,12 @@ class AttentionScores(Op):
         _need(q.shape[0] == k.shape[0], f"attention_scores: batch of q {q} and k {k} differ")
         _need(len(self.select) > 0 and all(isinstance(h, int) and 0 <= h < self.heads for h in self.select),
               f"attention_scores: select={self.select} must name heads in [0, {self.heads})")
-        _need(len(set(self.select)) == len(self.select), f"attention_scores: select={self.select} repeats a head")
+        _need(len(set(self.select)) == len(self.select),
+              f"attention_scores: select={self.select} repeats a head")
         if self.q_offset is not None:
             _need(self.causal, "attention_scores: q_offset given to non-causal scores")
-            _need(_t(self.q_offset) == i64(), f"attention_scores: q_offset must be i64[], got {_t(self.q_offset)}")
+            _need(_t(self.q_offset) == i64(),
+                  f"attention_scores: q_offset must be i64[], got {_t(self.q_offset)}")
         return f32(q.shape[0], len(self.select), q.shape[1], k.shape[1])
 
 

@@ -129,7 +129,8 @@ class CompiledDecoder:
         ``which`` names (``{attention value name, e.g. "b0.cross": heads or None for all}``;
         see :func:`~kvgraph.passes.expose.expose_attention`)."""
         prog = self.exposed_program(which)
-        got = dict(zip(prog.output_names, prog(self._check(tokens_array(tokens)), *self._context_args(prog, context))))
+        args = [self._check(tokens_array(tokens))] + self._context_args(prog, context)
+        got = dict(zip(prog.output_names, prog(*args)))
         logits = got.pop(LOGITS).to_numpy()
         return logits, {k[len(SCORES_PREFIX):]: v.to_numpy() for k, v in got.items()}
 

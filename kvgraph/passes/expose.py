@@ -48,11 +48,14 @@ def expose_attention(g: Graph, which) -> Graph:
             raise InputError(f"ExposeAttention: graph {g.name} has no attention %{attn}; "
                              f"its attentions: {sorted(attns)}")
         H = attns[attn].op.heads
-        if heads is not None and (not heads or any(not 0 <= h < H for h in heads) or len(set(heads)) < len(heads)):
+        bad = heads is not None and (not heads or len(set(heads)) < len(heads)
+                                     or any(not 0 <= h < H for h in heads))
+        if bad:
             raise InputError(f"ExposeAttention: heads {list(heads)} of %{attn}: expected distinct heads "
                              f"in [0, {H})")
         if any(k == names.scores_name(attn) for k, _ in g.outputs):
-            raise InputError(f"ExposeAttention: graph {g.name} already has an output {names.scores_name(attn)!r}")
+            raise InputError(f"ExposeAttention: graph {g.name} already has an output "
+                             f"{names.scores_name(attn)!r}")
     b = GraphBuilder.like(g)
     for n in g.nodes:
         b.reserve(n.out.name)
