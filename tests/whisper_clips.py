@@ -10,6 +10,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 JFK = ROOT / "examples" / "jfk.wav"
+#: recorded telephone prompts (8 kHz; credits in tests/data/speech/README.md)
+SPEECH = ROOT / "tests" / "data" / "speech"
+SPEECH_CLIPS = ("basic-pbx-ivr-main", "demo-nogo")
 SAMPLE_RATE = 16000
 JFK_TEXT = (
     "And so my fellow Americans ask not what your country can do for you "
