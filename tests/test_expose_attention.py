@@ -127,3 +127,10 @@ def test_max_scores_equal_reference():
         fin = np.isfinite(want)
         assert_close(scores[a][fin], want[fin], MAX_VS_REF, what="test_max_scores_equal_reference")
     assert model.exposed_program(dict(which)) is model.exposed_program(which)
+
+
+def test_kv_cache_refuses_exposed_scores():
+    """Scores over the whole sequence are not a cached step's business: KVCache says so."""
+    g = expose_attention(kvgraph.build(specs.get("llama-demo")), {"b0.attn": [0]})
+    with pytest.raises(kvgraph.PassError, match="node %scores.b0.attn \\(attention_scores\\) mixes positions"):
+        kvgraph.run_passes(g, kvgraph.passes.default_pipeline())
