@@ -2,6 +2,8 @@
 
 - ``kvgraph show SPEC [--stage NAME] [--program NAME]``: the printed IR of every stage of
   the default pass pipeline for a built-in spec (``kvgraph list`` names them).
+  With ``--expose ATTN[:H,H...]`` (repeatable) the pipeline is ``ExposeAttention`` instead:
+  the full-sequence program with those attentions' scores (heads ``H``, default all) as outputs.
 - ``kvgraph list``: the built-in spec names.
 - ``kvgraph COMMAND ...`` for a command a plugin registers (:mod:`kvgraph.plugins`; e.g.
   ``kvgraph transcribe`` from the ``models`` package): the arguments after ``COMMAND`` are
@@ -33,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--program", choices=("full", "prefill", "step"),
                       help="show only this program of each stage")
     show.add_argument("--weights", action="store_true", help="list every parameter's type too")
+    show.add_argument("--expose", metavar="ATTN[:H,H]", action="append",
+                      help="instead of the default pipeline, run ExposeAttention: attention ATTN's scores "
+                           "(query heads H..., default all) as an output; repeatable (e.g. b1.cross:0)")
     sub.add_parser("list", help="list the built-in specs")
     for cmd in plugins.REGISTRY.commands().values():  # listed in --help; main() runs them
         sub.add_parser(cmd.name, help=cmd.help, add_help=False)
@@ -53,7 +58,17 @@ def _show(args) -> int:
     except ValueError as e:
         return _error(str(e))
     try:
-        result = run_passes(build(spec), passes.default_pipeline())
+        pipeline = passes.default_pipeline()
+        if args.expose:
+            which = {}
+            for item in args.expose:
+                attn, _, heads = item.partition(":")
+                try:
+                    which[attn] = [int(h) for h in heads.split(",")] if heads else None
+                except ValueError:
+                    return _error(f"--expose {item!r}: heads must be comma-separated ints")
+            pipeline = [passes.ExposeAttention(which)]
+        result = run_passes(build(spec), pipeline)
     except KvgraphError as e:
         return _error(str(e).splitlines()[0], 1)
     stages = list(result.history)

@@ -52,6 +52,11 @@ def _attention(op, numel, dims):
     return ATTENTION, pairs * (4 * hd + 5)
 
 
+def _attention_scores(op, numel, dims):
+    hd = bind_dim(op.q.type.shape[2], dims) // op.heads
+    return ATTENTION, numel * (2 * hd + 1)  # q·k and the scale, for each selected pair
+
+
 def _conv1d(op, numel, dims):
     cout, cin, k = (bind_dim(d, dims) for d in op.w.type.shape)
     return DENSE, numel * (2 * cin * k + 1)
@@ -78,6 +83,7 @@ RULES = {
     ir.Gelu: _per_element(8),
     ir.Silu: _per_element(4),
     ir.Attention: _attention,
+    ir.AttentionScores: _attention_scores,
     ir.Concat: _per_element(0),
     ir.CacheStore: _per_element(0),
     ir.CacheView: _per_element(0),

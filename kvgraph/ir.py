@@ -337,6 +337,48 @@ class Attention(Op):
         return q
 
 
+@op("attention_scores", ("q", "k", "q_offset"))
+class AttentionScores(Op):
+    """The pre-softmax scores of chosen heads of an :class:`Attention` (to read its weights).
+
+    q f32[b, sq, heads*hd], k f32[b, sk, kv_heads*hd] -> f32[b, len(select), sq, sk]: entry
+    ``[.., n, i, j]`` is ``(q_h[i] · k_g[j]) * scale`` for query head ``h = select[n]`` and
+    its key head ``g = h // (heads // kv_heads)``, as :class:`Attention` computes them
+    before its softmax. If ``causal``, keys row ``i`` may not see (``j > q_offset + i``)
+    are ``-inf``, so a softmax over the last axis gives the attention's weights.
+    """
+
+    q: Value
+    k: Value
+    heads: int
+    kv_heads: int
+    causal: bool
+    scale: float
+    select: tuple = attrs.field(converter=tuple)
+    q_offset: Optional[Value] = None
+
+    def infer_type(self):
+        q, k = _t(self.q), _t(self.k)
+        _need(q.rank == k.rank == 3, f"attention_scores: q, k must be rank 3, got {q}, {k}")
+        _need(self.heads % self.kv_heads == 0,
+              f"attention_scores: heads={self.heads} not a multiple of kv_heads={self.kv_heads}")
+        _need(isinstance(q.shape[2], int) and q.shape[2] % self.heads == 0,
+              f"attention_scores: q width {q.shape[2]} not divisible by heads={self.heads}")
+        hd = q.shape[2] // self.heads
+        _need(k.shape[2] == hd * self.kv_heads,
+              f"attention_scores: k width {k.shape[2]} != kv_heads={self.kv_heads} * head size {hd}")
+        _need(q.shape[0] == k.shape[0], f"attention_scores: batch of q {q} and k {k} differ")
+        _need(len(self.select) > 0 and all(isinstance(h, int) and 0 <= h < self.heads for h in self.select),
+              f"attention_scores: select={self.select} must name heads in [0, {self.heads})")
+        _need(len(set(self.select)) == len(self.select),
+              f"attention_scores: select={self.select} repeats a head")
+        if self.q_offset is not None:
+            _need(self.causal, "attention_scores: q_offset given to non-causal scores")
+            _need(_t(self.q_offset) == i64(),
+                  f"attention_scores: q_offset must be i64[], got {_t(self.q_offset)}")
+        return f32(q.shape[0], len(self.select), q.shape[1], k.shape[1])
+
+
 @op("concat", ("a", "b"))
 class Concat(Op):
     """``a`` then ``b`` along ``axis`` (the KV cache grows this way: ``[b, past+s, d]``)."""

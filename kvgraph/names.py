@@ -25,6 +25,8 @@ PAST_DIM = PAST
 STEP_ARGS = (TOKENS, PAST)
 
 CACHE_PREFIX = "cache."
+#: outputs ``ExposeAttention`` adds: ``scores.<attention value name>``
+SCORES_PREFIX = "scores."
 HOISTED_PREFIX = "hoisted."
 
 
@@ -36,3 +38,8 @@ def cache_name(attn: str, which: str) -> str:
 def hoisted_name(value: str) -> str:
     """State name of a step-invariant value computed once in prefill (``HoistInvariant``)."""
     return f"{HOISTED_PREFIX}{value}"
+
+
+def scores_name(attn: str) -> str:
+    """Output name of attention ``attn``'s exposed scores (``ExposeAttention``)."""
+    return f"{SCORES_PREFIX}{attn}"

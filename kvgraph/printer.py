@@ -17,6 +17,8 @@ def _attr(v) -> str:
         return "true" if v else "false"
     if isinstance(v, float):
         return f"{v:.6g}"
+    if isinstance(v, tuple):
+        return "[" + ", ".join(_attr(x) for x in v) + "]"
     return str(v)
 
 

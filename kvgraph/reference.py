@@ -59,24 +59,39 @@ def _rms_norm(op, a, ctx):
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + op.eps) * a["weight"]
 
 
-def _attention(op, a, ctx):
-    q, k, v = a["q"], a["k"], a["v"]
+def _scores(op, a, heads=None):
+    """Pre-softmax scores f32[b, len(heads), sq, sk] of query heads ``heads`` (all by
+    default), ``-inf`` where a causal mask hides a key; and the value heads they read."""
+    q, k = a["q"], a["k"]
     b, sq, w = q.shape
     sk = k.shape[1]
     H, KV = op.heads, op.kv_heads
     hd = w // H
-    qh = q.reshape(b, sq, H, hd).transpose(0, 2, 1, 3)
-    kh = np.repeat(k.reshape(b, sk, KV, hd).transpose(0, 2, 1, 3), H // KV, axis=1)
-    vh = np.repeat(v.reshape(b, sk, KV, hd).transpose(0, 2, 1, 3), H // KV, axis=1)
+    heads = np.arange(H) if heads is None else np.asarray(heads, dtype=np.int64)
+    kv_of = heads // (H // KV)
+    qh = q.reshape(b, sq, H, hd).transpose(0, 2, 1, 3)[:, heads]
+    kh = k.reshape(b, sk, KV, hd).transpose(0, 2, 1, 3)[:, kv_of]
     scores = (qh @ kh.transpose(0, 1, 3, 2)) * op.scale
     if op.causal:
         off = 0 if a["q_offset"] is None else int(a["q_offset"])
         visible = np.arange(sk)[None, :] <= off + np.arange(sq)[:, None]
         scores = np.where(visible, scores, -np.inf)
+    return scores, kv_of
+
+
+def _attention(op, a, ctx):
+    v = a["v"]
+    b, sq, w = a["q"].shape
+    scores, kv_of = _scores(op, a)
+    vh = v.reshape(b, v.shape[1], op.kv_heads, w // op.heads).transpose(0, 2, 1, 3)[:, kv_of]
     scores = scores - scores.max(-1, keepdims=True)
     p = np.exp(scores)
     p = p / p.sum(-1, keepdims=True)
     return (p @ vh).transpose(0, 2, 1, 3).reshape(b, sq, w)
+
+
+def _attention_scores(op, a, ctx):
+    return _scores(op, a, op.select)[0]
 
 
 def _cache_rows(op, a, what):
@@ -122,6 +137,7 @@ RULES = {
     ir.Gelu: lambda op, a, ctx: 0.5 * a["x"] * (1.0 + _erf(a["x"] / np.sqrt(2.0))),
     ir.Silu: lambda op, a, ctx: a["x"] / (1.0 + np.exp(-a["x"])),
     ir.Attention: _attention,
+    ir.AttentionScores: _attention_scores,
     ir.Concat: lambda op, a, ctx: np.concatenate([a["a"], a["b"]], axis=op.axis),
     ir.CacheStore: _cache_store,
     ir.CacheView: _cache_view,

@@ -8,7 +8,11 @@
 Decoding options mirror openai-whisper's ``whisper`` command (same flag names,
 ``--snake_case`` and ``--kebab-case`` both accepted); decoding is greedy unless
 ``--beam_size`` is given (openai's CLI defaults to a beam of 5).  Word-level
-timestamps are not supported.
+timestamps (``--word_timestamps True``) and the writer's word options
+(``--highlight_words``, ``--max_line_width``, ``--max_line_count``,
+``--max_words_per_line``) are openai's, with its checks: a word option without
+``--word_timestamps True`` is a usage error, and the two combinations openai
+warns about warn here too.
 
 Each audio file is processed independently: a failure prints one line
 ``kvgraph: error: <file>: <reason>`` on stderr and the remaining files are still
@@ -30,6 +34,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from typing import Callable, List, Optional, Sequence
 
 PROG = "kvgraph transcribe"
@@ -64,7 +69,10 @@ DECODE_OPTIONS = (
     "task", "best_of", "beam_size", "patience", "length_penalty", "suppress_tokens",
     "initial_prompt", "carry_initial_prompt", "condition_on_previous_text", "without_timestamps",
     "compression_ratio_threshold", "logprob_threshold", "no_speech_threshold", "clip_timestamps",
+    "word_timestamps", "prepend_punctuations", "append_punctuations", "hallucination_silence_threshold",
 )
+#: openai's writer options (``get_writer(...)(result, path, **options)``); each needs word timestamps
+WORD_OPTIONS = ("highlight_words", "max_line_count", "max_line_width", "max_words_per_line")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +135,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="consider a window silent if P(<|nospeech|>) is higher and the decoding failed logprob_threshold")
     add("--clip_timestamps", "--clip-timestamps", dest="clip_timestamps", type=str, default="0",
         help="comma-separated start,end,start,end,... seconds of clips to process")
+
+    add("--word_timestamps", "--word-timestamps", dest="word_timestamps", type=str2bool, default=False,
+        help="(experimental) extract word-level timestamps and refine the results based on them")
+    add("--prepend_punctuations", "--prepend-punctuations", dest="prepend_punctuations", type=str,
+        default="\"\'“¿([{-",
+        help="if word_timestamps is True, merge these punctuation symbols with the next word")
+    add("--append_punctuations", "--append-punctuations", dest="append_punctuations", type=str,
+        default="\"\'.。,，!！?？:：”)]}、",
+        help="if word_timestamps is True, merge these punctuation symbols with the previous word")
+    add("--highlight_words", "--highlight-words", dest="highlight_words", type=str2bool, default=False,
+        help="(requires --word_timestamps True) underline each word as it is spoken in srt and vtt")
+    add("--max_line_width", "--max-line-width", dest="max_line_width", type=optional_int, default=None,
+        help="(requires --word_timestamps True) the maximum number of characters in a line before "
+        "breaking the line")
+    add("--max_line_count", "--max-line-count", dest="max_line_count", type=optional_int, default=None,
+        help="(requires --word_timestamps True) the maximum number of lines in a segment")
+    add("--max_words_per_line", "--max-words-per-line", dest="max_words_per_line", type=optional_int,
+        default=None, help="(requires --word_timestamps True, no effect with --max_line_width) "
+        "the maximum number of words in a segment")
+    add("--hallucination_silence_threshold", "--hallucination-silence-threshold",
+        dest="hallucination_silence_threshold", type=optional_float, default=None,
+        help="(requires --word_timestamps True) skip silent periods longer than this threshold (in seconds) "
+        "when a possible hallucination is detected")
     return p
 
 
@@ -155,8 +186,10 @@ def _error(msg: str) -> None:
     print(f"kvgraph: error: {msg}", file=sys.stderr, flush=True)
 
 
-def write_outputs(result: dict, audio_path: str, output_format: str, output_dir: str) -> List[str]:
-    """Writes ``result`` with openai-whisper's writers, atomically.
+def write_outputs(result: dict, audio_path: str, output_format: str, output_dir: str,
+                  writer_args: Optional[dict] = None) -> List[str]:
+    """Writes ``result`` with openai-whisper's writers, atomically; ``writer_args`` are
+    openai's word options (:data:`WORD_OPTIONS`, all None/False by default).
 
     Everything is first written into a fresh temporary directory inside
     ``output_dir`` (same filesystem), then each file is moved into place with
@@ -167,7 +200,9 @@ def write_outputs(result: dict, audio_path: str, output_format: str, output_dir:
 
     tmp = tempfile.mkdtemp(prefix=".kvgraph-transcribe-", dir=output_dir)
     try:
-        get_writer(output_format, tmp)(result, audio_path)
+        args = {k: None for k in WORD_OPTIONS}
+        args.update(writer_args or {})
+        get_writer(output_format, tmp)(result, audio_path, **args)
         written = []
         for name in sorted(os.listdir(tmp)):
             dest = os.path.join(output_dir, name)
@@ -190,6 +225,15 @@ def _normalize_language(parser: argparse.ArgumentParser, language: Optional[str]
         return TO_LANGUAGE_CODE[lang]
     parser.error(f"argument --language: unknown language {language!r}")
     return None  # unreachable
+
+
+def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
+    """``parser.error(message)`` (usage and message on stderr) as an exit status: 2."""
+    try:
+        parser.error(message)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+    return 2  # unreachable
 
 
 def _format_timings(load_s: float, compile_s: Optional[float], t: dict, wall_s: float) -> str:
@@ -225,6 +269,16 @@ def main(
         language = _normalize_language(parser, args.language)
     except SystemExit as e:  # --help (0) and usage errors (2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+
+    if not args.word_timestamps:  # openai's checks, in its order
+        for option in WORD_OPTIONS:
+            if getattr(args, option):
+                return _usage_error(parser, f"--{option} requires --word_timestamps True")
+    if args.max_line_count and not args.max_line_width:
+        warnings.warn("--max_line_count has no effect without --max_line_width")
+    if args.max_words_per_line and args.max_line_width:
+        warnings.warn("--max_words_per_line has no effect with --max_line_width")
+    writer_args = {k: getattr(args, k) for k in WORD_OPTIONS}
 
     model_name: str = args.model
     if model_name.endswith(".en") and language not in (None, "en"):
@@ -290,7 +344,7 @@ def main(
     for path in args.audio:
         try:
             result = transcribe(backend, path, **dict(decode_options))
-            write_outputs(result, path, args.output_format, args.output_dir)
+            write_outputs(result, path, args.output_format, args.output_dir, writer_args)
         except KeyboardInterrupt:
             _error("interrupted")
             return 130

@@ -80,12 +80,18 @@ class MaxWhisperBackend:
     would be refused by the decoder.
     """
 
-    def __init__(self, dims, weights, *, kv_cache: bool = True, cache_layout: str = "buffer"):
+    def __init__(self, dims, weights, *, kv_cache: bool = True, cache_layout: str = "buffer",
+                 alignment_heads=None):
         import time
 
         from kvgraph.max.runtime import ProgramRequest
+        from models.alignment_heads import default_alignment_heads, heads_from
 
         self.dims, self.kv_cache = dims, kv_cache
+        #: the cross-attention heads ``((layer, head), ...)`` word timestamps read
+        #: (``models.alignment_heads``); openai's default when the checkpoint names none
+        self.alignment_heads = (default_alignment_heads(dims) if alignment_heads is None
+                                else heads_from(alignment_heads, dims, "alignment_heads="))
         t0 = time.perf_counter()
         self.decoder = kvgraph.compile(spec_from_dims(dims), weights, kv_cache=kv_cache,
                                        cache_layout=cache_layout, eager=False)
@@ -112,6 +118,26 @@ class MaxWhisperBackend:
     def reorder(self, state, indices):
         return self.decoder.reorder(state, indices)
 
+    def alignment(self, tokens, audio_features):
+        """The forced pass of word timestamps: ``(logits f32[b, t, vocab], {(layer, head):
+        f32[b, t, n_audio_ctx]})``, the pre-softmax cross-attention scores (q·kᵀ/√d_head) of
+        the alignment heads over ``tokens``, from the full-sequence decoder program with
+        those scores as extra outputs (``ExposeAttention``), compiled on first use."""
+        which: dict[str, list[int]] = {}
+        for layer, head in self.alignment_heads:
+            which.setdefault(cross_attention_name(layer), []).append(head)
+        logits, scores = self.decoder.logits_and_scores(tokens, audio_features, which=which)
+        out = {}
+        for layer, head in self.alignment_heads:
+            name = cross_attention_name(layer)
+            out[(layer, head)] = scores[name][:, which[name].index(head)]
+        return logits, out
+
+
+def cross_attention_name(layer: int) -> str:
+    """The value name ``kvgraph.build`` gives layer ``layer``'s cross-attention (``b1.cross``)."""
+    return f"b{layer}.cross"
+
 
 def load_checkpoint(name_or_path, *, keep_float16: bool = False):
     """``(dims, weights)`` for ``"tiny.en"``, ``"base"``, a CTranslate2 directory or a ``.pt`` file
@@ -121,10 +147,13 @@ def load_checkpoint(name_or_path, *, keep_float16: bool = False):
 
 
 def load_backend(name_or_path="tiny.en", *, kv_cache: bool = True) -> MaxWhisperBackend:
+    from models.alignment_heads import load_alignment_heads
+
     # float16 weights as stored: the lowering reads them for its float16 kernels as they are
     # and widens copies only where a kernel wants float32 (no float32 copy of every weight)
     dims, weights = load_checkpoint(name_or_path, keep_float16=True)
-    return MaxWhisperBackend(dims, weights, kv_cache=kv_cache)
+    return MaxWhisperBackend(dims, weights, kv_cache=kv_cache,
+                             alignment_heads=load_alignment_heads(name_or_path, dims))
 
 
 class WhisperModel:

@@ -18,8 +18,14 @@ own code, reused rather than copied:
 * :func:`transcribe` loads/accepts audio, forces fp32 and calls
   ``whisper.transcribe`` with the adapter, then attaches ``result["timings"]``.
 
-Word-level timestamps are not supported: they need the decoder's
-cross-attention weights, which the backend contract does not expose.
+Word-level timestamps (``word_timestamps=True``) are openai-whisper's too
+(``whisper.timing.add_word_timestamps``: ``find_alignment``'s forced pass, median
+filter, DTW, punctuation merging). Its forced pass ``model(mel, tokens)`` is
+:meth:`WhisperAdapter.__call__`, which runs the backend's ``alignment`` (logits and
+the alignment heads' cross-attention scores, computed by the backend) and fires the
+forward hooks openai installs on ``model.decoder.blocks[i].cross_attn`` (small torch
+modules, :class:`CrossAttentionTap`) with those scores; ``model.alignment_heads`` is
+the backend's heads as openai's sparse mask.
 """
 
 from __future__ import annotations
@@ -67,6 +73,15 @@ class WhisperBackend(Protocol):
     def reorder(self, state: Any, indices: np.ndarray) -> Any:
         """Reindex the batch rows of ``state`` (beam search)."""
 
+    # -- for word timestamps only (optional) --------------------------------
+    alignment_heads: Sequence[Tuple[int, int]]
+    """The cross-attention heads ``(layer, head)`` word timestamps read."""
+
+    def alignment(self, tokens: np.ndarray, audio_features: np.ndarray):
+        """tokens i64[b, t] -> (logits f32[b, t, vocab] of every position,
+        {(layer, head): f32[b, t, n_audio_ctx]}): the pre-softmax cross-attention
+        scores q·kᵀ/sqrt(d_head) of each alignment head, unmasked."""
+
 
 @dataclass
 class DecodeTimings:
@@ -91,6 +106,9 @@ class DecodeTimings:
     reorder_s: float = 0.0
     decode_calls: int = 0
     tokens_decoded: int = 0
+    align_calls: int = 0
+    align_s: float = 0.0
+    align_tokens: int = 0
     total_s: float = 0.0
 
     @property
@@ -188,6 +206,14 @@ class _Timed:
         self.timings.reorder_calls += 1
         return out
 
+    def alignment(self, tokens: np.ndarray, audio_features: np.ndarray):
+        t0 = time.perf_counter()
+        out = self.backend.alignment(tokens, audio_features)
+        self.timings.align_s += time.perf_counter() - t0
+        self.timings.align_calls += 1
+        self.timings.align_tokens += int(tokens.size)
+        return out
+
 
 class BackendInference(Inference):
     """``whisper.decoding.Inference`` whose forward passes run on the backend.
@@ -279,16 +305,47 @@ class _BackendEncoder:
 
     def __init__(self, adapter: "WhisperAdapter"):
         self._adapter = adapter
+        self.last: Optional[Tuple[np.ndarray, np.ndarray]] = None  # (mel, features) of the last call
+
+    def features(self, mel_np: np.ndarray, reuse: bool = False) -> np.ndarray:
+        """The backend's features of ``mel_np`` f32[b, n_mels, frames]; with ``reuse``,
+        those of the last call when its mel was equal (word timestamps' forced pass
+        re-encodes the window the decoding just encoded)."""
+        if reuse and self.last is not None and np.array_equal(self.last[0], mel_np):
+            return self.last[1]
+        timed = _Timed(self._adapter.backend, self._adapter.timings)
+        features = np.ascontiguousarray(np.asarray(timed.encode(mel_np), dtype=np.float32))
+        self.last = (mel_np.copy(), features)
+        return features
 
     def __call__(self, mel: torch.Tensor) -> torch.Tensor:
         single = mel.ndim == 2
         mel_np = _to_numpy_f32(mel)
         if single:
             mel_np = mel_np[None]
-        timed = _Timed(self._adapter.backend, self._adapter.timings)
-        features = np.asarray(timed.encode(mel_np), dtype=np.float32)
-        out = torch.from_numpy(np.ascontiguousarray(features))
+        out = torch.from_numpy(self.features(mel_np))
         return out[0] if single else out
+
+
+class CrossAttentionTap(torch.nn.Module):
+    """Stands in for ``model.decoder.blocks[i].cross_attn``: it computes nothing.
+    Calling it with scores ``qk`` f32[b, n_head, t, n_audio_ctx] returns ``(None, qk)``,
+    the shape of openai's ``MultiHeadAttention`` output, so forward hooks registered on
+    it (``find_alignment``'s) see ``outs[-1]`` = the scores."""
+
+    def forward(self, qk: torch.Tensor):
+        return None, qk
+
+
+class _Block:
+    """Stands in for ``model.decoder.blocks[i]``: ``cross_attn`` is a
+    :class:`CrossAttentionTap`; ``attn.key`` / ``attn.value`` are read (never run)
+    by the ``PyTorchInference`` that ``DecodingTask.__init__`` constructs."""
+
+    def __init__(self):
+        self.cross_attn = CrossAttentionTap()
+        self.attn = torch.nn.Module()
+        self.attn.key = self.attn.value = None
 
 
 class _NoTorchDecoder:
@@ -297,9 +354,12 @@ class _NoTorchDecoder:
     ``DecodingTask.__init__`` unconditionally constructs a ``PyTorchInference``
     which only reads ``model.decoder.blocks``; we replace that inference right
     after construction.  Any attempt to actually run a torch decoder is a bug.
+    ``blocks[i].cross_attn`` are the taps word timestamps hook (see
+    :meth:`WhisperAdapter.__call__`).
     """
 
-    blocks: Sequence[Any] = ()
+    def __init__(self, n_layer: int = 0):
+        self.blocks: Sequence[_Block] = tuple(_Block() for _ in range(n_layer))
 
     def __call__(self, *args, **kwargs):
         raise RuntimeError(
@@ -316,7 +376,7 @@ class WhisperAdapter:
         self.dims: ModelDimensions = backend.dims
         self.timings = timings if timings is not None else DecodeTimings()
         self.encoder = _BackendEncoder(self)
-        self.decoder = _NoTorchDecoder()
+        self.decoder = _NoTorchDecoder(self.dims.n_text_layer)
 
     # -- attributes openai-whisper reads ------------------------------------
     @property
@@ -332,8 +392,49 @@ class WhisperAdapter:
     def num_languages(self) -> int:
         return self.dims.n_vocab - 51765 - int(self.is_multilingual)
 
+    @property
+    def alignment_heads(self) -> torch.Tensor:
+        """The backend's alignment heads as openai's buffer: a sparse bool
+        ``[n_text_layer, n_text_head]`` tensor."""
+        heads = getattr(self.backend, "alignment_heads", None)
+        if heads is None:
+            raise AttributeError(f"backend {type(self.backend).__name__} has no alignment_heads: "
+                                 "word timestamps need them")
+        mask = torch.zeros(self.dims.n_text_layer, self.dims.n_text_head, dtype=torch.bool)
+        for layer, head in heads:
+            mask[layer, head] = True
+        return mask.to_sparse()
+
     def embed_audio(self, mel: torch.Tensor) -> torch.Tensor:
         return self.encoder(mel)
+
+    def __call__(self, mel: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """openai's ``Whisper.forward`` as ``find_alignment`` uses it: logits ``[b, t, vocab]``
+        of every position of ``tokens``, with the cross-attention taps
+        (``decoder.blocks[i].cross_attn``) called on scores ``f32[b, n_text_head, t,
+        n_audio_ctx]`` holding the alignment heads' (other heads NaN; a layer without
+        alignment heads gets an all-NaN view that allocates nothing). The audio features
+        are the backend encoder's, reused when ``mel`` is the window last encoded."""
+        if not hasattr(self.backend, "alignment"):
+            raise RuntimeError(f"backend {type(self.backend).__name__} has no alignment(): "
+                               "word timestamps need the cross-attention scores")
+        mel_np = _to_numpy_f32(mel)
+        toks = _to_numpy_i64(tokens)
+        features = _match_batch(self.encoder.features(mel_np, reuse=True), toks.shape[0])
+        logits, scores = _Timed(self.backend, self.timings).alignment(toks, features)
+        b, t = toks.shape
+        shape = (b, self.dims.n_text_head, t, features.shape[1])
+        nan = torch.full((), float("nan"))
+        for layer, block in enumerate(self.decoder.blocks):
+            mine = {h: s for (lay, h), s in scores.items() if lay == layer}
+            if not mine:
+                block.cross_attn(nan.expand(shape))
+                continue
+            qk = torch.full(shape, float("nan"))
+            for h, s in mine.items():
+                qk[:, h] = torch.from_numpy(np.asarray(s, dtype=np.float32).reshape(b, t, -1))
+            block.cross_attn(qk)
+        return torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
 
     def logits(self, tokens: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
         """Full-sequence logits ``[b, t, vocab]`` (used by language detection
@@ -401,12 +502,17 @@ def transcribe(
     ``fp16`` is forced to False.  ``verbose=False`` gives openai-whisper's tqdm
     progress bar over audio frames.
 
+    ``word_timestamps=True`` adds openai's ``words`` to every segment (with
+    ``prepend_punctuations`` / ``append_punctuations`` / ``hallucination_silence_threshold``
+    as there); the backend's ``alignment`` is its forced pass (see the module docstring).
+
     Returns openai-whisper's dict (``text``, ``segments``, ``language``) plus
     ``timings`` (see :class:`DecodeTimings`).
     """
     adapter = backend if isinstance(backend, WhisperAdapter) else WhisperAdapter(backend)
-    if decode_options.get("word_timestamps"):
-        raise ValueError("word_timestamps is not supported by the backend decoder")
+    if decode_options.get("word_timestamps") and not hasattr(adapter.backend, "alignment"):
+        raise ValueError(f"word_timestamps: backend {type(adapter.backend).__name__} has no alignment() "
+                         "(the alignment heads' cross-attention scores)")
 
     if isinstance(audio, (str, os.PathLike)):
         from models.audio import load_audio

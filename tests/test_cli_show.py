@@ -70,3 +70,16 @@ def test_python_dash_m(tmp_path):
 def test_list(capsys):
     assert main(["list"]) == 0
     assert capsys.readouterr().out.split() == ["whisper-tiny.en", "whisper-base", "llama-demo"]
+
+
+def test_show_exposed_attention_scores(capsys):
+    assert main(["show", "whisper-tiny.en", "--expose", "b1.cross:0", "--expose", "b2.cross:0,5",
+                 "--stage", "expose_attention"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "// ---- after expose_attention: full"
+    assert ("%scores.b2.cross = attention_scores %b2.cq, %b2.ck {heads=6, kv_heads=6, causal=false, "
+            "scale=0.125, select=[0, 5]} : f32[b, 2, s, 1500]") in out
+    assert "return logits=%logits, scores.b1.cross=%scores.b1.cross, scores.b2.cross=%scores.b2.cross" in out
+    assert main(["show", "llama-demo", "--expose", "b7.attn"]) == 1
+    assert "has no attention %b7.attn" in capsys.readouterr().err
+    assert main(["show", "llama-demo", "--expose", "b0.attn:x"]) == 2

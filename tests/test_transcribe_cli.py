@@ -259,3 +259,88 @@ def test_verbose_prints_timings(tmp_path, good, loader, capsys):
     for word in ("compile 0.25 s", "encode", "decode", "tokens/s"):
         assert word in last
     assert "2 calls" in last  # encode: one per file
+
+
+# --------------------------------------------------------------------------
+# Word timestamps and openai's writer options
+
+
+class AligningScriptedBackend(ScriptedBackend):
+    """``ScriptedBackend`` with a scripted forced pass: head (0, 0) attends frame ``12 * i``
+    from token ``i`` (a monotonic alignment), logits favour the scripted tokens."""
+
+    alignment_heads = ((0, 0),)
+
+    def alignment(self, tokens, audio_features):
+        self.calls.append(("alignment", tokens.shape))
+        b, t = tokens.shape
+        logits = np.zeros((b, t, self.dims.n_vocab), np.float32)
+        logits[:, np.arange(t - 1), tokens[:, 1:]] = 5.0
+        frames = np.arange(audio_features.shape[1])
+        scores = -((frames[None, :] - 12.0 * np.arange(t)[:, None]) ** 2) / 50.0
+        return logits, {(0, 0): np.broadcast_to(scores, (b, t, len(frames))).astype(np.float32)}
+
+
+WORD_ARGS = ["--word_timestamps", "True", "--highlight_words", "True", "--max_line_width", "8",
+             "--max_line_count", "1"]
+
+
+def test_word_options_write_what_openai_writers_write(tmp_path, good):
+    """The files equal openai's writers' output, with the same options, for the same result."""
+    from whisper.utils import get_writer
+
+    from models.whisper_decode import transcribe
+
+    loader = Loader()
+    loader.backend = AligningScriptedBackend()
+    out = tmp_path / "out"
+    assert main([good, "-o", str(out), *WORD_ARGS], load_backend=loader) == 0
+    assert [c for c in loader.backend.calls if c[0] == "alignment"] == [("alignment", (1, 6))]
+    result = transcribe(AligningScriptedBackend(), good, temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+                        word_timestamps=True)
+    words = [w["word"] for w in result["segments"][0]["words"]]
+    assert words == [" Hello", " world."]
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    get_writer("all", str(ref))(result, good, highlight_words=True, max_line_width=8, max_line_count=1,
+                                max_words_per_line=None)
+    for name in ("good.txt", "good.vtt", "good.srt", "good.tsv"):
+        assert (out / name).read_text() == (ref / name).read_text(), name
+    assert "<u>" in (out / "good.srt").read_text()
+    ours, theirs = json.loads((out / "good.json").read_text()), json.loads((ref / "good.json").read_text())
+    ours.pop("timings"), theirs.pop("timings")
+    assert ours == theirs and ours["segments"][0]["words"][0]["word"] == " Hello"
+
+
+@pytest.mark.parametrize("option,value", [("--highlight_words", "True"), ("--max_line_width", "40"),
+                                          ("--max_line_count", "2"), ("--max_words_per_line", "3")])
+def test_word_options_require_word_timestamps(tmp_path, good, loader, capsys, option, value):
+    rc = main([good, "-o", str(tmp_path), option, value], load_backend=loader)
+    _, err = _err_lines(capsys)
+    assert rc == 2 and err[-1].endswith(f"error: {option} requires --word_timestamps True")
+    assert loader.calls == []  # refused before loading a model
+
+
+def test_word_option_warnings_are_openais(tmp_path, good):
+    loader = Loader()
+    loader.backend = AligningScriptedBackend()
+    with pytest.warns(UserWarning, match="--max_line_count has no effect without --max_line_width"):
+        assert main([good, "-o", str(tmp_path), "--word_timestamps", "True", "--max_line_count", "2"],
+                    load_backend=loader) == 0
+    with pytest.warns(UserWarning, match="--max_words_per_line has no effect with --max_line_width"):
+        assert main([good, "-o", str(tmp_path), "--word_timestamps", "True", "--max_line_width", "9",
+                     "--max_words_per_line", "2"], load_backend=loader) == 0
+
+
+def test_punctuation_defaults_are_openais():
+    import inspect
+
+    import whisper.timing
+
+    from models.transcribe_cli import build_parser
+
+    args = build_parser().parse_args(["a.wav"])
+    defaults = inspect.signature(whisper.timing.add_word_timestamps).parameters
+    assert args.prepend_punctuations == defaults["prepend_punctuations"].default
+    assert args.append_punctuations == defaults["append_punctuations"].default
+    assert (args.word_timestamps, args.highlight_words, args.max_line_width) == (False, False, None)

@@ -105,6 +105,31 @@ class TorchBackend:
         return [c[0] for c in self.calls]
 
 
+class AligningTorchBackend(TorchBackend):
+    """``TorchBackend`` with word timestamps' ``alignment``: openai's own forced pass with
+    forward hooks on its cross-attention modules (what ``find_alignment`` does)."""
+
+    @property
+    def alignment_heads(self):
+        return [tuple(p) for p in self.model.alignment_heads.indices().T.tolist()]
+
+    @torch.no_grad()
+    def alignment(self, tokens, audio_features):
+        from whisper.model import disable_sdpa
+
+        self.calls.append(("alignment", tokens.copy()))
+        qks = {}
+        hooks = [b.cross_attn.register_forward_hook(lambda _, ins, outs, i=i: qks.__setitem__(i, outs[-1]))
+                 for i, b in enumerate(self.model.decoder.blocks)]
+        try:
+            with disable_sdpa():
+                logits = self.model.decoder(torch.from_numpy(tokens), torch.from_numpy(audio_features))
+        finally:
+            for h in hooks:
+                h.remove()
+        return logits.numpy(), {(l, h): qks[l][:, h].numpy() for l, h in self.alignment_heads}
+
+
 # --------------------------------------------------------------------------
 # Fixtures
 
@@ -354,7 +379,7 @@ def test_transcribe_fallback_matches_openai_and_timings(small_en, jfk):
 def test_transcribe_rejects_bad_input(small_en):
     with pytest.raises(ValueError):
         transcribe(TorchBackend(small_en), np.zeros((2, 16000), np.float32))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="backend TorchBackend has no alignment"):
         transcribe(TorchBackend(small_en), np.zeros(16000, np.float32), word_timestamps=True)
 
 
@@ -435,6 +460,52 @@ def test_tiny_en_beam_search(tiny_en, jfk):
     ours = transcribe(backend, jfk, **kw)
     assert_same_result(ours, ref)
     assert "reorder" in backend.kinds()
+
+
+# --------------------------------------------------------------------------
+# Word timestamps: openai's alignment code driven through the adapter
+
+
+def test_adapter_alignment_heads_and_taps(small_en, jfk_mel):
+    from models.whisper_decode import CrossAttentionTap
+
+    adapter = WhisperAdapter(AligningTorchBackend(small_en))
+    assert torch.equal(adapter.alignment_heads.to_dense(), small_en.alignment_heads.to_dense())
+    assert len(adapter.decoder.blocks) == small_en.dims.n_text_layer
+    assert all(isinstance(b.cross_attn, CrossAttentionTap) for b in adapter.decoder.blocks)
+    seen = {}
+    for i, b in enumerate(adapter.decoder.blocks):
+        b.cross_attn.register_forward_hook(lambda _, ins, outs, i=i: seen.__setitem__(i, outs[-1][0]))
+    tokens = torch.tensor([[50257, 50362, 440, 1029, 50256]])
+    logits = adapter(jfk_mel.unsqueeze(0), tokens)
+    ref = small_en(jfk_mel.unsqueeze(0), tokens)
+    assert torch.allclose(logits, ref, atol=1e-4)
+    assert sorted(seen) == list(range(small_en.dims.n_text_layer))
+    for layer, head in adapter.backend.alignment_heads:
+        assert seen[layer].shape == (2, 5, 1500) and torch.isfinite(seen[layer][head]).all()
+    assert torch.isnan(seen[0]).all()  # no alignment head in layer 0: a NaN view
+
+
+def test_word_timestamps_encode_once_per_window(small_en, jfk):
+    backend = AligningTorchBackend(small_en)
+    ours = transcribe(backend, jfk, temperature=0.0, language="en", sample_len=8, word_timestamps=True)
+    windows = len({s["seek"] for s in ours["segments"]})
+    # the forced pass reuses the features its window's decoding computed
+    assert backend.kinds().count("encode") == backend.kinds().count("alignment") == windows
+    t = ours["timings"]
+    assert t["align_calls"] == windows and t["align_s"] > 0 and t["align_tokens"] > 0
+
+
+def test_tiny_en_word_timestamps_match_openai(tiny_en, jfk):
+    from whisper_clips import assert_same_words
+
+    for kw in (dict(temperature=0.0), dict(temperature=0.0, prepend_punctuations="", append_punctuations="")):
+        ref = _ref(tiny_en, jfk, word_timestamps=True, **kw)
+        ours = transcribe(AligningTorchBackend(tiny_en), jfk, word_timestamps=True, **kw)
+        # openai re-encodes the window under disable_sdpa() (its encoder's other attention
+        # path: last-bit differences); the adapter reuses the decoding's features
+        assert_same_words(ours, ref, atol=1e-5)
+        assert [w["word"] for s in ours["segments"] for w in s["words"]][:3] == [" And", " so", " my"]
 
 
 def test_progress_bar(small_en, jfk, capsys):

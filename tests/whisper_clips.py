@@ -10,6 +10,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 JFK = ROOT / "examples" / "jfk.wav"
+#: recorded telephone prompts (8 kHz; credits in tests/data/speech/README.md)
+SPEECH = ROOT / "tests" / "data" / "speech"
+SPEECH_CLIPS = ("basic-pbx-ivr-main", "demo-nogo")
 SAMPLE_RATE = 16000
 JFK_TEXT = (
     "And so my fellow Americans ask not what your country can do for you "
@@ -67,3 +70,16 @@ def assert_same_result(ours: dict, ref: dict, *, atol: float = 1e-3) -> None:
             assert a[k] == b[k], (k, a, b)
         for k in FLOAT_SEGMENT_KEYS:
             assert math.isclose(a[k], b[k], rel_tol=0, abs_tol=atol), (k, a[k], b[k])
+
+
+def assert_same_words(ours: dict, ref: dict, *, atol: float = 1e-3) -> None:
+    """openai-whisper results with ``word_timestamps=True`` equal: :func:`assert_same_result`
+    (segment times are refined by the words), and every segment's words: the same text,
+    start and end (exact: 20 ms DTW steps rounded to 0.01 s), probability within ``atol``."""
+    assert_same_result(ours, ref, atol=atol)
+    for a, b in zip(ours["segments"], ref["segments"]):
+        assert [w["word"] for w in a["words"]] == [w["word"] for w in b["words"]], (a["text"], b["text"])
+        for wa, wb in zip(a["words"], b["words"]):
+            assert set(wa) == set(wb) == {"word", "start", "end", "probability"}
+            assert (wa["start"], wa["end"]) == (wb["start"], wb["end"]), (wa, wb)
+            assert math.isclose(wa["probability"], wb["probability"], rel_tol=0, abs_tol=atol), (wa, wb)

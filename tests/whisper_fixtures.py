@@ -30,20 +30,23 @@ def _checkpoint(name: str):
 
 @functools.lru_cache(maxsize=None)
 def _max_backend(name: str, kv_cache: bool):
+    from models.alignment_heads import load_alignment_heads
     from models.whisper import MaxWhisperBackend
 
     dims, weights = _checkpoint(name)
-    return MaxWhisperBackend(dims, weights, kv_cache=kv_cache)
+    return MaxWhisperBackend(dims, weights, kv_cache=kv_cache, alignment_heads=load_alignment_heads(name, dims))
 
 
 @functools.lru_cache(maxsize=None)
 def _torch_model(name: str):
     import torch
+    import whisper
     from whisper.model import Whisper
 
     dims, weights = _checkpoint(name)
     model = Whisper(dims)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    model.set_alignment_heads(whisper._ALIGNMENT_HEADS[name])  # as whisper.load_model(name) does
     return model.float().eval()
 
 

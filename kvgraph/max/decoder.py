@@ -20,9 +20,9 @@ from ..analysis import has_f16_linear, limits
 from ..decoder import DecoderState, WrittenRows, tokens_array, zeros
 from ..errors import InputError, KvgraphError
 from ..ir import Graph
-from ..names import BATCH, CONTEXT, LOGITS, SEQ, STEP_ARGS
-from ..passes import PassResult, default_pipeline, run_passes
-from .runtime import CompiledProgram, ProgramRequest, load_programs
+from ..names import BATCH, CONTEXT, LOGITS, SCORES_PREFIX, SEQ, STEP_ARGS
+from ..passes import ExposeAttention, PassResult, default_pipeline, run_passes
+from .runtime import CompiledProgram, ProgramRequest, load_program, load_programs
 
 log = logging.getLogger("kvgraph")
 
@@ -95,6 +95,19 @@ class CompiledDecoder:
             self._progs[name] = load_programs([self.request(name)])[0]
         return self._progs[name]
 
+    def exposed_program(self, which) -> CompiledProgram:
+        """The full-sequence program with the attention scores ``which`` asks for as extra
+        outputs (:class:`~kvgraph.passes.ExposeAttention`), compiled on first use: one MAX
+        program per distinct ``which`` (``{attention value name: heads or None}``)."""
+        which = ExposeAttention(which).which
+        name = "full+scores(" + "; ".join(f"{a}: {'all' if h is None else list(h)}" for a, h in which) + ")"
+        if name not in self._progs:
+            g = run_passes(self.full, [ExposeAttention(which)]).programs["full"]
+            log.info("compiling the full-sequence program with attention scores of %s", [a for a, _ in which])
+            self._progs[name] = load_program(g, self.weights, self.weights_mode, self.f16_weights,
+                                             few_dims=_BATCH_DIM)
+        return self._progs[name]
+
     @property
     def loaded(self) -> dict[str, CompiledProgram]:
         """The programs loaded so far, by name."""
@@ -132,6 +145,17 @@ class CompiledDecoder:
         prog = self.program("full")
         out = prog(self._check(tokens_array(tokens)), *self._context_args(prog, context))
         return out[0].to_numpy()
+
+    def logits_and_scores(self, tokens, context=None, *, which) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Full-sequence logits ``[b, t, vocab]`` and ``{attention name: scores}``: the
+        pre-softmax scores ``f32[b, heads chosen, t, keys]`` of the attentions and heads
+        ``which`` names (``{attention value name, e.g. "b0.cross": heads or None for all}``;
+        see :func:`~kvgraph.passes.expose.expose_attention`)."""
+        prog = self.exposed_program(which)
+        args = [self._check(tokens_array(tokens))] + self._context_args(prog, context)
+        got = dict(zip(prog.output_names, prog(*args)))
+        logits = got.pop(LOGITS).to_numpy()
+        return logits, {k[len(SCORES_PREFIX):]: v.to_numpy() for k, v in got.items()}
 
     def prefill(self, tokens, context=None) -> tuple[np.ndarray, DecoderState]:
         """Run the prompt: ``(logits [b, vocab] of the last position, state)``."""

@@ -53,6 +53,7 @@ __all__ = [
     "rope",
     "attention",
     "attention_few",
+    "attention_scores",
     "causal_allowed",
     "concat_seq",
     "conv1d",
@@ -377,6 +378,43 @@ def attention_few(
     v6 = ops.reshape(v, [b, 1, sk, KVH, 1, dh])
     out = ops.sum(p * v6, axis=2)  # [b, sq, 1, KVH, G, dh]
     return ops.reshape(out, [b, sq, hd])
+
+
+def attention_scores(
+    q: TensorValue,
+    k: TensorValue,
+    n_heads: int,
+    n_kv_heads: int,
+    causal: bool,
+    q_offset: TensorValue | None,
+    scale: float,
+    select: tuple[int, ...],
+) -> TensorValue:
+    """The pre-softmax scores of query heads ``select``: ``[b, len(select), sq, sk]``.
+
+    Same arguments as :func:`attention` (no ``v``); head ``select[n]`` reads KV head
+    ``select[n] // (H // KVH)``. Keys a causal mask hides are ``-inf`` (this result is
+    a graph output, never fused into a softmax here, so the ``MASK_FILL`` trap of
+    :func:`attention` does not apply; ``tests/test_max_kernels.py`` checks it).
+    """
+    H, KVH = n_heads, n_kv_heads
+    G, dh = _head_dims(q, k, k, H, KVH)
+    b, sq, _ = q.shape
+    sk = k.shape[1]
+    cpu = _cpu()
+    heads = np.asarray(select, dtype=np.int64)
+    qh = ops.transpose(ops.reshape(q, [b, sq, H, dh]), 1, 2)  # [b, H, sq, dh]
+    kh = ops.transpose(ops.reshape(k, [b, sk, KVH, dh]), 1, 2)  # [b, KVH, sk, dh]
+    if list(heads) != list(range(H)):
+        qh = ops.gather(qh, ops.constant(heads, I64, cpu), axis=1)
+    kv_of = heads // G
+    if list(kv_of) != list(range(KVH)):
+        kh = ops.gather(kh, ops.constant(kv_of, I64, cpu), axis=1)
+    scores = ops.matmul(qh, ops.transpose(kh, -1, -2)) * scale  # [b, n, sq, sk]
+    if causal:
+        allowed = causal_allowed(sq, sk, q_offset)  # [sq, sk]
+        scores = ops.where(allowed, scores, ops.constant(-np.inf, scores.dtype, cpu))
+    return scores
 
 
 # --------------------------------------------------------------------------- #

@@ -159,6 +159,11 @@ def _rule_attention(op, env, ctx):
               op.kv_heads, op.causal, _arg(ctx, env, op.q_offset), op.scale)
 
 
+def _rule_attention_scores(op, env, ctx):
+    return K.attention_scores(_arg(ctx, env, op.q), _arg(ctx, env, op.k), op.heads, op.kv_heads, op.causal,
+                              _arg(ctx, env, op.q_offset), op.scale, op.select)
+
+
 def _rows(op, env):
     """(start, end) int64 scalars of the rows ``[past, past+s)`` a cache op addresses."""
     start = env[op.past] if op.past is not None else ops.constant(np.int64(0), DType.int64, DeviceRef.CPU())
@@ -207,6 +212,7 @@ RULES: dict[type, Callable] = {
     ir.Gelu: lambda op, env, ctx: K.gelu(env[op.x]),
     ir.Silu: lambda op, env, ctx: K.silu(env[op.x]),
     ir.Attention: _rule_attention,
+    ir.AttentionScores: _rule_attention_scores,
     ir.Concat: lambda op, env, ctx: ops.concat([env[op.a], env[op.b]], axis=op.axis),
     ir.CacheStore: _rule_cache_store,
     ir.CacheView: _rule_cache_view,

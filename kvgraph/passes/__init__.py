@@ -1,5 +1,6 @@
 """Rewrite passes over kvgraph programs. Each pass is a frozen value with ``apply``."""
 from .dce import DCE
+from .expose import ExposeAttention
 from .hoist import HoistInvariant
 from .kv_cache import KVCache
 from .manager import Pass, PassResult, Programs, Stage, run_passes
@@ -16,5 +17,5 @@ def default_pipeline(cache_layout: str = "concat", capacity=None):
     return [KVCache(cache_layout, capacity=capacity)] + list(DEFAULT_PASSES[1:])
 
 
-__all__ = ["DCE", "DEFAULT_PASSES", "HoistInvariant", "KVCache", "Pass", "PassResult",
+__all__ = ["DCE", "DEFAULT_PASSES", "ExposeAttention", "HoistInvariant", "KVCache", "Pass", "PassResult",
            "Programs", "SinkTakeLast", "Stage", "default_pipeline", "run_passes"]
