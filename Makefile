@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast show bench clean
+.PHONY: run test test-fast lint format show bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,8 +15,17 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/kvgraph transcribe examples/jfk.wav --verbose --output-dir out
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q -ra
+
+# one lint and format standard (ruff, configured in pyproject.toml); `make format` applies it
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not max and not slow"

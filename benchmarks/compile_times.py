@@ -8,6 +8,7 @@ by one (``kvgraph.max.runtime.COMPILE_TOGETHER = False``); "together" as one Mod
 default). "store" is a second child reading the "together" child's store (no compile); "maxcache"
 a second child with the store off that hits only MAX's own cache. Writes JSON (default
 benchmarks/results/compile_times.json). Takes many minutes: run on demand."""
+
 from __future__ import annotations
 
 import argparse
@@ -40,10 +41,16 @@ def run_child(model: str, home: str, store: str, together: bool) -> dict:
     env.pop("XDG_CACHE_HOME", None)
     root = Path(__file__).resolve().parents[1]
     with Probe() as p:
-        r = subprocess.run([sys.executable, "-c", CHILD.format(model=model, together=together)], cwd=root,
-                           env=env, capture_output=True, text=True, check=True)
+        r = subprocess.run(
+            [sys.executable, "-c", CHILD.format(model=model, together=together)],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     line = next(x for x in r.stdout.splitlines() if x.startswith("RESULT "))
-    out = json.loads(line[len("RESULT "):])
+    out = json.loads(line[len("RESULT ") :])
     out["other_cores_busy"] = round(p.other_cores, 2)
     return out
 

@@ -1,4 +1,5 @@
 """Measure only while the machine is quiet: other processes' CPU time from /proc/stat."""
+
 from __future__ import annotations
 
 import os
@@ -51,8 +52,12 @@ def machine() -> dict:
             cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
 
 
 def measure_interleaved(fns: dict, reps: int, calls: int = 1, threshold: float = 0.3, warmup: int = 0):
@@ -68,7 +73,7 @@ def measure_interleaved(fns: dict, reps: int, calls: int = 1, threshold: float =
     discarded = {k: 0 for k in fns}
     names = list(fns)
     for rep in range(reps):
-        for k in names[rep % len(names):] + names[:rep % len(names)]:
+        for k in names[rep % len(names) :] + names[: rep % len(names)]:
             f = fns[k]
             while True:
                 wait_quiet()

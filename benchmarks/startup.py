@@ -6,6 +6,7 @@ fp32, when installed) on the same clip and the same tiny.en weights.
 Engines are interleaved per repetition (median of --reps); peak resident memory is the
 child's own ``ru_maxrss`` (``os.wait4``). Writes JSON (default
 benchmarks/results/startup.json)."""
+
 from __future__ import annotations
 
 import argparse
@@ -67,6 +68,7 @@ def main(argv=None) -> int:
     }
     try:
         import faster_whisper  # noqa: F401
+
         engines["faster_whisper_int8"] = [py, "-c", FASTER, args.audio, "int8"]
         engines["faster_whisper_fp32"] = [py, "-c", FASTER, args.audio, "float32"]
     except ImportError:
@@ -79,13 +81,20 @@ def main(argv=None) -> int:
             with Probe() as p:
                 runs[k].append(_run(cmd))
             busy.append(p.other_cores)
-    report = {"machine": machine(), "audio": os.path.relpath(args.audio, ROOT), "reps": args.reps,
-              "other_cores_busy_mean": round(statistics.mean(busy), 2), "engines": {}}
+    report = {
+        "machine": machine(),
+        "audio": os.path.relpath(args.audio, ROOT),
+        "reps": args.reps,
+        "other_cores_busy_mean": round(statistics.mean(busy), 2),
+        "engines": {},
+    }
     for k, rs in runs.items():
-        report["engines"][k] = {"wall_s_median": statistics.median(r["wall_s"] for r in rs),
-                                "wall_s": [round(r["wall_s"], 3) for r in rs],
-                                "peak_rss_mb_max": max(r["peak_rss_mb"] for r in rs),
-                                "text": rs[0]["text"]}
+        report["engines"][k] = {
+            "wall_s_median": statistics.median(r["wall_s"] for r in rs),
+            "wall_s": [round(r["wall_s"], 3) for r in rs],
+            "peak_rss_mb_max": max(r["peak_rss_mb"] for r in rs),
+            "text": rs[0]["text"],
+        }
         print(k, report["engines"][k]["wall_s_median"], report["engines"][k]["peak_rss_mb_max"], flush=True)
     write_json(report, args.out)
     return 0

@@ -9,6 +9,7 @@ place (capacity 448, Whisper's text context). ``--compare-concat`` adds
 (``cache_layout="concat"``). ``--compare-f32`` adds ``kvgraph_cached_f32``: the default
 cached step with ``f16_weights=False`` (every weight read as float32), to show what the
 float16 copies of an fp16 checkpoint's weights save."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,13 +31,21 @@ def main(argv=None) -> int:
     ap.add_argument("--positions", default="10,100,220")
     ap.add_argument("--reps", type=int, default=7, help="quiet repetitions per engine and position (>= 5)")
     ap.add_argument("--calls", type=int, default=5, help="step calls averaged inside one repetition")
-    ap.add_argument("--warmup", type=int, default=1,
-                    help="untimed calls before each repetition (steps of one engine run back to back "
-                         "when decoding; the engine timed before evicted the CPU caches)")
-    ap.add_argument("--compare-concat", action="store_true",
-                    help="also time the cached step with the functional concat cache")
-    ap.add_argument("--compare-f32", action="store_true",
-                    help="also time the cached step with f16_weights=False")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed calls before each repetition (steps of one engine run back to back "
+        "when decoding; the engine timed before evicted the CPU caches)",
+    )
+    ap.add_argument(
+        "--compare-concat",
+        action="store_true",
+        help="also time the cached step with the functional concat cache",
+    )
+    ap.add_argument(
+        "--compare-f32", action="store_true", help="also time the cached step with f16_weights=False"
+    )
     ap.add_argument("--no-full", action="store_true", help="skip the kv_cache=False engine")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "step_latency.json"))
     args = ap.parse_args(argv)
@@ -72,12 +81,13 @@ def main(argv=None) -> int:
             cache.clear()
             tm.decoder(torch.from_numpy(toks[:, :P]), xa_t, kv_cache=cache)
         base = dict(cache)
-        new = toks[:, P:P + 1]
+        new = toks[:, P : P + 1]
         new_t = torch.from_numpy(new)
 
         def torch_step():
             with torch.no_grad():
                 return tm.decoder(new_t, xa_t, kv_cache=dict(base))
+
         fns = {"kvgraph_cached": lambda: cached.step(new, st)}
         # (each call of the default step writes row P in place; the state, past=P, stays valid)
         if concat is not None:
@@ -101,13 +111,18 @@ def main(argv=None) -> int:
             f()  # warm-up
         times, discarded = measure_interleaved(fns, args.reps, args.calls, warmup=args.warmup)
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-        results[P] = {"median_ms": med, "runs": {k: len(v) for k, v in times.items()},
-                      "discarded": discarded,
-                      "ratio_cached_vs_openai": med["kvgraph_cached"] / med["openai_whisper_torch"]}
+        results[P] = {
+            "median_ms": med,
+            "runs": {k: len(v) for k, v in times.items()},
+            "discarded": discarded,
+            "ratio_cached_vs_openai": med["kvgraph_cached"] / med["openai_whisper_torch"],
+        }
         if "kvgraph_no_cache" in med:
             results[P]["speedup_cached_vs_no_cache"] = med["kvgraph_no_cache"] / med["kvgraph_cached"]
         if "kvgraph_cached_concat" in med:
-            results[P]["speedup_concat_vs_no_cache"] = med.get("kvgraph_no_cache", float("nan")) / med["kvgraph_cached_concat"]
+            results[P]["speedup_concat_vs_no_cache"] = (
+                med.get("kvgraph_no_cache", float("nan")) / med["kvgraph_cached_concat"]
+            )
         if "kvgraph_cached_f32" in med:
             results[P]["ratio_cached_vs_f32_weights"] = med["kvgraph_cached"] / med["kvgraph_cached_f32"]
         if "kvgraph_cached_concat" in med:
@@ -115,9 +130,16 @@ def main(argv=None) -> int:
         print(f"position {P}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in med.items()), flush=True)
     for h in hooks:
         h.remove()
-    report = {"machine": machine(), "model": args.model, "compile_s": compile_s, "layout": "buffer (default)",
-              "reps": args.reps, "calls": args.calls, "warmup": args.warmup,
-              "positions": results}
+    report = {
+        "machine": machine(),
+        "model": args.model,
+        "compile_s": compile_s,
+        "layout": "buffer (default)",
+        "reps": args.reps,
+        "calls": args.calls,
+        "warmup": args.warmup,
+        "positions": results,
+    }
     write_json(report, args.out)
     return 0
 

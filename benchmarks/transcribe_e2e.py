@@ -4,6 +4,7 @@ vs faster-whisper (CTranslate2), tiny.en fp32, greedy, the same decoded audio fo
 Interleaved in one process, median of quiet repetitions; JSON out (default
 benchmarks/results/transcribe_e2e.json). faster-whisper is optional (`pip install
 faster-whisper`); it reads the same CTranslate2 model directory that kvgraph parses."""
+
 from __future__ import annotations
 
 import argparse
@@ -53,21 +54,33 @@ def main(argv=None) -> int:
     }
     try:
         from faster_whisper import WhisperModel
-        fw = WhisperModel(str(resolve_source("tiny.en")["parts"][0].parent), device="cpu", compute_type="float32",
-                          cpu_threads=os.cpu_count() or 1)
+
+        fw = WhisperModel(
+            str(resolve_source("tiny.en")["parts"][0].parent),
+            device="cpu",
+            compute_type="float32",
+            cpu_threads=os.cpu_count() or 1,
+        )
         engines["faster_whisper_ct2"] = lambda a: "".join(
-            s.text for s in fw.transcribe(a, beam_size=1, temperature=0.0, vad_filter=False)[0])
+            s.text for s in fw.transcribe(a, beam_size=1, temperature=0.0, vad_filter=False)[0]
+        )
     except ImportError:
         print("faster-whisper not installed: skipped", file=sys.stderr)
 
     results = {}
     for cname, audio in clips.items():
         texts = {k: f(audio) for k, f in engines.items()}  # warm-up, and the outputs
-        times, discarded = measure_interleaved({k: (lambda f=f: f(audio)) for k, f in engines.items()}, args.reps)
+        times, discarded = measure_interleaved(
+            {k: (lambda f=f: f(audio)) for k, f in engines.items()}, args.reps
+        )
         med = {k: statistics.median(v) for k, v in times.items()}
-        results[cname] = {"seconds": len(audio) / 16000, "median_s": med, "discarded": discarded,
-                          "texts": texts,
-                          "speedup_vs": {k: med[k] / med["kvgraph_max"] for k in med if k != "kvgraph_max"}}
+        results[cname] = {
+            "seconds": len(audio) / 16000,
+            "median_s": med,
+            "discarded": discarded,
+            "texts": texts,
+            "speedup_vs": {k: med[k] / med["kvgraph_max"] for k in med if k != "kvgraph_max"},
+        }
         print(cname, {k: round(v, 3) for k, v in med.items()}, flush=True)
     report = {"machine": machine(), "model": "tiny.en fp32 greedy", "clips": results}
     write_json(report, args.out)

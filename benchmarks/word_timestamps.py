@@ -11,6 +11,7 @@ engines then run the same openai code (median filter, DTW, punctuation merging).
 
     python benchmarks/word_timestamps.py [--reps 5] [--out benchmarks/results/word_timestamps.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,6 +52,7 @@ def _engine(name: str):
     if name == "kvgraph":
         backend = mw.load_backend("tiny.en")
         from models.whisper_decode import transcribe
+
         return lambda a, w: transcribe(backend, a, temperature=0.0, word_timestamps=w)
     torch.set_num_threads(os.cpu_count() or 1)
     tm = whisper.model.Whisper(dims)
@@ -69,12 +71,19 @@ def run_engine(name: str, reps: int) -> dict:
         first_s = time.perf_counter() - t0
         run(audio, False)
         windows = len({s["seek"] for s in first["segments"]})
-        times, discarded = measure_interleaved({"plain": lambda: run(audio, False),
-                                                "words": lambda: run(audio, True)}, reps)
+        times, discarded = measure_interleaved(
+            {"plain": lambda: run(audio, False), "words": lambda: run(audio, True)}, reps
+        )
         med = {k: statistics.median(v) for k, v in times.items()}
-        row = {"seconds": len(audio) / 16000, "windows": windows, "median_s": med, "discarded": discarded,
-               "added_per_window_s": (med["words"] - med["plain"]) / windows, "first_words_call_s": first_s,
-               "words": [(w["word"], w["start"], w["end"]) for s in first["segments"] for w in s["words"]]}
+        row = {
+            "seconds": len(audio) / 16000,
+            "windows": windows,
+            "median_s": med,
+            "discarded": discarded,
+            "added_per_window_s": (med["words"] - med["plain"]) / windows,
+            "first_words_call_s": first_s,
+            "words": [(w["word"], w["start"], w["end"]) for s in first["segments"] for w in s["words"]],
+        }
         if "timings" in first:
             res = run(audio, True)
             row["align_pass_per_window_s"] = res["timings"]["align_s"] / res["timings"]["align_calls"]
@@ -94,7 +103,9 @@ def _lscpu_model() -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--engine", choices=["kvgraph", "openai"], help="(internal) run one engine, JSON on stdout")
+    ap.add_argument(
+        "--engine", choices=["kvgraph", "openai"], help="(internal) run one engine, JSON on stdout"
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "word_timestamps.json"))
     args = ap.parse_args(argv)
     if args.engine:
@@ -103,18 +114,35 @@ def main(argv=None) -> int:
     load0 = os.getloadavg()
     engines = {}
     for name in ("kvgraph", "openai"):
-        r = subprocess.run([sys.executable, __file__, "--engine", name, "--reps", str(args.reps)],
-                           stdout=subprocess.PIPE, check=True, cwd=ROOT, text=True)
+        r = subprocess.run(
+            [sys.executable, __file__, "--engine", name, "--reps", str(args.reps)],
+            stdout=subprocess.PIPE,
+            check=True,
+            cwd=ROOT,
+            text=True,
+        )
         engines[name] = json.loads(r.stdout.strip().splitlines()[-1])
-    summary = {c: {"kvgraph_added_per_window_s": engines["kvgraph"][c]["added_per_window_s"],
-                   "openai_added_per_window_s": engines["openai"][c]["added_per_window_s"],
-                   "same_words": engines["kvgraph"][c]["words"] == engines["openai"][c]["words"]}
-               for c in engines["kvgraph"]}
-    report = {"machine": {"cpu": _lscpu_model(), "cores": os.cpu_count(),
-                          "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                          "loadavg_before": load0, "loadavg_after": os.getloadavg()},
-              "model": "tiny.en fp32 greedy (temperature 0)", "reps": args.reps,
-              "summary": summary, "engines": engines}
+    summary = {
+        c: {
+            "kvgraph_added_per_window_s": engines["kvgraph"][c]["added_per_window_s"],
+            "openai_added_per_window_s": engines["openai"][c]["added_per_window_s"],
+            "same_words": engines["kvgraph"][c]["words"] == engines["openai"][c]["words"],
+        }
+        for c in engines["kvgraph"]
+    }
+    report = {
+        "machine": {
+            "cpu": _lscpu_model(),
+            "cores": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "loadavg_before": load0,
+            "loadavg_after": os.getloadavg(),
+        },
+        "model": "tiny.en fp32 greedy (temperature 0)",
+        "reps": args.reps,
+        "summary": summary,
+        "engines": engines,
+    }
     write_json(report, args.out)
     print(json.dumps(summary, indent=1))
     return 0

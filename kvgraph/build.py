@@ -1,4 +1,5 @@
 """``build(spec)``: the full-sequence (no cache) decoder graph, logits ``f32[b, s, vocab]``."""
+
 from __future__ import annotations
 
 from . import ir
@@ -19,8 +20,16 @@ def _norm(g: GraphBuilder, spec: DecoderSpec, base: str, x: Value, hint: str) ->
     return g.add(ir.RMSNorm(x, w, spec.eps), hint)
 
 
-def _linear(g: GraphBuilder, spec: DecoderSpec, base: str, x: Value, out_dim: int, in_dim: int,
-            hint: str, is_key: bool = False) -> Value:
+def _linear(
+    g: GraphBuilder,
+    spec: DecoderSpec,
+    base: str,
+    x: Value,
+    out_dim: int,
+    in_dim: int,
+    hint: str,
+    is_key: bool = False,
+) -> Value:
     wn, bn = spec.names().linear(base, out_dim, in_dim, is_key)
     w = g.weight(wn, (out_dim, in_dim))
     b = g.weight(bn, (out_dim,)) if bn else None

@@ -10,34 +10,45 @@
   forwarded untouched to the plugin's function. With no plugin providing ``COMMAND``, one line
   on stderr says so (exit status 2).
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 PROG = "kvgraph"
 
 
 def _parser() -> argparse.ArgumentParser:
     from . import plugins, specs
-    p = argparse.ArgumentParser(prog=PROG, description="Declare transformer decoders, rewrite them "
-                                "for KV caching, run them on MAX.")
+
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Declare transformer decoders, rewrite them for KV caching, run them on MAX."
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    show = sub.add_parser("show", help="print the IR after every pass of the default pipeline",
-                          description="Print the IR of a built-in spec after every stage of the "
-                                      "default pipeline (build, kv_cache, hoist_invariant, "
-                                      "sink_take_last, dce).")
+    show = sub.add_parser(
+        "show",
+        help="print the IR after every pass of the default pipeline",
+        description="Print the IR of a built-in spec after every stage of the "
+        "default pipeline (build, kv_cache, hoist_invariant, "
+        "sink_take_last, dce).",
+    )
     show.add_argument("spec", metavar="SPEC", help=f"a built-in spec: {', '.join(specs.BUILTIN)}")
     show.add_argument("--stage", metavar="NAME", help="show only this stage (a pass name, or 'build')")
-    show.add_argument("--program", choices=("full", "prefill", "step"),
-                      help="show only this program of each stage")
+    show.add_argument(
+        "--program", choices=("full", "prefill", "step"), help="show only this program of each stage"
+    )
     show.add_argument("--weights", action="store_true", help="list every parameter's type too")
-    show.add_argument("--expose", metavar="ATTN[:H,H]", action="append",
-                      help="instead of the default pipeline, run ExposeAttention: attention ATTN's scores "
-                           "(query heads H..., default all) as an output; repeatable (e.g. b1.cross:0)")
+    show.add_argument(
+        "--expose",
+        metavar="ATTN[:H,H]",
+        action="append",
+        help="instead of the default pipeline, run ExposeAttention: attention ATTN's scores "
+        "(query heads H..., default all) as an output; repeatable (e.g. b1.cross:0)",
+    )
     sub.add_parser("list", help="list the built-in specs")
     for cmd in plugins.REGISTRY.commands().values():  # listed in --help; main() runs them
         sub.add_parser(cmd.name, help=cmd.help, add_help=False)
@@ -53,6 +64,7 @@ def _show(args) -> int:
     from . import build, passes, run_passes, specs
     from .errors import KvgraphError
     from .printer import format_graph
+
     try:
         spec = specs.get(args.spec)
     except ValueError as e:
@@ -91,6 +103,7 @@ def _show(args) -> int:
 
 def _plugin_command(name: str, argv: list[str]) -> int:
     from .plugins import CORE_COMMANDS, GROUP, REGISTRY
+
     commands = REGISTRY.commands()
     if name not in commands:
         known = ", ".join([*CORE_COMMANDS, *commands])
@@ -100,8 +113,9 @@ def _plugin_command(name: str, argv: list[str]) -> int:
     return rc if isinstance(rc, int) else 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from .plugins import CORE_COMMANDS
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-") and argv[0] not in CORE_COMMANDS:
         return _plugin_command(argv[0], argv[1:])
@@ -115,6 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _show(args)
         if args.command == "list":
             from . import specs
+
             print("\n".join(specs.BUILTIN))
             return 0
     except BrokenPipeError:  # `kvgraph show ... | head`: stop quietly (Python docs' recipe)

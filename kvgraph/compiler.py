@@ -2,9 +2,10 @@
 pipeline (the cache layout and its capacity) and hands the graph to
 :class:`kvgraph.max.decoder.CompiledDecoder`, the first point that imports MAX.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from .analysis import limits
 from .build import build
@@ -17,10 +18,19 @@ if TYPE_CHECKING:
     from .max.decoder import CompiledDecoder
 
 
-def compile(spec_or_graph, weights: dict, *, kv_cache: bool = True, device: str = "cpu",
-            passes=None, eager: bool = True, weights_mode: str = "registry",
-            cache_layout: str = "auto", capacity: Optional[int] = None,
-            f16_weights: bool = True) -> "CompiledDecoder":
+def compile(
+    spec_or_graph,
+    weights: dict,
+    *,
+    kv_cache: bool = True,
+    device: str = "cpu",
+    passes=None,
+    eager: bool = True,
+    weights_mode: str = "registry",
+    cache_layout: str = "auto",
+    capacity: int | None = None,
+    f16_weights: bool = True,
+) -> CompiledDecoder:
     """Compile a decoder spec (or a full-sequence graph from ``kvgraph.build``) for MAX.
 
     ``weights_mode``: ``"registry"`` binds weights at load (one compile serves any weights
@@ -56,10 +66,20 @@ def compile(spec_or_graph, weights: dict, *, kv_cache: bool = True, device: str 
         if capacity is None and isinstance(spec_or_graph, DecoderSpec):
             capacity = spec_or_graph.max_seq_len
         if capacity is None and cache_layout == "buffer":
-            raise InputError(f"cache_layout='buffer': graph {g.name} has no learned-position limit; "
-                             "pass capacity=<max rows the cache holds>")
+            raise InputError(
+                f"cache_layout='buffer': graph {g.name} has no learned-position limit; "
+                "pass capacity=<max rows the cache holds>"
+            )
         if capacity is not None:
             passes = default_pipeline("buffer", capacity)
     from .max.decoder import CompiledDecoder  # imports MAX
-    return CompiledDecoder(g, weights, kv_cache=kv_cache, passes=passes, eager=eager,
-                           weights_mode=weights_mode, f16_weights=f16_weights)
+
+    return CompiledDecoder(
+        g,
+        weights,
+        kv_cache=kv_cache,
+        passes=passes,
+        eager=eager,
+        weights_mode=weights_mode,
+        f16_weights=f16_weights,
+    )

@@ -12,6 +12,7 @@ Data movement (``concat``, ``cache_store``, ``cache_view``, ``take_last``, ``tra
 counts zero. Causal masking is ignored: an attention is charged for every (query, key) pair,
 as a dense kernel computes them. One rule per op class (``RULES``).
 """
+
 from __future__ import annotations
 
 import math
@@ -108,8 +109,9 @@ def node_flops(graph: Graph, dims: dict[str, int]) -> list[tuple[str, str, int]]
         try:
             kind, f = _node_flops(n, dims)
         except KeyError as e:
-            raise InputError(f"cost: dim {e.args[0]!r} of %{n.out.name} ({n.out.type}) is not bound; "
-                             f"given {sorted(dims)}") from None
+            raise InputError(
+                f"cost: dim {e.args[0]!r} of %{n.out.name} ({n.out.type}) is not bound; given {sorted(dims)}"
+            ) from None
         out.append((n.out.name, kind, f))
     return out
 
@@ -125,5 +127,9 @@ def flops(graph: Graph, dims: dict[str, int]) -> dict:
     for n, (_, kind, f) in zip(graph.nodes, node_flops(graph, dims)):
         totals[kind] += f
         by_op[n.op.NAME] = by_op.get(n.op.NAME, 0) + f
-    return {DENSE: totals[DENSE], ATTENTION: totals[ATTENTION],
-            "total": totals[DENSE] + totals[ATTENTION], "by_op": by_op}
+    return {
+        DENSE: totals[DENSE],
+        ATTENTION: totals[ATTENTION],
+        "total": totals[DENSE] + totals[ATTENTION],
+        "by_op": by_op,
+    }

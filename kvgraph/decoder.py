@@ -7,9 +7,10 @@ State names follow :mod:`kvgraph.names`: every step input other than ``tokens`` 
 ``past`` is state (``cache.*``, ``hoisted.*``), held in ``DecoderState.buffers`` (NumPy
 arrays for the reference, MAX ``Buffer`` s on MAX).
 """
+
 from __future__ import annotations
 
-from typing import Optional, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import attrs
 import numpy as np
@@ -39,11 +40,12 @@ class WrittenRows:
                 f"step: this state (past={past}) is stale: rows {bad[0]}..{bad[-1]} of its in-place "
                 "KV cache were overwritten by a later step from an earlier state. Buffer caches are "
                 "written in place; copy a state with reorder(state, range(batch)) before stepping "
-                "two branches from it")
+                "two branches from it"
+            )
 
     def write(self, past: int, n: int) -> int:
         self.last += 1
-        self.row_write[past:past + n] = self.last
+        self.row_write[past : past + n] = self.last
         return self.last
 
 
@@ -54,10 +56,10 @@ class DecoderState:
     past: int
     batch: int
     buffers: dict = attrs.field(factory=dict)  # state name -> array (NumPy) or Buffer (MAX)
-    tokens: Optional[np.ndarray] = None      # only for the cache-off fallback
-    context: object = None                   # only for the cache-off fallback
-    rows: Optional[WrittenRows] = None       # only for in-place (buffer) caches on MAX
-    made_by: int = 1                         # the write of ``rows`` that made this state
+    tokens: np.ndarray | None = None  # only for the cache-off fallback
+    context: object = None  # only for the cache-off fallback
+    rows: WrittenRows | None = None  # only for in-place (buffer) caches on MAX
+    made_by: int = 1  # the write of ``rows`` that made this state
 
     def numpy(self) -> dict[str, np.ndarray]:
         """The state as host arrays."""
@@ -96,5 +98,7 @@ def zeros(v: ir.Value, batch: int, dtype=np.float32) -> np.ndarray:
     batch dim bound to ``batch``; f32 inputs get ``dtype``, i64 ones int64."""
     shape = [batch if str(d) == BATCH else d for d in v.type.shape]
     if not all(isinstance(d, int) for d in shape):
-        raise KvgraphError(f"cannot allocate input %{v.name}: {v.type} has a dim other than the batch {BATCH}")
+        raise KvgraphError(
+            f"cannot allocate input %{v.name}: {v.type} has a dim other than the batch {BATCH}"
+        )
     return np.zeros(shape, dtype=dtype if v.type.dtype == "f32" else np.int64)

@@ -15,10 +15,12 @@ Op classes carry two facts the passes read instead of knowing op names:
   ``i`` of the sequence operands, so the op commutes with dropping or appending rows.
 - ``OPERANDS``: the fields that hold values; the rest are attributes.
 """
+
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Iterator, Optional
+from collections.abc import Iterator
+from typing import ClassVar
 
 import attrs
 
@@ -81,13 +83,17 @@ class Op:
         return tuple(v for f in self.OPERANDS if (v := getattr(self, f)) is not None)
 
     def attributes(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in attrs.fields(type(self))
-                if f.name not in self.OPERANDS}
+        return {
+            f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.name not in self.OPERANDS
+        }
 
-    def replace_operands(self, mapping: dict) -> "Op":
+    def replace_operands(self, mapping: dict) -> Op:
         """A copy with every operand ``v`` replaced by ``mapping.get(v, v)``."""
-        changes = {f: mapping.get(getattr(self, f), getattr(self, f))
-                   for f in self.OPERANDS if getattr(self, f) is not None}
+        changes = {
+            f: mapping.get(getattr(self, f), getattr(self, f))
+            for f in self.OPERANDS
+            if getattr(self, f) is not None
+        }
         return attrs.evolve(self, **changes)
 
     def infer_type(self) -> TensorType:  # pragma: no cover - every op overrides
@@ -124,6 +130,7 @@ def missing_rules(table, ops=None) -> list[str]:
 
 # --------------------------------------------------------------------------- ops
 
+
 @op("embed", ("tokens", "table"), positionwise=True)
 class Embed(Op):
     """``table[tokens]``: tokens i64[b, s], table f32[V, d] -> f32[b, s, d]."""
@@ -147,7 +154,7 @@ class Positions(Op):
     """
 
     tokens: Value
-    offset: Optional[Value] = None
+    offset: Value | None = None
 
     def infer_type(self):
         t = _t(self.tokens)
@@ -200,10 +207,14 @@ class Rope(Op):
     def infer_type(self):
         x, p = _t(self.x), _t(self.positions)
         _need(x.rank == 3, f"rope: x must be f32[b, s, h*hd], got {x}")
-        _need(p.dtype == "i64" and p.rank == 1 and p.shape[0] == x.shape[1],
-              f"rope: positions must be i64[{x.shape[1]}], got {p}")
-        _need(isinstance(x.shape[2], int) and x.shape[2] % (2 * self.heads) == 0,
-              f"rope: width {x.shape[2]} is not heads={self.heads} times an even head size")
+        _need(
+            p.dtype == "i64" and p.rank == 1 and p.shape[0] == x.shape[1],
+            f"rope: positions must be i64[{x.shape[1]}], got {p}",
+        )
+        _need(
+            isinstance(x.shape[2], int) and x.shape[2] % (2 * self.heads) == 0,
+            f"rope: width {x.shape[2]} is not heads={self.heads} times an even head size",
+        )
         return x
 
 
@@ -239,14 +250,17 @@ class Linear(Op):
 
     x: Value
     w: Value
-    bias: Optional[Value] = None
+    bias: Value | None = None
 
     def infer_type(self):
         x, w = _t(self.x), _t(self.w)
         _need(w.rank == 2, f"linear: weight must be f32[out, in], got {w}")
         _need(x.shape[-1] == w.shape[1], f"linear: input width {x.shape[-1]} != weight in-dim {w.shape[1]}")
         if self.bias is not None:
-            _need(_t(self.bias).shape == (w.shape[0],), f"linear: bias must be f32[{w.shape[0]}], got {_t(self.bias)}")
+            _need(
+                _t(self.bias).shape == (w.shape[0],),
+                f"linear: bias must be f32[{w.shape[0]}], got {_t(self.bias)}",
+            )
         return f32(*x.shape[:-1], w.shape[0])
 
 
@@ -262,7 +276,10 @@ class LayerNorm(Op):
     def infer_type(self):
         x = _t(self.x)
         for p in (self.weight, self.bias):
-            _need(_t(p).shape == (x.shape[-1],), f"layer_norm: parameter {_t(p)} does not match width {x.shape[-1]}")
+            _need(
+                _t(p).shape == (x.shape[-1],),
+                f"layer_norm: parameter {_t(p)} does not match width {x.shape[-1]}",
+            )
         return x
 
 
@@ -276,7 +293,10 @@ class RMSNorm(Op):
 
     def infer_type(self):
         x = _t(self.x)
-        _need(_t(self.weight).shape == (x.shape[-1],), f"rms_norm: weight {_t(self.weight)} does not match width {x.shape[-1]}")
+        _need(
+            _t(self.weight).shape == (x.shape[-1],),
+            f"rms_norm: weight {_t(self.weight)} does not match width {x.shape[-1]}",
+        )
         return x
 
 
@@ -318,18 +338,25 @@ class Attention(Op):
     kv_heads: int
     causal: bool
     scale: float
-    q_offset: Optional[Value] = None
+    q_offset: Value | None = None
 
     def infer_type(self):
         q, k, v = _t(self.q), _t(self.k), _t(self.v)
         _need(q.rank == k.rank == v.rank == 3, f"attention: q, k, v must be rank 3, got {q}, {k}, {v}")
         _need(k.shape == v.shape, f"attention: k {k} and v {v} differ")
-        _need(self.heads % self.kv_heads == 0, f"attention: heads={self.heads} not a multiple of kv_heads={self.kv_heads}")
-        _need(isinstance(q.shape[2], int) and q.shape[2] % self.heads == 0,
-              f"attention: q width {q.shape[2]} not divisible by heads={self.heads}")
+        _need(
+            self.heads % self.kv_heads == 0,
+            f"attention: heads={self.heads} not a multiple of kv_heads={self.kv_heads}",
+        )
+        _need(
+            isinstance(q.shape[2], int) and q.shape[2] % self.heads == 0,
+            f"attention: q width {q.shape[2]} not divisible by heads={self.heads}",
+        )
         hd = q.shape[2] // self.heads
-        _need(k.shape[2] == hd * self.kv_heads,
-              f"attention: k width {k.shape[2]} != kv_heads={self.kv_heads} * head size {hd}")
+        _need(
+            k.shape[2] == hd * self.kv_heads,
+            f"attention: k width {k.shape[2]} != kv_heads={self.kv_heads} * head size {hd}",
+        )
         _need(q.shape[0] == k.shape[0], f"attention: batch of q {q} and k {k} differ")
         if self.q_offset is not None:
             _need(self.causal, "attention: q_offset given to a non-causal attention")
@@ -355,27 +382,39 @@ class AttentionScores(Op):
     causal: bool
     scale: float
     select: tuple = attrs.field(converter=tuple)
-    q_offset: Optional[Value] = None
+    q_offset: Value | None = None
 
     def infer_type(self):
         q, k = _t(self.q), _t(self.k)
         _need(q.rank == k.rank == 3, f"attention_scores: q, k must be rank 3, got {q}, {k}")
-        _need(self.heads % self.kv_heads == 0,
-              f"attention_scores: heads={self.heads} not a multiple of kv_heads={self.kv_heads}")
-        _need(isinstance(q.shape[2], int) and q.shape[2] % self.heads == 0,
-              f"attention_scores: q width {q.shape[2]} not divisible by heads={self.heads}")
+        _need(
+            self.heads % self.kv_heads == 0,
+            f"attention_scores: heads={self.heads} not a multiple of kv_heads={self.kv_heads}",
+        )
+        _need(
+            isinstance(q.shape[2], int) and q.shape[2] % self.heads == 0,
+            f"attention_scores: q width {q.shape[2]} not divisible by heads={self.heads}",
+        )
         hd = q.shape[2] // self.heads
-        _need(k.shape[2] == hd * self.kv_heads,
-              f"attention_scores: k width {k.shape[2]} != kv_heads={self.kv_heads} * head size {hd}")
+        _need(
+            k.shape[2] == hd * self.kv_heads,
+            f"attention_scores: k width {k.shape[2]} != kv_heads={self.kv_heads} * head size {hd}",
+        )
         _need(q.shape[0] == k.shape[0], f"attention_scores: batch of q {q} and k {k} differ")
-        _need(len(self.select) > 0 and all(isinstance(h, int) and 0 <= h < self.heads for h in self.select),
-              f"attention_scores: select={self.select} must name heads in [0, {self.heads})")
-        _need(len(set(self.select)) == len(self.select),
-              f"attention_scores: select={self.select} repeats a head")
+        _need(
+            len(self.select) > 0 and all(isinstance(h, int) and 0 <= h < self.heads for h in self.select),
+            f"attention_scores: select={self.select} must name heads in [0, {self.heads})",
+        )
+        _need(
+            len(set(self.select)) == len(self.select),
+            f"attention_scores: select={self.select} repeats a head",
+        )
         if self.q_offset is not None:
             _need(self.causal, "attention_scores: q_offset given to non-causal scores")
-            _need(_t(self.q_offset) == i64(),
-                  f"attention_scores: q_offset must be i64[], got {_t(self.q_offset)}")
+            _need(
+                _t(self.q_offset) == i64(),
+                f"attention_scores: q_offset must be i64[], got {_t(self.q_offset)}",
+            )
         return f32(q.shape[0], len(self.select), q.shape[1], k.shape[1])
 
 
@@ -410,14 +449,18 @@ class CacheStore(Op):
 
     cache: Value
     new: Value
-    past: Optional[Value] = None
+    past: Value | None = None
 
     def infer_type(self):
         c, n = _t(self.cache), _t(self.new)
-        _need(c.rank == 3 and n.rank == 3 and c.dtype == n.dtype == "f32",
-              f"cache_store: cache and new must be f32 rank 3, got {c} and {n}")
-        _need(c.shape[0] == n.shape[0] and c.shape[2] == n.shape[2],
-              f"cache_store: new {n} does not fit cache {c} (batch and width must match)")
+        _need(
+            c.rank == 3 and n.rank == 3 and c.dtype == n.dtype == "f32",
+            f"cache_store: cache and new must be f32 rank 3, got {c} and {n}",
+        )
+        _need(
+            c.shape[0] == n.shape[0] and c.shape[2] == n.shape[2],
+            f"cache_store: new {n} does not fit cache {c} (batch and width must match)",
+        )
         _need(isinstance(c.shape[1], int), f"cache_store: cache capacity must be static, got {c}")
         if self.past is not None:
             _need(_t(self.past) == i64(), f"cache_store: past must be i64[], got {_t(self.past)}")
@@ -432,7 +475,7 @@ class CacheView(Op):
 
     cache: Value
     new: Value
-    past: Optional[Value] = None
+    past: Value | None = None
 
     def infer_type(self):
         c, n = _t(self.cache), _t(self.new)
@@ -480,7 +523,9 @@ class Conv1d(Op):
 
     def infer_type(self):
         x, w = _t(self.x), _t(self.w)
-        _need(x.rank == 3 and w.rank == 3, f"conv1d: x must be [b, t, cin] and w [cout, cin, k], got {x}, {w}")
+        _need(
+            x.rank == 3 and w.rank == 3, f"conv1d: x must be [b, t, cin] and w [cout, cin, k], got {x}, {w}"
+        )
         _need(x.shape[2] == w.shape[1], f"conv1d: input channels {x.shape[2]} != weight's {w.shape[1]}")
         t = x.shape[1]
         _need(isinstance(t, int), f"conv1d: time axis must be static, got {t}")
@@ -493,6 +538,7 @@ OP_CLASSES: tuple[type, ...] = tuple(_OPS.values())
 
 
 # ------------------------------------------------------------------------ graph
+
 
 @attrs.frozen(eq=False)
 class Node:
@@ -555,6 +601,7 @@ class Graph:
 
     def __str__(self) -> str:
         from .printer import format_graph
+
         return format_graph(self)
 
 
@@ -573,7 +620,7 @@ class GraphBuilder:
         self._weights: dict[str, Weight] = {}
 
     @classmethod
-    def like(cls, g: Graph, name: Optional[str] = None) -> "GraphBuilder":
+    def like(cls, g: Graph, name: str | None = None) -> GraphBuilder:
         """A builder for a rewrite of ``g``: named like ``g`` (or ``name``), taking ``g``'s
         inputs as they are (the same values, so ``g``'s nodes may read them unchanged)."""
         b = cls(g.name if name is None else name)
@@ -618,7 +665,7 @@ class GraphBuilder:
         self.nodes.append(node)
         return node.out
 
-    def copy(self, node: Node, op: Op, mapping: dict, name: Optional[str] = None) -> Value:
+    def copy(self, node: Node, op: Op, mapping: dict, name: str | None = None) -> Value:
         """Append ``op`` (operands already remapped) as the copy of ``node``, named like
         ``node`` (or ``name``) when that name is free; records ``mapping[node.out]``."""
         v = Value(self.fresh(name or node.out.name), op.infer_type())

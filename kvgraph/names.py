@@ -4,6 +4,7 @@
 and the state inputs; the decoders (NumPy and MAX) call the programs by these names.
 One module, so a rename cannot leave a matching string behind.
 """
+
 from __future__ import annotations
 
 #: the new token ids, i64[b, s]: the stream every cached program runs over

@@ -17,11 +17,13 @@ what it registers is kept or none of it (it raised). A discovered plugin that fa
 to register is reported as a warning and skipped, so one broken plugin does not take the
 others (or ``kvgraph show llama-demo``) down with it.
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING
 
 from .errors import InputError
 
@@ -29,8 +31,8 @@ if TYPE_CHECKING:
     from .spec import DecoderSpec
 
 GROUP = "kvgraph.plugins"
-CORE = "kvgraph"                        # the owner named for the core's own specs
-CORE_COMMANDS = ("show", "list")        # the core CLI's subcommands; plugins cannot take them
+CORE = "kvgraph"  # the owner named for the core's own specs
+CORE_COMMANDS = ("show", "list")  # the core CLI's subcommands; plugins cannot take them
 
 Plugin = Callable[["Registry"], None]
 
@@ -39,8 +41,9 @@ Plugin = Callable[["Registry"], None]
 class SpecEntry:
     """A named spec: ``make()`` builds it (called once, on first use); ``owner`` names the
     plugin that registered it (``"kvgraph"`` for the core's own)."""
+
     name: str
-    make: Callable[[], "DecoderSpec"]
+    make: Callable[[], DecoderSpec]
     owner: str
 
 
@@ -48,8 +51,9 @@ class SpecEntry:
 class Command:
     """A ``kvgraph NAME ...`` subcommand: ``run(argv)`` gets the arguments after ``NAME``
     untouched and returns the exit status (``None`` counts as 0)."""
+
     name: str
-    run: Callable[[list[str]], Optional[int]]
+    run: Callable[[list[str]], int | None]
     help: str
     owner: str
 
@@ -69,37 +73,37 @@ class Registry:
     def __init__(self, *, discover: bool = True, core: Sequence[Plugin] = ()):
         self._specs: dict[str, SpecEntry] = {}
         self._commands: dict[str, Command] = {}
-        self._applied: list = []              # plugin functions, by identity
-        self._owner: Optional[str] = None     # the plugin being applied
+        self._applied: list = []  # plugin functions, by identity
+        self._owner: str | None = None  # the plugin being applied
         self._discover = discover
         self._discovered = False
         self._core = list(core)
 
     # ------------------------------------------------------------------ what plugins call
 
-    def add_spec(self, name: str, make: Callable[[], "DecoderSpec"]) -> None:
+    def add_spec(self, name: str, make: Callable[[], DecoderSpec]) -> None:
         """Register the spec ``name``, built by ``make()`` on first use (so registering it
         imports nothing heavy). ValueError if ``name`` is taken."""
         owner = self._owner or "<direct>"
         if name in self._specs:
-            raise InputError(f"spec {name!r} from {owner} is already registered by "
-                             f"{self._specs[name].owner}")
+            raise InputError(f"spec {name!r} from {owner} is already registered by {self._specs[name].owner}")
         self._specs[name] = SpecEntry(name, make, owner)
 
-    def add_command(self, name: str, run: Callable[[list[str]], Optional[int]], help: str = "") -> None:
+    def add_command(self, name: str, run: Callable[[list[str]], int | None], help: str = "") -> None:
         """Register ``kvgraph NAME ...``: ``run`` gets the arguments after ``NAME`` untouched.
         ValueError if ``name`` is a core command or taken."""
         owner = self._owner or "<direct>"
         if name in CORE_COMMANDS or name.startswith("-"):
             raise InputError(f"command {name!r} from {owner}: the name is reserved by kvgraph")
         if name in self._commands:
-            raise InputError(f"command {name!r} from {owner} is already registered by "
-                             f"{self._commands[name].owner}")
+            raise InputError(
+                f"command {name!r} from {owner} is already registered by {self._commands[name].owner}"
+            )
         self._commands[name] = Command(name, run, help, owner)
 
     # ------------------------------------------------------------------ applying plugins
 
-    def use(self, plugin: Plugin, *, owner: Optional[str] = None) -> None:
+    def use(self, plugin: Plugin, *, owner: str | None = None) -> None:
         """Apply ``plugin`` (once: a second call with the same function does nothing). If it
         raises, nothing it registered is kept and the error propagates."""
         if any(p is plugin for p in self._applied):
@@ -132,8 +136,12 @@ class Registry:
             try:
                 self.use(ep.load(), owner=where)
             except Exception as e:  # noqa: BLE001 - one broken plugin must not break the rest
-                warnings.warn(f"kvgraph: skipped the plugin {where!r} (entry point group {GROUP!r}): "
-                              f"{type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"kvgraph: skipped the plugin {where!r} (entry point group {GROUP!r}): "
+                    f"{type(e).__name__}: {e}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
 
     # ------------------------------------------------------------------ queries
 
@@ -151,6 +159,7 @@ class Registry:
 
 def _core_specs(registry: Registry) -> None:
     from .specs import register_core
+
     register_core(registry)
 
 

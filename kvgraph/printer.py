@@ -1,4 +1,5 @@
 """Deterministic text for graphs: one line per node, the result type on every line."""
+
 from __future__ import annotations
 
 from .ir import Graph, Node, Op, Value, Weight

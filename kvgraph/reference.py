@@ -3,6 +3,7 @@
 ``run(graph, weights, **inputs)`` evaluates nodes in order with one rule per op class
 (``RULES``). Arithmetic runs in ``dtype`` (float32 by default; float64 for tight proofs).
 """
+
 from __future__ import annotations
 
 import math
@@ -17,6 +18,7 @@ from .printer import window
 def _erf(x: np.ndarray) -> np.ndarray:
     try:
         from scipy.special import erf
+
         return erf(x)
     except ImportError:  # pragma: no cover - scipy ships with the test set-up
         return np.vectorize(math.erf, otypes=[x.dtype])(x)
@@ -40,9 +42,9 @@ def _rope(op, a, ctx):
     hd = w // op.heads
     inv = op.theta ** (-np.arange(0, hd, 2, dtype=ctx.dtype) / hd)
     f = pos.astype(ctx.dtype)[:, None] * inv[None, :]
-    f = np.concatenate([f, f], axis=1)                       # [s, hd]
+    f = np.concatenate([f, f], axis=1)  # [s, hd]
     xh = x.reshape(b, s, op.heads, hd)
-    rot = np.concatenate([-xh[..., hd // 2:], xh[..., : hd // 2]], axis=-1)
+    rot = np.concatenate([-xh[..., hd // 2 :], xh[..., : hd // 2]], axis=-1)
     out = xh * np.cos(f)[None, :, None, :] + rot * np.sin(f)[None, :, None, :]
     return out.reshape(b, s, w)
 
@@ -105,7 +107,7 @@ def _cache_rows(op, a, what):
 def _cache_store(op, a, ctx):
     past, s = _cache_rows(op, a, "cache_store")
     out = a["cache"].copy()  # functional: the input array is left as it was
-    out[:, past: past + s] = a["new"]
+    out[:, past : past + s] = a["new"]
     return out
 
 
@@ -115,11 +117,11 @@ def _cache_view(op, a, ctx):
 
 
 def _conv1d(op, a, ctx):
-    x, w, bias = a["x"], a["w"], a["bias"]            # x [b, t, cin], w [cout, cin, k]
+    x, w, bias = a["x"], a["w"], a["bias"]  # x [b, t, cin], w [cout, cin, k]
     k = w.shape[2]
     xp = np.pad(x, ((0, 0), (op.padding, op.padding), (0, 0)))
     t_out = (xp.shape[1] - k) // op.stride + 1
-    cols = np.stack([xp[:, j: j + op.stride * (t_out - 1) + 1: op.stride, :] for j in range(k)], axis=-1)
+    cols = np.stack([xp[:, j : j + op.stride * (t_out - 1) + 1 : op.stride, :] for j in range(k)], axis=-1)
     return np.einsum("btck,ock->bto", cols, w) + bias
 
 
@@ -155,15 +157,21 @@ class _Ctx:
 def _check_shape(g, v, arr, env_dims, what):
     t = v.type
     if arr.ndim != t.rank:
-        raise ReferenceRunError(f"graph {g.name}: {what} %{v.name} expects {t}, got an array of shape {arr.shape}")
+        raise ReferenceRunError(
+            f"graph {g.name}: {what} %{v.name} expects {t}, got an array of shape {arr.shape}"
+        )
     for d, n in zip(t.shape, arr.shape):
         if isinstance(d, int):
             if d != n:
-                raise ReferenceRunError(f"graph {g.name}: {what} %{v.name} expects {t}, got shape {arr.shape}")
+                raise ReferenceRunError(
+                    f"graph {g.name}: {what} %{v.name} expects {t}, got shape {arr.shape}"
+                )
         elif len(d.terms) == 1 and not d.const:
             seen = env_dims.setdefault(d.terms[0], n)
             if seen != n:
-                raise ReferenceRunError(f"graph {g.name}: {what} %{v.name}: dim {d} is {n} here but {seen} elsewhere")
+                raise ReferenceRunError(
+                    f"graph {g.name}: {what} %{v.name}: dim {d} is {n} here but {seen} elsewhere"
+                )
 
 
 def run(g: ir.Graph, weights: dict, dtype=np.float32, **inputs) -> dict[str, np.ndarray]:
@@ -180,13 +188,17 @@ def run(g: ir.Graph, weights: dict, dtype=np.float32, **inputs) -> dict[str, np.
         env[v] = arr
     extra = set(inputs) - {v.name for v in g.inputs}
     if extra:
-        raise ReferenceRunError(f"graph {g.name}: unknown inputs {sorted(extra)}; it takes {[v.name for v in g.inputs]}")
+        raise ReferenceRunError(
+            f"graph {g.name}: unknown inputs {sorted(extra)}; it takes {[v.name for v in g.inputs]}"
+        )
     for w in g.weights():
         if w.name not in weights:
             raise ReferenceRunError(f"graph {g.name}: missing weight {w.name!r} {w.type}")
         arr = np.asarray(weights[w.name], dtype=ctx.dtype)
         if arr.shape != tuple(w.type.shape):
-            raise ReferenceRunError(f"graph {g.name}: weight {w.name!r} expects {w.type}, got shape {arr.shape}")
+            raise ReferenceRunError(
+                f"graph {g.name}: weight {w.name!r} expects {w.type}, got shape {arr.shape}"
+            )
         env[w] = arr
     for i, n in enumerate(g.nodes):
         rule = RULES.get(type(n.op))

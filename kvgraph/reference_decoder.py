@@ -16,9 +16,8 @@ for any spec the passes accept:
 It implements :class:`kvgraph.decoder.Decoder`, as the MAX ``CompiledDecoder`` does; tests
 compare the two.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 
@@ -46,8 +45,10 @@ class ReferenceDecoder:
         if isinstance(result_or_spec, (Graph, Programs)):
             result_or_spec = run_passes(result_or_spec, default_pipeline())
         if not isinstance(result_or_spec, PassResult):
-            raise InputTypeError("ReferenceDecoder takes a PassResult, DecoderSpec or Graph, "
-                                 f"got {type(result_or_spec).__name__}")
+            raise InputTypeError(
+                "ReferenceDecoder takes a PassResult, DecoderSpec or Graph, "
+                f"got {type(result_or_spec).__name__}"
+            )
         self.result = result_or_spec
         self.weights = weights
         self.dtype = np.dtype(dtype)
@@ -58,8 +59,10 @@ class ReferenceDecoder:
         prefill_outs = {k for k, _ in self.prefill_graph.outputs}
         missing = [n for n in self.state_names if n not in prefill_outs]
         if missing:
-            raise KvgraphError(f"step input(s) {missing} are state but prefill does not return them; "
-                               f"prefill returns {sorted(prefill_outs)}")
+            raise KvgraphError(
+                f"step input(s) {missing} are state but prefill does not return them; "
+                f"prefill returns {sorted(prefill_outs)}"
+            )
         self.step_outputs = tuple(k for k, _ in self.step_graph.outputs)
 
     # ------------------------------------------------------------------ helpers
@@ -87,7 +90,7 @@ class ReferenceDecoder:
         return reference.run(g, self.weights, dtype=self.dtype, **inputs)
 
     # ------------------------------------------------------------------ API
-    def prefill(self, tokens, context: Optional[np.ndarray] = None) -> tuple[np.ndarray, DecoderState]:
+    def prefill(self, tokens, context: np.ndarray | None = None) -> tuple[np.ndarray, DecoderState]:
         """Run the prompt; returns the last position's logits ``[b, V]`` and the state."""
         tokens = tokens_array(tokens)
         given = self._inputs(self.prefill_graph, **{TOKENS: tokens, CONTEXT: context})
@@ -112,10 +115,12 @@ class ReferenceDecoder:
                 new[n] = out[n]
         return out[LOGITS], DecoderState(state.past + tokens.shape[1], state.batch, new)
 
-    def logits(self, tokens, context: Optional[np.ndarray] = None) -> np.ndarray:
+    def logits(self, tokens, context: np.ndarray | None = None) -> np.ndarray:
         """The un-rewritten full graph (the cache-off fallback): logits ``[b, s, V]``."""
         tokens = tokens_array(tokens)
-        out = self._run(self.full_graph, **self._inputs(self.full_graph, **{TOKENS: tokens, CONTEXT: context}))
+        out = self._run(
+            self.full_graph, **self._inputs(self.full_graph, **{TOKENS: tokens, CONTEXT: context})
+        )
         return out[LOGITS]
 
     def reorder(self, state: DecoderState, indices) -> DecoderState:

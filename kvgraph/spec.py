@@ -5,9 +5,8 @@ openai-whisper's ``state_dict`` keys, ``decoder.blocks.0.attn.query.weight`` ...
 ``"llama"`` (Hugging Face Llama names, ``model.layers.0.self_attn.q_proj.weight`` ...).
 The style only names parameters; the passes never look at it.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import attrs
 
@@ -51,16 +50,16 @@ class DecoderSpec:
     n_layers: int
     max_seq_len: int
     mlp_hidden: int
-    n_kv_heads: Optional[int] = None
+    n_kv_heads: int | None = None
     norm: str = "layernorm"
     mlp: str = "gelu"
     positions: str = "learned"
     rope_theta: float = 10000.0
-    cross_attention: Optional[CrossAttention] = None
+    cross_attention: CrossAttention | None = None
     tie_embeddings: bool = True
     eps: float = 1e-5
-    bias: Optional[bool] = None
-    naming: Optional[str] = None
+    bias: bool | None = None
+    naming: str | None = None
     name: str = "decoder"
 
     def __attrs_post_init__(self):
@@ -78,19 +77,27 @@ class DecoderSpec:
         if self.positions not in POSITIONS:
             raise SpecError("positions", self.positions, f"unknown positions; expected one of {POSITIONS}")
         if self.positions == "rotary" and self.head_dim % 2:
-            raise SpecError("positions", self.positions, f"rotary needs an even head size, got {self.head_dim}")
+            raise SpecError(
+                "positions", self.positions, f"rotary needs an even head size, got {self.head_dim}"
+            )
         if self.positions == "sinusoidal" and (self.d_model % 2 or self.d_model < 4):
-            raise SpecError("positions", self.positions, f"sinusoidal needs an even d_model >= 4, got {self.d_model}")
+            raise SpecError(
+                "positions", self.positions, f"sinusoidal needs an even d_model >= 4, got {self.d_model}"
+            )
         if not (isinstance(self.rope_theta, (int, float)) and self.rope_theta > 1):
             raise SpecError("rope_theta", self.rope_theta, "must be a number > 1")
         if not (isinstance(self.eps, (int, float)) and 0 < self.eps < 1):
             raise SpecError("eps", self.eps, "must be in (0, 1)")
         if self.cross_attention is not None and not isinstance(self.cross_attention, CrossAttention):
-            raise SpecError("cross_attention", self.cross_attention, "must be a kvgraph.CrossAttention or None")
+            raise SpecError(
+                "cross_attention", self.cross_attention, "must be a kvgraph.CrossAttention or None"
+            )
         if self.naming is not None and self.naming not in NAMINGS:
             raise SpecError("naming", self.naming, f"unknown naming; expected one of {NAMINGS}")
         if self.naming_style == "whisper" and not self.tie_embeddings:
-            raise SpecError("tie_embeddings", self.tie_embeddings, "whisper naming has no separate output head")
+            raise SpecError(
+                "tie_embeddings", self.tie_embeddings, "whisper naming has no separate output head"
+            )
         if not (isinstance(self.name, str) and self.name.isidentifier()):
             raise SpecError("name", self.name, "must be an identifier")
 
@@ -111,7 +118,7 @@ class DecoderSpec:
     def has_bias(self) -> bool:
         return self.norm == "layernorm" if self.bias is None else self.bias
 
-    def names(self) -> "ParamNames":
+    def names(self) -> ParamNames:
         return ParamNames(self)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -123,20 +130,49 @@ class DecoderSpec:
 
 _STYLE = {
     "whisper": dict(
-        tok="decoder.token_embedding.weight", pos="decoder.positional_embedding",
-        layer="decoder.blocks.{i}.", attn="attn.", cross="cross_attn.",
-        attn_norm="attn_ln", cross_norm="cross_attn_ln", mlp_norm="mlp_ln",
-        q="query", k="key", v="value", o="out",
-        fc1="mlp.0", fc2="mlp.2", gate="mlp.gate", up="mlp.up", down="mlp.down",
-        final_norm="decoder.ln", head="decoder.lm_head.weight", key_bias=False),
+        tok="decoder.token_embedding.weight",
+        pos="decoder.positional_embedding",
+        layer="decoder.blocks.{i}.",
+        attn="attn.",
+        cross="cross_attn.",
+        attn_norm="attn_ln",
+        cross_norm="cross_attn_ln",
+        mlp_norm="mlp_ln",
+        q="query",
+        k="key",
+        v="value",
+        o="out",
+        fc1="mlp.0",
+        fc2="mlp.2",
+        gate="mlp.gate",
+        up="mlp.up",
+        down="mlp.down",
+        final_norm="decoder.ln",
+        head="decoder.lm_head.weight",
+        key_bias=False,
+    ),
     "llama": dict(
-        tok="model.embed_tokens.weight", pos="model.embed_positions.weight",
-        layer="model.layers.{i}.", attn="self_attn.", cross="cross_attn.",
-        attn_norm="input_layernorm", cross_norm="cross_attn_layernorm",
+        tok="model.embed_tokens.weight",
+        pos="model.embed_positions.weight",
+        layer="model.layers.{i}.",
+        attn="self_attn.",
+        cross="cross_attn.",
+        attn_norm="input_layernorm",
+        cross_norm="cross_attn_layernorm",
         mlp_norm="post_attention_layernorm",
-        q="q_proj", k="k_proj", v="v_proj", o="o_proj",
-        fc1="mlp.fc1", fc2="mlp.fc2", gate="mlp.gate_proj", up="mlp.up_proj", down="mlp.down_proj",
-        final_norm="model.norm", head="lm_head.weight", key_bias=True),
+        q="q_proj",
+        k="k_proj",
+        v="v_proj",
+        o="o_proj",
+        fc1="mlp.fc1",
+        fc2="mlp.fc2",
+        gate="mlp.gate_proj",
+        up="mlp.up_proj",
+        down="mlp.down_proj",
+        final_norm="model.norm",
+        head="lm_head.weight",
+        key_bias=True,
+    ),
 }
 
 
@@ -152,7 +188,7 @@ class ParamNames:
             out.append((f"{base}.bias", (self.spec.d_model,)))
         return out
 
-    def norm(self, base: str) -> tuple[str, Optional[str]]:
+    def norm(self, base: str) -> tuple[str, str | None]:
         ps = self._norm(base)
         return ps[0][0], (ps[1][0] if len(ps) > 1 else None)
 

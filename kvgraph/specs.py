@@ -5,10 +5,10 @@
 then the core's own (``llama-demo``). Plugins are discovered and specs made on first access,
 so importing this module imports no plugin.
 """
+
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Iterator
+from collections.abc import Iterator, Mapping
 
 from . import plugins
 from .errors import InputError
@@ -17,13 +17,26 @@ from .spec import DecoderSpec
 
 def _llama_demo() -> DecoderSpec:
     """A small Llama-style decoder: RMSNorm, SwiGLU, rotary positions, grouped-query attention."""
-    return DecoderSpec(vocab_size=512, d_model=64, n_heads=4, n_kv_heads=2, n_layers=2,
-                       max_seq_len=256, mlp_hidden=176, norm="rmsnorm", mlp="swiglu",
-                       positions="rotary", rope_theta=10000.0, tie_embeddings=False,
-                       eps=1e-5, naming="llama", name="llama_demo")
+    return DecoderSpec(
+        vocab_size=512,
+        d_model=64,
+        n_heads=4,
+        n_kv_heads=2,
+        n_layers=2,
+        max_seq_len=256,
+        mlp_hidden=176,
+        norm="rmsnorm",
+        mlp="swiglu",
+        positions="rotary",
+        rope_theta=10000.0,
+        tie_embeddings=False,
+        eps=1e-5,
+        naming="llama",
+        name="llama_demo",
+    )
 
 
-def register_core(registry: "plugins.Registry") -> None:
+def register_core(registry: plugins.Registry) -> None:
     """The core's own named specs (applied by :data:`kvgraph.plugins.REGISTRY` on discovery)."""
     registry.add_spec("llama-demo", _llama_demo)
 
@@ -31,7 +44,7 @@ def register_core(registry: "plugins.Registry") -> None:
 class _Builtins(Mapping):
     """Read-only, lazily filled ``{name: DecoderSpec}`` over a plugin registry."""
 
-    def __init__(self, registry: "plugins.Registry"):
+    def __init__(self, registry: plugins.Registry):
         self._registry = registry
         self._cache: dict[str, DecoderSpec] = {}
 

@@ -25,6 +25,7 @@ What can go wrong, and what happens:
 The root is ``$KVGRAPH_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/kvgraph`` or
 ``~/.cache/kvgraph``; ``KVGRAPH_CACHE_DIR=off`` (or ``0``, ``none``) turns the store off.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,8 @@ import logging
 import os
 import struct
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import attrs
 
@@ -46,7 +47,7 @@ _HEADER = struct.Struct("<16sI64sQ32s")  # magic, format, key (hex), payload len
 _OFF = ("off", "0", "none", "false", "")
 
 
-def default_root() -> Optional[Path]:
+def default_root() -> Path | None:
     """The store's folder from the environment, or None when the store is turned off."""
     env = os.environ.get("KVGRAPH_CACHE_DIR")
     if env is not None:
@@ -73,21 +74,21 @@ class StoreStats:
     hits: int = 0
     misses: int = 0
     writes: int = 0
-    bad: int = 0            # artifacts found but refused (truncated, corrupt, foreign, unreadable)
+    bad: int = 0  # artifacts found but refused (truncated, corrupt, foreign, unreadable)
     write_errors: int = 0
 
 
 class ProgramStore:
     """``get(key, read)`` / ``put(key, write)`` / ``lock(key)`` over one folder."""
 
-    def __init__(self, root: Optional[os.PathLike] = None, *, enabled: bool = True):
+    def __init__(self, root: os.PathLike | None = None, *, enabled: bool = True):
         self.root = Path(root) if root is not None else None
         self.enabled = enabled and self.root is not None
         self.stats = StoreStats()
         self._warned_write = False
 
     @classmethod
-    def from_env(cls) -> "ProgramStore":
+    def from_env(cls) -> ProgramStore:
         root = default_root()
         return cls(root, enabled=root is not None)
 
@@ -95,7 +96,7 @@ class ProgramStore:
         return self.root / key[:2] / f"{key}.kvp"
 
     # ------------------------------------------------------------------ reading
-    def load_bytes(self, key: str) -> Optional[bytes]:
+    def load_bytes(self, key: str) -> bytes | None:
         """The stored payload for ``key``, or None (missing, or refused with one log line)."""
         if not self.enabled:
             return None
@@ -109,7 +110,7 @@ class ProgramStore:
         why = _check(data, key)
         if why:
             return self._refuse(p, why)
-        return data[_HEADER.size:]
+        return data[_HEADER.size :]
 
     def get(self, key: str, read: Callable[[bytes], object]):
         """``read(payload)`` of the artifact stored under ``key``; None on a miss. A payload
@@ -149,13 +150,14 @@ class ProgramStore:
             final.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".part", dir=final.parent)
             os.close(fd)
-            write(tmp)                                   # the compiler writes its artifact
+            write(tmp)  # the compiler writes its artifact
             payload = Path(tmp).read_bytes()
             if not payload:
                 raise OSError("the writer produced an empty artifact")
-            with open(tmp, "wb") as f:                    # header + payload, then rename
-                f.write(_HEADER.pack(MAGIC, FORMAT, key.encode(), len(payload),
-                                     hashlib.sha256(payload).digest()))
+            with open(tmp, "wb") as f:  # header + payload, then rename
+                f.write(
+                    _HEADER.pack(MAGIC, FORMAT, key.encode(), len(payload), hashlib.sha256(payload).digest())
+                )
                 f.write(payload)
                 f.flush()
                 os.fsync(f.fileno())
@@ -167,8 +169,12 @@ class ProgramStore:
             self.stats.write_errors += 1
             if not self._warned_write:
                 self._warned_write = True
-                log.warning("kvgraph store: cannot write %s (%s); programs will be compiled "
-                            "each time until it is writable", final.parent, e.strerror or e)
+                log.warning(
+                    "kvgraph store: cannot write %s (%s); programs will be compiled "
+                    "each time until it is writable",
+                    final.parent,
+                    e.strerror or e,
+                )
             return False
         finally:
             if tmp is not None:
@@ -183,6 +189,7 @@ class ProgramStore:
         if self.enabled:
             try:
                 import fcntl
+
                 p = self.path(key).with_suffix(".lock")
                 p.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
@@ -197,8 +204,13 @@ class ProgramStore:
             if fd is not None:
                 os.close(fd)  # closing releases the flock
 
-    def get_or_make(self, key: str, read: Callable[[bytes], object], make: Callable[[], object],
-                    write: Callable[[object, str], None]):
+    def get_or_make(
+        self,
+        key: str,
+        read: Callable[[bytes], object],
+        make: Callable[[], object],
+        write: Callable[[object, str], None],
+    ):
         """``(artifact, hit)``: the stored artifact, or ``make()`` stored with ``write``.
         Concurrent callers of one key compile it once (see :meth:`lock`)."""
         obj = self._read(key, read)
@@ -214,7 +226,7 @@ class ProgramStore:
         return obj, False
 
 
-def _check(data: bytes, key: str) -> Optional[str]:
+def _check(data: bytes, key: str) -> str | None:
     """Why ``data`` is not a whole, intact artifact for ``key`` (None when it is)."""
     if len(data) < _HEADER.size:
         return f"is truncated ({len(data)} bytes, shorter than the header)"
@@ -225,7 +237,7 @@ def _check(data: bytes, key: str) -> Optional[str]:
         return f"has format {fmt}, this kvgraph reads {FORMAT}"
     if k != key.encode():
         return "holds another program (its key differs)"
-    body = memoryview(data)[_HEADER.size:]
+    body = memoryview(data)[_HEADER.size :]
     if len(body) != n:
         return f"is truncated ({len(body)} of {n} payload bytes)"
     if hashlib.sha256(body).digest() != digest:
@@ -233,7 +245,7 @@ def _check(data: bytes, key: str) -> Optional[str]:
     return None
 
 
-_DEFAULT: Optional[ProgramStore] = None
+_DEFAULT: ProgramStore | None = None
 
 
 def default_store() -> ProgramStore:
@@ -244,7 +256,7 @@ def default_store() -> ProgramStore:
     return _DEFAULT
 
 
-def set_default_store(store: Optional[ProgramStore]) -> None:
+def set_default_store(store: ProgramStore | None) -> None:
     """Replace the process's store (None: read the environment again on next use)."""
     global _DEFAULT
     _DEFAULT = store

@@ -4,9 +4,8 @@ A symbolic dim is a :class:`Sym`: a sorted tuple of symbol names plus an integer
 constant, so ``past + s`` (what concatenating a ``past``-long cache with ``s`` new rows
 gives) is ``Sym(("past", "s"))`` and prints as ``past+s``.
 """
-from __future__ import annotations
 
-from typing import Union
+from __future__ import annotations
 
 import attrs
 
@@ -23,7 +22,7 @@ class Sym:
         return "+".join(parts)
 
 
-Dim = Union[int, Sym]
+Dim = int | Sym
 
 
 def sym(name: str) -> Sym:

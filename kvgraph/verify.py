@@ -1,4 +1,5 @@
 """``verify(graph)``: SSA, type rules and outputs. Faults raise VerifyError with the IR window."""
+
 from __future__ import annotations
 
 from .errors import IRTypeError, VerifyError

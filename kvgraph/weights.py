@@ -1,4 +1,5 @@
 """``init_weights(spec, seed)``: random float32 weights honouring ``spec.param_shapes()``."""
+
 from __future__ import annotations
 
 import numpy as np

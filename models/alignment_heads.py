@@ -24,8 +24,9 @@ __all__ = ["default_alignment_heads", "heads_from", "load_alignment_heads"]
 
 def default_alignment_heads(dims) -> tuple[tuple[int, int], ...]:
     """openai-whisper's default: all heads of layers ``n_text_layer // 2`` and up."""
-    return tuple((l, h) for l in range(dims.n_text_layer // 2, dims.n_text_layer)
-                 for h in range(dims.n_text_head))
+    return tuple(
+        (l, h) for l in range(dims.n_text_layer // 2, dims.n_text_layer) for h in range(dims.n_text_head)
+    )
 
 
 def heads_from(value, dims, where: str) -> tuple[tuple[int, int], ...]:
@@ -45,8 +46,9 @@ def heads_from(value, dims, where: str) -> tuple[tuple[int, int], ...]:
         pairs = [tuple(int(x) for x in p) for p in np.argwhere(arr)]
     else:
         if arr.ndim != 2 or arr.shape[1] != 2 or not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"{where}: alignment_heads must be [[layer, head], ...] or a bool mask, "
-                             f"got {value!r:.80}")
+            raise ValueError(
+                f"{where}: alignment_heads must be [[layer, head], ...] or a bool mask, got {value!r:.80}"
+            )
         pairs = sorted({(int(l), int(h)) for l, h in arr})
         bad = [p for p in pairs if not (0 <= p[0] < L and 0 <= p[1] < H)]
         if bad:

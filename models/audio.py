@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
@@ -42,7 +41,9 @@ def _check_wav_header(path: Path, size: int) -> None:
             hdr = f.read(8)
             if len(hdr) < 8:
                 if len(hdr) > 0 or pos == 12:
-                    raise _fail(path, f"truncated WAV file (chunk header cut at byte {pos}, file is {size} bytes)")
+                    raise _fail(
+                        path, f"truncated WAV file (chunk header cut at byte {pos}, file is {size} bytes)"
+                    )
                 raise _fail(path, f"truncated WAV file (no data chunk in {size} bytes)")
             cid, csize = hdr[:4], struct.unpack("<I", hdr[4:])[0]
             body = pos + 8
@@ -54,8 +55,7 @@ def _check_wav_header(path: Path, size: int) -> None:
                 if body + csize > size:
                     raise _fail(
                         path,
-                        f"truncated WAV file (data chunk declares {csize} bytes, "
-                        f"only {size - body} present)",
+                        f"truncated WAV file (data chunk declares {csize} bytes, only {size - body} present)",
                     )
                 return
             nxt = body + csize + (csize & 1)
@@ -75,7 +75,7 @@ def _to_mono(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def load_audio(path: Union[str, os.PathLike, np.ndarray], sr: int = SAMPLE_RATE) -> np.ndarray:
+def load_audio(path: str | os.PathLike | np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Returns float32 mono samples in [-1, 1] at ``sr`` Hz.
 
     ``path`` may also be a numpy array, which is taken as already at ``sr``

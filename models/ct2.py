@@ -35,8 +35,8 @@ import mmap
 import os
 import re
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
 
 import numpy as np
 
@@ -57,7 +57,7 @@ _DTYPES = {
 # (CTranslate2's get_dtype_from_item_size).
 _LEGACY_ITEM_SIZE = {4: 0, 2: 2, 1: 1}
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 class CT2FormatError(ValueError):
@@ -79,8 +79,7 @@ class _Cursor:
     def fail(self, what: str, offset: int | None = None) -> CT2FormatError:
         off = self.pos if offset is None else offset
         return CT2FormatError(
-            f"{self.label}: corrupt CTranslate2 model.bin at byte offset {off} "
-            f"({self.where}): {what}"
+            f"{self.label}: corrupt CTranslate2 model.bin at byte offset {off} ({self.where}): {what}"
         )
 
     def take(self, n: int, what: str):
@@ -163,7 +162,7 @@ def _open_buffer(path):
     return buf, label
 
 
-def read_model_bin(path: Union[PathLike, Sequence[PathLike]]):
+def read_model_bin(path: PathLike | Sequence[PathLike]):
     """Parses a CTranslate2 ``model.bin``.
 
     ``path`` is a file, or a sequence of files whose concatenation is the
@@ -313,7 +312,9 @@ class CT2Variables:
             if scale_name not in self.v:
                 raise CT2FormatError(f"{self.label}: integer variable '{name}' has no '{scale_name}'")
             if self.resolve(name) + "_zero" in self.v:
-                raise CT2FormatError(f"{self.label}: '{name}' uses zero-point (AWQ) quantization, unsupported")
+                raise CT2FormatError(
+                    f"{self.label}: '{name}' uses zero-point (AWQ) quantization, unsupported"
+                )
             scale = np.asarray(self.v[scale_name], dtype=np.float32)
             if scale.ndim == 1:
                 scale = scale.reshape((-1,) + (1,) * (x.ndim - 1))

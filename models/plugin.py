@@ -6,6 +6,7 @@ group ``kvgraph.plugins``, which :mod:`kvgraph.plugins` discovers; :func:`regist
 applied explicitly (``kvgraph.plugins.use(models.plugin.register)``). Registering imports
 nothing heavy: a spec is made, and ``models.transcribe_cli`` imported, on first use.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -13,27 +14,48 @@ from types import SimpleNamespace
 
 # openai-whisper's published ModelDimensions (the "dims" of each checkpoint).
 WHISPER_DIMS = {
-    "whisper-tiny.en": dict(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6,
-                            n_audio_layer=4, n_vocab=51864, n_text_ctx=448, n_text_state=384,
-                            n_text_head=6, n_text_layer=4),
-    "whisper-base": dict(n_mels=80, n_audio_ctx=1500, n_audio_state=512, n_audio_head=8,
-                         n_audio_layer=6, n_vocab=51865, n_text_ctx=448, n_text_state=512,
-                         n_text_head=8, n_text_layer=6),
+    "whisper-tiny.en": dict(
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=384,
+        n_audio_head=6,
+        n_audio_layer=4,
+        n_vocab=51864,
+        n_text_ctx=448,
+        n_text_state=384,
+        n_text_head=6,
+        n_text_layer=4,
+    ),
+    "whisper-base": dict(
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=512,
+        n_audio_head=8,
+        n_audio_layer=6,
+        n_vocab=51865,
+        n_text_ctx=448,
+        n_text_state=512,
+        n_text_head=8,
+        n_text_layer=6,
+    ),
 }
 
 
 def _whisper_spec(name: str):
     from models.whisper import spec_from_dims
+
     return spec_from_dims(SimpleNamespace(**WHISPER_DIMS[name]))
 
 
 def _transcribe(argv: list[str]) -> int:
     from models import transcribe_cli
+
     return transcribe_cli.main(argv)
 
 
 def _prepare(argv: list[str]) -> int:
     from models import prepare_cli
+
     return prepare_cli.main(argv)
 
 
@@ -43,7 +65,11 @@ def register(registry) -> None:
     with a :class:`kvgraph.plugins.Registry`."""
     for name in WHISPER_DIMS:
         registry.add_spec(name, partial(_whisper_spec, name))
-    registry.add_command("transcribe", _transcribe,
-                         help="transcribe audio with Whisper on MAX (arguments go to models.transcribe_cli)")
-    registry.add_command("prepare", _prepare,
-                         help="compile Whisper models' MAX programs ahead of time into the program store")
+    registry.add_command(
+        "transcribe",
+        _transcribe,
+        help="transcribe audio with Whisper on MAX (arguments go to models.transcribe_cli)",
+    )
+    registry.add_command(
+        "prepare", _prepare, help="compile Whisper models' MAX programs ahead of time into the program store"
+    )

@@ -4,33 +4,43 @@ store (``kvgraph.store``), so that the first ``kvgraph transcribe`` starts in ab
 For images and CI: run it once at build time (``KVGRAPH_CACHE_DIR`` picks the store's folder).
 Importing this module is cheap; MAX is imported when a model is prepared.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 PROG = "kvgraph prepare"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=PROG, description="Compile Whisper models' MAX programs ahead of time into kvgraph's "
+        prog=PROG,
+        description="Compile Whisper models' MAX programs ahead of time into kvgraph's "
         "program store (KVGRAPH_CACHE_DIR, default ~/.cache/kvgraph); later runs load them "
-        "without compiling.")
-    p.add_argument("--model", action="append", metavar="NAME",
-                   help="a model to prepare (tiny.en, base, a CTranslate2 directory or a .pt file); "
-                        "repeat for several (default: tiny.en)")
-    p.add_argument("--all-programs", action="store_true",
-                   help="also the programs compiled on first use: the GEMM step (more than 8 rows "
-                        "per step) and the full-sequence decoder (--no-kv-cache)")
+        "without compiling.",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="a model to prepare (tiny.en, base, a CTranslate2 directory or a .pt file); "
+        "repeat for several (default: tiny.en)",
+    )
+    p.add_argument(
+        "--all-programs",
+        action="store_true",
+        help="also the programs compiled on first use: the GEMM step (more than 8 rows "
+        "per step) and the full-sequence decoder (--no-kv-cache)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -64,8 +74,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         how = ", ".join(f"{k} ({p.source})" for k, p in progs.items())
         print(f"{name}: {how} in {time.perf_counter() - t0:.1f} s", flush=True)
     s = store.stats
-    print(f"{PROG}: store: {s.hits} read back, {s.writes} written, {s.bad} bad artifacts replaced, "
-          f"{s.write_errors} failed writes", file=sys.stderr, flush=True)
+    print(
+        f"{PROG}: store: {s.hits} read back, {s.writes} written, {s.bad} bad artifacts replaced, "
+        f"{s.write_errors} failed writes",
+        file=sys.stderr,
+        flush=True,
+    )
     return 1 if failed else 0
 
 

@@ -35,7 +35,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from typing import Callable, List, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 PROG = "kvgraph transcribe"
 OUTPUT_FORMATS = ("txt", "vtt", "srt", "tsv", "json", "all")
@@ -57,19 +57,33 @@ def str2bool(string: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {string!r}")
 
 
-def optional_int(string: str) -> Optional[int]:
+def optional_int(string: str) -> int | None:
     return None if string == "None" else int(string)
 
 
-def optional_float(string: str) -> Optional[float]:
+def optional_float(string: str) -> float | None:
     return None if string == "None" else float(string)
 
 
 DECODE_OPTIONS = (
-    "task", "best_of", "beam_size", "patience", "length_penalty", "suppress_tokens",
-    "initial_prompt", "carry_initial_prompt", "condition_on_previous_text", "without_timestamps",
-    "compression_ratio_threshold", "logprob_threshold", "no_speech_threshold", "clip_timestamps",
-    "word_timestamps", "prepend_punctuations", "append_punctuations", "hallucination_silence_threshold",
+    "task",
+    "best_of",
+    "beam_size",
+    "patience",
+    "length_penalty",
+    "suppress_tokens",
+    "initial_prompt",
+    "carry_initial_prompt",
+    "condition_on_previous_text",
+    "without_timestamps",
+    "compression_ratio_threshold",
+    "logprob_threshold",
+    "no_speech_threshold",
+    "clip_timestamps",
+    "word_timestamps",
+    "prepend_punctuations",
+    "append_punctuations",
+    "hallucination_silence_threshold",
 )
 #: openai's writer options (``get_writer(...)(result, path, **options)``); each needs word timestamps
 WORD_OPTIONS = ("highlight_words", "max_line_count", "max_line_width", "max_words_per_line")
@@ -84,80 +98,227 @@ def build_parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("audio", nargs="+", help="audio file(s) to transcribe (WAV, FLAC, OGG, ...)")
     add("--model", default="tiny.en", help="'tiny.en', 'base', or a path to a checkpoint")
-    add("--output-dir", "--output_dir", "-o", dest="output_dir", default=".",
-        help="directory to save the outputs")
-    add("--output-format", "--output_format", "-f", dest="output_format", default="all",
-        choices=OUTPUT_FORMATS, help="format of the output file(s)")
-    add("--verbose", action="store_true",
-        help="show a progress bar and print timings (load, compile, encode, decode, tokens/s)")
-    add("--no-progress", "--no_progress", dest="no_progress", action="store_true",
-        help="no progress bar (shown with --verbose or when stderr is a terminal)")
-    add("--no-kv-cache", "--no_kv_cache", dest="no_kv_cache", action="store_true",
-        help="use the backend without a KV cache (recompute the prefix every step)")
+    add(
+        "--output-dir",
+        "--output_dir",
+        "-o",
+        dest="output_dir",
+        default=".",
+        help="directory to save the outputs",
+    )
+    add(
+        "--output-format",
+        "--output_format",
+        "-f",
+        dest="output_format",
+        default="all",
+        choices=OUTPUT_FORMATS,
+        help="format of the output file(s)",
+    )
+    add(
+        "--verbose",
+        action="store_true",
+        help="show a progress bar and print timings (load, compile, encode, decode, tokens/s)",
+    )
+    add(
+        "--no-progress",
+        "--no_progress",
+        dest="no_progress",
+        action="store_true",
+        help="no progress bar (shown with --verbose or when stderr is a terminal)",
+    )
+    add(
+        "--no-kv-cache",
+        "--no_kv_cache",
+        dest="no_kv_cache",
+        action="store_true",
+        help="use the backend without a KV cache (recompute the prefix every step)",
+    )
 
-    add("--task", default="transcribe", choices=["transcribe", "translate"],
-        help="X->X speech recognition ('transcribe') or X->English translation ('translate')")
-    add("--language", default=None,
-        help="language spoken in the audio (code or name); detected if not given")
+    add(
+        "--task",
+        default="transcribe",
+        choices=["transcribe", "translate"],
+        help="X->X speech recognition ('transcribe') or X->English translation ('translate')",
+    )
+    add("--language", default=None, help="language spoken in the audio (code or name); detected if not given")
 
     add("--temperature", type=float, default=0.0, help="temperature to use for sampling")
-    add("--best_of", "--best-of", dest="best_of", type=optional_int, default=5,
-        help="number of candidates when sampling with non-zero temperature")
-    add("--beam_size", "--beam-size", dest="beam_size", type=optional_int, default=None,
-        help="number of beams in beam search, only when temperature is zero (default: greedy)")
+    add(
+        "--best_of",
+        "--best-of",
+        dest="best_of",
+        type=optional_int,
+        default=5,
+        help="number of candidates when sampling with non-zero temperature",
+    )
+    add(
+        "--beam_size",
+        "--beam-size",
+        dest="beam_size",
+        type=optional_int,
+        default=None,
+        help="number of beams in beam search, only when temperature is zero (default: greedy)",
+    )
     add("--patience", type=float, default=None, help="optional patience value for beam decoding")
-    add("--length_penalty", "--length-penalty", dest="length_penalty", type=float, default=None,
-        help="optional token length penalty coefficient (alpha); simple length normalization by default")
+    add(
+        "--length_penalty",
+        "--length-penalty",
+        dest="length_penalty",
+        type=float,
+        default=None,
+        help="optional token length penalty coefficient (alpha); simple length normalization by default",
+    )
 
-    add("--suppress_tokens", "--suppress-tokens", dest="suppress_tokens", type=str, default="-1",
-        help="comma-separated token ids to suppress; '-1' suppresses most special characters")
-    add("--initial_prompt", "--initial-prompt", dest="initial_prompt", type=str, default=None,
-        help="optional text to provide as a prompt for the first window")
-    add("--carry_initial_prompt", "--carry-initial-prompt", dest="carry_initial_prompt",
-        type=str2bool, default=False, help="prepend initial_prompt to every window's prompt")
-    add("--condition_on_previous_text", "--condition-on-previous-text",
-        dest="condition_on_previous_text", type=str2bool, default=True,
-        help="provide the previous output as a prompt for the next window")
-    add("--without_timestamps", "--without-timestamps", dest="without_timestamps",
-        type=str2bool, default=False, help="sample text tokens only (one segment per window)")
+    add(
+        "--suppress_tokens",
+        "--suppress-tokens",
+        dest="suppress_tokens",
+        type=str,
+        default="-1",
+        help="comma-separated token ids to suppress; '-1' suppresses most special characters",
+    )
+    add(
+        "--initial_prompt",
+        "--initial-prompt",
+        dest="initial_prompt",
+        type=str,
+        default=None,
+        help="optional text to provide as a prompt for the first window",
+    )
+    add(
+        "--carry_initial_prompt",
+        "--carry-initial-prompt",
+        dest="carry_initial_prompt",
+        type=str2bool,
+        default=False,
+        help="prepend initial_prompt to every window's prompt",
+    )
+    add(
+        "--condition_on_previous_text",
+        "--condition-on-previous-text",
+        dest="condition_on_previous_text",
+        type=str2bool,
+        default=True,
+        help="provide the previous output as a prompt for the next window",
+    )
+    add(
+        "--without_timestamps",
+        "--without-timestamps",
+        dest="without_timestamps",
+        type=str2bool,
+        default=False,
+        help="sample text tokens only (one segment per window)",
+    )
 
-    add("--temperature_increment_on_fallback", "--temperature-increment-on-fallback",
-        dest="temperature_increment_on_fallback", type=optional_float, default=0.2,
-        help="temperature increase when falling back after failing the thresholds below")
-    add("--compression_ratio_threshold", "--compression-ratio-threshold",
-        dest="compression_ratio_threshold", type=optional_float, default=2.4,
-        help="treat the decoding as failed if the gzip compression ratio is higher")
-    add("--logprob_threshold", "--logprob-threshold", dest="logprob_threshold",
-        type=optional_float, default=-1.0,
-        help="treat the decoding as failed if the average log probability is lower")
-    add("--no_speech_threshold", "--no-speech-threshold", dest="no_speech_threshold",
-        type=optional_float, default=0.6,
-        help="consider a window silent if P(<|nospeech|>) is higher and the decoding failed logprob_threshold")
-    add("--clip_timestamps", "--clip-timestamps", dest="clip_timestamps", type=str, default="0",
-        help="comma-separated start,end,start,end,... seconds of clips to process")
+    add(
+        "--temperature_increment_on_fallback",
+        "--temperature-increment-on-fallback",
+        dest="temperature_increment_on_fallback",
+        type=optional_float,
+        default=0.2,
+        help="temperature increase when falling back after failing the thresholds below",
+    )
+    add(
+        "--compression_ratio_threshold",
+        "--compression-ratio-threshold",
+        dest="compression_ratio_threshold",
+        type=optional_float,
+        default=2.4,
+        help="treat the decoding as failed if the gzip compression ratio is higher",
+    )
+    add(
+        "--logprob_threshold",
+        "--logprob-threshold",
+        dest="logprob_threshold",
+        type=optional_float,
+        default=-1.0,
+        help="treat the decoding as failed if the average log probability is lower",
+    )
+    add(
+        "--no_speech_threshold",
+        "--no-speech-threshold",
+        dest="no_speech_threshold",
+        type=optional_float,
+        default=0.6,
+        help="consider a window silent if P(<|nospeech|>) is higher and the decoding failed logprob_threshold",
+    )
+    add(
+        "--clip_timestamps",
+        "--clip-timestamps",
+        dest="clip_timestamps",
+        type=str,
+        default="0",
+        help="comma-separated start,end,start,end,... seconds of clips to process",
+    )
 
-    add("--word_timestamps", "--word-timestamps", dest="word_timestamps", type=str2bool, default=False,
-        help="(experimental) extract word-level timestamps and refine the results based on them")
-    add("--prepend_punctuations", "--prepend-punctuations", dest="prepend_punctuations", type=str,
-        default="\"\'“¿([{-",
-        help="if word_timestamps is True, merge these punctuation symbols with the next word")
-    add("--append_punctuations", "--append-punctuations", dest="append_punctuations", type=str,
-        default="\"\'.。,，!！?？:：”)]}、",
-        help="if word_timestamps is True, merge these punctuation symbols with the previous word")
-    add("--highlight_words", "--highlight-words", dest="highlight_words", type=str2bool, default=False,
-        help="(requires --word_timestamps True) underline each word as it is spoken in srt and vtt")
-    add("--max_line_width", "--max-line-width", dest="max_line_width", type=optional_int, default=None,
+    add(
+        "--word_timestamps",
+        "--word-timestamps",
+        dest="word_timestamps",
+        type=str2bool,
+        default=False,
+        help="(experimental) extract word-level timestamps and refine the results based on them",
+    )
+    add(
+        "--prepend_punctuations",
+        "--prepend-punctuations",
+        dest="prepend_punctuations",
+        type=str,
+        default="\"'“¿([{-",
+        help="if word_timestamps is True, merge these punctuation symbols with the next word",
+    )
+    add(
+        "--append_punctuations",
+        "--append-punctuations",
+        dest="append_punctuations",
+        type=str,
+        default="\"'.。,，!！?？:：”)]}、",
+        help="if word_timestamps is True, merge these punctuation symbols with the previous word",
+    )
+    add(
+        "--highlight_words",
+        "--highlight-words",
+        dest="highlight_words",
+        type=str2bool,
+        default=False,
+        help="(requires --word_timestamps True) underline each word as it is spoken in srt and vtt",
+    )
+    add(
+        "--max_line_width",
+        "--max-line-width",
+        dest="max_line_width",
+        type=optional_int,
+        default=None,
         help="(requires --word_timestamps True) the maximum number of characters in a line before "
-        "breaking the line")
-    add("--max_line_count", "--max-line-count", dest="max_line_count", type=optional_int, default=None,
-        help="(requires --word_timestamps True) the maximum number of lines in a segment")
-    add("--max_words_per_line", "--max-words-per-line", dest="max_words_per_line", type=optional_int,
-        default=None, help="(requires --word_timestamps True, no effect with --max_line_width) "
-        "the maximum number of words in a segment")
-    add("--hallucination_silence_threshold", "--hallucination-silence-threshold",
-        dest="hallucination_silence_threshold", type=optional_float, default=None,
+        "breaking the line",
+    )
+    add(
+        "--max_line_count",
+        "--max-line-count",
+        dest="max_line_count",
+        type=optional_int,
+        default=None,
+        help="(requires --word_timestamps True) the maximum number of lines in a segment",
+    )
+    add(
+        "--max_words_per_line",
+        "--max-words-per-line",
+        dest="max_words_per_line",
+        type=optional_int,
+        default=None,
+        help="(requires --word_timestamps True, no effect with --max_line_width) "
+        "the maximum number of words in a segment",
+    )
+    add(
+        "--hallucination_silence_threshold",
+        "--hallucination-silence-threshold",
+        dest="hallucination_silence_threshold",
+        type=optional_float,
+        default=None,
         help="(requires --word_timestamps True) skip silent periods longer than this threshold (in seconds) "
-        "when a possible hallucination is detected")
+        "when a possible hallucination is detected",
+    )
     return p
 
 
@@ -170,14 +331,14 @@ def _default_load_backend(model_name: str, kv_cache: bool):
     return load_backend(model_name, kv_cache=kv_cache)
 
 
-def _one_line(exc: BaseException, path: Optional[str] = None) -> str:
+def _one_line(exc: BaseException, path: str | None = None) -> str:
     msg = " ".join(str(exc).split())
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)) and exc.strerror:
         msg = exc.strerror  # the file name is printed separately
     if path is not None:
         for prefix in (f"{path}: ", f"{os.path.normpath(path)}: "):
             if msg.startswith(prefix):
-                msg = msg[len(prefix):]
+                msg = msg[len(prefix) :]
                 break
     return msg or type(exc).__name__
 
@@ -186,8 +347,9 @@ def _error(msg: str) -> None:
     print(f"kvgraph: error: {msg}", file=sys.stderr, flush=True)
 
 
-def write_outputs(result: dict, audio_path: str, output_format: str, output_dir: str,
-                  writer_args: Optional[dict] = None) -> List[str]:
+def write_outputs(
+    result: dict, audio_path: str, output_format: str, output_dir: str, writer_args: dict | None = None
+) -> list[str]:
     """Writes ``result`` with openai-whisper's writers, atomically; ``writer_args`` are
     openai's word options (:data:`WORD_OPTIONS`, all None/False by default).
 
@@ -213,7 +375,7 @@ def write_outputs(result: dict, audio_path: str, output_format: str, output_dir:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _normalize_language(parser: argparse.ArgumentParser, language: Optional[str]) -> Optional[str]:
+def _normalize_language(parser: argparse.ArgumentParser, language: str | None) -> str | None:
     if language is None or language == "None":
         return None
     from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
@@ -236,7 +398,7 @@ def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
     return 2  # unreachable
 
 
-def _format_timings(load_s: float, compile_s: Optional[float], t: dict, wall_s: float) -> str:
+def _format_timings(load_s: float, compile_s: float | None, t: dict, wall_s: float) -> str:
     decode_s = t["prefill_s"] + t["step_s"] + t["reorder_s"]
     tps = t["tokens_decoded"] / decode_s if decode_s > 0 else 0.0
     load = f"load {load_s:.2f} s"
@@ -253,8 +415,8 @@ def _format_timings(load_s: float, compile_s: Optional[float], t: dict, wall_s: 
 
 
 def main(
-    argv: Optional[Sequence[str]] = None,
-    load_backend: Optional[Callable[..., object]] = None,
+    argv: Sequence[str] | None = None,
+    load_backend: Callable[..., object] | None = None,
 ) -> int:
     """Entry point of ``kvgraph transcribe``; ``argv`` excludes the subcommand.
 
@@ -275,15 +437,18 @@ def main(
             if getattr(args, option):
                 return _usage_error(parser, f"--{option} requires --word_timestamps True")
     if args.max_line_count and not args.max_line_width:
-        warnings.warn("--max_line_count has no effect without --max_line_width")
+        warnings.warn("--max_line_count has no effect without --max_line_width", stacklevel=2)
     if args.max_words_per_line and args.max_line_width:
-        warnings.warn("--max_words_per_line has no effect with --max_line_width")
+        warnings.warn("--max_words_per_line has no effect with --max_line_width", stacklevel=2)
     writer_args = {k: getattr(args, k) for k in WORD_OPTIONS}
 
     model_name: str = args.model
     if model_name.endswith(".en") and language not in (None, "en"):
-        print(f"kvgraph: warning: {model_name} is an English-only model; using English "
-              f"instead of {args.language!r}", file=sys.stderr)
+        print(
+            f"kvgraph: warning: {model_name} is an English-only model; using English "
+            f"instead of {args.language!r}",
+            file=sys.stderr,
+        )
         language = "en"
 
     temperature = args.temperature
@@ -299,8 +464,9 @@ def main(
     progress = (args.verbose or sys.stderr.isatty()) and not args.no_progress
     # options passed through to whisper.transcribe under their own names
     decode_options = {k: getattr(args, k) for k in DECODE_OPTIONS}
-    decode_options.update(temperature=temperatures, language=language,
-                          verbose=False if progress else None)  # False = tqdm progress bar
+    decode_options.update(
+        temperature=temperatures, language=language, verbose=False if progress else None
+    )  # False = tqdm progress bar
 
     try:
         os.makedirs(args.output_dir, exist_ok=True)
@@ -310,9 +476,14 @@ def main(
 
     load_backend = load_backend or _default_load_backend
     if progress:
-        print(f"{PROG}: loading {model_name} (its MAX programs come from the program store; "
-              "the first run compiles them: minutes)", file=sys.stderr, flush=True)
+        print(
+            f"{PROG}: loading {model_name} (its MAX programs come from the program store; "
+            "the first run compiles them: minutes)",
+            file=sys.stderr,
+            flush=True,
+        )
         import logging  # one line per compiled program, as it happens
+
         kv_log = logging.getLogger("kvgraph")
         if not any(getattr(h, "kvgraph_cli", False) for h in kv_log.handlers):
             handler = logging.StreamHandler(sys.stderr)
@@ -363,8 +534,11 @@ def main(
             totals[k] = totals.get(k, 0) + v
 
     if args.verbose:
-        print(_format_timings(load_s, compile_s, totals, time.perf_counter() - wall0),
-              file=sys.stderr, flush=True)
+        print(
+            _format_timings(load_s, compile_s, totals, time.perf_counter() - wall0),
+            file=sys.stderr,
+            flush=True,
+        )
     return 1 if failed else 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Union
 
 __all__ = ["ACCEPTED_NAMES", "PathLike", "WeightsNotInstalledError", "resolve_source"]
 
@@ -28,7 +27,7 @@ class WeightsNotInstalledError(ImportError):
     """The packages holding a named checkpoint are not installed."""
 
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 def _package_dir(module_name: str) -> Path | None:

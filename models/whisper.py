@@ -1,4 +1,5 @@
 """OpenAI Whisper on kvgraph: the decoder spec, the encoder graph, and the compiled model."""
+
 from __future__ import annotations
 
 import kvgraph
@@ -12,14 +13,24 @@ def spec_from_dims(dims) -> kvgraph.DecoderSpec:
     parameter names equal openai-whisper's ``state_dict`` keys.
     """
     return kvgraph.DecoderSpec(
-        vocab_size=dims.n_vocab, d_model=dims.n_text_state, n_heads=dims.n_text_head,
-        n_layers=dims.n_text_layer, max_seq_len=dims.n_text_ctx, mlp_hidden=4 * dims.n_text_state,
-        norm="layernorm", mlp="gelu", positions="learned",
+        vocab_size=dims.n_vocab,
+        d_model=dims.n_text_state,
+        n_heads=dims.n_text_head,
+        n_layers=dims.n_text_layer,
+        max_seq_len=dims.n_text_ctx,
+        mlp_hidden=4 * dims.n_text_state,
+        norm="layernorm",
+        mlp="gelu",
+        positions="learned",
         cross_attention=kvgraph.CrossAttention(context_len=dims.n_audio_ctx, context_dim=dims.n_audio_state),
-        tie_embeddings=True, eps=1e-5, naming="whisper", name="whisper_decoder")
+        tie_embeddings=True,
+        eps=1e-5,
+        naming="whisper",
+        name="whisper_decoder",
+    )
 
 
-def build_encoder(dims) -> "kvgraph.Graph":
+def build_encoder(dims) -> kvgraph.Graph:
     """Whisper's audio encoder as kvgraph IR: ``mel f32[b, n_mels, 2*n_audio_ctx]`` ->
     ``features f32[b, n_audio_ctx, n_audio_state]``.
 
@@ -41,10 +52,15 @@ def build_encoder(dims) -> "kvgraph.Graph":
         return g.add(ir.LayerNorm(x, w(base + ".weight", d), w(base + ".bias", d), 1e-5), hint)
 
     def lin(base, x, out_dim, in_dim, hint, bias=True):
-        return g.add(ir.Linear(x, w(base + ".weight", out_dim, in_dim), w(base + ".bias", out_dim) if bias else None), hint)
+        return g.add(
+            ir.Linear(x, w(base + ".weight", out_dim, in_dim), w(base + ".bias", out_dim) if bias else None),
+            hint,
+        )
 
     x = g.add(ir.Transpose(mel), "mel_t")
-    x = g.add(ir.Conv1d(x, w("encoder.conv1.weight", d, dims.n_mels, 3), w("encoder.conv1.bias", d), 1, 1), "conv1")
+    x = g.add(
+        ir.Conv1d(x, w("encoder.conv1.weight", d, dims.n_mels, 3), w("encoder.conv1.bias", d), 1, 1), "conv1"
+    )
     x = g.add(ir.Gelu(x), "conv1_gelu")
     x = g.add(ir.Conv1d(x, w("encoder.conv2.weight", d, d, 3), w("encoder.conv2.bias", d), 2, 1), "conv2")
     x = g.add(ir.Gelu(x), "conv2_gelu")
@@ -66,6 +82,7 @@ def build_encoder(dims) -> "kvgraph.Graph":
 
 # ----------------------------------------------------------------------------- MAX model
 
+
 class MaxWhisperBackend:
     """Whisper's encoder and decoder compiled through kvgraph and running on MAX.
 
@@ -80,8 +97,9 @@ class MaxWhisperBackend:
     would be refused by the decoder.
     """
 
-    def __init__(self, dims, weights, *, kv_cache: bool = True, cache_layout: str = "buffer",
-                 alignment_heads=None):
+    def __init__(
+        self, dims, weights, *, kv_cache: bool = True, cache_layout: str = "buffer", alignment_heads=None
+    ):
         import time
 
         from kvgraph.max.runtime import ProgramRequest
@@ -90,14 +108,19 @@ class MaxWhisperBackend:
         self.dims, self.kv_cache = dims, kv_cache
         #: the cross-attention heads ``((layer, head), ...)`` word timestamps read
         #: (``models.alignment_heads``); openai's default when the checkpoint names none
-        self.alignment_heads = (default_alignment_heads(dims) if alignment_heads is None
-                                else heads_from(alignment_heads, dims, "alignment_heads="))
+        self.alignment_heads = (
+            default_alignment_heads(dims)
+            if alignment_heads is None
+            else heads_from(alignment_heads, dims, "alignment_heads=")
+        )
         t0 = time.perf_counter()
-        self.decoder = kvgraph.compile(spec_from_dims(dims), weights, kv_cache=kv_cache,
-                                       cache_layout=cache_layout, eager=False)
+        self.decoder = kvgraph.compile(
+            spec_from_dims(dims), weights, kv_cache=kv_cache, cache_layout=cache_layout, eager=False
+        )
         # encoder + the decoder's first programs in one go: one stored artifact, or one compile
-        (self.encoder,) = self.decoder.load(self.decoder.eager_programs,
-                                            extra=[ProgramRequest(build_encoder(dims), weights)])
+        (self.encoder,) = self.decoder.load(
+            self.decoder.eager_programs, extra=[ProgramRequest(build_encoder(dims), weights)]
+        )
         self.compile_s = time.perf_counter() - t0
 
     def encode(self, mel):
@@ -143,6 +166,7 @@ def load_checkpoint(name_or_path, *, keep_float16: bool = False):
     """``(dims, weights)`` for ``"tiny.en"``, ``"base"``, a CTranslate2 directory or a ``.pt`` file
     (see ``models.whisper_weights.load_checkpoint``)."""
     from models.whisper_weights import load_checkpoint as _load
+
     return _load(name_or_path, keep_float16=keep_float16)
 
 
@@ -152,8 +176,9 @@ def load_backend(name_or_path="tiny.en", *, kv_cache: bool = True) -> MaxWhisper
     # float16 weights as stored: the lowering reads them for its float16 kernels as they are
     # and widens copies only where a kernel wants float32 (no float32 copy of every weight)
     dims, weights = load_checkpoint(name_or_path, keep_float16=True)
-    return MaxWhisperBackend(dims, weights, kv_cache=kv_cache,
-                             alignment_heads=load_alignment_heads(name_or_path, dims))
+    return MaxWhisperBackend(
+        dims, weights, kv_cache=kv_cache, alignment_heads=load_alignment_heads(name_or_path, dims)
+    )
 
 
 class WhisperModel:
@@ -166,6 +191,7 @@ class WhisperModel:
 
     def transcribe(self, audio, **options) -> dict:
         from models.whisper_decode import transcribe
+
         return transcribe(self.backend, audio, **options)
 
 

@@ -35,8 +35,9 @@ import dataclasses
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Protocol, Union
 
 import numpy as np
 import torch
@@ -62,19 +63,17 @@ class WhisperBackend(Protocol):
     def encode(self, mel: np.ndarray) -> np.ndarray:
         """f32[b, n_mels, 3000] -> f32[b, n_audio_ctx, n_audio_state]"""
 
-    def prefill(
-        self, tokens: np.ndarray, audio_features: np.ndarray
-    ) -> Tuple[np.ndarray, Any]:
+    def prefill(self, tokens: np.ndarray, audio_features: np.ndarray) -> tuple[np.ndarray, Any]:
         """tokens i64[b, t] -> (logits f32[b, vocab] of the LAST position, state)"""
 
-    def step(self, tokens: np.ndarray, state: Any) -> Tuple[np.ndarray, Any]:
+    def step(self, tokens: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         """tokens i64[b, n] (n >= 1 new tokens) -> (logits f32[b, n, vocab], state)"""
 
     def reorder(self, state: Any, indices: np.ndarray) -> Any:
         """Reindex the batch rows of ``state`` (beam search)."""
 
     # -- for word timestamps only (optional) --------------------------------
-    alignment_heads: Sequence[Tuple[int, int]]
+    alignment_heads: Sequence[tuple[int, int]]
     """The cross-attention heads ``(layer, head)`` word timestamps read."""
 
     def alignment(self, tokens: np.ndarray, audio_features: np.ndarray):
@@ -118,9 +117,7 @@ class DecodeTimings:
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["decoder_s"] = self.decoder_s
-        d["tokens_per_s"] = (
-            self.tokens_decoded / self.decoder_s if self.decoder_s > 0 else 0.0
-        )
+        d["tokens_per_s"] = self.tokens_decoded / self.decoder_s if self.decoder_s > 0 else 0.0
         return d
 
 
@@ -143,13 +140,13 @@ def torch_threads(n: int = 1):
         torch.set_num_threads(prev)
 
 
-def _to_numpy_f32(x: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
+def _to_numpy_f32(x: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().float().numpy()
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _to_numpy_i64(x: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
+def _to_numpy_i64(x: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     return np.ascontiguousarray(x, dtype=np.int64)
@@ -163,9 +160,7 @@ def _match_batch(audio_features: np.ndarray, n_batch: int) -> np.ndarray:
     if n_audio == n_batch:
         return audio_features
     if n_batch % n_audio != 0:
-        raise ValueError(
-            f"token batch {n_batch} is not a multiple of audio batch {n_audio}"
-        )
+        raise ValueError(f"token batch {n_batch} is not a multiple of audio batch {n_audio}")
     return np.repeat(audio_features, n_batch // n_audio, axis=0)
 
 
@@ -242,7 +237,7 @@ class BackendInference(Inference):
         backend: WhisperBackend,
         initial_token_length: int,
         sot_index: int,
-        timings: Optional[DecodeTimings] = None,
+        timings: DecodeTimings | None = None,
     ):
         self.timings = timings if timings is not None else DecodeTimings()
         self.backend = _Timed(backend, self.timings)
@@ -261,15 +256,11 @@ class BackendInference(Inference):
             split = self.sot_index + 1
             sot_logits, state = self.backend.prefill(toks[:, :split], features)
             sot_logits = np.asarray(sot_logits, dtype=np.float32)
-            out = np.full(
-                (n_batch, n_tokens, sot_logits.shape[-1]), np.nan, dtype=np.float32
-            )
+            out = np.full((n_batch, n_tokens, sot_logits.shape[-1]), np.nan, dtype=np.float32)
             out[:, self.sot_index] = sot_logits.reshape(n_batch, -1)
             if n_tokens > split:
                 rest, state = self.backend.step(toks[:, split:], state)
-                out[:, split:] = np.asarray(rest, dtype=np.float32).reshape(
-                    n_batch, n_tokens - split, -1
-                )
+                out[:, split:] = np.asarray(rest, dtype=np.float32).reshape(n_batch, n_tokens - split, -1)
             self.state = state
             self.n_seen = n_tokens
             return torch.from_numpy(out)
@@ -282,18 +273,14 @@ class BackendInference(Inference):
         new = toks[:, self.n_seen :]
         logits, self.state = self.backend.step(new, self.state)
         self.n_seen = n_tokens
-        logits = np.asarray(logits, dtype=np.float32).reshape(
-            n_batch, new.shape[1], -1
-        )
+        logits = np.asarray(logits, dtype=np.float32).reshape(n_batch, new.shape[1], -1)
         return torch.from_numpy(logits)
 
     def rearrange_kv_cache(self, source_indices) -> None:
         indices = [int(i) for i in source_indices]
         if self.state is None or indices == list(range(len(indices))):
             return  # identity permutation, same shortcut as PyTorchInference
-        self.state = self.backend.reorder(
-            self.state, np.asarray(indices, dtype=np.int64)
-        )
+        self.state = self.backend.reorder(self.state, np.asarray(indices, dtype=np.int64))
 
     def cleanup_caching(self) -> None:
         self.state = None
@@ -303,9 +290,9 @@ class BackendInference(Inference):
 class _BackendEncoder:
     """Stands in for ``model.encoder``: torch mel in, torch features out."""
 
-    def __init__(self, adapter: "WhisperAdapter"):
+    def __init__(self, adapter: WhisperAdapter):
         self._adapter = adapter
-        self.last: Optional[Tuple[np.ndarray, np.ndarray]] = None  # (mel, features) of the last call
+        self.last: tuple[np.ndarray, np.ndarray] | None = None  # (mel, features) of the last call
 
     def features(self, mel_np: np.ndarray, reuse: bool = False) -> np.ndarray:
         """The backend's features of ``mel_np`` f32[b, n_mels, frames]; with ``reuse``,
@@ -371,7 +358,7 @@ class _NoTorchDecoder:
 class WhisperAdapter:
     """Duck-typed ``whisper.model.Whisper`` whose compute runs on a backend."""
 
-    def __init__(self, backend: WhisperBackend, timings: Optional[DecodeTimings] = None):
+    def __init__(self, backend: WhisperBackend, timings: DecodeTimings | None = None):
         self.backend = backend
         self.dims: ModelDimensions = backend.dims
         self.timings = timings if timings is not None else DecodeTimings()
@@ -398,8 +385,9 @@ class WhisperAdapter:
         ``[n_text_layer, n_text_head]`` tensor."""
         heads = getattr(self.backend, "alignment_heads", None)
         if heads is None:
-            raise AttributeError(f"backend {type(self.backend).__name__} has no alignment_heads: "
-                                 "word timestamps need them")
+            raise AttributeError(
+                f"backend {type(self.backend).__name__} has no alignment_heads: word timestamps need them"
+            )
         mask = torch.zeros(self.dims.n_text_layer, self.dims.n_text_head, dtype=torch.bool)
         for layer, head in heads:
             mask[layer, head] = True
@@ -416,8 +404,10 @@ class WhisperAdapter:
         alignment heads gets an all-NaN view that allocates nothing). The audio features
         are the backend encoder's, reused when ``mel`` is the window last encoded."""
         if not hasattr(self.backend, "alignment"):
-            raise RuntimeError(f"backend {type(self.backend).__name__} has no alignment(): "
-                               "word timestamps need the cross-attention scores")
+            raise RuntimeError(
+                f"backend {type(self.backend).__name__} has no alignment(): "
+                "word timestamps need the cross-attention scores"
+            )
         mel_np = _to_numpy_f32(mel)
         toks = _to_numpy_i64(tokens)
         features = _match_batch(self.encoder.features(mel_np, reuse=True), toks.shape[0])
@@ -447,11 +437,7 @@ class WhisperAdapter:
         rows = [np.asarray(first, dtype=np.float32).reshape(toks.shape[0], 1, -1)]
         if toks.shape[1] > 1:
             rest, _ = timed.step(toks[:, 1:], state)
-            rows.append(
-                np.asarray(rest, dtype=np.float32).reshape(
-                    toks.shape[0], toks.shape[1] - 1, -1
-                )
-            )
+            rows.append(np.asarray(rest, dtype=np.float32).reshape(toks.shape[0], toks.shape[1] - 1, -1))
         return torch.from_numpy(np.concatenate(rows, axis=1))
 
     # openai-whisper's own language detection (runs encoder + logits above)
@@ -461,9 +447,9 @@ class WhisperAdapter:
     def decode(
         self,
         mel: torch.Tensor,
-        options: DecodingOptions = DecodingOptions(),
+        options: DecodingOptions = DecodingOptions(),  # noqa: B008 - frozen dataclass, as openai-whisper's signature
         **kwargs,
-    ) -> Union[DecodingResult, List[DecodingResult]]:
+    ) -> DecodingResult | list[DecodingResult]:
         """Same contract as ``whisper.decoding.decode`` (and ``Whisper.decode``)."""
         if single := mel.ndim == 2:
             mel = mel.unsqueeze(0)
@@ -472,9 +458,7 @@ class WhisperAdapter:
         if options.fp16:
             options = replace(options, fp16=False)  # backend works in fp32 I/O
         task = DecodingTask(self, options)
-        inference = BackendInference(
-            self.backend, len(task.initial_tokens), task.sot_index, self.timings
-        )
+        inference = BackendInference(self.backend, len(task.initial_tokens), task.sot_index, self.timings)
         task.inference = inference
         if hasattr(task.decoder, "inference"):  # BeamSearchDecoder holds a ref
             task.decoder.inference = inference
@@ -490,9 +474,7 @@ class WhisperAdapter:
 AudioInput = Union[str, "os.PathLike[str]", np.ndarray, torch.Tensor]
 
 
-def transcribe(
-    backend: Union[WhisperBackend, WhisperAdapter], audio: AudioInput, **decode_options
-) -> dict:
+def transcribe(backend: WhisperBackend | WhisperAdapter, audio: AudioInput, **decode_options) -> dict:
     """``whisper.transcribe`` with all neural compute on ``backend``.
 
     ``audio`` is a path (decoded with ``models.audio.load_audio``) or a float32
@@ -511,8 +493,10 @@ def transcribe(
     """
     adapter = backend if isinstance(backend, WhisperAdapter) else WhisperAdapter(backend)
     if decode_options.get("word_timestamps") and not hasattr(adapter.backend, "alignment"):
-        raise ValueError(f"word_timestamps: backend {type(adapter.backend).__name__} has no alignment() "
-                         "(the alignment heads' cross-attention scores)")
+        raise ValueError(
+            f"word_timestamps: backend {type(adapter.backend).__name__} has no alignment() "
+            "(the alignment heads' cross-attention scores)"
+        )
 
     if isinstance(audio, (str, os.PathLike)):
         from models.audio import load_audio
@@ -530,9 +514,7 @@ def transcribe(
     with warnings.catch_warnings():
         # the adapter reports a "cpu" device (host tensors) even when the
         # backend runs on an accelerator: openai's CPU-vs-CUDA hint is moot.
-        warnings.filterwarnings(
-            "ignore", message="Performing inference on CPU when CUDA is available"
-        )
+        warnings.filterwarnings("ignore", message="Performing inference on CPU when CUDA is available")
         with torch_threads(1):
             result = whisper.transcribe(adapter, audio, **decode_options)
     timings.total_s = time.perf_counter() - t0

@@ -19,12 +19,17 @@ def state_dict_shapes(dims) -> dict[str, tuple]:
     }
 
     def attn(prefix, n):
-        out.update({
-            f"{prefix}.query.weight": (n, n), f"{prefix}.query.bias": (n,),
-            f"{prefix}.key.weight": (n, n),
-            f"{prefix}.value.weight": (n, n), f"{prefix}.value.bias": (n,),
-            f"{prefix}.out.weight": (n, n), f"{prefix}.out.bias": (n,),
-        })
+        out.update(
+            {
+                f"{prefix}.query.weight": (n, n),
+                f"{prefix}.query.bias": (n,),
+                f"{prefix}.key.weight": (n, n),
+                f"{prefix}.value.weight": (n, n),
+                f"{prefix}.value.bias": (n,),
+                f"{prefix}.out.weight": (n, n),
+                f"{prefix}.out.bias": (n,),
+            }
+        )
 
     def ln(prefix, n):
         out.update({f"{prefix}.weight": (n,), f"{prefix}.bias": (n,)})
@@ -35,10 +40,14 @@ def state_dict_shapes(dims) -> dict[str, tuple]:
         if cross:
             attn(f"{prefix}.cross_attn", n)
             ln(f"{prefix}.cross_attn_ln", n)
-        out.update({
-            f"{prefix}.mlp.0.weight": (4 * n, n), f"{prefix}.mlp.0.bias": (4 * n,),
-            f"{prefix}.mlp.2.weight": (n, 4 * n), f"{prefix}.mlp.2.bias": (n,),
-        })
+        out.update(
+            {
+                f"{prefix}.mlp.0.weight": (4 * n, n),
+                f"{prefix}.mlp.0.bias": (4 * n,),
+                f"{prefix}.mlp.2.weight": (n, 4 * n),
+                f"{prefix}.mlp.2.bias": (n,),
+            }
+        )
         ln(f"{prefix}.mlp_ln", n)
 
     for i in range(dims.n_audio_layer):

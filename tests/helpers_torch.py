@@ -10,6 +10,7 @@ It also covers the simple variants a spec can mix in with Llama naming: LayerNor
 (with biases), GELU MLP, learned / sinusoidal / no positions, linear biases, tied
 embeddings and cross-attention over a context.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ def _t(a, dtype) -> torch.Tensor:
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """Hugging Face Llama's ``rotate_half``: ``[x1, x2] -> [-x2, x1]`` over the last axis."""
-    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
     return torch.cat((-x2, x1), dim=-1)
 
 
@@ -92,8 +93,7 @@ def _attend(q, k, v, n_heads, n_kv_heads, causal):
     return (p @ v).transpose(1, 2).reshape(b, sq, n_heads * hd)
 
 
-def llama_logits(spec, weights: dict, tokens, context=None, dtype=torch.float32,
-                 return_used: bool = False):
+def llama_logits(spec, weights: dict, tokens, context=None, dtype=torch.float32, return_used: bool = False):
     """Logits [b, s, vocab] of a Llama-named decoder described by ``spec``'s plain fields.
 
     With ``return_used`` also returns the set of weight names read (to check that the
@@ -123,8 +123,16 @@ def llama_logits(spec, weights: dict, tokens, context=None, dtype=torch.float32,
         v = _linear(W, L + "self_attn.v_proj", h)
         if spec.positions == "rotary":
             b = q.shape[0]
-            q = apply_rotary(q.view(b, s, H, hd).transpose(1, 2), cos, sin).transpose(1, 2).reshape(b, s, H * hd)
-            k = apply_rotary(k.view(b, s, KV, hd).transpose(1, 2), cos, sin).transpose(1, 2).reshape(b, s, KV * hd)
+            q = (
+                apply_rotary(q.view(b, s, H, hd).transpose(1, 2), cos, sin)
+                .transpose(1, 2)
+                .reshape(b, s, H * hd)
+            )
+            k = (
+                apply_rotary(k.view(b, s, KV, hd).transpose(1, 2), cos, sin)
+                .transpose(1, 2)
+                .reshape(b, s, KV * hd)
+            )
         x = x + _linear(W, L + "self_attn.o_proj", _attend(q, k, v, H, KV, causal=True))
         if spec.cross_attention is not None:
             h = _norm(spec, W, L + "cross_attn_layernorm", x)

@@ -1,4 +1,5 @@
 """models.alignment_heads: a checkpoint's alignment heads, as openai-whisper would use them."""
+
 from __future__ import annotations
 
 import base64
@@ -12,8 +13,18 @@ from whisper.model import ModelDimensions
 
 from models.alignment_heads import default_alignment_heads, heads_from, load_alignment_heads
 
-DIMS = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
-                       n_vocab=51864, n_text_ctx=448, n_text_state=64, n_text_head=4, n_text_layer=3)
+DIMS = ModelDimensions(
+    n_mels=80,
+    n_audio_ctx=1500,
+    n_audio_state=64,
+    n_audio_head=2,
+    n_audio_layer=1,
+    n_vocab=51864,
+    n_text_ctx=448,
+    n_text_state=64,
+    n_text_head=4,
+    n_text_layer=3,
+)
 
 
 def _openai_table(name, layers):
@@ -23,8 +34,18 @@ def _openai_table(name, layers):
 
 @pytest.mark.parametrize("name,layers,heads", [("tiny.en", 4, 6), ("base", 6, 8)])
 def test_packaged_checkpoints_carry_openais_heads(name, layers, heads):
-    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
-                           n_vocab=51864, n_text_ctx=448, n_text_state=64, n_text_head=heads, n_text_layer=layers)
+    dims = ModelDimensions(
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=64,
+        n_audio_head=2,
+        n_audio_layer=1,
+        n_vocab=51864,
+        n_text_ctx=448,
+        n_text_state=64,
+        n_text_head=heads,
+        n_text_layer=layers,
+    )
     try:
         got = load_alignment_heads(name, dims)
     except ImportError as e:

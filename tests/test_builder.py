@@ -1,5 +1,6 @@
 """GraphBuilder's helpers for passes: ``like`` (a rewrite of a graph) and ``copy`` (a node
 with remapped operands)."""
+
 import kvgraph
 from kvgraph import specs
 from kvgraph.ir import GraphBuilder

@@ -1,4 +1,5 @@
 """``kvgraph show``: the IR of every stage for built-in specs, and clean errors."""
+
 from __future__ import annotations
 
 import subprocess
@@ -12,7 +13,9 @@ from kvgraph.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 HEADERS = ["// ---- after build: full"] + [
     f"// ---- after {stage}: {prog}"
-    for stage in ("kv_cache", "hoist_invariant", "sink_take_last", "dce") for prog in ("prefill", "step")]
+    for stage in ("kv_cache", "hoist_invariant", "sink_take_last", "dce")
+    for prog in ("prefill", "step")
+]
 
 
 @pytest.mark.parametrize("spec,graph", [("whisper-tiny.en", "whisper_decoder"), ("llama-demo", "llama_demo")])
@@ -58,12 +61,22 @@ def test_no_command_is_a_usage_error(capsys):
 
 
 def test_python_dash_m(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "kvgraph", "show", "llama-demo"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "kvgraph", "show", "llama-demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     assert "// ---- after dce: step" in p.stdout and "graph llama_demo(" in p.stdout
-    bad = subprocess.run([sys.executable, "-m", "kvgraph", "show", "nope"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "kvgraph", "show", "nope"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
@@ -73,12 +86,27 @@ def test_list(capsys):
 
 
 def test_show_exposed_attention_scores(capsys):
-    assert main(["show", "whisper-tiny.en", "--expose", "b1.cross:0", "--expose", "b2.cross:0,5",
-                 "--stage", "expose_attention"]) == 0
+    assert (
+        main(
+            [
+                "show",
+                "whisper-tiny.en",
+                "--expose",
+                "b1.cross:0",
+                "--expose",
+                "b2.cross:0,5",
+                "--stage",
+                "expose_attention",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "// ---- after expose_attention: full"
-    assert ("%scores.b2.cross = attention_scores %b2.cq, %b2.ck {heads=6, kv_heads=6, causal=false, "
-            "scale=0.125, select=[0, 5]} : f32[b, 2, s, 1500]") in out
+    assert (
+        "%scores.b2.cross = attention_scores %b2.cq, %b2.ck {heads=6, kv_heads=6, causal=false, "
+        "scale=0.125, select=[0, 5]} : f32[b, 2, s, 1500]"
+    ) in out
     assert "return logits=%logits, scores.b1.cross=%scores.b1.cross, scores.b2.cross=%scores.b2.cross" in out
     assert main(["show", "llama-demo", "--expose", "b7.attn"]) == 1
     assert "has no attention %b7.attn" in capsys.readouterr().err

@@ -1,29 +1,52 @@
 """kvgraph.compile on MAX against the NumPy reference (each model compiled once per session)."""
+
 import attrs
 import numpy as np
 import pytest
+from tolerance import MAX_VS_REF, assert_close, check
 
 import kvgraph
 import kvgraph.specs
 from kvgraph import ir
 from kvgraph.errors import LoweringError
 from kvgraph.reference_decoder import ReferenceDecoder
-from tolerance import MAX_VS_REF, assert_close, check
 
 pytestmark = pytest.mark.max
 
 SPECS = {
     # Whisper/GPT-2 family with cross-attention and grouped-query self-attention.
     "gpt_cross_gqa": kvgraph.DecoderSpec(
-        vocab_size=97, d_model=48, n_heads=6, n_kv_heads=3, n_layers=2, max_seq_len=64, mlp_hidden=96,
-        norm="layernorm", mlp="gelu", positions="learned",
-        cross_attention=kvgraph.CrossAttention(context_len=12, context_dim=40), name="gpt_cross_gqa"),
+        vocab_size=97,
+        d_model=48,
+        n_heads=6,
+        n_kv_heads=3,
+        n_layers=2,
+        max_seq_len=64,
+        mlp_hidden=96,
+        norm="layernorm",
+        mlp="gelu",
+        positions="learned",
+        cross_attention=kvgraph.CrossAttention(context_len=12, context_dim=40),
+        name="gpt_cross_gqa",
+    ),
     # A mix neither family uses: sinusoidal positions, RMSNorm with GELU and biases,
     # multi-query attention (one KV head), cross-attention to a context wider than d_model.
     "mixed_mqa": kvgraph.DecoderSpec(
-        vocab_size=71, d_model=32, n_heads=4, n_kv_heads=1, n_layers=3, max_seq_len=64, mlp_hidden=80,
-        norm="rmsnorm", mlp="gelu", positions="sinusoidal", bias=True, naming="llama",
-        cross_attention=kvgraph.CrossAttention(context_len=9, context_dim=56), name="mixed_mqa"),
+        vocab_size=71,
+        d_model=32,
+        n_heads=4,
+        n_kv_heads=1,
+        n_layers=3,
+        max_seq_len=64,
+        mlp_hidden=80,
+        norm="rmsnorm",
+        mlp="gelu",
+        positions="sinusoidal",
+        bias=True,
+        naming="llama",
+        cross_attention=kvgraph.CrossAttention(context_len=9, context_dim=56),
+        name="mixed_mqa",
+    ),
     # Llama family: RMSNorm, rotary, GQA, SwiGLU, untied head, no cross-attention. The
     # built-in demo spec, so examples/compile_llama_style.py reuses these compiled graphs.
     "llama_gqa": kvgraph.specs.get("llama-demo"),
@@ -64,17 +87,24 @@ def _inputs(spec, batch, length, seed):
 def test_prefill_and_steps_match_reference(case):
     spec, weights, model = case
     tokens, ctx = _inputs(spec, 2, 11, seed=1)
-    full = kvgraph.reference.run(kvgraph.build(spec), weights, np.float64, tokens=tokens,
-                                 **({"context": ctx} if ctx is not None else {}))["logits"]
+    full = kvgraph.reference.run(
+        kvgraph.build(spec),
+        weights,
+        np.float64,
+        tokens=tokens,
+        **({"context": ctx} if ctx is not None else {}),
+    )["logits"]
     p = 5
     logits, state = model.prefill(tokens[:, :p], ctx)
     assert logits.shape == (2, spec.vocab_size)
     assert_close(logits, full[:, p - 1], MAX_VS_REF, what="test_prefill_and_steps_match_reference")
     past = p
     for n in (1, 1, 3, 1):
-        logits, state = model.step(tokens[:, past:past + n], state)
+        logits, state = model.step(tokens[:, past : past + n], state)
         assert logits.shape == (2, n, spec.vocab_size)
-        assert_close(logits, full[:, past:past + n], MAX_VS_REF, what="test_prefill_and_steps_match_reference")
+        assert_close(
+            logits, full[:, past : past + n], MAX_VS_REF, what="test_prefill_and_steps_match_reference"
+        )
         past += n
     assert state.past == past == 11
 
@@ -83,7 +113,9 @@ def test_full_sequence_fallback_matches_reference(case):
     spec, weights, model = case
     tokens, ctx = _inputs(spec, 2, 7, seed=2)
     ref = ReferenceDecoder(spec, weights).logits(tokens, ctx)
-    assert_close(model.logits(tokens, ctx), ref, MAX_VS_REF, what="test_full_sequence_fallback_matches_reference")
+    assert_close(
+        model.logits(tokens, ctx), ref, MAX_VS_REF, what="test_full_sequence_fallback_matches_reference"
+    )
 
 
 def test_prefill_length_one_and_batch_one(case):
@@ -110,7 +142,9 @@ def test_max_bound_fails_on_a_1e3_perturbation():
     ref = ReferenceDecoder(spec, weights).logits(tokens, ctx)
     for w in ("model.layers.1.self_attn.v_proj.weight", "model.norm.weight"):
         bad = dict(weights)
-        bad[w] = (weights[w] + 1e-3 * np.random.default_rng(0).standard_normal(weights[w].shape)).astype(np.float32)
+        bad[w] = (weights[w] + 1e-3 * np.random.default_rng(0).standard_normal(weights[w].shape)).astype(
+            np.float32
+        )
         model = kvgraph.compile(spec, bad, eager=False)
         assert not check(model.logits(tokens, ctx), ref, MAX_VS_REF)[0], w
 
@@ -119,6 +153,7 @@ def test_float16_copies_only_where_lossless(case):
     """A float16-exact weight set gets float16 copies for the GEMV kernels (and the
     embedding); any other weight set stays float32 throughout."""
     from kvgraph.max.lower import lower
+
     spec, weights, model = case
     step = model.passes.step
     _, registry = lower(step, weights, few_dims={"b", "s"}, always_few=True)
@@ -127,7 +162,9 @@ def test_float16_copies_only_where_lossless(case):
     assert model.few_steps == (spec.name in F16_EXACT)
     if spec.name in F16_EXACT:
         assert {k.split("#")[0] for k in half} >= linears  # every linear reads float16 ...
-        assert not any(k.split("@")[0] in linears for k, a in registry.items() if a.dtype == np.float32)  # only
+        assert not any(
+            k.split("@")[0] in linears for k, a in registry.items() if a.dtype == np.float32
+        )  # only
         for k in half:
             np.testing.assert_array_equal(registry[k].astype(np.float32), weights[k.split("#")[0]])
         tokens, ctx = _inputs(spec, 1, 3, seed=7)
@@ -137,6 +174,7 @@ def test_float16_copies_only_where_lossless(case):
         assert "step_few" in before and model._progs == before  # compiled eagerly; nothing new ran
         # a step of more rows than STEP_FEW_ROWS runs the float32 GEMM program "step"
         from kvgraph.max.decoder import STEP_FEW_ROWS
+
         b, n = 2, STEP_FEW_ROWS // 2 + 1
         tokens, ctx = _inputs(spec, b, 3 + n, seed=8)
         full = ReferenceDecoder(spec, weights).logits(tokens, ctx)
@@ -152,6 +190,7 @@ def test_float16_copies_only_where_lossless(case):
 
 def test_state_stays_in_max_buffers_and_step_takes_no_weights(case):
     from max.driver import Buffer
+
     spec, weights, model = case
     tokens, ctx = _inputs(spec, 1, 3, seed=4)
     _, state = model.prefill(tokens, ctx)
@@ -173,6 +212,7 @@ def test_state_stays_in_max_buffers_and_step_takes_no_weights(case):
 
 def test_compiled_decoder_implements_the_decoder_protocol(case):
     from kvgraph.decoder import Decoder, DecoderState
+
     spec, weights, model = case
     assert isinstance(model, Decoder) and isinstance(ReferenceDecoder(spec, weights), Decoder)
     tokens, ctx = _inputs(spec, 1, 2, seed=9)
@@ -199,6 +239,7 @@ def test_programs_are_cached_in_process(case):
 
 # ------------------------------------------------------------- errors (no MAX compile)
 
+
 @attrs.frozen(eq=False)
 class _Mystery(ir.Op):
     NAME = "mystery"
@@ -211,6 +252,7 @@ class _Mystery(ir.Op):
 
 def test_op_without_rule_names_op_and_rules():
     from kvgraph.max.lower import lower
+
     spec = SPECS["llama_gqa"]
     g = kvgraph.build(spec)
     node = g.nodes[3]
@@ -224,6 +266,7 @@ def test_op_without_rule_names_op_and_rules():
 
 def test_lowering_error_carries_ir_line():
     from kvgraph.max.lower import lower
+
     spec = SPECS["llama_gqa"]
     w = kvgraph.init_weights(spec)
     w["model.layers.0.self_attn.q_proj.weight"] = np.zeros((3, 3), np.float32)
@@ -271,7 +314,9 @@ def buffer_case():
 def test_buffer_layout_matches_reference_in_place(buffer_case):
     from max.driver import Buffer
     from max.graph import BufferType
+
     from kvgraph.max.lower import lower
+
     spec, weights, model = buffer_case
     assert model.capacity == BUFFER_CAPACITY
     tokens, ctx = _inputs(spec, 2, 10, seed=1)
@@ -286,8 +331,10 @@ def test_buffer_layout_matches_reference_in_place(buffer_case):
     assert all(tuple(b.shape) == (2, BUFFER_CAPACITY, kv) for b in caches.values())
     past = p
     for n in (1, 1, 3):
-        logits, new = model.step(tokens[:, past:past + n], state)
-        assert_close(logits, full[:, past:past + n], MAX_VS_REF, what="test_buffer_layout_matches_reference_in_place")
+        logits, new = model.step(tokens[:, past : past + n], state)
+        assert_close(
+            logits, full[:, past : past + n], MAX_VS_REF, what="test_buffer_layout_matches_reference_in_place"
+        )
         assert all(new.buffers[k] is b for k, b in caches.items())  # written in place
         state, past = new, past + n
     assert state.past == past == 10
@@ -342,7 +389,7 @@ def test_buffer_layout_needs_a_capacity_without_learned_positions():
 
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_default_layout_is_buffer_when_the_capacity_is_known(name):
-    """"auto" (the default): in-place buffers of the spec's max_seq_len rows (the learned
+    """ "auto" (the default): in-place buffers of the spec's max_seq_len rows (the learned
     table's for learned positions), or capacity=; concat for a graph with no known bound."""
     spec = SPECS[name]
     lazy = dict(eager=False)  # no MAX compile: only the passes run
@@ -367,13 +414,25 @@ def test_concat_layout_matches_reference_and_keeps_states_immutable(concat_case)
     tokens, _ = _inputs(spec, 2, 9, seed=5)
     full = kvgraph.reference.run(kvgraph.build(spec), weights, np.float64, tokens=tokens)["logits"]
     logits, s0 = model.prefill(tokens[:, :4])
-    assert_close(logits, full[:, 3], MAX_VS_REF, what="test_concat_layout_matches_reference_and_keeps_states_immutable")
+    assert_close(
+        logits, full[:, 3], MAX_VS_REF, what="test_concat_layout_matches_reference_and_keeps_states_immutable"
+    )
     caches = [k for k in s0.buffers if k.startswith("cache.")]
     assert caches and all(s0.buffers[k].shape[1] == 4 for k in caches)
     _, s1 = model.step(tokens[:, 4:6], s0)
     _, other = model.step((tokens[:, 4:5] + 1) % spec.vocab_size, s0)  # a second branch
     assert all(s1.buffers[k].shape[1] == 6 for k in caches)  # a grown copy, s0 untouched
     logits, _ = model.step(tokens[:, 6:9], s1)  # still valid: nothing is written in place
-    assert_close(logits, full[:, 6:9], MAX_VS_REF, what="test_concat_layout_matches_reference_and_keeps_states_immutable")
+    assert_close(
+        logits,
+        full[:, 6:9],
+        MAX_VS_REF,
+        what="test_concat_layout_matches_reference_and_keeps_states_immutable",
+    )
     logits, _ = model.step(tokens[:, 4:5], s0)
-    assert_close(logits[:, 0], full[:, 4], MAX_VS_REF, what="test_concat_layout_matches_reference_and_keeps_states_immutable")
+    assert_close(
+        logits[:, 0],
+        full[:, 4],
+        MAX_VS_REF,
+        what="test_concat_layout_matches_reference_and_keeps_states_immutable",
+    )

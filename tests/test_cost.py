@@ -1,4 +1,5 @@
 """Static cost: a cached step does constant dense work; only attention grows with past."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,7 +29,10 @@ def test_step_dense_work_is_independent_of_past(case):
     assert a["by_op"]["linear"] == b["by_op"]["linear"]
     assert a["total"] == a["dense"] + a["attention"]
     # node by node: the same nodes run, and only attentions cost more with a longer past
-    na, nb = node_flops(r.step, {"b": 1, "s": 1, "past": 10}), node_flops(r.step, {"b": 1, "s": 1, "past": 300})
+    na, nb = (
+        node_flops(r.step, {"b": 1, "s": 1, "past": 10}),
+        node_flops(r.step, {"b": 1, "s": 1, "past": 300}),
+    )
     assert len(na) == len(nb) == node_count(r.step)
     grown = [x[0] for x, y in zip(na, nb) if x != y]
     assert grown and all(x[1] == "attention" for x, y in zip(na, nb) if x != y)
@@ -67,8 +71,17 @@ def test_multi_token_step_scales_dense_work_with_s(case):
 
 
 def test_linear_flops_exact():
-    spec = kvgraph.DecoderSpec(vocab_size=10, d_model=8, n_heads=2, n_layers=1, max_seq_len=8,
-                               mlp_hidden=16, norm="rmsnorm", mlp="swiglu", positions="none")
+    spec = kvgraph.DecoderSpec(
+        vocab_size=10,
+        d_model=8,
+        n_heads=2,
+        n_layers=1,
+        max_seq_len=8,
+        mlp_hidden=16,
+        norm="rmsnorm",
+        mlp="swiglu",
+        positions="none",
+    )
     g = kvgraph.build(spec)
     f = flops(g, {"b": 2, "s": 3})
     rows = 2 * 3

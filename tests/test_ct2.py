@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ct2_files import write_model_bin
+
 from models.ct2 import CT2FormatError, read_model_bin
 from models.weight_packages import resolve_source
 from models.whisper_weights import load_checkpoint

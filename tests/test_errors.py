@@ -1,5 +1,6 @@
 """kvgraph's deliberate errors derive from KvgraphError (errors.py's promise), checked in
 the source: no module raises a bare ValueError or TypeError."""
+
 from __future__ import annotations
 
 import ast
@@ -37,13 +38,21 @@ def test_no_bare_value_or_type_errors():
 
 def test_the_scan_names_file_and_line(tmp_path):
     p = tmp_path / "probe.py"
-    p.write_text("def f(x):\n    if x:\n        raise ValueError('no')\n    raise TypeError\n"
-                 "    raise KeyError(x)\n")
+    p.write_text(
+        "def f(x):\n    if x:\n        raise ValueError('no')\n    raise TypeError\n    raise KeyError(x)\n"
+    )
     assert _bare_raises(p, tmp_path) == ["probe.py:3: raise ValueError", "probe.py:4: raise TypeError"]
 
 
-@pytest.mark.parametrize("cls, builtin", [(errors.InputError, ValueError), (errors.SpecError, ValueError),
-                                          (errors.InputTypeError, TypeError), (errors.IRTypeError, TypeError)])
+@pytest.mark.parametrize(
+    "cls, builtin",
+    [
+        (errors.InputError, ValueError),
+        (errors.SpecError, ValueError),
+        (errors.InputTypeError, TypeError),
+        (errors.IRTypeError, TypeError),
+    ],
+)
 def test_argument_errors_are_also_the_builtin_callers_catch(cls, builtin):
     assert issubclass(cls, kvgraph.KvgraphError) and issubclass(cls, builtin)
 

@@ -1,4 +1,5 @@
 """The examples run as a newcomer would run them (they reuse graphs the MAX tests compiled)."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(name: str) -> str:
-    p = subprocess.run([sys.executable, str(ROOT / "examples" / name)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=1800)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     return p.stdout
 

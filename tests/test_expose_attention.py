@@ -1,10 +1,13 @@
 """``attention_scores`` and ``ExposeAttention``: chosen heads' pre-softmax scores as extra
 outputs of the full-sequence program, equal to scores computed in NumPy from the ``q`` and
 ``k`` the attention reads; the program's logits unchanged; on MAX equal to the reference."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_kv_cache import random_case
+from tolerance import F64_PASS, MAX_VS_REF, assert_close
 
 import kvgraph
 from kvgraph import ir, specs
@@ -12,8 +15,6 @@ from kvgraph.cost import node_flops
 from kvgraph.errors import InputError, IRTypeError
 from kvgraph.passes import ExposeAttention
 from kvgraph.passes.expose import expose_attention
-from test_kv_cache import random_case
-from tolerance import F64_PASS, MAX_VS_REF, assert_close
 
 N_SPECS = 24
 
@@ -30,7 +31,10 @@ def _numpy_scores(q, k, op, heads):
     out = np.empty((q.shape[0], len(heads), sq, sk))
     for n, h in enumerate(heads):
         g = h // (H // KV)
-        out[:, n] = np.einsum("bid,bjd->bij", q[:, :, h * hd:(h + 1) * hd], k[:, :, g * hd:(g + 1) * hd]) * op.scale
+        out[:, n] = (
+            np.einsum("bid,bjd->bij", q[:, :, h * hd : (h + 1) * hd], k[:, :, g * hd : (g + 1) * hd])
+            * op.scale
+        )
     if op.causal:  # the full-sequence graph: no offset
         out[:, :, np.triu_indices(sq, 1, sk)[0], np.triu_indices(sq, 1, sk)[1]] = -np.inf
     return out
@@ -57,7 +61,9 @@ def test_exposed_scores_equal_numpy_scores_from_q_and_k(seed):
     r = kvgraph.run_passes(g, [ExposeAttention(which)])  # verifies the result
     exposed = r["full"]
     assert [k for k, _ in exposed.outputs] == ["logits"] + [f"scores.{a}" for a in which]
-    qk = [(f"q.{n.out.name}", n.op.q) for n in _attentions(g)] + [(f"k.{n.out.name}", n.op.k) for n in _attentions(g)]
+    qk = [(f"q.{n.out.name}", n.op.q) for n in _attentions(g)] + [
+        (f"k.{n.out.name}", n.op.k) for n in _attentions(g)
+    ]
     got = _run(exposed, weights, tokens, context, qk)
     base = _run(g, weights, tokens, context)
     np.testing.assert_array_equal(got["logits"], base["logits"])
@@ -79,8 +85,10 @@ def test_scores_printed_and_costed():
     spec = specs.get("llama-demo")
     g = expose_attention(kvgraph.build(spec), {"b0.attn": (3, 0)})
     text = kvgraph.format_graph(g)
-    assert ("%scores.b0.attn = attention_scores %b0.q_rope, %b0.k_rope {heads=4, kv_heads=2, causal=true, "
-            "scale=0.25, select=[3, 0]} : f32[b, 2, s, s]") in text
+    assert (
+        "%scores.b0.attn = attention_scores %b0.q_rope, %b0.k_rope {heads=4, kv_heads=2, causal=true, "
+        "scale=0.25, select=[3, 0]} : f32[b, 2, s, s]"
+    ) in text
     assert text.splitlines()[-2].endswith("logits=%logits, scores.b0.attn=%scores.b0.attn")
     cost = {name: (kind, f) for name, kind, f in node_flops(g, {"b": 1, "s": 10})}
     assert cost["scores.b0.attn"] == ("attention", 2 * 10 * 10 * (2 * 16 + 1))
@@ -116,8 +124,9 @@ def test_max_scores_equal_reference():
     model = kvgraph.compile(spec, weights, kv_cache=False, eager=False)
     tokens, ctx = _inputs(spec, 2, 9, seed=4)
     logits, scores = model.logits_and_scores(tokens, ctx, which=which)
-    ref = kvgraph.reference.run(expose_attention(kvgraph.build(spec), which), weights, np.float64,
-                                tokens=tokens, context=ctx)
+    ref = kvgraph.reference.run(
+        expose_attention(kvgraph.build(spec), which), weights, np.float64, tokens=tokens, context=ctx
+    )
     assert_close(logits, ref["logits"], MAX_VS_REF, what="test_max_scores_equal_reference")
     assert sorted(scores) == sorted(which)
     for a in which:
@@ -132,5 +141,7 @@ def test_max_scores_equal_reference():
 def test_kv_cache_refuses_exposed_scores():
     """Scores over the whole sequence are not a cached step's business: KVCache says so."""
     g = expose_attention(kvgraph.build(specs.get("llama-demo")), {"b0.attn": [0]})
-    with pytest.raises(kvgraph.PassError, match="node %scores.b0.attn \\(attention_scores\\) mixes positions"):
+    with pytest.raises(
+        kvgraph.PassError, match="node %scores.b0.attn \\(attention_scores\\) mixes positions"
+    ):
         kvgraph.run_passes(g, kvgraph.passes.default_pipeline())

@@ -3,6 +3,7 @@
 Runs in a fresh interpreter that records every attempt to import ``max`` (even a guarded
 ``try: import max``, and even where MAX is not installed) and forbids sockets.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,14 @@ def _probe(module: str) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", PROBE.replace("{module}", module)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", PROBE.replace("{module}", module)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     wall = time.perf_counter() - t0
     assert r.returncode == 0, f"import {module} failed:\n{r.stderr}"
     out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -50,9 +57,14 @@ def _probe(module: str) -> dict:
 
 
 def test_plain_import_does_not_load_max():
-    r = subprocess.run([sys.executable, "-c", "import kvgraph, sys; print('max' in sys.modules)"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = subprocess.run(
+        [sys.executable, "-c", "import kvgraph, sys; print('max' in sys.modules)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
 

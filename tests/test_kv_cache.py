@@ -1,20 +1,21 @@
 """The KV-cache rewrite is exact: prefill + steps through the rewritten programs give the
 full graph's logits, for random specs of both families; and unsafe graphs are refused."""
+
 from __future__ import annotations
 
 import attrs
 import numpy as np
 import pytest
+from tolerance import F32_PASS, F64_PASS, bound
 
 import kvgraph
 from kvgraph import ir
+from kvgraph.decoder import Decoder, DecoderState
 from kvgraph.ir import GraphBuilder, Node
 from kvgraph.passes import DCE, HoistInvariant, KVCache, SinkTakeLast, default_pipeline
 from kvgraph.passes.sink import sink_take_last
-from kvgraph.decoder import Decoder, DecoderState
 from kvgraph.reference_decoder import ReferenceDecoder
 from kvgraph.types import dim_add, f32, i64, sym
-from tolerance import F32_PASS, F64_PASS, bound
 
 B, S = sym("b"), sym("s")
 PAST_S = dim_add(sym("past"), S)
@@ -22,6 +23,7 @@ N_SPECS = 60
 
 
 # ----------------------------------------------------------------- random specs
+
 
 def random_case(seed: int):
     """A random small spec (family by seed), weights, batch and prompt/step lengths."""
@@ -41,18 +43,30 @@ def random_case(seed: int):
         positions = str(rng.choice(["learned", "sinusoidal", "rotary", "none"]))
     cross = None
     if rng.random() < 0.5:
-        cross = kvgraph.CrossAttention(context_len=int(rng.integers(1, 7)), context_dim=int(rng.integers(3, 11)))
+        cross = kvgraph.CrossAttention(
+            context_len=int(rng.integers(1, 7)), context_dim=int(rng.integers(3, 11))
+        )
     tie = bool(rng.random() < 0.6)
     p, k, m = int(rng.integers(1, 6)), int(rng.integers(1, 4)), int(rng.integers(2, 4))
     spec = kvgraph.DecoderSpec(
-        vocab_size=int(rng.integers(7, 41)), d_model=heads * hd, n_heads=heads,
+        vocab_size=int(rng.integers(7, 41)),
+        d_model=heads * hd,
+        n_heads=heads,
         n_kv_heads=None if kv == heads and rng.random() < 0.5 else kv,
-        n_layers=int(rng.integers(1, 4)), max_seq_len=p + k + m + int(rng.integers(0, 4)),
-        mlp_hidden=int(rng.integers(3, 25)), norm=norm, mlp=mlp, positions=positions,
-        rope_theta=float(rng.choice([100.0, 10000.0])), cross_attention=cross,
-        tie_embeddings=tie, eps=float(rng.choice([1e-5, 1e-6])),
+        n_layers=int(rng.integers(1, 4)),
+        max_seq_len=p + k + m + int(rng.integers(0, 4)),
+        mlp_hidden=int(rng.integers(3, 25)),
+        norm=norm,
+        mlp=mlp,
+        positions=positions,
+        rope_theta=float(rng.choice([100.0, 10000.0])),
+        cross_attention=cross,
+        tie_embeddings=tie,
+        eps=float(rng.choice([1e-5, 1e-6])),
         bias=[None, True, False][int(rng.integers(0, 3))],
-        naming=None if tie else "llama", name=f"rand{seed}")
+        naming=None if tie else "llama",
+        name=f"rand{seed}",
+    )
     batch = int(rng.integers(1, 3))
     tokens = rng.integers(0, spec.vocab_size, size=(batch, p + k + m))
     context = None if cross is None else rng.standard_normal((batch, cross.context_len, cross.context_dim))
@@ -74,13 +88,13 @@ def _decode_vs_full(spec, weights, tokens, context, lengths, dtype):
     hoisted0 = {n: a for n, a in state.buffers.items() if n.startswith("hoisted.")}
     _check_state(spec, state, b, p)
     for i in range(k):
-        out, state = dec.step(tokens[:, p + i: p + i + 1], state)
+        out, state = dec.step(tokens[:, p + i : p + i + 1], state)
         assert out.shape == (b, 1, spec.vocab_size)
         errs.append(np.abs(out[:, 0] - full[:, p + i]).max())
         _check_state(spec, state, b, p + i + 1)
-    out, state = dec.step(tokens[:, p + k:], state)
+    out, state = dec.step(tokens[:, p + k :], state)
     assert out.shape == (b, m, spec.vocab_size)
-    errs.append(np.abs(out - full[:, p + k:]).max())
+    errs.append(np.abs(out - full[:, p + k :]).max())
     _check_state(spec, state, b, p + k + m)
     for n, a in hoisted0.items():  # computed once in prefill, carried unchanged
         assert state.buffers[n] is a
@@ -151,11 +165,19 @@ def _check_step_program(spec, result):
 
 
 def test_whisper_shape_cross_kv_hoisted_once():
-    spec = kvgraph.DecoderSpec(vocab_size=30, d_model=16, n_heads=4, n_layers=2, max_seq_len=16,
-                               mlp_hidden=32, cross_attention=kvgraph.CrossAttention(6, 10))
+    spec = kvgraph.DecoderSpec(
+        vocab_size=30,
+        d_model=16,
+        n_heads=4,
+        n_layers=2,
+        max_seq_len=16,
+        mlp_hidden=32,
+        cross_attention=kvgraph.CrossAttention(6, 10),
+    )
     result = kvgraph.run_passes(kvgraph.build(spec), default_pipeline())
-    linears_on_context = [n for n in result.prefill.nodes
-                          if isinstance(n.op, ir.Linear) and n.op.x.name == "context"]
+    linears_on_context = [
+        n for n in result.prefill.nodes if isinstance(n.op, ir.Linear) and n.op.x.name == "context"
+    ]
     assert len(linears_on_context) == 4  # k and v, per layer, once (in prefill)
     assert "context" not in [v.name for v in result.step.inputs]
     hoisted = sorted(k for k, _ in result.prefill.outputs if k.startswith("hoisted."))
@@ -163,9 +185,18 @@ def test_whisper_shape_cross_kv_hoisted_once():
 
 
 def test_gqa_cache_width():
-    spec = kvgraph.DecoderSpec(vocab_size=20, d_model=32, n_heads=8, n_kv_heads=2, n_layers=1,
-                               max_seq_len=16, mlp_hidden=40, norm="rmsnorm", mlp="swiglu",
-                               positions="rotary")
+    spec = kvgraph.DecoderSpec(
+        vocab_size=20,
+        d_model=32,
+        n_heads=8,
+        n_kv_heads=2,
+        n_layers=1,
+        max_seq_len=16,
+        mlp_hidden=40,
+        norm="rmsnorm",
+        mlp="swiglu",
+        positions="rotary",
+    )
     result = kvgraph.run_passes(kvgraph.build(spec), default_pipeline())
     caches = [v for v in result.step.inputs if v.name.startswith("cache.")]
     assert [str(v.type) for v in caches] == ["f32[b, past, 8]"] * 2
@@ -173,14 +204,20 @@ def test_gqa_cache_width():
 
 # ---------------------------------------------------------- the full-graph path
 
+
 def test_full_graph_logits_path():
     """logits() (the cache-off fallback) runs the un-rewritten graph; it is causal: a
     prefix's logits are the first rows of the whole sequence's logits."""
     spec, weights, tokens, context, _ = random_case(3)
     dec = ReferenceDecoder(spec, weights, dtype=np.float64)
     full = dec.logits(tokens, context)
-    direct = kvgraph.reference.run(kvgraph.build(spec), weights, dtype=np.float64, tokens=tokens,
-                                   **({} if context is None else {"context": context}))["logits"]
+    direct = kvgraph.reference.run(
+        kvgraph.build(spec),
+        weights,
+        dtype=np.float64,
+        tokens=tokens,
+        **({} if context is None else {"context": context}),
+    )["logits"]
     np.testing.assert_array_equal(full, direct)
     for j in range(1, tokens.shape[1]):
         np.testing.assert_allclose(dec.logits(tokens[:, :j], context), full[:, :j], atol=1e-10)
@@ -195,10 +232,10 @@ def test_reference_decoder_accepts_pass_result_and_keeps_state_immutable():
     assert dec.result is result
     _, st0 = dec.prefill(tokens[:, :p], context)
     snapshot = dict(st0.buffers)
-    a, st1 = dec.step(tokens[:, p:p + 1], st0)
+    a, st1 = dec.step(tokens[:, p : p + 1], st0)
     assert st0.buffers.keys() == snapshot.keys() and all(st0.buffers[n] is snapshot[n] for n in snapshot)
     assert st0.past == p
-    b, _ = dec.step(tokens[:, p:p + 1], st0)  # same state, same answer
+    b, _ = dec.step(tokens[:, p : p + 1], st0)  # same state, same answer
     np.testing.assert_array_equal(a, b)
     assert st1.past == p + 1
 
@@ -211,14 +248,15 @@ def test_reference_decoder_is_a_decoder_and_reorders_batch_rows():
     _, st = dec.prefill(tokens[:, :p], context)
     swapped = dec.reorder(st, list(range(tokens.shape[0]))[::-1])
     assert isinstance(swapped, DecoderState) and swapped.past == st.past and swapped.batch == st.batch
-    a, _ = dec.step(flip[:, p:p + 1], swapped)
-    b, _ = dec.step(tokens[:, p:p + 1], st)
+    a, _ = dec.step(flip[:, p : p + 1], swapped)
+    b, _ = dec.step(tokens[:, p : p + 1], st)
     np.testing.assert_allclose(a, b[::-1], atol=1e-12)
     with pytest.raises(ValueError, match="integer array"):
         dec.prefill(np.zeros((1, 0), np.int64), context)
 
 
 # ------------------------------------------------------------------ refusals
+
 
 def _assert_refused(graph_or_programs, node: str, *words, passes=None):
     with pytest.raises(kvgraph.PassError) as e:
@@ -250,8 +288,9 @@ def _non_causal_b1():
     """A built decoder whose second layer's self-attention is made non-causal."""
     spec = kvgraph.DecoderSpec(vocab_size=10, d_model=8, n_heads=2, n_layers=2, max_seq_len=8, mlp_hidden=16)
     full = kvgraph.build(spec)
-    nodes = [Node(attrs.evolve(n.op, causal=False), n.out) if n.out.name == "b1.attn" else n
-             for n in full.nodes]
+    nodes = [
+        Node(attrs.evolve(n.op, causal=False), n.out) if n.out.name == "b1.attn" else n for n in full.nodes
+    ]
     return kvgraph.Graph(full.name, full.inputs, nodes, full.outputs)
 
 
@@ -284,8 +323,10 @@ def test_allows_concat_across_features():
     a = g.add(ir.Attention(h, h, h, 2, 2, True, 0.5), "att")
     graph = _finish(g, a)
     result = kvgraph.run_passes(graph, default_pipeline())
-    w = {"emb": np.random.default_rng(0).standard_normal((10, 8)),
-         "proj": np.random.default_rng(1).standard_normal((8, 16)) / 4}
+    w = {
+        "emb": np.random.default_rng(0).standard_normal((10, 8)),
+        "proj": np.random.default_rng(1).standard_normal((8, 16)) / 4,
+    }
     dec = ReferenceDecoder(result, w, dtype=np.float64)
     toks = np.array([[1, 2, 3, 4, 5]])
     full = dec.logits(toks)
@@ -341,14 +382,24 @@ def test_refuses_already_cached_graph():
 
 
 def test_refuses_already_cached_attention_without_positions():
-    spec = kvgraph.DecoderSpec(vocab_size=10, d_model=8, n_heads=2, n_layers=1, max_seq_len=8,
-                               mlp_hidden=16, norm="rmsnorm", mlp="swiglu", positions="none")
+    spec = kvgraph.DecoderSpec(
+        vocab_size=10,
+        d_model=8,
+        n_heads=2,
+        n_layers=1,
+        max_seq_len=8,
+        mlp_hidden=16,
+        norm="rmsnorm",
+        mlp="swiglu",
+        positions="none",
+    )
     step = kvgraph.run_passes(kvgraph.build(spec), default_pipeline()).step
     assert not any(isinstance(n.op, ir.Positions) for n in step.nodes)  # DCE dropped it
     _assert_refused(step, "b0.attn.k_all", "mixes positions")
 
 
 # ------------------------------------------------- regressions of pass fixes
+
 
 def _context_encoder_graph():
     """Tokens cross-attend a context that first goes through causal self-attention with
@@ -381,7 +432,7 @@ def test_fixed_context_nodes_are_not_offset_by_past():
     full = dec.logits(toks, ctx)
     _, st = dec.prefill(toks[:, :2], ctx)
     for i in range(2, 4):
-        out, st = dec.step(toks[:, i:i + 1], st)
+        out, st = dec.step(toks[:, i : i + 1], st)
         np.testing.assert_allclose(out[:, 0], full[:, i], atol=1e-10)
     out, st = dec.step(toks[:, 4:], st)
     np.testing.assert_allclose(out, full[:, 4:], atol=1e-10)
@@ -443,13 +494,13 @@ def test_buffer_layout_cached_decode_equals_full_graph_float64(seed):
     errs = [np.abs(last - full[:, p - 1]).max()]
     check(state, p)
     for i in range(k):
-        out, state = dec.step(tokens[:, p + i: p + i + 1], state)
+        out, state = dec.step(tokens[:, p + i : p + i + 1], state)
         assert out.shape == (b, 1, spec.vocab_size)
         errs.append(np.abs(out[:, 0] - full[:, p + i]).max())
         check(state, p + i + 1)
-    out, state = dec.step(tokens[:, p + k:], state)
+    out, state = dec.step(tokens[:, p + k :], state)
     assert out.shape == (b, m, spec.vocab_size)
-    errs.append(np.abs(out - full[:, p + k:]).max())
+    errs.append(np.abs(out - full[:, p + k :]).max())
     check(state, p + k + m)
     assert max(errs) <= bound(full, F64_PASS, np.float64), f"{spec}: max abs error {max(errs)}"
 
@@ -457,9 +508,19 @@ def test_buffer_layout_cached_decode_equals_full_graph_float64(seed):
 def test_buffer_layout_programs():
     """IR sanity: fixed-capacity cache inputs in both programs, returned under the same
     names, no concat; attention reads a cache_view, the only value with past+s rows."""
-    spec = kvgraph.DecoderSpec(vocab_size=20, d_model=32, n_heads=8, n_kv_heads=2, n_layers=2,
-                               max_seq_len=16, mlp_hidden=40, norm="rmsnorm", mlp="swiglu",
-                               positions="rotary", cross_attention=kvgraph.CrossAttention(3, 5))
+    spec = kvgraph.DecoderSpec(
+        vocab_size=20,
+        d_model=32,
+        n_heads=8,
+        n_kv_heads=2,
+        n_layers=2,
+        max_seq_len=16,
+        mlp_hidden=40,
+        norm="rmsnorm",
+        mlp="swiglu",
+        positions="rotary",
+        cross_attention=kvgraph.CrossAttention(3, 5),
+    )
     result = _buffer_result(spec, 12)
     for g in (result.prefill, result.step):
         caches = [v for v in g.inputs if v.name.startswith("cache.")]
@@ -483,8 +544,10 @@ def test_buffer_layout_programs():
             assert isinstance(n.op, ir.CacheView), n
     assert "cache_store %cache.b0.attn.v, %b0.v, %past : f32[b, 12, 8]" in str(result.step)
     # the concat layout is still the default
-    assert any(isinstance(n.op, ir.Concat) for n in kvgraph.run_passes(
-        kvgraph.build(spec), default_pipeline()).step.nodes)
+    assert any(
+        isinstance(n.op, ir.Concat)
+        for n in kvgraph.run_passes(kvgraph.build(spec), default_pipeline()).step.nodes
+    )
 
 
 def result_producer(g, v):
@@ -506,20 +569,28 @@ def test_buffer_layout_refuses_rows_past_capacity():
     cap = p + 1
     dec = ReferenceDecoder(_buffer_result(spec, cap), weights, dtype=np.float64)
     _, state = dec.prefill(tokens[:, :p], context)
-    out, state = dec.step(tokens[:, p:p + 1], state)  # exactly full: fine
+    out, state = dec.step(tokens[:, p : p + 1], state)  # exactly full: fine
     assert state.past == cap
     with pytest.raises(kvgraph.KvgraphError, match=f"capacity {cap}"):
-        dec.step(tokens[:, p + 1:p + 2], state)
+        dec.step(tokens[:, p + 1 : p + 2], state)
     with pytest.raises(kvgraph.KvgraphError, match=f"capacity {cap}"):
-        dec.prefill(tokens[:, :cap + 1], context)
+        dec.prefill(tokens[:, : cap + 1], context)
 
 
 def test_buffer_layout_step_is_refused_as_already_cached():
-    spec = kvgraph.DecoderSpec(vocab_size=10, d_model=8, n_heads=2, n_layers=1, max_seq_len=8,
-                               mlp_hidden=16, norm="rmsnorm", mlp="swiglu", positions="none")
+    spec = kvgraph.DecoderSpec(
+        vocab_size=10,
+        d_model=8,
+        n_heads=2,
+        n_layers=1,
+        max_seq_len=8,
+        mlp_hidden=16,
+        norm="rmsnorm",
+        mlp="swiglu",
+        positions="none",
+    )
     step = _buffer_result(spec, 8).step
     _assert_refused(step, "b0.attn.k_store", "mixes positions")
-
 
 
 def test_buffer_layout_keeps_the_refusals():

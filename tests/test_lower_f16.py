@@ -1,4 +1,5 @@
 """Which weights may be read as float16: only those whose values are float16 values."""
+
 import numpy as np
 
 from kvgraph.analysis import f16_exact
@@ -9,7 +10,7 @@ def test_f16_exact_accepts_fp16_checkpoint_values():
     assert f16_exact(a)
     assert f16_exact(a.astype(np.float32))
     assert f16_exact(a.astype(np.float64))
-    assert f16_exact(np.array([0.0, -0.0, 65504.0, 2.0 ** -24], np.float32))  # max and subnormal
+    assert f16_exact(np.array([0.0, -0.0, 65504.0, 2.0**-24], np.float32))  # max and subnormal
 
 
 def test_f16_exact_refuses_anything_else():

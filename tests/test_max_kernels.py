@@ -64,8 +64,19 @@ W = {
 }
 
 INPUT_NAMES = [
-    "tokens", "x", "off", "q", "k_past", "k_new", "v_past", "v_new",
-    "kg_past", "kg_new", "vg_past", "vg_new", "mel",
+    "tokens",
+    "x",
+    "off",
+    "q",
+    "k_past",
+    "k_new",
+    "v_past",
+    "v_new",
+    "kg_past",
+    "kg_new",
+    "vg_past",
+    "vg_new",
+    "mel",
 ]
 
 
@@ -91,8 +102,9 @@ def _input_types():
 def build_graph() -> tuple[Graph, list[str]]:
     outs: dict[str, object] = {}
     with Graph("test_max_kernels", input_types=_input_types()) as g:
-        (tokens, x, off, q, k_past, k_new, v_past, v_new,
-         kg_past, kg_new, vg_past, vg_new, mel) = (v.tensor for v in g.inputs)
+        (tokens, x, off, q, k_past, k_new, v_past, v_new, kg_past, kg_new, vg_past, vg_new, mel) = (
+            v.tensor for v in g.inputs
+        )
         c = lambda a: ops.constant(a, F32, CPU_REF)  # noqa: E731
 
         outs["embed"] = K.embed(tokens, c(W["tok_table"]))
@@ -281,9 +293,14 @@ def references(inp: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "attn_mqa": ref_attention(q, k[:, :, :DH], v[:, :, :DH], H, 1, True, off, SCALE),
         "attn_probs": ref_attention(q, k, onehot, 1, 1, True, off, 1.0 / math.sqrt(D)),
     }
-    for name, same in (("few_causal", "attn_causal"), ("few_causal_gqa", "attn_causal_gqa"),
-                       ("few_causal_gqa_nooff", "attn_causal_gqa_nooff"), ("few_full_gqa", "attn_full_gqa"),
-                       ("few_mqa", "attn_mqa"), ("few_probs", "attn_probs")):
+    for name, same in (
+        ("few_causal", "attn_causal"),
+        ("few_causal_gqa", "attn_causal_gqa"),
+        ("few_causal_gqa_nooff", "attn_causal_gqa_nooff"),
+        ("few_full_gqa", "attn_full_gqa"),
+        ("few_mqa", "attn_mqa"),
+        ("few_probs", "attn_probs"),
+    ):
         r[name] = r[same]
     qb = ref_rope(x @ Wd["wq"].T, pos, H, THETA)
     kb = np.concatenate([kg, ref_rope(x @ Wd["wk"].T, pos, KVH, THETA)], 1)

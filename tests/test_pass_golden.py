@@ -4,6 +4,7 @@ The printed IR after each pass is compared byte for byte with
 ``tests/golden/passes/<spec>/<nn>_<stage>.ir``. After an intended change, regenerate with
 ``KVGRAPH_UPDATE_GOLDEN=1 pytest tests/test_pass_golden.py`` and review the diff.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -46,12 +47,16 @@ def test_stage_matches_golden(result, index, stage):
         pytest.fail(f"missing golden {path}; create it with KVGRAPH_UPDATE_GOLDEN=1")
     want = path.read_text()
     if text != want:
-        diff = "".join(difflib.unified_diff(want.splitlines(True), text.splitlines(True),
-                                            str(path), "now", n=2))
+        diff = "".join(
+            difflib.unified_diff(want.splitlines(True), text.splitlines(True), str(path), "now", n=2)
+        )
         lines = diff.splitlines()
-        shown = "\n".join(lines[:80]) + (f"\n... ({len(lines) - 80} more diff lines)" if len(lines) > 80 else "")
-        pytest.fail(f"stage {stage} of {name} differs from its golden "
-                    f"(KVGRAPH_UPDATE_GOLDEN=1 regenerates):\n{shown}")
+        shown = "\n".join(lines[:80]) + (
+            f"\n... ({len(lines) - 80} more diff lines)" if len(lines) > 80 else ""
+        )
+        pytest.fail(
+            f"stage {stage} of {name} differs from its golden (KVGRAPH_UPDATE_GOLDEN=1 regenerates):\n{shown}"
+        )
 
 
 #: ExposeAttention over whisper-tiny.en's full graph: the alignment heads of its checkpoint
@@ -69,17 +74,23 @@ def _check_golden(path: Path, text: str, what: str):
         pytest.fail(f"missing golden {path}; create it with KVGRAPH_UPDATE_GOLDEN=1")
     want = path.read_text()
     if text != want:
-        diff = "".join(difflib.unified_diff(want.splitlines(True), text.splitlines(True),
-                                            str(path), "now", n=2))
+        diff = "".join(
+            difflib.unified_diff(want.splitlines(True), text.splitlines(True), str(path), "now", n=2)
+        )
         lines = diff.splitlines()
-        shown = "\n".join(lines[:80]) + (f"\n... ({len(lines) - 80} more diff lines)" if len(lines) > 80 else "")
+        shown = "\n".join(lines[:80]) + (
+            f"\n... ({len(lines) - 80} more diff lines)" if len(lines) > 80 else ""
+        )
         pytest.fail(f"{what} differs from its golden (KVGRAPH_UPDATE_GOLDEN=1 regenerates):\n{shown}")
 
 
 def test_expose_attention_matches_golden():
-    r = kvgraph.run_passes(kvgraph.build(specs.get("whisper-tiny.en")),
-                           [ExposeAttention(TINY_EN_ALIGNMENT_HEADS)])
-    _check_golden(GOLDEN / EXPOSE_GOLDEN, r.format("expose_attention") + "\n", "ExposeAttention on whisper-tiny.en")
+    r = kvgraph.run_passes(
+        kvgraph.build(specs.get("whisper-tiny.en")), [ExposeAttention(TINY_EN_ALIGNMENT_HEADS)]
+    )
+    _check_golden(
+        GOLDEN / EXPOSE_GOLDEN, r.format("expose_attention") + "\n", "ExposeAttention on whisper-tiny.en"
+    )
 
 
 def test_goldens_have_no_strays():

@@ -3,18 +3,19 @@
 The entry point declared in pyproject.toml is exercised without reinstalling the checkout: a
 throwaway ``*.dist-info`` on ``PYTHONPATH`` declares the same entry point to a subprocess.
 """
+
 from __future__ import annotations
 
 import ast
 import os
 import subprocess
 import sys
-import tomllib
 from importlib import import_module
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import kvgraph.plugins
 import models.plugin
@@ -56,8 +57,14 @@ def test_pyproject_declares_the_models_plugin():
 def _run(args, extra_path=None):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (extra_path, str(ROOT), env.get("PYTHONPATH")) if p)
-    return subprocess.run([sys.executable, "-m", "kvgraph", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "kvgraph", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_entry_point_discovery_end_to_end(tmp_path):
@@ -126,10 +133,13 @@ def test_registry_applies_a_plugin_once_and_all_or_nothing():
 
 
 def test_a_broken_entry_point_is_skipped_with_a_warning(monkeypatch):
-    eps = [EntryPoint("broken", "no_such_module_kvgraph:register", kvgraph.plugins.GROUP),
-           EntryPoint("whisper", "models.plugin:register", kvgraph.plugins.GROUP)]
-    monkeypatch.setattr("importlib.metadata.entry_points",
-                        lambda group: eps if group == kvgraph.plugins.GROUP else [])
+    eps = [
+        EntryPoint("broken", "no_such_module_kvgraph:register", kvgraph.plugins.GROUP),
+        EntryPoint("whisper", "models.plugin:register", kvgraph.plugins.GROUP),
+    ]
+    monkeypatch.setattr(
+        "importlib.metadata.entry_points", lambda group: eps if group == kvgraph.plugins.GROUP else []
+    )
     reg = Registry(core=[specs.register_core])
     with pytest.warns(RuntimeWarning, match="broken = no_such_module_kvgraph:register"):
         names = list(reg.specs())

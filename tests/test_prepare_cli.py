@@ -1,5 +1,6 @@
 """``kvgraph prepare`` fills the program store; a later process (``prepare`` again, then
 ``transcribe``) reads Whisper's programs back instead of compiling them."""
+
 from __future__ import annotations
 
 import os
@@ -8,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from whisper_clips import JFK_WORDS, words
 
 from models import prepare_cli
-from whisper_clips import JFK_WORDS, words
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,8 +24,14 @@ def test_help_and_usage_errors(capsys):
 
 def _kvgraph(store: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, KVGRAPH_CACHE_DIR=str(store), PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "kvgraph", *args], cwd=ROOT, env=env, text=True,
-                          capture_output=True, timeout=1800)
+    return subprocess.run(
+        [sys.executable, "-m", "kvgraph", *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=1800,
+    )
 
 
 @pytest.mark.max
@@ -38,7 +45,9 @@ def test_prepare_then_a_new_process_starts_from_the_store(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "tiny.en: encoder (store), prefill (store), step_few (store)" in again.stdout
     assert "1 read back, 0 written" in again.stderr
-    run = _kvgraph(store, "transcribe", "examples/jfk.wav", "--output-dir", str(tmp_path / "out"), "--verbose")
+    run = _kvgraph(
+        store, "transcribe", "examples/jfk.wav", "--output-dir", str(tmp_path / "out"), "--verbose"
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert words(run.stdout) == JFK_WORDS
     assert "loaded stored" in run.stderr and "compiling whisper" not in run.stderr

@@ -3,6 +3,7 @@
 Regenerate on purpose with ``KVGRAPH_UPDATE_GOLDEN=1 pytest tests/test_printer_golden.py``
 and review the diff before committing it.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,15 +19,36 @@ GOLDEN = Path(__file__).resolve().parent / "golden" / "core"
 UPDATE = os.environ.get("KVGRAPH_UPDATE_GOLDEN") == "1"
 
 TINY_EN = wm.ModelDimensions(
-    n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4,
-    n_vocab=51864, n_text_ctx=448, n_text_state=384, n_text_head=6, n_text_layer=4)
+    n_mels=80,
+    n_audio_ctx=1500,
+    n_audio_state=384,
+    n_audio_head=6,
+    n_audio_layer=4,
+    n_vocab=51864,
+    n_text_ctx=448,
+    n_text_state=384,
+    n_text_head=6,
+    n_text_layer=4,
+)
 
 
 def _llama_gqa() -> kvgraph.DecoderSpec:
     return kvgraph.DecoderSpec(
-        vocab_size=128, d_model=64, n_heads=8, n_kv_heads=2, n_layers=2, max_seq_len=64,
-        mlp_hidden=160, norm="rmsnorm", mlp="swiglu", positions="rotary", rope_theta=500000.0,
-        tie_embeddings=False, eps=1e-6, name="llama_gqa")
+        vocab_size=128,
+        d_model=64,
+        n_heads=8,
+        n_kv_heads=2,
+        n_layers=2,
+        max_seq_len=64,
+        mlp_hidden=160,
+        norm="rmsnorm",
+        mlp="swiglu",
+        positions="rotary",
+        rope_theta=500000.0,
+        tie_embeddings=False,
+        eps=1e-6,
+        name="llama_gqa",
+    )
 
 
 SPECS = {
@@ -46,8 +68,12 @@ def test_printed_graph_matches_golden(key):
     expected = path.read_text()
     if text != expected:
         import difflib
-        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True),
-                                            "golden/" + path.name, "printed", n=1))
+
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(True), text.splitlines(True), "golden/" + path.name, "printed", n=1
+            )
+        )
         pytest.fail(f"printed IR differs from {path} (KVGRAPH_UPDATE_GOLDEN=1 regenerates):\n{diff[:4000]}")
 
 

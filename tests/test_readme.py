@@ -1,4 +1,5 @@
 """The README's ten-line example prints exactly what the README says it prints."""
+
 import contextlib
 import io
 import re

@@ -10,25 +10,43 @@ reference against that float64 truth (float32 rounding only). A difference betwe
 runs is no measure of either: at |logit| ~ 200 one float32 spacing is 1.5e-5, and CPUs with
 different summation orders land several spacings apart.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 import whisper.model as wm
-
-import kvgraph
 from helpers_torch import llama_logits
 from tolerance import F32_PASS, F64_PASS, assert_close, check, max_diff
+
+import kvgraph
 from models.whisper import spec_from_dims
 
-
 SMALL_DIMS = wm.ModelDimensions(
-    n_mels=80, n_audio_ctx=30, n_audio_state=48, n_audio_head=4, n_audio_layer=2,
-    n_vocab=211, n_text_ctx=24, n_text_state=48, n_text_head=4, n_text_layer=2)
+    n_mels=80,
+    n_audio_ctx=30,
+    n_audio_state=48,
+    n_audio_head=4,
+    n_audio_layer=2,
+    n_vocab=211,
+    n_text_ctx=24,
+    n_text_state=48,
+    n_text_head=4,
+    n_text_layer=2,
+)
 TINY_DIMS = wm.ModelDimensions(
-    n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4,
-    n_vocab=51865, n_text_ctx=448, n_text_state=384, n_text_head=6, n_text_layer=4)
+    n_mels=80,
+    n_audio_ctx=1500,
+    n_audio_state=384,
+    n_audio_head=6,
+    n_audio_layer=4,
+    n_vocab=51865,
+    n_text_ctx=448,
+    n_text_state=384,
+    n_text_head=6,
+    n_text_layer=4,
+)
 
 
 def _max_diff(a, b) -> float:
@@ -37,11 +55,14 @@ def _max_diff(a, b) -> float:
 
 # ------------------------------------------------------------------ whisper family
 
+
 def _whisper_decoder(dims, weights) -> wm.TextDecoder:
-    dec = wm.TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head, dims.n_text_layer)
+    dec = wm.TextDecoder(
+        dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head, dims.n_text_layer
+    )
     prefix = "decoder."
     assert all(k.startswith(prefix) for k in weights), sorted(k for k in weights if not k.startswith(prefix))
-    state = {k[len(prefix):]: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
+    state = {k[len(prefix) :]: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
     # strict: kvgraph's whisper names/shapes must be exactly openai-whisper's state_dict
     # (this also fills positional_embedding, which openai creates with torch.empty).
     dec.load_state_dict(state, strict=True)
@@ -99,9 +120,11 @@ def _whisper_compare(dims, spec, weights, ours_weights, tokens, xa, monkeypatch,
     assert ours64.dtype == np.float64 and ours32.dtype == np.float32
     assert ours32.shape == truth.shape == (2, tokens.shape[1], dims.n_vocab)
     what = "whisper reference {} vs openai float64" if report else ""
-    return (check(ours64, truth, F64_PASS, np.float64, what.format("float64")),
-            check(ours32, truth, F32_PASS, np.float32, what.format("float32")),
-            truth)
+    return (
+        check(ours64, truth, F64_PASS, np.float64, what.format("float64")),
+        check(ours32, truth, F32_PASS, np.float32, what.format("float32")),
+        truth,
+    )
 
 
 def _bump_one(weights, name, by=1e-3):
@@ -121,8 +144,12 @@ def _check_whisper(dims, seq_len, seed, monkeypatch):
     assert ok32[0], ok32[1]
     # openai-whisper's own float32 run meets the float32 bound too: the bound is one that a
     # correct float32 implementation meets, not one tuned to kvgraph's summation order
-    assert_close(_whisper_logits(_whisper_decoder(dims, weights), tokens, xa), truth, F32_PASS,
-                 what="openai float32 vs openai float64")
+    assert_close(
+        _whisper_logits(_whisper_decoder(dims, weights), tokens, xa),
+        truth,
+        F32_PASS,
+        what="openai float32 vs openai float64",
+    )
     # the comparison is not vacuous: logits are O(1) or larger and differ across positions
     assert np.abs(truth).max() > 1.0
     assert _max_diff(truth[:, 0], truth[:, -1]) > 1e-2
@@ -139,20 +166,24 @@ def test_whisper_tiny_dims_match_openai_textdecoder(monkeypatch):
 
 
 @pytest.mark.parametrize("dims", [SMALL_DIMS, TINY_DIMS], ids=["small", "tiny"])
-@pytest.mark.parametrize("name", [
-    "decoder.blocks.0.attn.query.bias",
-    "decoder.blocks.1.cross_attn.value.weight",
-    "decoder.blocks.0.mlp.0.weight",
-    "decoder.positional_embedding",
-    "decoder.ln.weight",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "decoder.blocks.0.attn.query.bias",
+        "decoder.blocks.1.cross_attn.value.weight",
+        "decoder.blocks.0.mlp.0.weight",
+        "decoder.positional_embedding",
+        "decoder.ln.weight",
+    ],
+)
 def test_whisper_bounds_fail_on_a_1e3_perturbation(dims, name, monkeypatch):
     """Both bounds can fail: adding 1e-3 to ONE element of one weight on the kvgraph side is
     caught by the float64 comparison, and adding 1e-3 * N(0, 1) noise to that whole weight
     is caught by the float32 one (a real error moves logits by a fraction of their scale)."""
     spec, weights, tokens, xa = _whisper_case(dims, seq_len=6, seed=2)
-    ok64, _, _ = _whisper_compare(dims, spec, weights, _bump_one(weights, name), tokens, xa, monkeypatch,
-                                  report=False)
+    ok64, _, _ = _whisper_compare(
+        dims, spec, weights, _bump_one(weights, name), tokens, xa, monkeypatch, report=False
+    )
     assert not ok64[0], f"float64 bound missed a 1e-3 change of one element of {name}"
     noisy = dict(weights)
     noise = np.random.default_rng(0).standard_normal(weights[name].shape)
@@ -172,9 +203,20 @@ def test_whisper_context_matters():
 
 # -------------------------------------------------------------------- llama family
 
+
 def _llama(**kw) -> kvgraph.DecoderSpec:
-    base = dict(vocab_size=97, d_model=64, n_heads=8, n_layers=2, max_seq_len=32, mlp_hidden=96,
-                norm="rmsnorm", mlp="swiglu", positions="rotary", tie_embeddings=False)
+    base = dict(
+        vocab_size=97,
+        d_model=64,
+        n_heads=8,
+        n_layers=2,
+        max_seq_len=32,
+        mlp_hidden=96,
+        norm="rmsnorm",
+        mlp="swiglu",
+        positions="rotary",
+        tie_embeddings=False,
+    )
     base.update(kw)
     return kvgraph.DecoderSpec(**base)
 
@@ -184,8 +226,12 @@ LLAMA_SPECS = {
     "gqa_8q_2kv": _llama(n_kv_heads=2),
     "mqa_theta_eps": _llama(n_kv_heads=1, rope_theta=500000.0, eps=1e-6, n_layers=3),
     "gqa_tied": _llama(d_model=48, n_heads=6, n_kv_heads=3, tie_embeddings=True),
-    "rotary_cross": _llama(d_model=32, n_heads=4, n_kv_heads=2,
-                           cross_attention=kvgraph.CrossAttention(context_len=5, context_dim=24)),
+    "rotary_cross": _llama(
+        d_model=32,
+        n_heads=4,
+        n_kv_heads=2,
+        cross_attention=kvgraph.CrossAttention(context_len=5, context_dim=24),
+    ),
     "mixed_sinusoidal_layernorm_swiglu": _llama(norm="layernorm", positions="sinusoidal", naming="llama"),
     "learned_gelu_bias": _llama(positions="learned", mlp="gelu", bias=True, n_kv_heads=4),
     "nopos_rmsnorm": _llama(positions="none", n_kv_heads=2),
@@ -210,13 +256,19 @@ def test_llama_family_matches_torch(key):
     ours64 = kvgraph.reference.run(g, weights, dtype=np.float64, **inputs)["logits"]
     truth, used = llama_logits(spec, weights, tokens, context, dtype=torch.float64, return_used=True)
     assert used == set(spec.param_shapes()), (
-        f"oracle read {sorted(used ^ set(spec.param_shapes()))} differently from param_shapes()")
+        f"oracle read {sorted(used ^ set(spec.param_shapes()))} differently from param_shapes()"
+    )
     truth = truth.numpy()
     assert ours.shape == truth.shape == (2, 8, spec.vocab_size)
     assert_close(ours64, truth, F64_PASS, np.float64, f"{key}: llama reference float64 vs torch float64")
     assert_close(ours, truth, F32_PASS, np.float32, f"{key}: llama reference float32 vs torch float64")
-    assert_close(llama_logits(spec, weights, tokens, context).numpy(), truth, F32_PASS, np.float32,
-                 f"{key}: torch float32 vs torch float64")
+    assert_close(
+        llama_logits(spec, weights, tokens, context).numpy(),
+        truth,
+        F32_PASS,
+        np.float32,
+        f"{key}: torch float32 vs torch float64",
+    )
     assert np.abs(truth).max() > 1.0
 
 
@@ -244,8 +296,9 @@ def test_llama_oracle_detects_differences(what):
     hd, KV = spec.head_dim, spec.kv_heads
     if what == "rope_convention":
         # interleaved (GPT-J) pairs instead of rotate-half: permute q/k rows per head
-        perm = np.concatenate([np.concatenate([np.arange(0, hd, 2), np.arange(1, hd, 2)]) + h * hd
-                               for h in range(spec.n_heads)])
+        perm = np.concatenate(
+            [np.concatenate([np.arange(0, hd, 2), np.arange(1, hd, 2)]) + h * hd for h in range(spec.n_heads)]
+        )
         kperm = perm[: KV * hd]
         for i in range(spec.n_layers):
             L = f"model.layers.{i}.self_attn."
@@ -265,8 +318,15 @@ def test_llama_oracle_detects_differences(what):
     assert _max_diff(ours, theirs) > 1e-2
 
 
-@pytest.mark.parametrize("name", ["model.layers.0.self_attn.k_proj.weight", "model.layers.1.mlp.up_proj.weight",
-                                  "model.norm.weight", "lm_head.weight"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "model.layers.0.self_attn.k_proj.weight",
+        "model.layers.1.mlp.up_proj.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ],
+)
 def test_llama_bounds_fail_on_a_1e3_perturbation(name):
     """As for Whisper: 1e-3 on one element fails the float64 bound, 1e-3 noise on the whole
     weight fails the float32 bound."""
@@ -278,6 +338,8 @@ def test_llama_bounds_fail_on_a_1e3_perturbation(name):
     ours64 = kvgraph.reference.run(g, _bump_one(weights, name), dtype=np.float64, tokens=tokens)["logits"]
     assert not check(ours64, truth, F64_PASS, np.float64)[0]
     noisy = dict(weights)
-    noisy[name] = (weights[name] + 1e-3 * np.random.default_rng(0).standard_normal(weights[name].shape)).astype(np.float32)
+    noisy[name] = (
+        weights[name] + 1e-3 * np.random.default_rng(0).standard_normal(weights[name].shape)
+    ).astype(np.float32)
     ours32 = kvgraph.reference.run(g, noisy, tokens=tokens)["logits"]
     assert not check(ours32, truth, F32_PASS, np.float32)[0]

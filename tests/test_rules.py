@@ -1,6 +1,7 @@
 """Every interpreter of the IR has a rule for every op class: the NumPy reference, the MAX
 lowering and the cost model (one table each; a new ``@op`` class is listed in
 ``ir.OP_CLASSES`` by itself, so a table that lacks it fails here, naming the op)."""
+
 from __future__ import annotations
 
 import importlib
@@ -10,7 +11,6 @@ import pytest
 
 from kvgraph import ir, reference
 from kvgraph.errors import InputError
-
 
 TABLES = {"reference": "kvgraph.reference", "cost": "kvgraph.cost", "max": "kvgraph.max.lower"}
 
@@ -45,7 +45,9 @@ def test_missing_rules_names_the_op():
 
 def test_an_op_name_is_taken_once():
     with pytest.raises(InputError, match="'add' is taken by Add"):
+
         @ir.op("add", ("a",))
         class Add2(ir.Op):
             a: ir.Value
+
     assert ir.OP_CLASSES.count(ir.Add) == 1

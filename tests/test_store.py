@@ -1,5 +1,6 @@
 """kvgraph.store: the on-disk program store under real conditions (no MAX here: the artifact
 is plain bytes, the 'compiler' a function). The MAX-backed round trip is in test_store_max.py."""
+
 from __future__ import annotations
 
 import errno
@@ -17,6 +18,7 @@ from kvgraph import store as st
 def _write_bytes(data: bytes):
     def write(obj, path):
         Path(path).write_bytes(data if obj is None else obj)
+
     return write
 
 
@@ -28,6 +30,7 @@ def _made(value: bytes, calls: list):
     def make():
         calls.append(1)
         return value
+
     return make
 
 
@@ -57,8 +60,9 @@ def _stored(tmp_path, payload=b"A" * 1000, program="p"):
     return s, key
 
 
-@pytest.mark.parametrize("damage", ["truncated_payload", "truncated_header", "flipped_byte", "foreign",
-                                    "other_key", "empty"])
+@pytest.mark.parametrize(
+    "damage", ["truncated_payload", "truncated_header", "flipped_byte", "foreign", "other_key", "empty"]
+)
 def test_bad_artifacts_are_misses_with_one_log_line(tmp_path, damage, caplog):
     s, key = _stored(tmp_path)
     p = s.path(key)
@@ -164,8 +168,15 @@ _RACER = textwrap.dedent("""
 def test_concurrent_processes_compile_once(tmp_path):
     log = tmp_path / "compiles.log"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(tmp_path / "store"), str(log)],
-                              stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, str(tmp_path / "store"), str(log)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120)[0].split() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sorted(o[1] for o in outs) == ["False", "True"]  # one compiled, one read it

@@ -5,6 +5,7 @@ stored program computes exactly what a fresh compile does.
 
 The child compiles the built-in ``llama-demo`` spec with the weights test_compile_max uses, so
 MAX's own cache already holds its program when the suite runs in order."""
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tolerance import MAX_VS_REF, assert_close
 
 import kvgraph
 import kvgraph.specs
-from tolerance import MAX_VS_REF, assert_close
 
 pytestmark = pytest.mark.max
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,15 +43,21 @@ print("RESULT " + json.dumps(dict(hits=s.hits, misses=s.misses, writes=s.writes,
 
 def _spawn(store: Path) -> subprocess.Popen:
     env = dict(os.environ, KVGRAPH_CACHE_DIR=str(store), PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-c", CHILD], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _result(p: subprocess.Popen) -> dict:
     out, err = p.communicate(timeout=900)
     assert p.returncode == 0, err[-3000:]
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def _child(store: Path) -> dict:
@@ -84,8 +91,9 @@ def test_second_process_loads_without_compiling(first):
     assert r2["last"] == r1["last"] and r2["step"] == r1["step"]
     # ... which is the reference's result
     spec = kvgraph.specs.get("llama-demo")
-    full = kvgraph.reference.run(kvgraph.build(spec), kvgraph.init_weights(spec, seed=3), np.float64,
-                                 tokens=np.arange(1, 8)[None])["logits"]
+    full = kvgraph.reference.run(
+        kvgraph.build(spec), kvgraph.init_weights(spec, seed=3), np.float64, tokens=np.arange(1, 8)[None]
+    )["logits"]
     assert_close(np.array(r2["last"]), full[:, 4], MAX_VS_REF, what="stored program prefill")
     assert_close(np.array(r2["step"]), full[:, 5:], MAX_VS_REF, what="stored program step")
 

@@ -29,9 +29,16 @@ class ScriptedBackend:
         from whisper.model import ModelDimensions
 
         self.dims = ModelDimensions(
-            n_mels=80, n_audio_ctx=1500, n_audio_state=8, n_audio_head=1,
-            n_audio_layer=1, n_vocab=51864, n_text_ctx=448, n_text_state=8,
-            n_text_head=1, n_text_layer=1,
+            n_mels=80,
+            n_audio_ctx=1500,
+            n_audio_state=8,
+            n_audio_head=1,
+            n_audio_layer=1,
+            n_vocab=51864,
+            n_text_ctx=448,
+            n_text_state=8,
+            n_text_head=1,
+            n_text_layer=1,
         )
         tok = whisper.tokenizer.get_tokenizer(False)
         self.tok = tok
@@ -64,8 +71,12 @@ class ScriptedBackend:
         self.calls.append(("step", tokens.shape))
         out = []
         for row_state, row_new in zip(state, tokens):
-            out.append([self._next_logits(np.concatenate([row_state, row_new[: i + 1]]))
-                        for i in range(len(row_new))])
+            out.append(
+                [
+                    self._next_logits(np.concatenate([row_state, row_new[: i + 1]]))
+                    for i in range(len(row_new))
+                ]
+            )
         return np.asarray(out, np.float32), np.concatenate([state, tokens], axis=1)
 
     def reorder(self, state, indices):
@@ -95,8 +106,7 @@ def good(tmp_path):
     path = tmp_path / "in" / "good.wav"
     path.parent.mkdir()
     rng = np.random.default_rng(0)
-    sf.write(str(path), (0.1 * rng.standard_normal(32000)).astype(np.float32), 16000,
-             subtype="PCM_16")
+    sf.write(str(path), (0.1 * rng.standard_normal(32000)).astype(np.float32), 16000, subtype="PCM_16")
     return str(path)
 
 
@@ -116,7 +126,11 @@ def test_writes_all_formats(tmp_path, good, loader, capsys):
     assert rc == 0, err
     assert stdout.strip() == "Hello world."
     assert sorted(p.name for p in out.iterdir()) == [
-        "good.json", "good.srt", "good.tsv", "good.txt", "good.vtt"
+        "good.json",
+        "good.srt",
+        "good.tsv",
+        "good.txt",
+        "good.vtt",
     ]
     assert (out / "good.txt").read_text() == "Hello world.\n"
     assert "00:00:00,000 --> 00:00:01,000\nHello world." in (out / "good.srt").read_text()
@@ -203,8 +217,14 @@ def test_unknown_model_default_loader(tmp_path, good, capsys):
 def test_help_exits_zero(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for flag in ("--output-format", "--output-dir", "--no-kv-cache", "--beam_size",
-                 "--condition_on_previous_text", "--no_speech_threshold"):
+    for flag in (
+        "--output-format",
+        "--output-dir",
+        "--no-kv-cache",
+        "--beam_size",
+        "--condition_on_previous_text",
+        "--no_speech_threshold",
+    ):
         assert flag in out
 
 
@@ -221,8 +241,14 @@ def test_help_does_not_import_heavy_modules():
 
 
 @pytest.mark.parametrize(
-    "argv", [[], ["x.wav", "-f", "docx"], ["x.wav", "--language", "klingon"],
-             ["x.wav", "--beam_size", "many"], ["x.wav", "--bogus"]]
+    "argv",
+    [
+        [],
+        ["x.wav", "-f", "docx"],
+        ["x.wav", "--language", "klingon"],
+        ["x.wav", "--beam_size", "many"],
+        ["x.wav", "--bogus"],
+    ],
 )
 def test_usage_errors_exit_2(argv, loader, capsys):
     assert main(argv, load_backend=loader) == 2
@@ -231,8 +257,23 @@ def test_usage_errors_exit_2(argv, loader, capsys):
 
 def test_options_reach_backend(tmp_path, good, loader):
     out = tmp_path / "out"
-    rc = main([good, "-o", str(out), "-f", "txt", "--no-kv-cache", "--beam_size", "2",
-               "--language", "English", "--model", "base"], load_backend=loader)
+    rc = main(
+        [
+            good,
+            "-o",
+            str(out),
+            "-f",
+            "txt",
+            "--no-kv-cache",
+            "--beam_size",
+            "2",
+            "--language",
+            "English",
+            "--model",
+            "base",
+        ],
+        load_backend=loader,
+    )
     assert rc == 0
     assert loader.calls == [("base", False)]
     prefills = [c for c in loader.backend.calls if c[0] == "prefill"]
@@ -242,15 +283,13 @@ def test_options_reach_backend(tmp_path, good, loader):
 
 def test_without_timestamps_option(tmp_path, good, loader):
     out = tmp_path / "out"
-    assert main([good, "-o", str(out), "-f", "txt", "--without_timestamps", "True"],
-                load_backend=loader) == 0
+    assert main([good, "-o", str(out), "-f", "txt", "--without_timestamps", "True"], load_backend=loader) == 0
     assert (out / "good.txt").read_text() == "Hello world.\n"
 
 
 def test_verbose_prints_timings(tmp_path, good, loader, capsys):
     loader.backend.compile_s = 0.25
-    rc = main([good, good, "-o", str(tmp_path / "o"), "-f", "txt", "--verbose"],
-              load_backend=loader)
+    rc = main([good, good, "-o", str(tmp_path / "o"), "-f", "txt", "--verbose"], load_backend=loader)
     cap = capsys.readouterr()
     assert rc == 0
     assert cap.out.count("Hello world.") == 2
@@ -281,8 +320,16 @@ class AligningScriptedBackend(ScriptedBackend):
         return logits, {(0, 0): np.broadcast_to(scores, (b, t, len(frames))).astype(np.float32)}
 
 
-WORD_ARGS = ["--word_timestamps", "True", "--highlight_words", "True", "--max_line_width", "8",
-             "--max_line_count", "1"]
+WORD_ARGS = [
+    "--word_timestamps",
+    "True",
+    "--highlight_words",
+    "True",
+    "--max_line_width",
+    "8",
+    "--max_line_count",
+    "1",
+]
 
 
 def test_word_options_write_what_openai_writers_write(tmp_path, good):
@@ -296,14 +343,16 @@ def test_word_options_write_what_openai_writers_write(tmp_path, good):
     out = tmp_path / "out"
     assert main([good, "-o", str(out), *WORD_ARGS], load_backend=loader) == 0
     assert [c for c in loader.backend.calls if c[0] == "alignment"] == [("alignment", (1, 6))]
-    result = transcribe(AligningScriptedBackend(), good, temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
-                        word_timestamps=True)
+    result = transcribe(
+        AligningScriptedBackend(), good, temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0), word_timestamps=True
+    )
     words = [w["word"] for w in result["segments"][0]["words"]]
     assert words == [" Hello", " world."]
     ref = tmp_path / "ref"
     ref.mkdir()
-    get_writer("all", str(ref))(result, good, highlight_words=True, max_line_width=8, max_line_count=1,
-                                max_words_per_line=None)
+    get_writer("all", str(ref))(
+        result, good, highlight_words=True, max_line_width=8, max_line_count=1, max_words_per_line=None
+    )
     for name in ("good.txt", "good.vtt", "good.srt", "good.tsv"):
         assert (out / name).read_text() == (ref / name).read_text(), name
     assert "<u>" in (out / "good.srt").read_text()
@@ -312,8 +361,15 @@ def test_word_options_write_what_openai_writers_write(tmp_path, good):
     assert ours == theirs and ours["segments"][0]["words"][0]["word"] == " Hello"
 
 
-@pytest.mark.parametrize("option,value", [("--highlight_words", "True"), ("--max_line_width", "40"),
-                                          ("--max_line_count", "2"), ("--max_words_per_line", "3")])
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("--highlight_words", "True"),
+        ("--max_line_width", "40"),
+        ("--max_line_count", "2"),
+        ("--max_words_per_line", "3"),
+    ],
+)
 def test_word_options_require_word_timestamps(tmp_path, good, loader, capsys, option, value):
     rc = main([good, "-o", str(tmp_path), option, value], load_backend=loader)
     _, err = _err_lines(capsys)
@@ -325,11 +381,31 @@ def test_word_option_warnings_are_openais(tmp_path, good):
     loader = Loader()
     loader.backend = AligningScriptedBackend()
     with pytest.warns(UserWarning, match="--max_line_count has no effect without --max_line_width"):
-        assert main([good, "-o", str(tmp_path), "--word_timestamps", "True", "--max_line_count", "2"],
-                    load_backend=loader) == 0
+        assert (
+            main(
+                [good, "-o", str(tmp_path), "--word_timestamps", "True", "--max_line_count", "2"],
+                load_backend=loader,
+            )
+            == 0
+        )
     with pytest.warns(UserWarning, match="--max_words_per_line has no effect with --max_line_width"):
-        assert main([good, "-o", str(tmp_path), "--word_timestamps", "True", "--max_line_width", "9",
-                     "--max_words_per_line", "2"], load_backend=loader) == 0
+        assert (
+            main(
+                [
+                    good,
+                    "-o",
+                    str(tmp_path),
+                    "--word_timestamps",
+                    "True",
+                    "--max_line_width",
+                    "9",
+                    "--max_words_per_line",
+                    "2",
+                ],
+                load_backend=loader,
+            )
+            == 0
+        )
 
 
 def test_punctuation_defaults_are_openais():

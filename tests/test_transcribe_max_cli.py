@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
-from models.transcribe_cli import main
 from whisper_clips import JFK, JFK_WORDS, ROOT, words
 from whisper_fixtures import *  # noqa: F401,F403 - session fixtures
 from whisper_fixtures import fixture_loader
+
+from models.transcribe_cli import main
 
 pytestmark = pytest.mark.max
 
@@ -60,8 +60,7 @@ def test_jfk_all_formats(tmp_path, loader, capsys):
     assert rc == 0, err
     assert words(stdout) == JFK_WORDS
     assert loader.calls == [("tiny.en", True)]
-    assert sorted(p.name for p in out.iterdir()) == [
-        "jfk.json", "jfk.srt", "jfk.tsv", "jfk.txt", "jfk.vtt"]
+    assert sorted(p.name for p in out.iterdir()) == ["jfk.json", "jfk.srt", "jfk.tsv", "jfk.txt", "jfk.vtt"]
 
     assert words((out / "jfk.txt").read_text()) == JFK_WORDS
 
@@ -174,7 +173,11 @@ def test_console_script_subprocess(tmp_path):
     env = dict(os.environ)
     r = subprocess.run(
         [str(exe), "transcribe", str(JFK), "--output-dir", str(out), "--output-format", "txt"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert words(r.stdout) == JFK_WORDS

@@ -1,4 +1,5 @@
 """kvgraph.verify: one broken graph per rule, each checked for its message and IR window."""
+
 from __future__ import annotations
 
 import pytest
@@ -34,7 +35,7 @@ def _fails(g: Graph, *fragments: str, node: Node | None = None, at_return: bool 
     if at_return:
         assert ">>return " in msg, msg
     if node is not None or at_return:
-        assert "   ^ " in msg, msg          # the note under the marked line
+        assert "   ^ " in msg, msg  # the note under the marked line
     return msg
 
 
@@ -43,8 +44,9 @@ def test_good_graph_passes_and_is_returned():
     y = Value("y", f32(B, S, 4))
     g = Graph("ok", [x], [Node(ir.Linear(x, w), y)], [("y", y)])
     assert kvgraph.verify(g) is g
-    built = kvgraph.build(kvgraph.DecoderSpec(vocab_size=10, d_model=8, n_heads=2, n_layers=1,
-                                              max_seq_len=4, mlp_hidden=16))
+    built = kvgraph.build(
+        kvgraph.DecoderSpec(vocab_size=10, d_model=8, n_heads=2, n_layers=1, max_seq_len=4, mlp_hidden=16)
+    )
     assert kvgraph.verify(built) is built
 
 
@@ -52,8 +54,8 @@ def test_use_before_definition():
     x = X()
     y = Value("y", f32(B, S, 8))
     z = Value("z", f32(B, S, 8))
-    n0 = Node(ir.Gelu(y), z)            # reads %y ...
-    n1 = Node(ir.Gelu(x), y)            # ... defined only here
+    n0 = Node(ir.Gelu(y), z)  # reads %y ...
+    n1 = Node(ir.Gelu(x), y)  # ... defined only here
     g = Graph("g", [x], [n0, n1], [("z", z)])
     _fails(g, "operand %y (x) is used before it is defined", node=n0)
 
@@ -92,7 +94,7 @@ def test_input_defined_twice():
 
 def test_result_type_does_not_match_type_rule():
     x = X()
-    y = Value("y", f32(B, S, 5))         # gelu keeps the type: should be f32[b, s, 8]
+    y = Value("y", f32(B, S, 5))  # gelu keeps the type: should be f32[b, s, 8]
     bad = Node(ir.Gelu(x), y)
     g = Graph("g", [x], [bad], [("y", y)])
     _fails(g, "result type f32[b, s, 5] does not match the op's type rule f32[b, s, 8]", node=bad)

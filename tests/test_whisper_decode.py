@@ -31,8 +31,7 @@ from models.whisper_decode import (
 ROOT = Path(__file__).resolve().parents[1]
 JFK = ROOT / "examples" / "jfk.wav"
 JFK_TEXT = (
-    "And so my fellow Americans ask not what your country can do for you "
-    "ask what you can do for your country"
+    "And so my fellow Americans ask not what your country can do for you ask what you can do for your country"
 )
 
 
@@ -119,8 +118,10 @@ class AligningTorchBackend(TorchBackend):
 
         self.calls.append(("alignment", tokens.copy()))
         qks = {}
-        hooks = [b.cross_attn.register_forward_hook(lambda _, ins, outs, i=i: qks.__setitem__(i, outs[-1]))
-                 for i, b in enumerate(self.model.decoder.blocks)]
+        hooks = [
+            b.cross_attn.register_forward_hook(lambda _, ins, outs, i=i: qks.__setitem__(i, outs[-1]))
+            for i, b in enumerate(self.model.decoder.blocks)
+        ]
         try:
             with disable_sdpa():
                 logits = self.model.decoder(torch.from_numpy(tokens), torch.from_numpy(audio_features))
@@ -136,9 +137,16 @@ class AligningTorchBackend(TorchBackend):
 
 def _random_model(n_vocab: int, seed: int = 0) -> Whisper:
     dims = ModelDimensions(
-        n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2,
-        n_audio_layer=1, n_vocab=n_vocab, n_text_ctx=448, n_text_state=64,
-        n_text_head=2, n_text_layer=2,
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=64,
+        n_audio_head=2,
+        n_audio_layer=1,
+        n_vocab=n_vocab,
+        n_text_ctx=448,
+        n_text_state=64,
+        n_text_head=2,
+        n_text_layer=2,
     )
     torch.manual_seed(seed)
     model = Whisper(dims)
@@ -227,8 +235,11 @@ def test_adapter_never_uses_torch_decoder(small_en, jfk_mel):
 @pytest.mark.parametrize("without_timestamps", [True, False])
 def test_decode_matches_openai_random_model(small_en, jfk_mel, without_timestamps):
     opts = DecodingOptions(
-        language="en", fp16=False, without_timestamps=without_timestamps,
-        sample_len=24, prompt=[440, 1110, 2000],
+        language="en",
+        fp16=False,
+        without_timestamps=without_timestamps,
+        sample_len=24,
+        prompt=[440, 1110, 2000],
     )
     ref = whisper.decode(small_en, jfk_mel, opts)
     backend = TorchBackend(small_en)
@@ -267,9 +278,7 @@ def test_first_call_fills_sot_row(small_en, jfk_mel):
     nxt = torch.cat([tokens, torch.tensor([[tok.eot - 1]])], dim=1)
     got2 = inf.logits(nxt, features)
     assert got2.shape == (1, 1, small_en.dims.n_vocab)
-    torch.testing.assert_close(
-        got2[:, -1], small_en.decoder(nxt, features)[:, -1], rtol=1e-4, atol=1e-4
-    )
+    torch.testing.assert_close(got2[:, -1], small_en.decoder(nxt, features)[:, -1], rtol=1e-4, atol=1e-4)
     assert backend.calls[-1][0] == "step" and backend.calls[-1][1].tolist() == [[tok.eot - 1]]
 
     inf.cleanup_caching()
@@ -288,8 +297,7 @@ def test_first_call_sot_last_token_prefill_only(small_en, jfk_mel):
 
 
 def test_beam_search_random_model_uses_reorder(small_en, jfk_mel):
-    opts = DecodingOptions(language="en", fp16=False, beam_size=3, sample_len=12,
-                           without_timestamps=True)
+    opts = DecodingOptions(language="en", fp16=False, beam_size=3, sample_len=12, without_timestamps=True)
     ref = whisper.decode(small_en, jfk_mel, opts)
     backend = TorchBackend(small_en)
     adapter = WhisperAdapter(backend)
@@ -317,8 +325,9 @@ def test_decode_runs_torch_single_threaded_and_restores(small_en, jfk_mel):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        WhisperAdapter(backend).decode(jfk_mel, DecodingOptions(language="en", fp16=False, sample_len=4,
-                                                                without_timestamps=True))
+        WhisperAdapter(backend).decode(
+            jfk_mel, DecodingOptions(language="en", fp16=False, sample_len=4, without_timestamps=True)
+        )
         assert seen and set(seen) == {1}
         assert torch.get_num_threads() == 2
     finally:
@@ -326,8 +335,7 @@ def test_decode_runs_torch_single_threaded_and_restores(small_en, jfk_mel):
 
 
 def test_sampling_best_of_matches_openai(small_en, jfk_mel):
-    opts = DecodingOptions(language="en", fp16=False, temperature=0.7, best_of=3,
-                           sample_len=10)
+    opts = DecodingOptions(language="en", fp16=False, temperature=0.7, best_of=3, sample_len=10)
     torch.manual_seed(123)
     ref = whisper.decode(small_en, jfk_mel, opts)
     torch.manual_seed(123)
@@ -392,8 +400,7 @@ def test_transcribe_from_path_uses_models_audio(small_en, monkeypatch):
         return np.zeros(SAMPLE_RATE, np.float32)
 
     monkeypatch.setattr(audio_mod, "load_audio", fake_load)
-    result = transcribe(TorchBackend(small_en), JFK, language="en", temperature=0.0,
-                        sample_len=4)
+    result = transcribe(TorchBackend(small_en), JFK, language="en", temperature=0.0, sample_len=4)
     assert seen == [str(JFK)]
     assert "segments" in result
 
@@ -428,9 +435,7 @@ def _long_clip(jfk: np.ndarray) -> np.ndarray:
 
     faster = soxr.resample(jfk, SAMPLE_RATE, int(SAMPLE_RATE * 0.8)).astype(np.float32)
     slower = soxr.resample(jfk, SAMPLE_RATE, int(SAMPLE_RATE * 1.15)).astype(np.float32)
-    clip = np.concatenate(
-        [jfk, sil(2.0), faster, sil(3.5), jfk, sil(1.3), slower, sil(2.2), jfk, sil(1.0)]
-    )
+    clip = np.concatenate([jfk, sil(2.0), faster, sil(3.5), jfk, sil(1.3), slower, sil(2.2), jfk, sil(1.0)])
     assert clip.shape[0] / SAMPLE_RATE > 60
     return clip
 
@@ -509,8 +514,9 @@ def test_tiny_en_word_timestamps_match_openai(tiny_en, jfk):
 
 
 def test_progress_bar(small_en, jfk, capsys):
-    ours = transcribe(TorchBackend(small_en), jfk, temperature=0.0, language="en",
-                      sample_len=4, verbose=False)
+    ours = transcribe(
+        TorchBackend(small_en), jfk, temperature=0.0, language="en", sample_len=4, verbose=False
+    )
     err = capsys.readouterr().err
     assert "frames" in err and "100%" in err
     assert "text" in ours

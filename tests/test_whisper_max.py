@@ -14,14 +14,20 @@ import pytest
 import soundfile as sf
 import torch
 import whisper
+from tolerance import MAX_ENCODER, MAX_VS_REF, assert_close, bound, check
 from whisper.decoding import DecodingOptions
+from whisper_clips import (
+    JFK_WORDS,
+    SAMPLE_RATE,
+    assert_same_result,
+    long_clip,
+    low_noise,
+    silence,
+    words,
+)
+from whisper_fixtures import *  # noqa: F401,F403 - session fixtures
 
 from models.whisper_decode import WhisperAdapter
-from whisper_clips import (
-    JFK_WORDS, SAMPLE_RATE, assert_same_result, long_clip, low_noise, silence, words,
-)
-from tolerance import MAX_ENCODER, MAX_VS_REF, assert_close, bound, check
-from whisper_fixtures import *  # noqa: F401,F403 - session fixtures
 
 pytestmark = pytest.mark.max
 
@@ -60,9 +66,10 @@ def test_encoder_matches_openai(tiny_backend, torch_tiny, jfk_mel):
 def test_encoder_bound_fails_on_a_1e3_perturbation(jfk_mel, torch_tiny):
     """The encoder bound can fail: tiny.en's encoder with one weight moved by 1e-3 * N(0, 1)
     (rounded to float16 values, so it lowers to the same program) is caught."""
+    from whisper_fixtures import _checkpoint
+
     from kvgraph.max.runtime import load_program
     from models.whisper import build_encoder
-    from whisper_fixtures import _checkpoint
 
     dims, weights = _checkpoint("tiny.en")
     with torch.no_grad():
@@ -90,8 +97,9 @@ def forced(tiny_backend, torch_tiny, jfk_mel):
     tok = whisper.tokenizer.get_tokenizer(False)
     with torch.no_grad():
         af = torch_tiny.encoder(jfk_mel[None])
-    text = whisper.decode(torch_tiny, jfk_mel, DecodingOptions(
-        language="en", without_timestamps=True, fp16=False)).tokens
+    text = whisper.decode(
+        torch_tiny, jfk_mel, DecodingOptions(language="en", without_timestamps=True, fp16=False)
+    ).tokens
     assert words(tok.decode(text)) == JFK_WORDS
     sot_seq = list(tok.sot_sequence_including_notimestamps)
     return af, sot_seq, sot_seq + list(text) + [tok.eot]
@@ -109,7 +117,7 @@ def test_decoder_steps_match_openai_kv_cache(tiny_backend, torch_tiny, forced):
         with torch.no_grad():
             ref.append(torch_tiny.decoder(toks[:, :p], af, kv_cache=cache)[:, -1].numpy())
             for i in range(p, len(tokens)):
-                ref.append(torch_tiny.decoder(toks[:, i:i + 1], af, kv_cache=cache)[:, -1].numpy())
+                ref.append(torch_tiny.decoder(toks[:, i : i + 1], af, kv_cache=cache)[:, -1].numpy())
     finally:
         for h in hooks:
             h.remove()
@@ -135,12 +143,16 @@ def test_decoder_multi_token_step_matches_openai_full(tiny_backend, torch_tiny, 
     p, n = len(sot_seq) + 3, 9
     logits, state = tiny_backend.prefill(np.array([tokens[:p]]), af.numpy())
     assert_close(logits, full[:, p - 1], MAX_VS_REF, what="test_decoder_multi_token_step_matches_openai_full")
-    logits, state = tiny_backend.step(np.array([tokens[p:p + n]]), state)
+    logits, state = tiny_backend.step(np.array([tokens[p : p + n]]), state)
     assert logits.shape == (1, n, torch_tiny.dims.n_vocab)
-    assert_close(logits, full[:, p:p + n], MAX_VS_REF, what="test_decoder_multi_token_step_matches_openai_full")
+    assert_close(
+        logits, full[:, p : p + n], MAX_VS_REF, what="test_decoder_multi_token_step_matches_openai_full"
+    )
     # a single step after the multi-token one still lines up
-    logits, state = tiny_backend.step(np.array([tokens[p + n:p + n + 1]]), state)
-    assert_close(logits[:, 0], full[:, p + n], MAX_VS_REF, what="test_decoder_multi_token_step_matches_openai_full")
+    logits, state = tiny_backend.step(np.array([tokens[p + n : p + n + 1]]), state)
+    assert_close(
+        logits[:, 0], full[:, p + n], MAX_VS_REF, what="test_decoder_multi_token_step_matches_openai_full"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -157,8 +169,9 @@ def test_jfk_transcribe_matches_openai(tiny_model, torch_tiny, jfk_audio, withou
     assert_same_result(ours, ref)
     assert words(ours["text"]) == JFK_WORDS
     if not without_timestamps:
-        assert [(s["start"], s["end"]) for s in ours["segments"]] == \
-               [(s["start"], s["end"]) for s in ref["segments"]]
+        assert [(s["start"], s["end"]) for s in ours["segments"]] == [
+            (s["start"], s["end"]) for s in ref["segments"]
+        ]
         assert ours["segments"][-1]["end"] > 8.0
     t = ours["timings"]
     assert t["encode_calls"] >= 1 and t["prefill_calls"] >= 1 and t["tokens_decoded"] > 10
@@ -176,8 +189,13 @@ def test_long_form_matches_openai(tiny_model, torch_tiny, jfk_audio):
     ours = tiny_model.transcribe(clip)
     assert_same_result(ours, ref)
     for a, b in zip(ours["segments"], ref["segments"]):
-        assert (a["text"], a["tokens"], a["start"], a["end"], a["seek"]) == \
-               (b["text"], b["tokens"], b["start"], b["end"], b["seek"])
+        assert (a["text"], a["tokens"], a["start"], a["end"], a["seek"]) == (
+            b["text"],
+            b["tokens"],
+            b["start"],
+            b["end"],
+            b["seek"],
+        )
     assert len({s["seek"] for s in ours["segments"]}) >= 2
     assert ours["segments"][-1]["end"] > 50
     assert ours["text"].lower().count("fellow americans") >= 4  # 5 copies of JFK
@@ -207,7 +225,7 @@ def test_no_kv_cache_logits_match_cached(tiny_backend, tiny_backend_nocache, for
     lc, sc = tiny_backend.prefill(np.array([sot_seq]), a)
     ln, sn = tiny_backend_nocache.prefill(np.array([sot_seq]), a)
     assert_close(lc, ln, MAX_VS_REF, what="test_no_kv_cache_logits_match_cached")
-    for t in tokens[len(sot_seq):len(sot_seq) + 5]:
+    for t in tokens[len(sot_seq) : len(sot_seq) + 5]:
         lc, sc = tiny_backend.step(np.array([[t]]), sc)
         ln, sn = tiny_backend_nocache.step(np.array([[t]]), sn)
         assert_close(lc, ln, MAX_VS_REF, what="test_no_kv_cache_logits_match_cached")
@@ -264,8 +282,9 @@ AUDIO_VARIANTS = {
 
 
 @pytest.mark.parametrize("name", sorted(AUDIO_VARIANTS))
-def test_file_variants_transcribe_to_reference_text(tiny_backend, torch_tiny, jfk_audio, tmp_path,
-                                                    capsys, name):
+def test_file_variants_transcribe_to_reference_text(
+    tiny_backend, torch_tiny, jfk_audio, tmp_path, capsys, name
+):
     from models.audio import load_audio
     from models.transcribe_cli import main
 
@@ -279,8 +298,10 @@ def test_file_variants_transcribe_to_reference_text(tiny_backend, torch_tiny, jf
     assert (info.samplerate, info.channels) == (sr, channels)
 
     out = tmp_path / "out"
-    rc = main([str(path), "--output-dir", str(out), "--output-format", "txt"],
-              load_backend=lambda name, kv_cache=True: tiny_backend)
+    rc = main(
+        [str(path), "--output-dir", str(out), "--output-format", "txt"],
+        load_backend=lambda name, kv_cache=True: tiny_backend,
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     got = words(captured.out)

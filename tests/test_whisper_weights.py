@@ -12,8 +12,8 @@ import pytest
 import torch
 import whisper
 import whisper.model as wm
-
 from ct2_files import write_model_bin
+
 from models.audio import load_audio
 from models.ct2 import read_model_bin
 from models.weight_packages import ACCEPTED_NAMES, WeightsNotInstalledError, resolve_source
@@ -26,8 +26,16 @@ JFK_TEXT = (
     " ask what you can do for your country."
 )
 TINY_DIMS = dict(
-    n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4,
-    n_vocab=51864, n_text_ctx=448, n_text_state=384, n_text_head=6, n_text_layer=4,
+    n_mels=80,
+    n_audio_ctx=1500,
+    n_audio_state=384,
+    n_audio_head=6,
+    n_audio_layer=4,
+    n_vocab=51864,
+    n_text_ctx=448,
+    n_text_state=384,
+    n_text_head=6,
+    n_text_layer=4,
 )
 
 HAVE_BASE = all(
@@ -125,9 +133,7 @@ def test_tiny_fused_splits(tiny, tiny_raw):
         w["decoder.token_embedding.weight"], v["decoder/embeddings/weight"].astype(np.float32)
     )
     # the stored encoder positions are openai's sinusoids (in fp16)
-    np.testing.assert_allclose(
-        w["encoder.positional_embedding"], wm.sinusoids(1500, 384).numpy(), atol=1e-3
-    )
+    np.testing.assert_allclose(w["encoder.positional_embedding"], wm.sinusoids(1500, 384).numpy(), atol=1e-3)
 
 
 def test_tiny_transcribes_jfk(tiny_model, jfk_audio):
@@ -246,8 +252,16 @@ def test_base_multilingual_transcribes_jfk(jfk_audio):
         warnings.simplefilter("error")
         dims, weights = load_checkpoint("base")
     assert dims == wm.ModelDimensions(
-        n_mels=80, n_audio_ctx=1500, n_audio_state=512, n_audio_head=8, n_audio_layer=6,
-        n_vocab=51865, n_text_ctx=448, n_text_state=512, n_text_head=8, n_text_layer=6,
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=512,
+        n_audio_head=8,
+        n_audio_layer=6,
+        n_vocab=51865,
+        n_text_ctx=448,
+        n_text_state=512,
+        n_text_head=8,
+        n_text_layer=6,
     )
     assert dims.n_vocab >= 51865  # multilingual
     model = build_model(dims, weights)

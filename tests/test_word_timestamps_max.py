@@ -16,12 +16,12 @@ import math
 import numpy as np
 import pytest
 import whisper
-
-from models.transcribe_cli import main
-from models.whisper_decode import transcribe
 from whisper_clips import JFK, SPEECH, SPEECH_CLIPS, assert_same_words, long_clip
 from whisper_fixtures import *  # noqa: F401,F403 - session fixtures
 from whisper_fixtures import fixture_loader
+
+from models.transcribe_cli import main
+from models.whisper_decode import transcribe
 
 pytestmark = pytest.mark.max
 
@@ -93,9 +93,17 @@ def test_cli_word_outputs_equal_openai_writers(tmp_path, tiny_backend, torch_tin
     rc = main([str(JFK), "-o", str(out), *_cli_args(opts)], load_backend=fixture_loader)
     assert rc == 0
     temperature = tuple(np.arange(0.0, 1.0 + 1e-6, 0.2))  # the CLI's default schedule
-    ref = whisper.transcribe(torch_tiny, jfk_audio, fp16=False, word_timestamps=True, temperature=temperature,
-                             condition_on_previous_text=True)
-    writer_args = dict(highlight_words=False, max_line_count=None, max_line_width=None, max_words_per_line=None)
+    ref = whisper.transcribe(
+        torch_tiny,
+        jfk_audio,
+        fp16=False,
+        word_timestamps=True,
+        temperature=temperature,
+        condition_on_previous_text=True,
+    )
+    writer_args = dict(
+        highlight_words=False, max_line_count=None, max_line_width=None, max_words_per_line=None
+    )
     writer_args.update(opts)
     get_writer("all", str(ref_dir))(ref, str(JFK), **writer_args)
     for name in ("jfk.txt", "jfk.vtt", "jfk.srt", "jfk.tsv"):

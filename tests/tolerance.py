@@ -25,6 +25,7 @@ The constants are in units of ``eps * scale`` and were measured on both CPU kind
 machines come in (see each constant); each keeps several times that headroom. Set
 ``KVGRAPH_TOL_REPORT=1`` to print every comparison's measured ratio at the end of a test run.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,8 +77,10 @@ def check(got, ref, ulps: float, dtype=np.float32, what: str = "") -> tuple[bool
     spacing = float(np.finfo(dtype).eps) * scale(ref)
     if what:  # unnamed checks (a test showing that a bound fails) stay out of the report
         _REPORT.append((what, d / spacing))
-    msg = (f"{what}: max |diff| {d:.3g} > bound {b:.3g} ({d / spacing:.1f} vs {ulps} spacings of "
-           f"{np.dtype(dtype).name} at scale {scale(ref):.3g})")
+    msg = (
+        f"{what}: max |diff| {d:.3g} > bound {b:.3g} ({d / spacing:.1f} vs {ulps} spacings of "
+        f"{np.dtype(dtype).name} at scale {scale(ref):.3g})"
+    )
     return d <= b, msg
 
 

@@ -15,8 +15,7 @@ SPEECH = ROOT / "tests" / "data" / "speech"
 SPEECH_CLIPS = ("basic-pbx-ivr-main", "demo-nogo")
 SAMPLE_RATE = 16000
 JFK_TEXT = (
-    "And so my fellow Americans ask not what your country can do for you "
-    "ask what you can do for your country"
+    "And so my fellow Americans ask not what your country can do for you ask what you can do for your country"
 )
 
 
@@ -45,8 +44,7 @@ def long_clip(jfk: np.ndarray) -> np.ndarray:
     faster = soxr.resample(jfk, SAMPLE_RATE, int(SAMPLE_RATE * 0.8)).astype(np.float32)
     slower = soxr.resample(jfk, SAMPLE_RATE, int(SAMPLE_RATE * 1.15)).astype(np.float32)
     clip = np.concatenate(
-        [jfk, silence(2.0), faster, silence(3.5), jfk, silence(1.3), slower, silence(2.2),
-         jfk, silence(1.0)]
+        [jfk, silence(2.0), faster, silence(3.5), jfk, silence(1.3), slower, silence(2.2), jfk, silence(1.0)]
     )
     assert clip.shape[0] / SAMPLE_RATE > 60
     return clip
@@ -63,7 +61,9 @@ def assert_same_result(ours: dict, ref: dict, *, atol: float = 1e-3) -> None:
     assert ours["language"] == ref["language"]
     assert ours["text"] == ref["text"]
     assert len(ours["segments"]) == len(ref["segments"]), (
-        [s["text"] for s in ours["segments"]], [s["text"] for s in ref["segments"]])
+        [s["text"] for s in ours["segments"]],
+        [s["text"] for s in ref["segments"]],
+    )
     for a, b in zip(ours["segments"], ref["segments"]):
         assert set(b) <= set(a)
         for k in EXACT_SEGMENT_KEYS:

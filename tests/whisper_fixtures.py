@@ -12,32 +12,40 @@ from __future__ import annotations
 import functools
 
 import pytest
-
 from whisper_clips import JFK
 
 __all__ = [
-    "tiny_backend", "tiny_model", "tiny_backend_nocache", "torch_tiny",
-    "jfk_audio", "jfk_mel", "base_model", "torch_base", "fixture_loader",
+    "tiny_backend",
+    "tiny_model",
+    "tiny_backend_nocache",
+    "torch_tiny",
+    "jfk_audio",
+    "jfk_mel",
+    "base_model",
+    "torch_base",
+    "fixture_loader",
 ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _checkpoint(name: str):
     from models.whisper import load_checkpoint
 
     return load_checkpoint(name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _max_backend(name: str, kv_cache: bool):
     from models.alignment_heads import load_alignment_heads
     from models.whisper import MaxWhisperBackend
 
     dims, weights = _checkpoint(name)
-    return MaxWhisperBackend(dims, weights, kv_cache=kv_cache, alignment_heads=load_alignment_heads(name, dims))
+    return MaxWhisperBackend(
+        dims, weights, kv_cache=kv_cache, alignment_heads=load_alignment_heads(name, dims)
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _torch_model(name: str):
     import torch
     import whisper
@@ -50,7 +58,7 @@ def _torch_model(name: str):
     return model.float().eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jfk_audio():
     from models.audio import load_audio
 

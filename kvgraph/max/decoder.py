@@ -7,10 +7,10 @@ calls: a step passes the buffers the previous call returned straight back in. In
 records which step wrote each row (:class:`~kvgraph.decoder.WrittenRows`) so a stale state
 is refused.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import numpy as np
 from max.driver import Buffer
@@ -37,25 +37,40 @@ class CompiledDecoder:
     rows; only when the weights are an fp16 checkpoint's, see ``few_steps``) and ``"step"``
     (float32 GEMMs). Both read and write the same state."""
 
-    def __init__(self, graph: Graph, weights: dict, *, kv_cache: bool = True,
-                 passes=None, eager: bool = True, weights_mode: str = "registry",
-                 f16_weights: bool = True):
+    def __init__(
+        self,
+        graph: Graph,
+        weights: dict,
+        *,
+        kv_cache: bool = True,
+        passes=None,
+        eager: bool = True,
+        weights_mode: str = "registry",
+        f16_weights: bool = True,
+    ):
         self.full = graph
         self.weights = weights
         self.weights_mode = weights_mode
         self.f16_weights = f16_weights
         self.kv_cache = kv_cache
-        self.passes: Optional[PassResult] = run_passes(graph, passes or default_pipeline()) if kv_cache else None
+        self.passes: PassResult | None = run_passes(graph, passes or default_pipeline()) if kv_cache else None
         self._progs: dict[str, CompiledProgram] = {}
         self.vocab_size, self.max_len = limits(graph)
         # rows a fixed-capacity (layout="buffer") cache holds; None for growing caches
-        caps = [n.op.cache.type.shape[1] for n in (self.passes.step.nodes if self.passes else ())
-                if isinstance(n.op, ir.CacheStore)]
-        self.capacity: Optional[int] = min(caps) if caps else None
+        caps = [
+            n.op.cache.type.shape[1]
+            for n in (self.passes.step.nodes if self.passes else ())
+            if isinstance(n.op, ir.CacheStore)
+        ]
+        self.capacity: int | None = min(caps) if caps else None
         # an fp16 checkpoint: steps of few rows run "step_few" (float16 GEMVs, no per-linear
         # run-time switch); steps of more rows run "step" (float32 GEMMs), compiled on first use
-        self.few_steps = bool(kv_cache and f16_weights and weights_mode == "registry"
-                              and has_f16_linear(self.passes.step, weights))
+        self.few_steps = bool(
+            kv_cache
+            and f16_weights
+            and weights_mode == "registry"
+            and has_f16_linear(self.passes.step, weights)
+        )
         if eager:
             self.load(self.eager_programs)
 
@@ -68,8 +83,9 @@ class CompiledDecoder:
     def request(self, name: str) -> ProgramRequest:
         """What program ``name`` is: its graph, weights and lowering options."""
         if name != "full" and self.passes is None:
-            raise KvgraphError(f"no {name!r} program: this decoder was compiled with kv_cache=False "
-                               "(only 'full')")
+            raise KvgraphError(
+                f"no {name!r} program: this decoder was compiled with kv_cache=False (only 'full')"
+            )
         if name not in ("full", "prefill", "step", "step_few"):
             raise KvgraphError(f"no program {name!r}: expected 'full', 'prefill', 'step' or 'step_few'")
         g = self.full if name == "full" else self.passes.programs["step" if name == "step_few" else name]
@@ -86,7 +102,7 @@ class CompiledDecoder:
         names = [n for n in names if n not in self._progs]
         progs = load_programs([self.request(n) for n in names] + list(extra))
         self._progs.update(zip(names, progs))
-        return progs[len(names):]
+        return progs[len(names) :]
 
     def program(self, name: str) -> CompiledProgram:
         if name not in self._progs:
@@ -104,8 +120,9 @@ class CompiledDecoder:
         if name not in self._progs:
             g = run_passes(self.full, [ExposeAttention(which)]).programs["full"]
             log.info("compiling the full-sequence program with attention scores of %s", [a for a, _ in which])
-            self._progs[name] = load_program(g, self.weights, self.weights_mode, self.f16_weights,
-                                             few_dims=_BATCH_DIM)
+            self._progs[name] = load_program(
+                g, self.weights, self.weights_mode, self.f16_weights, few_dims=_BATCH_DIM
+            )
         return self._progs[name]
 
     @property
@@ -121,7 +138,9 @@ class CompiledDecoder:
         if CONTEXT in prog.input_names:
             if context is None:
                 raise InputError(f"{prog.graph.name} needs a context (cross-attention input)")
-            return [context if isinstance(context, Buffer) else np.ascontiguousarray(context, dtype=np.float32)]
+            return [
+                context if isinstance(context, Buffer) else np.ascontiguousarray(context, dtype=np.float32)
+            ]
         return []
 
     def _check(self, tok: np.ndarray, past: int = 0) -> np.ndarray:
@@ -132,11 +151,15 @@ class CompiledDecoder:
             if lo < 0 or hi >= self.vocab_size:
                 raise InputError(f"token ids must be in [0, {self.vocab_size}), got {lo}..{hi}")
         if self.max_len is not None and past + tok.shape[1] > self.max_len:
-            raise InputError(f"sequence of {past + tok.shape[1]} positions exceeds the model's "
-                             f"{self.max_len} learned positions")
+            raise InputError(
+                f"sequence of {past + tok.shape[1]} positions exceeds the model's "
+                f"{self.max_len} learned positions"
+            )
         if self.kv_cache and self.capacity is not None and past + tok.shape[1] > self.capacity:
-            raise InputError(f"sequence of {past + tok.shape[1]} positions exceeds the KV cache "
-                             f"capacity of {self.capacity} rows (compile with a larger capacity=)")
+            raise InputError(
+                f"sequence of {past + tok.shape[1]} positions exceeds the KV cache "
+                f"capacity of {self.capacity} rows (compile with a larger capacity=)"
+            )
         return tok
 
     # ---- public API
@@ -155,7 +178,7 @@ class CompiledDecoder:
         args = [self._check(tokens_array(tokens))] + self._context_args(prog, context)
         got = dict(zip(prog.output_names, prog(*args)))
         logits = got.pop(LOGITS).to_numpy()
-        return logits, {k[len(SCORES_PREFIX):]: v.to_numpy() for k, v in got.items()}
+        return logits, {k[len(SCORES_PREFIX) :]: v.to_numpy() for k, v in got.items()}
 
     def prefill(self, tokens, context=None) -> tuple[np.ndarray, DecoderState]:
         """Run the prompt: ``(logits [b, vocab] of the last position, state)``."""
@@ -165,13 +188,13 @@ class CompiledDecoder:
             return full[:, -1], DecoderState(tok.shape[1], tok.shape[0], tokens=tok, context=context)
         prog = self.program("prefill")
         args = [tok] + self._context_args(prog, context)
-        args += [_zeros(v, tok.shape[0]) for v in prog.graph.inputs[len(args):]]
+        args += [_zeros(v, tok.shape[0]) for v in prog.graph.inputs[len(args) :]]
         got = prog.results(args, prog(*args))
         logits = got.pop(LOGITS)
         state = DecoderState(tok.shape[1], tok.shape[0], got, rows=self._rows(tok.shape[1]))
         return logits.to_numpy()[:, 0], state
 
-    def _rows(self, past: int) -> Optional[WrittenRows]:
+    def _rows(self, past: int) -> WrittenRows | None:
         return WrittenRows(self.capacity, past) if self.capacity is not None else None
 
     def step(self, tokens, state: DecoderState) -> tuple[np.ndarray, DecoderState]:
@@ -196,7 +219,7 @@ class CompiledDecoder:
         few = self.few_steps and tok.shape[0] * n <= STEP_FEW_ROWS
         prog = self.program("step_few" if few else "step")
         args = [tok, np.array(state.past, dtype=np.int64)]
-        for name in prog.input_names[len(STEP_ARGS):]:
+        for name in prog.input_names[len(STEP_ARGS) :]:
             if name not in state.buffers:
                 raise KvgraphError(f"step needs state {name!r}; the state holds {sorted(state.buffers)}")
             args.append(state.buffers[name])
@@ -205,7 +228,9 @@ class CompiledDecoder:
         bufs = dict(state.buffers)
         bufs.update(got)
         made_by = state.rows.write(state.past, n) if state.rows is not None else 1
-        return logits.to_numpy(), DecoderState(state.past + n, state.batch, bufs, rows=state.rows, made_by=made_by)
+        return logits.to_numpy(), DecoderState(
+            state.past + n, state.batch, bufs, rows=state.rows, made_by=made_by
+        )
 
     def reorder(self, state: DecoderState, indices) -> DecoderState:
         """The state with batch rows re-indexed (beam search)."""
@@ -215,7 +240,9 @@ class CompiledDecoder:
             return DecoderState(state.past, len(idx), tokens=state.tokens[idx], context=ctx)
         if state.rows is not None:
             state.rows.check(state.past, state.made_by)
-        bufs = {k: Buffer.from_numpy(np.ascontiguousarray(b.to_numpy()[idx])) for k, b in state.buffers.items()}
+        bufs = {
+            k: Buffer.from_numpy(np.ascontiguousarray(b.to_numpy()[idx])) for k, b in state.buffers.items()
+        }
         return DecoderState(state.past, len(idx), bufs, rows=self._rows(state.past))
 
 
@@ -226,7 +253,7 @@ class CompiledDecoder:
 #: larger batches compile "step".
 STEP_FEW_ROWS = 8
 
-_BATCH_DIM = frozenset({BATCH})        # kvgraph.build's batch dim
+_BATCH_DIM = frozenset({BATCH})  # kvgraph.build's batch dim
 _TOKEN_DIMS = frozenset({BATCH, SEQ})  # ... and its new-tokens dim
 
 

@@ -28,6 +28,7 @@ Facts these kernels rely on (checked against max==26.7.0 on CPU, see
 from __future__ import annotations
 
 import math
+
 import numpy as np
 from max.dtype import DType
 from max.graph import DeviceRef, Dim, TensorType, TensorValue, ops
@@ -184,8 +185,9 @@ def linear_gemv(x: TensorValue, w16: TensorValue, b: TensorValue | None = None) 
     return y if b is None else y + b
 
 
-def linear_few_rows(x: TensorValue, w16: TensorValue, wt: TensorValue, b: TensorValue | None = None,
-                    few: int = 2) -> TensorValue:
+def linear_few_rows(
+    x: TensorValue, w16: TensorValue, wt: TensorValue, b: TensorValue | None = None, few: int = 2
+) -> TensorValue:
     """``x @ w.T + b`` choosing at run time: :func:`linear_gemv` when ``x`` has at most
     ``few`` rows, else the float32 GEMM with ``wt`` (the same values, ``[in, out]``).
     A ``cond`` costs ~10 us per call here, so programs that always see few rows use
@@ -480,9 +482,7 @@ def conv1d(
 
     if method == "conv2d":
         x4 = ops.reshape(x, [bsz, 1, t, c_in])
-        y = ops.conv2d(
-            x4, w_rscf, stride=(1, stride), padding=(0, 0, padding, padding), bias=b
-        )
+        y = ops.conv2d(x4, w_rscf, stride=(1, stride), padding=(0, 0, padding, padding), bias=b)
         return ops.squeeze(y, 1)
     if method == "im2col":
         xp = ops.pad(x, [0, 0, padding, padding, 0, 0]) if padding else x
@@ -490,11 +490,7 @@ def conv1d(
         for j in range(k):
             # Symbolic slice bounds must be tensors: turn the Dim into a scalar.
             end = ops.reshape(ops.shape_to_tensor([j + stride * (t_out - 1) + 1]), [])
-            cols.append(
-                ops.slice_tensor(
-                    xp, [slice(None), (slice(j, end, stride), t_out), slice(None)]
-                )
-            )
+            cols.append(ops.slice_tensor(xp, [slice(None), (slice(j, end, stride), t_out), slice(None)]))
         xc = ops.concat(cols, axis=2) if k > 1 else cols[0]  # [b, t_out, k*c_in]
         w2 = ops.reshape(ops.squeeze(w_rscf, 0), [k * c_in, c_out])
         y = xc @ w2

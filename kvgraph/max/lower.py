@@ -15,14 +15,17 @@ keeps the input buffer of that name, see :func:`kvgraph.analysis.buffer_outputs`
 Errors raised while emitting a node are re-raised as :class:`LoweringError` carrying
 that node's printed IR line.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from max.dtype import DType
-from max.graph import BufferType, BufferValue, DeviceRef, Graph as MaxGraph, TensorType as MaxTensorType
-from max.graph import Weight as MaxWeight, ops
+from max.graph import BufferType, BufferValue, DeviceRef, ops
+from max.graph import Graph as MaxGraph
+from max.graph import TensorType as MaxTensorType
+from max.graph import Weight as MaxWeight
 
 from .. import ir
 from ..analysis import buffer_values, f16_exact
@@ -41,8 +44,8 @@ FEW_ROWS = 2
 # layout name -> host transform of a torch-layout array
 LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "plain": lambda a: a,
-    "T": lambda a: a.T,                                  # Linear: [out, in] -> [in, out]
-    "rscf": lambda a: a.transpose(2, 1, 0)[None],         # Conv1d: [cout, cin, k] -> [1, k, cin, cout]
+    "T": lambda a: a.T,  # Linear: [out, in] -> [in, out]
+    "rscf": lambda a: a.transpose(2, 1, 0)[None],  # Conv1d: [cout, cin, k] -> [1, k, cin, cout]
 }
 
 
@@ -75,8 +78,14 @@ class LowerCtx:
     it is a GEMV outright; otherwise a ``cond`` picks GEMV or GEMM by the actual rows.
     ``always_few`` also lowers causal attention to ``kernels.attention_few``."""
 
-    def __init__(self, weights: dict[str, np.ndarray], mode: str = "registry", f16_weights: bool = True,
-                 few_dims=frozenset(), always_few: bool = False):
+    def __init__(
+        self,
+        weights: dict[str, np.ndarray],
+        mode: str = "registry",
+        f16_weights: bool = True,
+        few_dims=frozenset(),
+        always_few: bool = False,
+    ):
         if mode not in WEIGHT_MODES:
             raise LoweringError(f"weights mode {mode!r}: expected one of {WEIGHT_MODES}")
         self.weights, self.mode = weights, mode
@@ -114,8 +123,9 @@ class LowerCtx:
                 self._emitted[key] = ops.constant(arr, DType.float32, DeviceRef.CPU())
             else:
                 self.registry[key] = arr
-                self._emitted[key] = MaxWeight(key, DType.float16 if f16 else DType.float32,
-                                               list(arr.shape), DeviceRef.CPU())
+                self._emitted[key] = MaxWeight(
+                    key, DType.float16 if f16 else DType.float32, list(arr.shape), DeviceRef.CPU()
+                )
         return self._emitted[key]
 
 
@@ -140,8 +150,10 @@ def _rule_linear(op, env, ctx):
 
 def _rule_embed(op, env, ctx):
     half = ctx.half(op.table)
-    return K.embed(_arg(ctx, env, op.tokens), ctx.weight(op.table, "plain", f16=half) if half
-                   else _arg(ctx, env, op.table))
+    return K.embed(
+        _arg(ctx, env, op.tokens),
+        ctx.weight(op.table, "plain", f16=half) if half else _arg(ctx, env, op.table),
+    )
 
 
 def _rule_positions(op, env, ctx):
@@ -155,13 +167,29 @@ def _rule_attention(op, env, ctx):
     # growing cache. Unmasked attention keeps the matmul form, which MAX fuses into its
     # flash-attention kernel (measured: the faster of the two over 1500 audio frames).
     fn = K.attention_few if ctx.always_few and op.causal else K.attention
-    return fn(_arg(ctx, env, op.q), _arg(ctx, env, op.k), _arg(ctx, env, op.v), op.heads,
-              op.kv_heads, op.causal, _arg(ctx, env, op.q_offset), op.scale)
+    return fn(
+        _arg(ctx, env, op.q),
+        _arg(ctx, env, op.k),
+        _arg(ctx, env, op.v),
+        op.heads,
+        op.kv_heads,
+        op.causal,
+        _arg(ctx, env, op.q_offset),
+        op.scale,
+    )
 
 
 def _rule_attention_scores(op, env, ctx):
-    return K.attention_scores(_arg(ctx, env, op.q), _arg(ctx, env, op.k), op.heads, op.kv_heads, op.causal,
-                              _arg(ctx, env, op.q_offset), op.scale, op.select)
+    return K.attention_scores(
+        _arg(ctx, env, op.q),
+        _arg(ctx, env, op.k),
+        op.heads,
+        op.kv_heads,
+        op.causal,
+        _arg(ctx, env, op.q_offset),
+        op.scale,
+        op.select,
+    )
 
 
 def _rows(op, env):
@@ -194,8 +222,14 @@ def _rule_cache_view(op, env, ctx):
 
 
 def _rule_conv1d(op, env, ctx):
-    return K.conv1d(_arg(ctx, env, op.x), _arg(ctx, env, op.w, "rscf"), _arg(ctx, env, op.bias),
-                    op.stride, op.padding, w_layout="rscf")
+    return K.conv1d(
+        _arg(ctx, env, op.x),
+        _arg(ctx, env, op.w, "rscf"),
+        _arg(ctx, env, op.bias),
+        op.stride,
+        op.padding,
+        w_layout="rscf",
+    )
 
 
 RULES: dict[type, Callable] = {
@@ -207,7 +241,9 @@ RULES: dict[type, Callable] = {
     ir.Add: lambda op, env, ctx: K.add(_arg(ctx, env, op.a), _arg(ctx, env, op.b)),
     ir.Mul: lambda op, env, ctx: K.mul(_arg(ctx, env, op.a), _arg(ctx, env, op.b)),
     ir.Linear: _rule_linear,
-    ir.LayerNorm: lambda op, env, ctx: K.layer_norm(env[op.x], _arg(ctx, env, op.weight), _arg(ctx, env, op.bias), op.eps),
+    ir.LayerNorm: lambda op, env, ctx: K.layer_norm(
+        env[op.x], _arg(ctx, env, op.weight), _arg(ctx, env, op.bias), op.eps
+    ),
     ir.RMSNorm: lambda op, env, ctx: K.rms_norm(env[op.x], _arg(ctx, env, op.weight), op.eps),
     ir.Gelu: lambda op, env, ctx: K.gelu(env[op.x]),
     ir.Silu: lambda op, env, ctx: K.silu(env[op.x]),
@@ -222,8 +258,15 @@ RULES: dict[type, Callable] = {
 }
 
 
-def lower(g: ir.Graph, weights: dict[str, np.ndarray], mode: str = "registry", f16_weights: bool = True,
-          few_dims=frozenset(), always_few: bool = False, module=None):
+def lower(
+    g: ir.Graph,
+    weights: dict[str, np.ndarray],
+    mode: str = "registry",
+    f16_weights: bool = True,
+    few_dims=frozenset(),
+    always_few: bool = False,
+    module=None,
+):
     """Emit ``g`` as a MAX ``Graph``; returns ``(max_graph, registry)`` where ``registry``
     maps MAX weight names to host arrays (bind them once, at load).
 
@@ -240,21 +283,30 @@ def lower(g: ir.Graph, weights: dict[str, np.ndarray], mode: str = "registry", f
         raise LoweringError(f"graph {g.name}: {e}") from None
     mg = MaxGraph(g.name.replace(".", "_"), input_types=in_types, module=module)
     with mg:
-        env: dict = {v: (mg.inputs[i].buffer if v in bufs else mg.inputs[i].tensor)
-                     for i, v in enumerate(g.inputs)}
+        env: dict = {
+            v: (mg.inputs[i].buffer if v in bufs else mg.inputs[i].tensor) for i, v in enumerate(g.inputs)
+        }
         for i, n in enumerate(g.nodes):
             rule = RULES.get(type(n.op))
             if rule is None:
                 have = ", ".join(sorted(c.NAME for c in RULES))
-                raise LoweringError(f"no MAX lowering rule for op {n.op.NAME!r} (rules exist for: {have})\n"
-                                    f"{window(g, i)}")
+                raise LoweringError(
+                    f"no MAX lowering rule for op {n.op.NAME!r} (rules exist for: {have})\n{window(g, i)}"
+                )
             try:
                 env[n.out] = rule(n.op, env, ctx)
             except LoweringError as e:
                 raise LoweringError(f"{e}\n  while lowering: {format_node(n)}\n{window(g, i)}") from e
             except Exception as e:  # MAX's own errors, re-raised with the IR line
-                raise LoweringError(f"MAX rejected {n.op.NAME}: {type(e).__name__}: {e}\n"
-                                    f"  IR: {format_node(n)}\n{window(g, i)}") from e
-        mg.output(*[env[v] if not isinstance(v, ir.Weight) else ctx.weight(v)
-                    for _, v in g.outputs if v not in bufs])
+                raise LoweringError(
+                    f"MAX rejected {n.op.NAME}: {type(e).__name__}: {e}\n"
+                    f"  IR: {format_node(n)}\n{window(g, i)}"
+                ) from e
+        mg.output(
+            *[
+                env[v] if not isinstance(v, ir.Weight) else ctx.weight(v)
+                for _, v in g.outputs
+                if v not in bufs
+            ]
+        )
     return mg, ctx.registry

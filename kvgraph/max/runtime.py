@@ -8,6 +8,7 @@ options), and across processes by :mod:`kvgraph.store`: a compiled program is pe
 and read back in milliseconds instead of being compiled again (MAX's own cache still costs
 seconds per program on a hit).
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,7 +19,7 @@ import logging
 import platform
 import threading
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import attrs
 import numpy as np
@@ -61,7 +62,7 @@ class CompiledProgram:
 
     graph: Graph
     model: object
-    compile_seconds: float   # seconds to compile or read back, and bind the weights
+    compile_seconds: float  # seconds to compile or read back, and bind the weights
     source: str = "compiled"  # "compiled" (by MAX) or "store" (read back from kvgraph.store)
     # computed once (steps read them every call)
     input_names: list = attrs.field(init=False)
@@ -71,7 +72,7 @@ class CompiledProgram:
 
     def __attrs_post_init__(self):
         self.input_names = [v.name for v in self.graph.inputs]
-        self.output_names = emitted_outputs(self.graph)   # what the MAX model returns, in order
+        self.output_names = emitted_outputs(self.graph)  # what the MAX model returns, in order
         self.buffer_outputs = buffer_outputs(self.graph)  # {output: input buffer mutated in place}
         self._buffer_arg = [(k, self.input_names.index(src)) for k, src in self.buffer_outputs.items()]
 
@@ -106,21 +107,34 @@ class ProgramRequest:
 
     def memo_key(self) -> tuple:
         """In-process identity: program text, weights identity, lowering options."""
-        return (hashlib.sha256(format_graph(self.graph).encode()).hexdigest(), id(self.weights),
-                self.weights_mode, self.f16_weights, tuple(sorted(self.few_dims)), self.always_few)
+        return (
+            hashlib.sha256(format_graph(self.graph).encode()).hexdigest(),
+            id(self.weights),
+            self.weights_mode,
+            self.f16_weights,
+            tuple(sorted(self.few_dims)),
+            self.always_few,
+        )
 
     def describe(self) -> str:
         return self.graph.name + (" (few-row lowering: float16 GEMVs)" if self.always_few else "")
 
 
-def load_program(g: Graph, weights: dict[str, np.ndarray], weights_mode: str = "registry",
-                 f16_weights: bool = True, few_dims=frozenset(), always_few: bool = False) -> CompiledProgram:
+def load_program(
+    g: Graph,
+    weights: dict[str, np.ndarray],
+    weights_mode: str = "registry",
+    f16_weights: bool = True,
+    few_dims=frozenset(),
+    always_few: bool = False,
+) -> CompiledProgram:
     """Lower and load ``g`` (see :func:`load_programs`)."""
     return load_programs([ProgramRequest(g, weights, weights_mode, f16_weights, few_dims, always_few)])[0]
 
 
-def load_programs(requests: Sequence[ProgramRequest], *, together: Optional[bool] = None,
-                  store: Optional[ProgramStore] = None) -> list[CompiledProgram]:
+def load_programs(
+    requests: Sequence[ProgramRequest], *, together: bool | None = None, store: ProgramStore | None = None
+) -> list[CompiledProgram]:
     """Load several programs: each from the in-process cache, else from the program store
     (``kvgraph.store``: a persisted compiled artifact, read back without compiling), else
     compiled by MAX and stored. Programs that share one weights dict are compiled as one MAX
@@ -129,7 +143,7 @@ def load_programs(requests: Sequence[ProgramRequest], *, together: Optional[bool
     :data:`PROGRESS_EVERY_S` seconds on the ``kvgraph`` logger."""
     store = default_store() if store is None else store
     together = COMPILE_TOGETHER if together is None else together
-    out: list[Optional[CompiledProgram]] = [_MODELS.get(r.memo_key()) for r in requests]
+    out: list[CompiledProgram | None] = [_MODELS.get(r.memo_key()) for r in requests]
     todo = [i for i, p in enumerate(out) if p is None]
     groups: dict[int, list[int]] = {}
     for i in todo:  # one group per weights dict (a Module binds one registry)
@@ -137,7 +151,9 @@ def load_programs(requests: Sequence[ProgramRequest], *, together: Optional[bool
     for idx in groups.values():
         batch = [requests[i] for i in idx]
         names = [r.graph.name for r in batch]
-        if len(batch) > 1 and (len(set(names)) < len(names) or any(r.weights_mode != "registry" for r in batch)):
+        if len(batch) > 1 and (
+            len(set(names)) < len(names) or any(r.weights_mode != "registry" for r in batch)
+        ):
             progs = [p for r in batch for p in _load_group([r], store)]
         else:
             progs = _load_group(batch, store)
@@ -151,15 +167,18 @@ def _load_group(batch: list[ProgramRequest], store: ProgramStore) -> list[Compil
     """Lower ``batch`` (one MAX Module when it holds several programs), then read it from the
     store or compile it, and bind the weights."""
     module = Module() if len(batch) > 1 else None
-    lowered = [lower(r.graph, r.weights, r.weights_mode, r.f16_weights, r.few_dims, r.always_few,
-                     module=module) for r in batch]
+    lowered = [
+        lower(r.graph, r.weights, r.weights_mode, r.f16_weights, r.few_dims, r.always_few, module=module)
+        for r in batch
+    ]
     what = ", ".join(r.describe() for r in batch)
     t0 = time.perf_counter()
     unit = module if module is not None else lowered[0][0]
     if all(r.weights_mode == "registry" for r in batch):
         key = make_key(STORE_FORMAT, max_version(), cpu_id(), *(str(mg) for mg, _ in lowered))
-        compiled, hit = store.get_or_make(key, _read_artifact, lambda: _compile(unit, what),
-                                          lambda c, path: c.export_mef(path))
+        compiled, hit = store.get_or_make(
+            key, _read_artifact, lambda: _compile(unit, what), lambda c, path: c.export_mef(path)
+        )
     else:  # constants are baked into the program: its text does not identify it, no store
         compiled, hit = _compile(unit, what), False
     registry: dict = {}
@@ -175,7 +194,9 @@ def _load_group(batch: list[ProgramRequest], store: ProgramStore) -> list[Compil
         raise LoweringError(f"MAX could not load {what}: {type(e).__name__}: {e}") from e
     seconds = time.perf_counter() - t0
     log.info("%s %s in %.2f s", "loaded stored" if hit else "compiled", what, seconds)
-    return [CompiledProgram(r.graph, m, seconds, "store" if hit else "compiled") for r, m in zip(batch, models)]
+    return [
+        CompiledProgram(r.graph, m, seconds, "store" if hit else "compiled") for r, m in zip(batch, models)
+    ]
 
 
 def _read_artifact(payload: bytes):
@@ -202,7 +223,7 @@ def _compile(unit, what: str):
         done.set()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def max_version() -> str:
     try:
         return importlib.metadata.version("max")
@@ -210,7 +231,7 @@ def max_version() -> str:
         return getattr(engine, "__version__", "unknown")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_id() -> str:
     """What a compiled CPU program depends on: the architecture, the model name and the
     instruction-set flags (``/proc/cpuinfo`` where there is one)."""

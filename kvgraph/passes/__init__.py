@@ -1,4 +1,5 @@
 """Rewrite passes over kvgraph programs. Each pass is a frozen value with ``apply``."""
+
 from .dce import DCE
 from .expose import ExposeAttention
 from .hoist import HoistInvariant
@@ -17,5 +18,17 @@ def default_pipeline(cache_layout: str = "concat", capacity=None):
     return [KVCache(cache_layout, capacity=capacity)] + list(DEFAULT_PASSES[1:])
 
 
-__all__ = ["DCE", "DEFAULT_PASSES", "ExposeAttention", "HoistInvariant", "KVCache", "Pass", "PassResult",
-           "Programs", "SinkTakeLast", "Stage", "default_pipeline", "run_passes"]
+__all__ = [
+    "DCE",
+    "DEFAULT_PASSES",
+    "ExposeAttention",
+    "HoistInvariant",
+    "KVCache",
+    "Pass",
+    "PassResult",
+    "Programs",
+    "SinkTakeLast",
+    "Stage",
+    "default_pipeline",
+    "run_passes",
+]

@@ -1,4 +1,5 @@
 """DCE: drop nodes whose results no output needs, and inputs nothing reads."""
+
 from __future__ import annotations
 
 import attrs

@@ -10,9 +10,10 @@ Meant for the full-sequence program (``build``'s ``full``), e.g. to read Whisper
 cross-attention weights over a forced token sequence (word timestamps). The cached
 programs are left to the KV-cache pipeline, which knows nothing of these outputs.
 """
+
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 import attrs
 
@@ -22,7 +23,7 @@ from ..ir import Graph, GraphBuilder
 from .manager import Programs
 
 
-def _which(which) -> tuple[tuple[str, Optional[tuple[int, ...]]], ...]:
+def _which(which) -> tuple[tuple[str, tuple[int, ...] | None], ...]:
     items = which.items() if isinstance(which, Mapping) else which
     out = []
     for attn, heads in items:
@@ -31,8 +32,9 @@ def _which(which) -> tuple[tuple[str, Optional[tuple[int, ...]]], ...]:
         try:
             heads = None if heads is None else tuple(int(h) for h in heads)
         except (TypeError, ValueError):
-            raise InputError(f"ExposeAttention: heads of {attn!r} must be ints (or None: all), "
-                             f"got {heads!r}") from None
+            raise InputError(
+                f"ExposeAttention: heads of {attn!r} must be ints (or None: all), got {heads!r}"
+            ) from None
         out.append((attn, heads))
     return tuple(out)
 
@@ -45,17 +47,21 @@ def expose_attention(g: Graph, which) -> Graph:
     attns = {n.out.name: n for n in g.nodes if isinstance(n.op, ir.Attention)}
     for attn, heads in which.items():
         if attn not in attns:
-            raise InputError(f"ExposeAttention: graph {g.name} has no attention %{attn}; "
-                             f"its attentions: {sorted(attns)}")
+            raise InputError(
+                f"ExposeAttention: graph {g.name} has no attention %{attn}; its attentions: {sorted(attns)}"
+            )
         H = attns[attn].op.heads
-        bad = heads is not None and (not heads or len(set(heads)) < len(heads)
-                                     or any(not 0 <= h < H for h in heads))
+        bad = heads is not None and (
+            not heads or len(set(heads)) < len(heads) or any(not 0 <= h < H for h in heads)
+        )
         if bad:
-            raise InputError(f"ExposeAttention: heads {list(heads)} of %{attn}: expected distinct heads "
-                             f"in [0, {H})")
+            raise InputError(
+                f"ExposeAttention: heads {list(heads)} of %{attn}: expected distinct heads in [0, {H})"
+            )
         if any(k == names.scores_name(attn) for k, _ in g.outputs):
-            raise InputError(f"ExposeAttention: graph {g.name} already has an output "
-                             f"{names.scores_name(attn)!r}")
+            raise InputError(
+                f"ExposeAttention: graph {g.name} already has an output {names.scores_name(attn)!r}"
+            )
     b = GraphBuilder.like(g)
     for n in g.nodes:
         b.reserve(n.out.name)
@@ -64,8 +70,16 @@ def expose_attention(g: Graph, which) -> Graph:
         b.append(n)
         if n.out.name in which:
             a, heads = n.op, which[n.out.name]
-            op = ir.AttentionScores(a.q, a.k, a.heads, a.kv_heads, a.causal, a.scale,
-                                    tuple(range(a.heads)) if heads is None else heads, a.q_offset)
+            op = ir.AttentionScores(
+                a.q,
+                a.k,
+                a.heads,
+                a.kv_heads,
+                a.causal,
+                a.scale,
+                tuple(range(a.heads)) if heads is None else heads,
+                a.q_offset,
+            )
             extra.append((names.scores_name(n.out.name), b.add(op, names.scores_name(n.out.name))))
     return b.finish(list(g.outputs) + extra)
 

@@ -7,6 +7,7 @@ becomes a prefill output and a step input named ``hoisted.<value>``; prefill com
 (reusing its own node of that name when it computes the same thing, copying the cone
 otherwise) and the runtime passes it to every step as state.
 """
+
 from __future__ import annotations
 
 import attrs

@@ -24,9 +24,8 @@ Layouts (``KVCache(layout=...)``):
   ``[0, past+s)``; ``st`` is returned under the input's name. Prefill is the same with
   no ``past`` (offset 0). The MAX lowering makes these caches buffers written in place.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import attrs
 
@@ -49,8 +48,10 @@ def cache_name(attn: Value, which: str) -> str:
 
 def _refuse(g: Graph, i: int, why: str):
     n = g.nodes[i]
-    raise PassError(f"KVCache: cannot cache graph {g.name}: node %{n.out.name} ({n.op.NAME}) {why}\n"
-                    f"{window(g, i, note=why)}")
+    raise PassError(
+        f"KVCache: cannot cache graph {g.name}: node %{n.out.name} ({n.op.NAME}) {why}\n"
+        f"{window(g, i, note=why)}"
+    )
 
 
 def classify(g: Graph) -> tuple[set[Value], list[int]]:
@@ -72,10 +73,16 @@ def classify(g: Graph) -> tuple[set[Value], list[int]]:
             if op.q_offset is not None:
                 _refuse(g, i, "already has a q_offset: the graph is cached already")
             if k_s != v_s:
-                _refuse(g, i, "reads keys and values of different kinds (one from the token stream, one fixed)")
+                _refuse(
+                    g, i, "reads keys and values of different kinds (one from the token stream, one fixed)"
+                )
             if k_s and not op.causal:
-                _refuse(g, i, "is a non-causal attention over the token stream: a new token would change "
-                              "earlier rows, so their cached K/V would be stale")
+                _refuse(
+                    g,
+                    i,
+                    "is a non-causal attention over the token stream: a new token would change "
+                    "earlier rows, so their cached K/V would be stale",
+                )
             if k_s and op.q not in stream:
                 _refuse(g, i, "attends from a fixed query to the token stream")
             if k_s:
@@ -86,8 +93,12 @@ def classify(g: Graph) -> tuple[set[Value], list[int]]:
         elif isinstance(op, ir.Concat) and n.out.type.rank == 3 and op.axis % 3 != 1:
             pass  # a concat across features keeps rows independent
         elif not op.POSITIONWISE:
-            _refuse(g, i, "mixes positions of the token stream; only position-wise ops and causal "
-                          "attention can be cached")
+            _refuse(
+                g,
+                i,
+                "mixes positions of the token stream; only position-wise ops and causal "
+                "attention can be cached",
+            )
     for k, v in g.outputs:
         if v not in stream:
             raise PassError(f"KVCache: output {k}=%{v.name} of graph {g.name} does not depend on the tokens")
@@ -178,14 +189,16 @@ class KVCache:
     """Turn ``full`` into ``prefill`` and ``step`` (see the module docstring)."""
 
     layout: str = attrs.field(default="concat", validator=attrs.validators.in_(LAYOUTS))
-    capacity: Optional[int] = attrs.field(default=None, kw_only=True)
+    capacity: int | None = attrs.field(default=None, kw_only=True)
     name: str = "kv_cache"
 
     def __attrs_post_init__(self):
         if self.layout == "buffer":
             if not (isinstance(self.capacity, int) and self.capacity > 0):
-                raise PassError(f"KVCache(layout='buffer') needs capacity=<rows per cache, a positive int>, "
-                                f"got capacity={self.capacity!r}")
+                raise PassError(
+                    f"KVCache(layout='buffer') needs capacity=<rows per cache, a positive int>, "
+                    f"got capacity={self.capacity!r}"
+                )
         elif self.capacity is not None:
             raise PassError(f"KVCache(layout={self.layout!r}) takes no capacity (only layout='buffer' does)")
 
@@ -193,8 +206,9 @@ class KVCache:
         if "full" not in programs:
             if "step" in programs:
                 classify(programs["step"])  # names the node that shows it is cached already
-            raise PassError(f"KVCache: expects a 'full' program, got {programs.names()}: "
-                            "the programs are cached already")
+            raise PassError(
+                f"KVCache: expects a 'full' program, got {programs.names()}: the programs are cached already"
+            )
         g = programs["full"]
         stream, cached = classify(g)
         cap = self.capacity if self.layout == "buffer" else None

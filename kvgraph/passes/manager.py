@@ -1,7 +1,9 @@
 """Programs, the pass protocol, and the pass manager (verify after every pass, keep history)."""
+
 from __future__ import annotations
 
-from typing import Iterator, Protocol, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import attrs
 
@@ -18,7 +20,7 @@ class Programs:
     graphs: tuple[tuple[str, Graph], ...] = attrs.field(converter=tuple)
 
     @classmethod
-    def of(cls, **graphs: Graph) -> "Programs":
+    def of(cls, **graphs: Graph) -> Programs:
         return cls(tuple(graphs.items()))
 
     def __getitem__(self, name: str) -> Graph:
@@ -36,7 +38,7 @@ class Programs:
     def items(self) -> Iterator[tuple[str, Graph]]:
         return iter(self.graphs)
 
-    def replace(self, **graphs: Graph) -> "Programs":
+    def replace(self, **graphs: Graph) -> Programs:
         new = dict(self.graphs)
         new.update(graphs)
         return Programs(tuple(new.items()))

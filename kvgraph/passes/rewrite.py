@@ -1,5 +1,6 @@
 """Small helpers passes share: remapping operands, dependence sets (building graphs:
 ``GraphBuilder.like`` / ``GraphBuilder.copy``)."""
+
 from __future__ import annotations
 
 from ..ir import Graph, Op, Value, Weight

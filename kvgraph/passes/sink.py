@@ -3,6 +3,7 @@
 ``take_last(f(x)) == f(take_last(x))`` for a position-wise ``f`` of one row-carrying
 operand, so prefill projects only the last row onto the vocabulary.
 """
+
 from __future__ import annotations
 
 import attrs
@@ -31,8 +32,9 @@ def sink_take_last(g: Graph) -> Graph:
         while v in prod:
             p = prod[v]
             rows = _row_operands(p.op)
-            if not (p.op.POSITIONWISE and len(rows) == 1 and len(users.get(v, ())) == 1
-                    and rows[0].type.rank == 3):
+            if not (
+                p.op.POSITIONWISE and len(rows) == 1 and len(users.get(v, ())) == 1 and rows[0].type.rank == 3
+            ):
                 break
             chain.append(p)
             v = rows[0]
