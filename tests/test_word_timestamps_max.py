@@ -121,3 +121,15 @@ def test_cli_word_outputs_equal_openai_writers(tmp_path, tiny_backend, torch_tin
         for wa, wb in zip(a["words"], b["words"], strict=True):
             assert (wa["word"], wa["start"], wa["end"]) == (wb["word"], wb["start"], wb["end"])
             assert math.isclose(wa["probability"], wb["probability"], abs_tol=1e-3)
+
+
+def test_base_multilingual_words_match_openai(base_model, torch_base, jfk_audio):
+    """base (multilingual): alignment heads from its config.json equal openai's table, and
+    the words and times of JFK equal openai-whisper's (language detected on MAX)."""
+    from models.whisper_decode import WhisperAdapter
+
+    adapter = WhisperAdapter(base_model.backend)
+    assert torch_base.alignment_heads.to_dense().equal(adapter.alignment_heads.to_dense())
+    ours, ref = _both(base_model.backend, torch_base, jfk_audio)
+    assert ours["language"] == ref["language"] == "en"
+    assert_same_words(ours, ref)
