@@ -116,7 +116,12 @@ class LowerCtx:
         if key not in self._emitted:
             src = self._source(w)
             dt = np.float16 if f16 else np.float32
-            arr = np.ascontiguousarray(LAYOUTS[layout](src.astype(dt, copy=False)))
+            view = LAYOUTS[layout](src)
+            if view.dtype == dt and view.flags.c_contiguous:
+                arr = view  # e.g. a float16 weight read by a float16 kernel: shared, not copied
+            else:  # layout and dtype in one pass (no intermediate converted copy)
+                arr = np.empty(view.shape, dt)
+                arr[...] = view
             if arr.ctypes.data % arr.dtype.alignment:  # MAX refuses misaligned weights
                 arr = arr.copy()
             if self.mode == "constant":
