@@ -381,8 +381,9 @@ def test_refuses_already_cached_graph():
     _assert_refused(step, "pos", "cached already")
 
 
-def test_refuses_already_cached_attention_without_positions():
-    spec = kvgraph.DecoderSpec(
+def _one_layer_no_positions() -> kvgraph.DecoderSpec:
+    """One layer, no position op: only the attention shows a graph is cached already."""
+    return kvgraph.DecoderSpec(
         vocab_size=10,
         d_model=8,
         n_heads=2,
@@ -393,6 +394,10 @@ def test_refuses_already_cached_attention_without_positions():
         mlp="swiglu",
         positions="none",
     )
+
+
+def test_refuses_already_cached_attention_without_positions():
+    spec = _one_layer_no_positions()
     step = kvgraph.run_passes(kvgraph.build(spec), default_pipeline()).step
     assert not any(isinstance(n.op, ir.Positions) for n in step.nodes)  # DCE dropped it
     _assert_refused(step, "b0.attn.k_all", "mixes positions")
@@ -578,17 +583,7 @@ def test_buffer_layout_refuses_rows_past_capacity():
 
 
 def test_buffer_layout_step_is_refused_as_already_cached():
-    spec = kvgraph.DecoderSpec(
-        vocab_size=10,
-        d_model=8,
-        n_heads=2,
-        n_layers=1,
-        max_seq_len=8,
-        mlp_hidden=16,
-        norm="rmsnorm",
-        mlp="swiglu",
-        positions="none",
-    )
+    spec = _one_layer_no_positions()
     step = _buffer_result(spec, 8).step
     _assert_refused(step, "b0.attn.k_store", "mixes positions")
 

@@ -143,11 +143,12 @@ def load_programs(
     :data:`PROGRESS_EVERY_S` seconds on the ``kvgraph`` logger."""
     store = default_store() if store is None else store
     together = COMPILE_TOGETHER if together is None else together
-    out: list[CompiledProgram | None] = [_MODELS.get(r.memo_key()) for r in requests]
+    keys = [r.memo_key() for r in requests]
+    out: list[CompiledProgram | None] = [_MODELS.get(k) for k in keys]
     todo = [i for i, p in enumerate(out) if p is None]
-    groups: dict[int, list[int]] = {}
-    for i in todo:  # one group per weights dict (a Module binds one registry)
-        groups.setdefault(id(requests[i].weights) if together else i, []).append(i)
+    groups: dict[tuple, list[int]] = {}
+    for i in todo:  # one group per weights dict (a Module binds one registry), or one per program
+        groups.setdefault(("weights", id(requests[i].weights)) if together else ("program", i), []).append(i)
     for idx in groups.values():
         batch = [requests[i] for i in idx]
         names = [r.graph.name for r in batch]
@@ -158,7 +159,7 @@ def load_programs(
         else:
             progs = _load_group(batch, store)
         for i, r, prog in zip(idx, batch, progs):
-            _MODELS[r.memo_key()] = out[i] = prog
+            _MODELS[keys[i]] = out[i] = prog
             _KEEP[id(r.weights)] = r.weights  # the id in the memo key must not be reused while cached
     return out
 
