@@ -57,6 +57,21 @@ def _need(cond: bool, msg: str) -> None:
         raise IRTypeError(msg)
 
 
+def _offset_ok(offset: Value, batch, what: str) -> None:
+    """An offset (``past``) is an i64[] scalar (every row at the same position) or an
+    i64[b] vector over the batch ``batch`` (each row at its own position)."""
+    t = _t(offset)
+    _need(
+        t == i64() or (t.dtype == "i64" and t.rank == 1 and t.shape[0] == batch),
+        f"{what} must be i64[] or i64[{batch}] (one per row), got {t}",
+    )
+
+
+def per_row(offset: Value | None) -> bool:
+    """Is ``offset`` (a ``past`` / ``q_offset`` operand) given per row (i64[b])?"""
+    return offset is not None and _t(offset).rank == 1
+
+
 def _broadcast(a: TensorType, b: TensorType, what: str) -> tuple[Dim, ...]:
     ra, rb = list(a.shape[::-1]), list(b.shape[::-1])
     out = []
@@ -149,8 +164,10 @@ class Embed(Op):
 class Positions(Op):
     """Absolute positions of the rows of ``tokens``: ``offset + arange(s)`` -> i64[s].
 
-    tokens i64[b, s] (only its length is read); offset an i64[] scalar, or absent (0).
-    Full-sequence graphs have no offset; the KV-cache pass sets it to ``past``.
+    tokens i64[b, s] (only its shape is read); offset an i64[] scalar, or absent (0).
+    Full-sequence graphs have no offset; the KV-cache pass sets it to ``past``. With a
+    per-row offset i64[b] (``KVCache(per_row=True)``: rows at different positions) the
+    result is i64[b, s]: ``offset[r] + arange(s)`` for row ``r``.
     """
 
     tokens: Value
@@ -160,13 +177,16 @@ class Positions(Op):
         t = _t(self.tokens)
         _need(t.rank >= 2, f"positions: tokens must be [b, s, ...], got {t}")
         if self.offset is not None:
-            _need(_t(self.offset) == i64(), f"positions: offset must be i64[], got {_t(self.offset)}")
+            _offset_ok(self.offset, t.shape[0], "positions: offset")
+            if per_row(self.offset):
+                return i64(t.shape[0], t.shape[1])
         return i64(t.shape[1])
 
 
 @op("gather_rows", ("table", "index"), positionwise=True)
 class GatherRows(Op):
-    """``table[index]`` for a table f32[N, d] and index i64[s] -> f32[s, d] (learned positions)."""
+    """``table[index]`` for a table f32[N, d] and index i64[s] -> f32[s, d] (learned
+    positions); an index i64[b, s] (per-row positions) gives f32[b, s, d]."""
 
     table: Value
     index: Value
@@ -174,30 +194,36 @@ class GatherRows(Op):
     def infer_type(self):
         w, i = _t(self.table), _t(self.index)
         _need(w.rank == 2, f"gather_rows: table must be rank 2, got {w}")
-        _need(i.dtype == "i64" and i.rank == 1, f"gather_rows: index must be i64[s], got {i}")
-        return f32(i.shape[0], w.shape[1])
+        _need(
+            i.dtype == "i64" and i.rank in (1, 2), f"gather_rows: index must be i64[s] or i64[b, s], got {i}"
+        )
+        return f32(*i.shape, w.shape[1])
 
 
 @op("sinusoid", ("positions",), positionwise=True)
 class Sinusoid(Op):
     """Sinusoidal embedding of positions i64[s] -> f32[s, dim]: ``[sin(p*w), cos(p*w)]``
-    with ``w_k = exp(-k * log(10000) / (dim/2 - 1))`` (openai-whisper's ``sinusoids``)."""
+    with ``w_k = exp(-k * log(10000) / (dim/2 - 1))`` (openai-whisper's ``sinusoids``);
+    per-row positions i64[b, s] give f32[b, s, dim]."""
 
     positions: Value
     dim: int
 
     def infer_type(self):
         p = _t(self.positions)
-        _need(p.dtype == "i64" and p.rank == 1, f"sinusoid: positions must be i64[s], got {p}")
+        _need(
+            p.dtype == "i64" and p.rank in (1, 2), f"sinusoid: positions must be i64[s] or i64[b, s], got {p}"
+        )
         _need(self.dim % 2 == 0 and self.dim >= 4, f"sinusoid: dim must be even and >= 4, got {self.dim}")
-        return f32(p.shape[0], self.dim)
+        return f32(*p.shape, self.dim)
 
 
 @op("rope", ("x", "positions"), positionwise=True)
 class Rope(Op):
     """Rotary embedding of x f32[b, s, heads*hd] at positions i64[s] (rotate-half form):
     ``x*cos(p*f) + rotate_half(x)*sin(p*f)``, ``f_j = theta**(-2j/hd)`` repeated twice per head,
-    ``rotate_half([x1, x2]) = [-x2, x1]`` over the two halves of each head."""
+    ``rotate_half([x1, x2]) = [-x2, x1]`` over the two halves of each head. Per-row
+    positions i64[b, s] rotate row ``r`` of x by its own positions."""
 
     x: Value
     positions: Value
@@ -208,8 +234,8 @@ class Rope(Op):
         x, p = _t(self.x), _t(self.positions)
         _need(x.rank == 3, f"rope: x must be f32[b, s, h*hd], got {x}")
         _need(
-            p.dtype == "i64" and p.rank == 1 and p.shape[0] == x.shape[1],
-            f"rope: positions must be i64[{x.shape[1]}], got {p}",
+            p.dtype == "i64" and (p.shape == (x.shape[1],) or p.shape == tuple(x.shape[:2])),
+            f"rope: positions must be i64[{x.shape[1]}] or i64[{x.shape[0]}, {x.shape[1]}], got {p}",
         )
         _need(
             isinstance(x.shape[2], int) and x.shape[2] % (2 * self.heads) == 0,
@@ -360,7 +386,7 @@ class Attention(Op):
         _need(q.shape[0] == k.shape[0], f"attention: batch of q {q} and k {k} differ")
         if self.q_offset is not None:
             _need(self.causal, "attention: q_offset given to a non-causal attention")
-            _need(_t(self.q_offset) == i64(), f"attention: q_offset must be i64[], got {_t(self.q_offset)}")
+            _offset_ok(self.q_offset, q.shape[0], "attention: q_offset")
         return q
 
 
@@ -411,10 +437,7 @@ class AttentionScores(Op):
         )
         if self.q_offset is not None:
             _need(self.causal, "attention_scores: q_offset given to non-causal scores")
-            _need(
-                _t(self.q_offset) == i64(),
-                f"attention_scores: q_offset must be i64[], got {_t(self.q_offset)}",
-            )
+            _offset_ok(self.q_offset, q.shape[0], "attention_scores: q_offset")
         return f32(q.shape[0], len(self.select), q.shape[1], k.shape[1])
 
 
@@ -443,6 +466,7 @@ class CacheStore(Op):
 
     cache f32[b, cap, d], new f32[b, s, d], past an i64[] scalar or absent (0)
     -> f32[b, cap, d]; ``past + s <= cap`` is required (the reference raises otherwise).
+    With a per-row past i64[b], row ``r`` gets ``new[r]`` at rows ``[past[r], past[r]+s)``.
     Functional meaning; the MAX lowering writes the cache input buffer in place, so the
     result is the same buffer and a graph output holding it is the mutated input.
     """
@@ -463,7 +487,7 @@ class CacheStore(Op):
         )
         _need(isinstance(c.shape[1], int), f"cache_store: cache capacity must be static, got {c}")
         if self.past is not None:
-            _need(_t(self.past) == i64(), f"cache_store: past must be i64[], got {_t(self.past)}")
+            _offset_ok(self.past, c.shape[0], "cache_store: past")
         return c
 
 
@@ -471,7 +495,9 @@ class CacheStore(Op):
 class CacheView(Op):
     """The filled rows ``[0, past+s)`` of a fixed-capacity cache: cache f32[b, cap, d],
     new f32[b, s, d] (only its length ``s`` is read), past an i64[] scalar (the symbolic
-    dim ``past``) or absent (0) -> f32[b, past+s, d] (f32[b, s, d] without past)."""
+    dim ``past``) or absent (0) -> f32[b, past+s, d] (f32[b, s, d] without past). With a
+    per-row past i64[b] the view is rows ``[0, max(past)+s)`` (the dim ``past`` is then the
+    largest row's): each row's attention masks the keys beyond its own ``past[r]+i``."""
 
     cache: Value
     new: Value
@@ -482,7 +508,7 @@ class CacheView(Op):
         _need(c.rank == 3 and n.rank == 3, f"cache_view: cache and new must be rank 3, got {c} and {n}")
         if self.past is None:
             return TensorType(c.dtype, (c.shape[0], n.shape[1], c.shape[2]))
-        _need(_t(self.past) == i64(), f"cache_view: past must be i64[], got {_t(self.past)}")
+        _offset_ok(self.past, c.shape[0], "cache_view: past")
         return TensorType(c.dtype, (c.shape[0], dim_add(sym(names.PAST_DIM), n.shape[1]), c.shape[2]))
 
 

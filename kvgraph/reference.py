@@ -24,16 +24,24 @@ def _erf(x: np.ndarray) -> np.ndarray:
         return np.vectorize(math.erf, otypes=[x.dtype])(x)
 
 
+def _offset(x):
+    """An offset operand (``past``, ``q_offset``): 0 when absent, an int for an i64[]
+    scalar, an int64 column [b, 1] for a per-row i64[b]."""
+    if x is None:
+        return 0
+    x = np.asarray(x, dtype=np.int64)
+    return int(x) if x.ndim == 0 else x[:, None]
+
+
 def _positions(op, a, ctx):
-    off = 0 if a["offset"] is None else int(a["offset"])
-    return off + np.arange(a["tokens"].shape[1], dtype=np.int64)
+    return _offset(a["offset"]) + np.arange(a["tokens"].shape[1], dtype=np.int64)
 
 
 def _sinusoid(op, a, ctx):
     half = op.dim // 2
     inv = np.exp(-np.log(10000.0) / (half - 1) * np.arange(half, dtype=ctx.dtype))
-    t = a["positions"].astype(ctx.dtype)[:, None] * inv[None, :]
-    return np.concatenate([np.sin(t), np.cos(t)], axis=1)
+    t = a["positions"].astype(ctx.dtype)[..., None] * inv
+    return np.concatenate([np.sin(t), np.cos(t)], axis=-1)
 
 
 def _rope(op, a, ctx):
@@ -41,11 +49,11 @@ def _rope(op, a, ctx):
     b, s, w = x.shape
     hd = w // op.heads
     inv = op.theta ** (-np.arange(0, hd, 2, dtype=ctx.dtype) / hd)
-    f = pos.astype(ctx.dtype)[:, None] * inv[None, :]
-    f = np.concatenate([f, f], axis=1)  # [s, hd]
+    f = pos.astype(ctx.dtype)[..., None] * inv
+    f = np.concatenate([f, f], axis=-1)[..., None, :]  # [s, 1, hd] or per row [b, s, 1, hd]
     xh = x.reshape(b, s, op.heads, hd)
     rot = np.concatenate([-xh[..., hd // 2 :], xh[..., : hd // 2]], axis=-1)
-    out = xh * np.cos(f)[None, :, None, :] + rot * np.sin(f)[None, :, None, :]
+    out = xh * np.cos(f) + rot * np.sin(f)
     return out.reshape(b, s, w)
 
 
@@ -75,9 +83,10 @@ def _scores(op, a, heads=None):
     kh = k.reshape(b, sk, KV, hd).transpose(0, 2, 1, 3)[:, kv_of]
     scores = (qh @ kh.transpose(0, 1, 3, 2)) * op.scale
     if op.causal:
-        off = 0 if a["q_offset"] is None else int(a["q_offset"])
-        visible = np.arange(sk)[None, :] <= off + np.arange(sq)[:, None]
-        scores = np.where(visible, scores, -np.inf)
+        off = _offset(a["q_offset"])  # 0, an int, or per row [b, 1]
+        last = np.reshape(off + np.arange(sq), (-1, sq, 1))  # [1 or b, sq, 1]: last key seen
+        visible = np.arange(sk) <= last
+        scores = np.where(visible[:, None], scores, -np.inf)
     return scores, kv_of
 
 
@@ -97,23 +106,28 @@ def _attention_scores(op, a, ctx):
 
 
 def _cache_rows(op, a, what):
-    past = 0 if a["past"] is None else int(a["past"])
-    s, cap = a["new"].shape[1], a["cache"].shape[1]
-    if past < 0 or past + s > cap:
-        raise ReferenceRunError(f"{what}: rows [{past}, {past + s}) do not fit a cache of capacity {cap}")
+    """(past per row as an int64 [b] array, s): rows ``[past[r], past[r]+s)`` of row ``r``."""
+    b, cap = a["cache"].shape[:2]
+    s = a["new"].shape[1]
+    past = np.zeros(b, np.int64) if a["past"] is None else np.broadcast_to(np.asarray(a["past"]), (b,))
+    if b and (past.min() < 0 or past.max() + s > cap):
+        raise ReferenceRunError(
+            f"{what}: rows [{past.min()}, {past.max() + s}) do not fit a cache of capacity {cap}"
+        )
     return past, s
 
 
 def _cache_store(op, a, ctx):
     past, s = _cache_rows(op, a, "cache_store")
     out = a["cache"].copy()  # functional: the input array is left as it was
-    out[:, past : past + s] = a["new"]
+    for r, p in enumerate(past.tolist()):
+        out[r, p : p + s] = a["new"][r]
     return out
 
 
 def _cache_view(op, a, ctx):
     past, s = _cache_rows(op, a, "cache_view")
-    return a["cache"][:, : past + s]
+    return a["cache"][:, : int(past.max(initial=0)) + s]
 
 
 def _conv1d(op, a, ctx):
@@ -128,7 +142,7 @@ def _conv1d(op, a, ctx):
 RULES = {
     ir.Embed: lambda op, a, ctx: a["table"][a["tokens"]],
     ir.Positions: _positions,
-    ir.GatherRows: lambda op, a, ctx: a["table"][a["index"]],
+    ir.GatherRows: lambda op, a, ctx: a["table"][a["index"]],  # [s, d] or per row [b, s, d]
     ir.Sinusoid: _sinusoid,
     ir.Rope: _rope,
     ir.Add: lambda op, a, ctx: a["a"] + a["b"],

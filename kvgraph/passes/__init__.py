@@ -10,12 +10,12 @@ from .sink import SinkTakeLast
 DEFAULT_PASSES = (KVCache(), HoistInvariant(), SinkTakeLast(), DCE())
 
 
-def default_pipeline(cache_layout: str = "concat", capacity=None):
-    """The passes ``kvgraph.compile`` runs for a cached decoder (``cache_layout`` and
-    ``capacity`` go to :class:`KVCache`)."""
-    if cache_layout == "concat" and capacity is None:
+def default_pipeline(cache_layout: str = "concat", capacity=None, per_row: bool = False):
+    """The passes ``kvgraph.compile`` runs for a cached decoder (``cache_layout``,
+    ``capacity`` and ``per_row`` go to :class:`KVCache`)."""
+    if cache_layout == "concat" and capacity is None and not per_row:
         return list(DEFAULT_PASSES)
-    return [KVCache(cache_layout, capacity=capacity)] + list(DEFAULT_PASSES[1:])
+    return [KVCache(cache_layout, capacity=capacity, per_row=per_row)] + list(DEFAULT_PASSES[1:])
 
 
 __all__ = [

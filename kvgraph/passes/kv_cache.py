@@ -23,6 +23,13 @@ Layouts (``KVCache(layout=...)``):
   writes the new rows at ``past`` and ``cache_view(st, new, past)`` hands attention rows
   ``[0, past+s)``; ``st`` is returned under the input's name. Prefill is the same with
   no ``past`` (offset 0). The MAX lowering makes these caches buffers written in place.
+
+``per_row=True`` (buffer layout only): the step's ``past`` is i64[b], one position per
+batch row, so rows at different positions share one step (continuous batching: each row
+a different stream). Positions become i64[b, s] (``offset[r] + arange(s)``), each row's
+causal mask is its own, ``cache_store`` writes row ``r``'s new K/V at ``past[r]``, and
+``cache_view`` hands attention rows ``[0, max(past)+s)`` (the mask hides what a row has
+not written). Prefill is the same as without ``per_row``.
 """
 
 from __future__ import annotations
@@ -125,12 +132,12 @@ def _grow(b: GraphBuilder, attn: Value, which: str, new: Value):
     return (name, grown), grown
 
 
-def _step(g: Graph, stream: set[Value], cached: list[int], capacity=None) -> Graph:
+def _step(g: Graph, stream: set[Value], cached: list[int], capacity=None, per_row: bool = False) -> Graph:
     b = GraphBuilder(g.name + ".step")
     mapping: dict[Value, Value] = {}
     for v in g.inputs:
         mapping[v] = b.input(v.name, v.type)
-    past = b.input(names.PAST, i64())
+    past = b.input(names.PAST, i64(g.input(STREAM_INPUT).type.shape[0]) if per_row else i64())
     caches: list[tuple[str, Value]] = []
     for i, n in enumerate(g.nodes):
         op = remap(n.op, mapping)
@@ -190,9 +197,16 @@ class KVCache:
 
     layout: str = attrs.field(default="concat", validator=attrs.validators.in_(LAYOUTS))
     capacity: int | None = attrs.field(default=None, kw_only=True)
+    #: a position per batch row (``past: i64[b]``); buffer layout only
+    per_row: bool = attrs.field(default=False, kw_only=True)
     name: str = "kv_cache"
 
     def __attrs_post_init__(self):
+        if self.per_row and self.layout != "buffer":
+            raise PassError(
+                "KVCache(per_row=True) needs layout='buffer' (rows at different positions write "
+                "fixed-capacity caches in place; a concat cache has one length for every row)"
+            )
         if self.layout == "buffer":
             if not (isinstance(self.capacity, int) and self.capacity > 0):
                 raise PassError(
@@ -212,4 +226,6 @@ class KVCache:
         g = programs["full"]
         stream, cached = classify(g)
         cap = self.capacity if self.layout == "buffer" else None
-        return Programs.of(prefill=_prefill(g, cached, cap), step=_step(g, stream, cached, cap))
+        return Programs.of(
+            prefill=_prefill(g, cached, cap), step=_step(g, stream, cached, cap, self.per_row)
+        )
