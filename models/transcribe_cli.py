@@ -3,7 +3,7 @@
     kvgraph transcribe AUDIO [AUDIO ...] [--model tiny.en|base|PATH]
         [--output-format txt|vtt|srt|tsv|json|all] [--output-dir DIR]
         [--language LANG] [--task transcribe|translate] [--temperature T]
-        [--best_of N] [--beam_size N] [--no-kv-cache] [--verbose] ...
+        [--best_of N] [--beam_size N] [--batch-size N] [--no-kv-cache] [--verbose] ...
 
 Decoding options mirror openai-whisper's ``whisper`` command (same flag names,
 ``--snake_case`` and ``--kebab-case`` both accepted); decoding is greedy unless
@@ -13,6 +13,12 @@ timestamps (``--word_timestamps True``) and the writer's word options
 ``--max_words_per_line``) are openai's, with its checks: a word option without
 ``--word_timestamps True`` is a usage error, and the two combinations openai
 warns about warn here too.
+
+Several files are decoded at once (``--batch-size``, default up to 8 when several files
+are given): each file's transcription is openai-whisper's, its decoder steps batched with
+the other files' into one MAX call (``models.batching``); results equal one-at-a-time
+transcription. A progress bar across files shows files done, audio seconds and the
+realtime factor.
 
 Each audio file is processed independently: a failure prints one line
 ``kvgraph: error: <file>: <reason>`` on stderr and the remaining files are still
@@ -126,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
         dest="no_progress",
         action="store_true",
         help="no progress bar (shown with --verbose or when stderr is a terminal)",
+    )
+    add(
+        "--batch-size",
+        "--batch_size",
+        dest="batch_size",
+        type=int,
+        default=None,
+        help="files decoded at once, their decoder steps batched into one call (continuous "
+        "batching; each file's result is a sequential transcription's). Default: up to 8 when "
+        "several files are given, 1 (one file at a time) otherwise",
     )
     add(
         "--no-kv-cache",
@@ -414,6 +430,96 @@ def _format_timings(load_s: float, compile_s: float | None, t: dict, wall_s: flo
     )
 
 
+#: files decoded at once when several are given and --batch-size is not
+DEFAULT_BATCH = 8
+
+
+def _batchable(backend) -> bool:
+    """Can ``backend`` run rows at different positions in one step (``models.batching``)?"""
+    dec = getattr(backend, "decoder", None)
+    return getattr(dec, "kv_cache", False) and getattr(dec, "capacity", None) is not None
+
+
+class _Progress:
+    """Progress across files: files done, audio seconds, realtime factor (tqdm)."""
+
+    def __init__(self, paths: Sequence[str], enabled: bool):
+        from models.batching import audio_seconds
+
+        self.seconds = [audio_seconds(p) or 0.0 for p in paths]
+        self.t0 = time.perf_counter()
+        self.audio_done = 0.0
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=len(paths), unit="file", file=sys.stderr, dynamic_ncols=True)
+
+    def done(self, i: int, ok: bool) -> None:
+        if ok:
+            self.audio_done += self.seconds[i]
+        if self.bar is not None:
+            wall = time.perf_counter() - self.t0
+            self.bar.set_postfix_str(
+                f"audio {self.audio_done:.0f} s, {self.audio_done / wall if wall > 0 else 0:.1f}x realtime",
+                refresh=False,
+            )
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _transcribe_batched(args, backend, batch_size, decode_options, writer_args, progress, totals) -> bool:
+    """Every file through one :class:`models.batching.BatchedTranscriber`; outputs written
+    (atomically) as files finish, texts printed in the order given. True if any failed."""
+    import concurrent.futures
+
+    from models.batching import BatchedTranscriber
+
+    options = dict(decode_options, verbose=None)  # one bar across files, not one per file
+    bar = _Progress(args.audio, progress)
+    failed = False
+    texts: dict[int, str | None] = {}
+    next_print = 0
+    engine = BatchedTranscriber(backend, batch_size=batch_size, **options)
+    try:
+        futures = {engine.submit(path): i for i, path in enumerate(args.audio)}
+        for fut in concurrent.futures.as_completed(futures):
+            i = futures[fut]
+            path = args.audio[i]
+            try:
+                result = fut.result()
+                write_outputs(result, path, args.output_format, args.output_dir, writer_args)
+            except KeyboardInterrupt:
+                raise
+            except USER_ERRORS as e:
+                _error(f"{path}: {_one_line(e, path)}")
+                failed, texts[i] = True, None
+            except Exception as e:  # noqa: BLE001 - internal failure: keep the traceback
+                traceback.print_exception(e)
+                _error(f"{path}: {type(e).__name__}: {_one_line(e, path)}")
+                failed, texts[i] = True, None
+            else:
+                texts[i] = result["text"].strip()
+                for k, v in result.get("timings", {}).items():
+                    totals[k] = totals.get(k, 0) + v
+            bar.done(i, texts[i] is not None)
+            while next_print in texts:
+                if texts[next_print] is not None:
+                    print(f"{args.audio[next_print]}: {texts[next_print]}", flush=True)
+                next_print += 1
+    except KeyboardInterrupt:
+        engine.close(wait=False)
+        bar.close()
+        _error("interrupted")
+        raise SystemExit(130) from None
+    engine.close()
+    bar.close()
+    return failed
+
+
 def main(
     argv: Sequence[str] | None = None,
     load_backend: Callable[..., object] | None = None,
@@ -512,6 +618,27 @@ def main(
     totals = DecodeTimings().as_dict()
     failed = False
     multiple = len(args.audio) > 1
+    batch_size = args.batch_size if args.batch_size is not None else min(DEFAULT_BATCH, len(args.audio))
+    if batch_size < 1:
+        return _usage_error(parser, f"--batch-size must be >= 1, got {batch_size}")
+    if batch_size > 1 and multiple:
+        if _batchable(backend):
+            failed = _transcribe_batched(
+                args, backend, batch_size, decode_options, writer_args, progress, totals
+            )
+            if args.verbose:
+                print(
+                    _format_timings(load_s, compile_s, totals, time.perf_counter() - wall0),
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return 1 if failed else 0
+        if args.batch_size is not None:
+            print(
+                f"kvgraph: warning: --batch-size {batch_size}: this backend cannot batch "
+                "(it needs the KV cache); transcribing one file at a time",
+                file=sys.stderr,
+            )
     for path in args.audio:
         try:
             result = transcribe(backend, path, **dict(decode_options))

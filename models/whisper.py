@@ -194,6 +194,27 @@ class WhisperModel:
 
         return transcribe(self.backend, audio, **options)
 
+    def transcribe_many(
+        self, audios, *, batch_size: int = 8, errors: str = "raise", progress=None, **options
+    ):
+        """``transcribe`` of each of ``audios`` (paths or 16 kHz arrays) with up to
+        ``batch_size`` files decoding at once, their decoder steps batched into one MAX call
+        (``models.batching``): one result per input, in order, each equal to a sequential
+        ``transcribe`` of that input. ``errors="return"`` puts a failed input's exception in
+        its place instead of raising it once all have finished."""
+        from models.batching import transcribe_many
+
+        return transcribe_many(
+            self.backend, audios, batch_size=batch_size, errors=errors, progress=progress, **options
+        )
+
+    def engine(self, batch_size: int = 8, **default_options):
+        """A :class:`models.batching.BatchedTranscriber` on this model: ``submit(audio,
+        **options) -> Future`` of the result dict, ``close(wait=True)``."""
+        from models.batching import BatchedTranscriber
+
+        return BatchedTranscriber(self.backend, batch_size=batch_size, **default_options)
+
 
 def load_model(name_or_path="tiny.en", *, kv_cache: bool = True) -> WhisperModel:
     """Load weights and compile encoder + decoder on MAX (cold compiles take minutes)."""

@@ -462,10 +462,16 @@ class WhisperAdapter:
         task.inference = inference
         if hasattr(task.decoder, "inference"):  # BeamSearchDecoder holds a ref
             task.decoder.inference = inference
+        self.prepare_task(task)
         self.timings.decode_calls += 1
         with torch_threads(1):
             result = task.run(mel)
         return result[0] if single else result
+
+    def prepare_task(self, task: DecodingTask) -> None:
+        """Called with each ``DecodingTask`` before it runs (its inference already the
+        backend's); a hook for subclasses (``models.batching`` gives each stream its own
+        sampling RNG here)."""
 
     def transcribe(self, audio, **kwargs) -> dict:
         return transcribe(self, audio, **kwargs)

@@ -55,6 +55,7 @@ class CompiledDecoder:
         self.kv_cache = kv_cache
         self.passes: PassResult | None = run_passes(graph, passes or default_pipeline()) if kv_cache else None
         self._progs: dict[str, CompiledProgram] = {}
+        self._rows_passes: PassResult | None = None
         self.vocab_size, self.max_len = limits(graph)
         # rows a fixed-capacity (layout="buffer") cache holds; None for growing caches
         caps = [
@@ -86,8 +87,21 @@ class CompiledDecoder:
             raise KvgraphError(
                 f"no {name!r} program: this decoder was compiled with kv_cache=False (only 'full')"
             )
-        if name not in ("full", "prefill", "step", "step_few"):
-            raise KvgraphError(f"no program {name!r}: expected 'full', 'prefill', 'step' or 'step_few'")
+        if name not in ("full", "prefill", "step", "step_few", "step_rows"):
+            raise KvgraphError(
+                f"no program {name!r}: expected 'full', 'prefill', 'step', 'step_few' or 'step_rows'"
+            )
+        if name == "step_rows":
+            # rows at different positions (continuous batching): GEMMs for many rows (a
+            # run-time GEMV for <= 2), the cache read in place by attention (one token per row)
+            return ProgramRequest(
+                self.rows_passes.step,
+                self.weights,
+                self.weights_mode,
+                self.f16_weights,
+                few_dims=_BATCH_DIM,
+                few_attention=True,
+            )
         g = self.full if name == "full" else self.passes.programs["step" if name == "step_few" else name]
         if name == "step_few":
             # every linear is a GEMV: run only with few rows (see step())
@@ -95,6 +109,19 @@ class CompiledDecoder:
         else:  # a linear over [b, d] (prefill's last row) picks GEMV/GEMM at run time
             opts = dict(few_dims=_BATCH_DIM)
         return ProgramRequest(g, self.weights, self.weights_mode, self.f16_weights, **opts)
+
+    @property
+    def rows_passes(self) -> PassResult:
+        """The pass pipeline with ``KVCache(per_row=True)``: its ``step`` (program
+        ``"step_rows"``) takes ``past: i64[b]``, a position per row; its prefill and state
+        names are those of the default pipeline's (see :mod:`kvgraph.slots`)."""
+        if self._rows_passes is None:
+            if self.capacity is None:
+                raise KvgraphError(
+                    "rows at different positions need fixed-capacity caches (cache_layout='buffer')"
+                )
+            self._rows_passes = run_passes(self.full, default_pipeline("buffer", self.capacity, per_row=True))
+        return self._rows_passes
 
     def load(self, names, extra=()) -> list[CompiledProgram]:
         """Load programs ``names`` (and ``extra`` requests of the same model, e.g. its encoder)

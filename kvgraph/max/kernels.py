@@ -56,6 +56,8 @@ __all__ = [
     "attention_few",
     "attention_scores",
     "causal_allowed",
+    "causal_allowed_rows",
+    "positions_rows",
     "concat_seq",
     "conv1d",
     "conv1d_weight_constant",
@@ -99,15 +101,33 @@ def positions(offset: TensorValue, seq_len_source: TensorValue, axis: int = 1) -
     return ops.range(0, n, 1, dtype=I64, device=_cpu()) + offset
 
 
+def positions_rows(offset: TensorValue, seq_len_source: TensorValue) -> TensorValue:
+    """Per-row positions ``offset[r] + arange(s)`` as int64 ``[b, s]``: ``offset`` int64
+    ``[b]``, ``b, s`` the first two dims of ``seq_len_source``.
+
+    Built from one flat ``range(b*s)`` split with integer division and a gather of the
+    row's offset (no broadcast of a bare ``range``: see :func:`causal_allowed`)."""
+    b, s = seq_len_source.shape[0], seq_len_source.shape[1]
+    st = _scalar_dim(s)
+    n = ops.range(0, b * s, 1, dtype=I64, device=_cpu())
+    r = ops.floor_div(n, st)
+    off = ops.gather(ops.cast(offset, I64) if offset.dtype != I64 else offset, r, axis=0)
+    return ops.reshape(off + (n - r * st), [b, s])
+
+
 def _pos_outer(pos: TensorValue, vec: np.ndarray) -> TensorValue:
-    """``float(pos)[:, None] * vec[None, :]`` as a K=1 matmul -> ``[s, len(vec)]``.
+    """``float(pos)[..., None] * vec`` as a K=1 matmul -> ``[s, len(vec)]`` (or
+    ``[b, s, len(vec)]`` for per-row positions ``[b, s]``).
 
     A matmul instead of a broadcast multiply: a bare ``range`` (``positions`` with
     a constant offset) unsqueezed on the last axis and broadcast is exactly the
     pattern max 26.7 miscompiles (see :func:`causal_allowed`).
     """
-    p = ops.reshape(ops.cast(pos, F32), [pos.shape[0], 1])
-    return ops.matmul(p, _f32_const(np.asarray(vec, dtype=np.float64)[None, :]))
+    lead = list(pos.shape)
+    flat = pos.shape[0] if len(lead) == 1 else lead[0] * lead[1]
+    p = ops.reshape(ops.cast(pos, F32), [flat, 1])
+    out = ops.matmul(p, _f32_const(np.asarray(vec, dtype=np.float64)[None, :]))
+    return out if len(lead) == 1 else ops.reshape(out, [*lead, len(vec)])
 
 
 def gather_rows(table: TensorValue, idx: TensorValue) -> TensorValue:
@@ -125,8 +145,8 @@ def sinusoid(pos: TensorValue, dim: int, max_timescale: float = 10000.0) -> Tens
     half = dim // 2
     inc = math.log(max_timescale) / (half - 1)
     inv = np.exp(-inc * np.arange(half, dtype=np.float64))
-    t = _pos_outer(pos, inv)  # [s, half]
-    return ops.concat([ops.sin(t), ops.cos(t)], axis=1)
+    t = _pos_outer(pos, inv)  # [s, half] (per row: [b, s, half])
+    return ops.concat([ops.sin(t), ops.cos(t)], axis=-1)
 
 
 # --------------------------------------------------------------------------- #
@@ -251,9 +271,9 @@ def rope(x: TensorValue, pos: TensorValue, n_heads: int, theta: float = 10000.0)
         raise InputError(f"head dim {dh} must be even for rope")
     half = dh // 2
     inv_freq = 1.0 / (theta ** (np.arange(0, dh, 2, dtype=np.float64) / dh))
-    freqs = _pos_outer(pos, inv_freq)  # [s, half]
-    cos = ops.unsqueeze(ops.cos(freqs), 1)  # [s, 1, half]
-    sin = ops.unsqueeze(ops.sin(freqs), 1)
+    freqs = _pos_outer(pos, inv_freq)  # [s, half] (per-row positions: [b, s, half])
+    cos = ops.unsqueeze(ops.cos(freqs), -2)  # [s, 1, half] ([b, s, 1, half])
+    sin = ops.unsqueeze(ops.sin(freqs), -2)
     xh = ops.reshape(x, [b, s, n_heads, dh])
     x1 = xh[:, :, :, :half]
     x2 = xh[:, :, :, half:]
@@ -293,6 +313,32 @@ def causal_allowed(
     if q_offset is not None:
         i = i + (ops.cast(q_offset, I64) if q_offset.dtype != I64 else q_offset)
     return ops.reshape(ops.greater_equal(i, j), [rows, sk])
+
+
+def causal_allowed_rows(
+    b: Dim | int, sq: Dim | int, sk: Dim | int, q_offset: TensorValue, groups: int = 1
+) -> TensorValue:
+    """Boolean ``[b, groups*sq, sk]``: in batch row ``r``, row ``g*sq + i`` may see key ``j``
+    iff ``j <= q_offset[r] + i`` (``q_offset`` int64 ``[b]``: rows at different positions).
+
+    As :func:`causal_allowed`, from ONE flat ``range(b*groups*sq*sk)`` split with integer
+    division; each element's row offset is gathered from ``q_offset`` (no broadcasting)."""
+    cpu = _cpu()
+    rows = groups * sq
+    skt = _scalar_dim(sk)
+    per_b = _scalar_dim(rows) * skt
+    n = ops.range(0, b * rows * sk, 1, dtype=I64, device=cpu)
+    bi = ops.floor_div(n, per_b)
+    rem = n - bi * per_b
+    r = ops.floor_div(rem, skt)
+    j = rem - r * skt
+    i = r % _scalar_dim(sq) if groups > 1 else r
+    off = ops.gather(ops.cast(q_offset, I64) if q_offset.dtype != I64 else q_offset, bi, axis=0)
+    return ops.reshape(ops.greater_equal(i + off, j), [b, rows, sk])
+
+
+def _per_row(q_offset: TensorValue | None) -> bool:
+    return q_offset is not None and len(q_offset.shape) == 1
 
 
 def _head_dims(q: TensorValue, k: TensorValue, v: TensorValue, n_heads: int, n_kv_heads: int):
@@ -335,7 +381,10 @@ def attention(
 
     scores = ops.matmul(qh, ops.transpose(kh, -1, -2)) * scale  # [b, KVH, G*sq, sk]
     if causal:
-        allowed = causal_allowed(sq, sk, q_offset, G)  # [G*sq, sk]
+        if _per_row(q_offset):  # [b, 1, G*sq, sk]
+            allowed = ops.unsqueeze(causal_allowed_rows(b, sq, sk, q_offset, G), 1)
+        else:
+            allowed = causal_allowed(sq, sk, q_offset, G)  # [G*sq, sk]
         # A finite fill, not -inf: when MAX fuses this into its masked flash
         # attention kernel it rewrites the select as ``scores + (!allowed) * fill``,
         # and 0 * -inf = NaN poisoned every row (seen on max 26.7 CPU).  Key 0 is
@@ -374,7 +423,10 @@ def attention_few(
     k6 = ops.reshape(k, [b, 1, sk, KVH, 1, dh])
     scores = ops.squeeze(ops.sum(q6 * k6, axis=-1), -1) * scale  # [b, sq, sk, KVH, G]
     if causal:
-        allowed = ops.reshape(causal_allowed(sq, sk, q_offset), [1, sq, sk, 1, 1])
+        if _per_row(q_offset):
+            allowed = ops.reshape(causal_allowed_rows(b, sq, sk, q_offset), [b, sq, sk, 1, 1])
+        else:
+            allowed = ops.reshape(causal_allowed(sq, sk, q_offset), [1, sq, sk, 1, 1])
         scores = ops.where(allowed, scores, ops.constant(MASK_FILL, scores.dtype, scores.device))
     p = ops.unsqueeze(ops.softmax(scores, axis=2), -1)  # [b, sq, sk, KVH, G, 1]
     v6 = ops.reshape(v, [b, 1, sk, KVH, 1, dh])
@@ -414,7 +466,10 @@ def attention_scores(
         kh = ops.gather(kh, ops.constant(kv_of, I64, cpu), axis=1)
     scores = ops.matmul(qh, ops.transpose(kh, -1, -2)) * scale  # [b, n, sq, sk]
     if causal:
-        allowed = causal_allowed(sq, sk, q_offset)  # [sq, sk]
+        if _per_row(q_offset):  # [b, 1, sq, sk]
+            allowed = ops.unsqueeze(causal_allowed_rows(b, sq, sk, q_offset), 1)
+        else:
+            allowed = causal_allowed(sq, sk, q_offset)  # [sq, sk]
         scores = ops.where(allowed, scores, ops.constant(-np.inf, scores.dtype, cpu))
     return scores
 

@@ -76,7 +76,9 @@ class LowerCtx:
     ``FEW_ROWS`` rows and its symbolic ones are all in ``few_dims`` (dims that are small
     at run time, e.g. the batch). With ``always_few`` (a program only run with few rows)
     it is a GEMV outright; otherwise a ``cond`` picks GEMV or GEMM by the actual rows.
-    ``always_few`` also lowers causal attention to ``kernels.attention_few``."""
+    ``always_few`` also lowers causal attention to ``kernels.attention_few``; so does
+    ``few_attention`` alone (a step of one token per row over many rows: GEMMs for the
+    linears, the cache read in place by attention)."""
 
     def __init__(
         self,
@@ -85,11 +87,13 @@ class LowerCtx:
         f16_weights: bool = True,
         few_dims=frozenset(),
         always_few: bool = False,
+        few_attention: bool = False,
     ):
         if mode not in WEIGHT_MODES:
             raise LoweringError(f"weights mode {mode!r}: expected one of {WEIGHT_MODES}")
         self.weights, self.mode = weights, mode
         self.few_dims, self.always_few = frozenset(few_dims), always_few
+        self.few_attention = few_attention
         self.f16_weights = f16_weights and mode == "registry"
         self.registry: dict[str, np.ndarray] = {}
         self._emitted: dict[str, object] = {}
@@ -162,6 +166,8 @@ def _rule_embed(op, env, ctx):
 
 
 def _rule_positions(op, env, ctx):
+    if ir.per_row(op.offset):
+        return K.positions_rows(env[op.offset], env[op.tokens])
     off = env[op.offset] if op.offset is not None else ops.constant(np.int64(0), DType.int64, DeviceRef.CPU())
     return K.positions(off, env[op.tokens], axis=1)
 
@@ -171,7 +177,7 @@ def _rule_attention(op, env, ctx):
     # cache in its stored layout (``attention_few``): no per-call head-major copies of a
     # growing cache. Unmasked attention keeps the matmul form, which MAX fuses into its
     # flash-attention kernel (measured: the faster of the two over 1500 audio frames).
-    fn = K.attention_few if ctx.always_few and op.causal else K.attention
+    fn = K.attention_few if (ctx.always_few or ctx.few_attention) and op.causal else K.attention
     return fn(
         _arg(ctx, env, op.q),
         _arg(ctx, env, op.k),
@@ -210,10 +216,30 @@ def _dim_name(d) -> str:
     return "_".join(list(d.terms) + ([str(d.const)] if d.const else []))
 
 
+def _store_rows(buf, new, past):
+    """Per-row ``cache_store``: row ``r`` of ``new`` into rows ``[past[r], past[r]+s)`` of
+    row ``r`` of the buffer, in place: a ``while_loop`` over the batch rows whose body
+    stores one row's slice (MAX has no in-place scatter into a buffer; a loop body may
+    write a buffer input)."""
+    cpu = DeviceRef.CPU()
+    nb, s = K._scalar_dim(new.shape[0]), K._scalar_dim(new.shape[1])
+
+    def body(r):
+        p = ops.reshape(ops.slice_tensor(past, [(slice(r, r + 1), 1)]), [])
+        row = ops.slice_tensor(new, [(slice(r, r + 1), 1), slice(None), slice(None)])
+        ops.buffer_store_slice(buf, row, [(slice(r, r + 1), 1), (slice(p, p + s), new.shape[1]), slice(None)])
+        return r + 1
+
+    ops.while_loop(ops.constant(np.int64(0), DType.int64, cpu), lambda r: r < nb, body)
+
+
 def _rule_cache_store(op, env, ctx):
     buf, new = env[op.cache], env[op.new]
     if not isinstance(buf, BufferValue):
         raise LoweringError("cache_store: the cache must be a graph input (lowered as a buffer)")
+    if ir.per_row(op.past):
+        _store_rows(buf, new, env[op.past])
+        return buf
     start, end = _rows(op, env)
     ops.buffer_store_slice(buf, new, [slice(None), (slice(start, end), new.shape[1]), slice(None)])
     return buf  # written in place: the result is the same buffer
@@ -221,7 +247,11 @@ def _rule_cache_store(op, env, ctx):
 
 def _rule_cache_view(op, env, ctx):
     full = ops.buffer_load(env[op.cache])
-    _, end = _rows(op, env)
+    if ir.per_row(op.past):  # rows [0, max(past) + s): each row's mask hides the rest
+        longest = ops.reshape(ops.max(env[op.past], axis=0), [])
+        end = longest + K._scalar_dim(env[op.new].shape[1])
+    else:
+        _, end = _rows(op, env)
     rows = op.infer_type().shape[1]
     return ops.slice_tensor(full, [slice(None), (slice(0, end), _dim_name(rows)), slice(None)])
 
@@ -271,6 +301,7 @@ def lower(
     few_dims=frozenset(),
     always_few: bool = False,
     module=None,
+    few_attention: bool = False,
 ):
     """Emit ``g`` as a MAX ``Graph``; returns ``(max_graph, registry)`` where ``registry``
     maps MAX weight names to host arrays (bind them once, at load).
@@ -280,7 +311,7 @@ def lower(
     into the graph as constants (a compile per weight set, faster steps).
     ``f16_weights``, ``few_dims``, ``always_few``: see :class:`LowerCtx`. ``module``: a MAX
     ``Module`` to emit the graph into (programs compiled together)."""
-    ctx = LowerCtx(weights, mode, f16_weights, few_dims, always_few)
+    ctx = LowerCtx(weights, mode, f16_weights, few_dims, always_few, few_attention)
     bufs = buffer_values(g)
     try:
         in_types = [max_type(v.type, v in bufs) for v in g.inputs]

@@ -104,6 +104,7 @@ class ProgramRequest:
     f16_weights: bool = True
     few_dims: frozenset = attrs.field(default=frozenset(), converter=frozenset)
     always_few: bool = False
+    few_attention: bool = False
 
     def memo_key(self) -> tuple:
         """In-process identity: program text, weights identity, lowering options."""
@@ -114,6 +115,7 @@ class ProgramRequest:
             self.f16_weights,
             tuple(sorted(self.few_dims)),
             self.always_few,
+            self.few_attention,
         )
 
     def describe(self) -> str:
@@ -169,7 +171,16 @@ def _load_group(batch: list[ProgramRequest], store: ProgramStore) -> list[Compil
     store or compile it, and bind the weights."""
     module = Module() if len(batch) > 1 else None
     lowered = [
-        lower(r.graph, r.weights, r.weights_mode, r.f16_weights, r.few_dims, r.always_few, module=module)
+        lower(
+            r.graph,
+            r.weights,
+            r.weights_mode,
+            r.f16_weights,
+            r.few_dims,
+            r.always_few,
+            module=module,
+            few_attention=r.few_attention,
+        )
         for r in batch
     ]
     what = ", ".join(r.describe() for r in batch)

@@ -133,7 +133,7 @@ def _grow(b: GraphBuilder, attn: Value, which: str, new: Value):
 
 
 def _step(g: Graph, stream: set[Value], cached: list[int], capacity=None, per_row: bool = False) -> Graph:
-    b = GraphBuilder(g.name + ".step")
+    b = GraphBuilder(g.name + (".step_rows" if per_row else ".step"))
     mapping: dict[Value, Value] = {}
     for v in g.inputs:
         mapping[v] = b.input(v.name, v.type)
@@ -226,6 +226,4 @@ class KVCache:
         g = programs["full"]
         stream, cached = classify(g)
         cap = self.capacity if self.layout == "buffer" else None
-        return Programs.of(
-            prefill=_prefill(g, cached, cap), step=_step(g, stream, cached, cap, self.per_row)
-        )
+        return Programs.of(prefill=_prefill(g, cached, cap), step=_step(g, stream, cached, cap, self.per_row))

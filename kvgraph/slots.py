@@ -1,0 +1,174 @@
+"""A pool of cache rows shared by many independent decodes (continuous batching).
+
+:class:`SlotPool` holds every piece of decoder state (the in-place KV caches ``cache.*``
+and the step-invariant ``hoisted.*`` values, e.g. Whisper's cross-attention K/V) as one
+host array per name with ``rows`` batch rows, wrapped once as MAX ``Buffer`` s that share
+its memory. A decode *joins* by taking a contiguous range of rows (:meth:`acquire`, one
+row per beam or sample of that decode) and prefilling them: the prefill program is called
+on views of the pool's rows (``Buffer[lo:hi]``), so its in-place cache writes land in the
+pool; its hoisted outputs are copied into the rows. Every decode then *steps together*:
+:meth:`step` runs the per-row step program (``KVCache(per_row=True)``, ``past: i64[b]``)
+once over rows ``[0, r)`` with each row at its own position. A decode *leaves* with
+:meth:`release`; its rows are reused by the next one.
+
+Rows that take no part in a step still run in it (the program covers rows ``[0, r)``): a
+free row steps at position 0 and a row of a decode that is not stepping now writes its
+dummy token's K/V at that decode's next position, a row the decode has not written yet
+and will overwrite with its own next step. So a step never changes what another decode
+attends to.
+
+Not thread-safe: one thread (a scheduler) calls it.
+"""
+
+from __future__ import annotations
+
+import attrs
+import numpy as np
+
+from .errors import InputError, KvgraphError
+from .names import CONTEXT, LOGITS, PAST, TOKENS
+
+
+@attrs.define(eq=False)
+class Group:
+    """A decode's rows ``[lo, hi)`` of the pool and how many positions they hold."""
+
+    lo: int
+    hi: int
+    past: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.hi - self.lo
+
+
+class SlotPool:
+    """``rows`` rows of decoder state for a :class:`kvgraph.max.decoder.CompiledDecoder`
+    compiled with fixed-capacity caches."""
+
+    def __init__(self, decoder, rows: int):
+        from max.driver import Buffer
+
+        if rows < 1:
+            raise InputError(f"a slot pool needs at least one row, got rows={rows}")
+        self.decoder = decoder
+        self.rows = rows
+        self.capacity = decoder.capacity
+        step = decoder.rows_passes.step
+        self.step_graph = step
+        self.state_names = [v.name for v in step.inputs if v.name not in (TOKENS, PAST)]
+        self.arrays: dict[str, np.ndarray] = {}
+        for v in step.inputs:
+            if v.name in (TOKENS, PAST):
+                continue
+            shape = v.type.shape[1:]
+            if not all(isinstance(d, int) for d in shape):
+                raise KvgraphError(f"state %{v.name}: {v.type} has a symbolic dim other than the batch")
+            self.arrays[v.name] = np.zeros((rows, *shape), np.float32)
+        self.buffers = {k: Buffer.from_numpy(a) for k, a in self.arrays.items()}
+        self.groups: list[Group] = []
+        self.steps = 0  # batched step calls so far
+        self.step_rows = 0  # rows those calls computed (busy or not)
+        self.busy_rows = 0  # rows whose logits were wanted
+
+    # ------------------------------------------------------------- rows
+    def free_rows(self) -> int:
+        return self.rows - sum(g.size for g in self.groups)
+
+    def acquire(self, n: int) -> Group | None:
+        """The lowest free range of ``n`` contiguous rows, or None when there is none."""
+        if n > self.rows:
+            raise InputError(f"a decode of {n} rows does not fit a pool of {self.rows} rows")
+        start = 0
+        for g in sorted(self.groups, key=lambda g: g.lo):
+            if g.lo - start >= n:
+                break
+            start = max(start, g.hi)
+        if start + n > self.rows:
+            return None
+        group = Group(start, start + n)
+        self.groups.append(group)
+        return group
+
+    def release(self, group: Group) -> None:
+        if group in self.groups:
+            self.groups.remove(group)
+
+    def _views(self, lo: int, hi: int) -> dict:
+        return {k: b[(slice(lo, hi),) + (slice(None),) * (b.rank - 1)] for k, b in self.buffers.items()}
+
+    # ------------------------------------------------------------- programs
+    def prefill(self, group: Group, tokens: np.ndarray, context=None) -> np.ndarray:
+        """Run the prompt ``tokens [n, t]`` (``n`` = the group's rows) into the group's rows;
+        returns the last position's logits ``[n, vocab]``."""
+        dec = self.decoder
+        tok = dec._check(np.ascontiguousarray(tokens, dtype=np.int64))
+        if tok.shape[0] != group.size:
+            raise InputError(f"prefill: {tok.shape[0]} token rows for a group of {group.size}")
+        prog = dec.program("prefill")
+        views = self._views(group.lo, group.hi)
+        args = []
+        for name in prog.input_names:
+            if name == TOKENS:
+                args.append(tok)
+            elif name == CONTEXT:
+                args += dec._context_args(prog, context)
+            elif name in views:
+                args.append(views[name])
+            else:
+                raise KvgraphError(f"prefill input {name!r} is neither tokens, context nor pool state")
+        got = prog.results(args, prog(*args))
+        for name in self.state_names:
+            if name not in prog.buffer_outputs.values():  # hoisted values: copied into the rows
+                if name not in got:
+                    raise KvgraphError(f"prefill does not return state {name!r} the step reads")
+                self.arrays[name][group.lo : group.hi] = got[name].to_numpy()
+        group.past = tok.shape[1]
+        return got[LOGITS].to_numpy()[:, 0]
+
+    def step(self, requests: list[tuple[Group, np.ndarray]]) -> list[np.ndarray]:
+        """One step of several decodes together: ``requests`` are ``(group, tokens [n, s])``
+        with one ``s`` for all; returns each request's logits ``[n, s, vocab]``."""
+        if not requests:
+            return []
+        s = requests[0][1].shape[1]
+        if any(t.shape[1] != s for _, t in requests):
+            raise InputError("a batched step takes the same number of new tokens for every row")
+        r = max(g.hi for g in self.groups)
+        tokens = np.zeros((r, s), np.int64)
+        past = np.zeros(r, np.int64)
+        for g in self.groups:  # rows not stepping now: their next position (see the module doc)
+            if g.hi <= r:
+                past[g.lo : g.hi] = min(g.past, self.capacity - s)
+        for g, t in requests:
+            if g not in self.groups:
+                raise KvgraphError("step: this decode's rows were released")
+            self.decoder._check(t, g.past)
+            tokens[g.lo : g.hi] = t
+            past[g.lo : g.hi] = g.past
+        prog = self.decoder.program("step_rows")
+        views = self._views(0, r)
+        args = [tokens, past] + [views[n] for n in prog.input_names[2:]]
+        logits = prog(*args)[prog.output_names.index(LOGITS)].to_numpy()
+        self.steps += 1
+        self.step_rows += r
+        out = []
+        for g, _ in requests:
+            out.append(logits[g.lo : g.hi])
+            self.busy_rows += g.size
+            g.past += s
+        return out
+
+    def reorder(self, group: Group, indices, hoisted: bool = True) -> None:
+        """Re-index the group's rows (beam search): row ``i`` becomes row ``indices[i]``.
+        ``hoisted=False`` leaves the hoisted values alone (rows known to hold the same)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.shape != (group.size,) or idx.min() < 0 or idx.max() >= group.size:
+            raise InputError(f"reorder: indices {idx.tolist()} for a group of {group.size} rows")
+        for name, a in self.arrays.items():
+            if name.startswith("cache."):
+                rows = a[group.lo : group.hi, : group.past]
+                rows[...] = rows[idx]
+            elif hoisted:
+                rows = a[group.lo : group.hi]
+                rows[...] = rows[idx]
