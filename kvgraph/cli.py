@@ -4,6 +4,8 @@
   the default pass pipeline for a built-in spec (``kvgraph list`` names them).
   With ``--expose ATTN[:H,H...]`` (repeatable) the pipeline is ``ExposeAttention`` instead:
   the full-sequence program with those attentions' scores (heads ``H``, default all) as outputs.
+  With ``--per-row`` the pipeline caches with ``KVCache(layout="buffer", per_row=True)``:
+  the step takes a position per batch row (``past: i64[b]``, continuous batching).
 - ``kvgraph list``: the built-in spec names.
 - ``kvgraph COMMAND ...`` for a command a plugin registers (:mod:`kvgraph.plugins`; e.g.
   ``kvgraph transcribe`` from the ``models`` package): the arguments after ``COMMAND`` are
@@ -49,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
         help="instead of the default pipeline, run ExposeAttention: attention ATTN's scores "
         "(query heads H..., default all) as an output; repeatable (e.g. b1.cross:0)",
     )
+    show.add_argument(
+        "--per-row",
+        action="store_true",
+        help="cache with KVCache(layout='buffer', per_row=True): a step whose rows are at "
+        "different positions (past: i64[b]), capacity the spec's max_seq_len",
+    )
     sub.add_parser("list", help="list the built-in specs")
     for cmd in plugins.REGISTRY.commands().values():  # listed in --help; main() runs them
         sub.add_parser(cmd.name, help=cmd.help, add_help=False)
@@ -71,6 +79,8 @@ def _show(args) -> int:
         return _error(str(e))
     try:
         pipeline = passes.default_pipeline()
+        if args.per_row:
+            pipeline = passes.default_pipeline("buffer", spec.max_seq_len, per_row=True)
         if args.expose:
             which = {}
             for item in args.expose:

@@ -35,7 +35,7 @@ def clips() -> dict[str, np.ndarray]:
         "short": jfk[: int(1.2 * SAMPLE_RATE)].copy(),  # 1.2 s
         "jfk": jfk,  # 11 s
         "nogo": nogo,  # 10.6 s
-        "fallback": np.tile(jfk[int(3.0 * SAMPLE_RATE) : int(4.2 * SAMPLE_RATE)], 20),  # 24 s, repetitive
+        "fallback": np.tile(jfk[SAMPLE_RATE : 2 * SAMPLE_RATE], 20),  # 20 s, repetitive: samples at T > 0
         "pbx": pbx,  # 25 s
         "long": long_clip(jfk),  # 75 s
         "two_min": two_min,  # ~2 min
@@ -77,8 +77,8 @@ def test_greedy_mixed_lengths_and_fallback_equal_sequential(tiny_model):
     _check_same(names, results, options)
     fallback = results[names.index("fallback")]
     assert any(s["temperature"] > 0 for s in fallback["segments"]), "the fallback clip did not fall back"
-    others = [r for n, r in zip(names, results) if n != "fallback"]
-    assert all(s["temperature"] == 0 for r in others for s in r["segments"])
+    for n in ("jfk", "nogo", "pbx"):  # ... among files that decode greedily
+        assert all(s["temperature"] == 0 for s in results[names.index(n)]["segments"]), n
     assert results[names.index("two_min")]["segments"][-1]["end"] > 100
 
 

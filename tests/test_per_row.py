@@ -121,3 +121,13 @@ def test_per_row_offsets_are_typed():
     q = ir.Value("q", f32(b, 1, 8))
     with pytest.raises(IRTypeError, match="q_offset"):
         ir.Attention(q, q, q, 2, 2, True, 0.5, ir.Value("o", i64(2, 2))).infer_type()
+
+
+def test_kvgraph_show_per_row(capsys):
+    from kvgraph.cli import main
+
+    assert main(["show", "whisper-tiny.en", "--per-row", "--stage", "dce", "--program", "step"]) == 0
+    out = capsys.readouterr().out
+    assert "graph whisper_decoder.step_rows(%tokens: i64[b, s], %past: i64[b]," in out
+    assert "gather_rows @decoder.positional_embedding, %pos : f32[b, s, 384]" in out
+    assert "%hoisted.b0.ck: f32[b, 1500, 384]" in out
