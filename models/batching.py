@@ -126,6 +126,9 @@ class Scheduler:
                 while not self.pending and not self.closed:
                     self.cv.wait()
                 if not self.pending and self.closed:
+                    for g in self._released:
+                        self.pool.release(g)
+                    self._released = []
                     return
                 deadline = time.monotonic() + self.max_wait
                 while len(self.pending) < self.live and not self.closed:
