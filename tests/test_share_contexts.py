@@ -94,7 +94,6 @@ def test_rows_sharing_contexts_equal_the_full_graph(seed, layout):
             assert set(_shared_rows(states[3]).values()) == {3}  # contexts [1, 0, 1]: runs of 2
 
 
-
 def test_shared_state_is_only_attention_kv_of_a_context():
     spec = kvgraph.specs.get("whisper-tiny.en")
     r = kvgraph.run_passes(kvgraph.build(spec), default_pipeline())
