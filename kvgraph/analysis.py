@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ir
+from .names import CONTEXTS
 
 
 def f16_exact(a: np.ndarray) -> bool:
@@ -25,6 +26,12 @@ def has_f16_linear(g: ir.Graph, weights: dict) -> bool:
     """Does ``g`` have a linear whose weight is float16-exact (see :func:`f16_exact`)?"""
     names = {n.op.w.name for n in g.nodes if isinstance(n.op, ir.Linear) and isinstance(n.op.w, ir.Weight)}
     return any(name in weights and f16_exact(weights[name]) for name in sorted(names))
+
+
+def per_context_state(step: ir.Graph) -> frozenset[str]:
+    """Names of the step's state held one row per context, not per batch row
+    (``ShareContexts``: the inputs whose first dim is ``c``)."""
+    return frozenset(v.name for v in step.inputs if v.type.rank and str(v.type.shape[0]) == CONTEXTS)
 
 
 def buffer_values(g: ir.Graph) -> set:

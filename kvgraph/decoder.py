@@ -60,6 +60,13 @@ class DecoderState:
     context: object = None  # only for the cache-off fallback
     rows: WrittenRows | None = None  # only for in-place (buffer) caches on MAX
     made_by: int = 1  # the write of ``rows`` that made this state
+    #: rows of the per-context state (``ShareContexts``); batch rows are grouped contiguously
+    #: by context, ``batch = contexts x g``. None: one context per batch row
+    contexts: int | None = None
+
+    @property
+    def n_contexts(self) -> int:
+        return self.batch if self.contexts is None else self.contexts
 
     def numpy(self) -> dict[str, np.ndarray]:
         """The state as host arrays."""
@@ -82,6 +89,39 @@ class Decoder(Protocol):
 
     def reorder(self, state: DecoderState, indices) -> DecoderState:
         """``state`` with its batch rows re-indexed by ``indices`` (an independent copy)."""
+
+
+def reorder_indices(indices, batch: int) -> np.ndarray:
+    """``indices`` as an int64 vector of batch rows of a state of ``batch`` rows, checked."""
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or idx.size == 0 or idx.dtype.kind not in "iu":
+        raise InputError(
+            f"reorder: indices must be a non-empty integer vector, got {idx.dtype}{list(idx.shape)}"
+        )
+    idx = idx.astype(np.int64)
+    if idx.min() < 0 or idx.max() >= batch:
+        raise InputError(f"reorder: indices must be rows in [0, {batch}), got {idx.min()}..{idx.max()}")
+    return idx
+
+
+def regroup(batch: int, contexts: int, idx: np.ndarray) -> tuple[np.ndarray | None, int]:
+    """How per-context state follows ``reorder(state, idx)``: ``(rows, n)`` — the rows of the
+    per-context state to take (None: keep it as it is) and the new number of contexts.
+
+    Row ``i`` of the new state comes from row ``idx[i]``, whose context is ``idx[i] // g``
+    (``g = batch // contexts``). The new rows must again be grouped contiguously by context
+    with one group size: kept as they are when every new row still reads its old group's
+    context in order (beam search reorders within each audio's beams; ``[0] * 5`` expands one
+    prompt into 5 beams), else gathered per run of equal contexts, else one per row."""
+    src = idx // (batch // contexts)
+    n = len(idx)
+    if n % contexts == 0 and np.array_equal(src, np.arange(n) // (n // contexts)):
+        return None, contexts
+    starts = np.flatnonzero(np.diff(src)) + 1
+    lengths = np.diff(np.concatenate([[0], starts, [n]]))
+    if np.all(lengths == lengths[0]):
+        return src[:: lengths[0]], n // int(lengths[0])
+    return src, n
 
 
 def tokens_array(t) -> np.ndarray:

@@ -355,6 +355,11 @@ class Attention(Op):
     ``(q_h @ k_hᵀ) * scale``, softmax over keys. If ``causal``, query row ``i`` sees key
     ``j`` iff ``j <= q_offset + i``; ``q_offset`` is an i64[] scalar or absent (0), so the
     full-sequence graph is the ``q_offset = 0`` case and a cached step is ``q_offset = past``.
+
+    *Rows sharing a context*: a non-causal attention may read k, v of another (symbolic)
+    batch dim ``c`` than q's ``b``: the rows are grouped contiguously, ``b = c x g``, and q
+    row ``i`` reads k/v row ``i // g`` (``ShareContexts`` makes beams of one audio read one
+    copy of its cross-attention K/V this way). ``b`` must be a multiple of ``c`` at run time.
     """
 
     q: Value
@@ -383,11 +388,25 @@ class Attention(Op):
             k.shape[2] == hd * self.kv_heads,
             f"attention: k width {k.shape[2]} != kv_heads={self.kv_heads} * head size {hd}",
         )
-        _need(q.shape[0] == k.shape[0], f"attention: batch of q {q} and k {k} differ")
+        _need(
+            q.shape[0] == k.shape[0] or (self.grouped and not self.causal),
+            f"attention: batch of q {q} and k {k} differ"
+            + (
+                " (rows may share k/v of another batch dim only in a non-causal attention)"
+                if self.grouped
+                else ""
+            ),
+        )
         if self.q_offset is not None:
             _need(self.causal, "attention: q_offset given to a non-causal attention")
             _offset_ok(self.q_offset, q.shape[0], "attention: q_offset")
         return q
+
+    @property
+    def grouped(self) -> bool:
+        """Do q's rows read k/v of a distinct symbolic batch dim (rows sharing a context)?"""
+        qb, kb = _t(self.q).shape[0], _t(self.k).shape[0]
+        return qb != kb and not isinstance(qb, int) and not isinstance(kb, int)
 
 
 @op("attention_scores", ("q", "k", "q_offset"))

@@ -20,6 +20,9 @@ LOGITS = "logits"
 #: ``past`` input whose value it is)
 BATCH = "b"
 SEQ = "s"
+#: the distinct contexts a step's rows read (``ShareContexts``): rows are grouped
+#: contiguously by context, ``b = c x g``; row ``i`` reads context ``i // (b / c)``
+CONTEXTS = "c"
 PAST_DIM = PAST
 
 #: a step's calling convention: these inputs first, then its state (kept even if unread)

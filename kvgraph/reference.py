@@ -91,6 +91,14 @@ def _scores(op, a, heads=None):
 
 
 def _attention(op, a, ctx):
+    q, k = a["q"], a["k"]
+    if q.shape[0] != k.shape[0]:  # rows sharing a context: row i reads k/v row i // g
+        b, sq, w = q.shape
+        c = k.shape[0]
+        if c == 0 or b % c:
+            raise ReferenceRunError(f"attention: {b} rows cannot be grouped over {c} contexts")
+        grouped = dict(a, q=q.reshape(c, (b // c) * sq, w))
+        return _attention(op, grouped, ctx).reshape(b, sq, w)
     v = a["v"]
     b, sq, w = a["q"].shape
     scores, kv_of = _scores(op, a)

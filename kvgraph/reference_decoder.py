@@ -22,8 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import reference
+from .analysis import per_context_state
 from .build import build
-from .decoder import DecoderState, tokens_array, zeros
+from .decoder import DecoderState, regroup, reorder_indices, tokens_array, zeros
 from .errors import InputTypeError, KvgraphError
 from .ir import Graph
 from .names import BATCH, CONTEXT, LOGITS, PAST, STEP_ARGS, TOKENS
@@ -64,6 +65,7 @@ class ReferenceDecoder:
                 f"prefill returns {sorted(prefill_outs)}"
             )
         self.step_outputs = tuple(k for k, _ in self.step_graph.outputs)
+        self.per_context = per_context_state(self.step_graph)
 
     # ------------------------------------------------------------------ helpers
     def _inputs(self, g: Graph, **given) -> dict:
@@ -113,7 +115,9 @@ class ReferenceDecoder:
         for n in self.state_names:
             if n in out:
                 new[n] = out[n]
-        return out[LOGITS], DecoderState(state.past + tokens.shape[1], state.batch, new)
+        return out[LOGITS], DecoderState(
+            state.past + tokens.shape[1], state.batch, new, contexts=state.contexts
+        )
 
     def logits(self, tokens, context: np.ndarray | None = None) -> np.ndarray:
         """The un-rewritten full graph (the cache-off fallback): logits ``[b, s, V]``."""
@@ -125,8 +129,16 @@ class ReferenceDecoder:
 
     def reorder(self, state: DecoderState, indices) -> DecoderState:
         """The state with batch rows re-indexed (beam search): every state entry whose
-        first dim is the batch ``b`` is indexed along it; a new state, ``state`` unchanged."""
-        idx = np.asarray(indices, dtype=np.int64)
+        first dim is the batch ``b`` is indexed along it; per-context entries (first dim
+        ``c``, ``ShareContexts``) follow :func:`~kvgraph.decoder.regroup`. A new state,
+        ``state`` unchanged."""
+        idx = reorder_indices(indices, state.batch)
         batched = {v.name for v in self.step_graph.inputs if v.type.rank and str(v.type.shape[0]) == BATCH}
-        bufs = {k: a[idx] if k in batched else a for k, a in state.buffers.items()}
-        return DecoderState(state.past, len(idx), bufs)
+        ctx_rows, contexts = regroup(state.batch, state.n_contexts, idx)
+        bufs = {}
+        for k, a in state.buffers.items():
+            if k in self.per_context:
+                bufs[k] = a if ctx_rows is None else a[ctx_rows]
+            else:
+                bufs[k] = a[idx] if k in batched else a
+        return DecoderState(state.past, len(idx), bufs, contexts=None if contexts == len(idx) else contexts)

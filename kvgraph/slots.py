@@ -159,16 +159,34 @@ class SlotPool:
             g.past += s
         return out
 
-    def reorder(self, group: Group, indices, hoisted: bool = True) -> None:
-        """Re-index the group's rows (beam search): row ``i`` becomes row ``indices[i]``.
-        ``hoisted=False`` leaves the hoisted values alone (rows known to hold the same)."""
+    def reorder(self, group: Group, indices, hoisted: bool = True) -> Group | None:
+        """Re-index the group's rows (beam search): row ``i`` becomes row ``indices[i]``;
+        returns the group now holding them. With as many indices as rows the rows are
+        permuted in place (``hoisted=False`` leaves the hoisted values alone: rows known to
+        hold the same); with another count (a prompt run once, then one row per beam) the
+        rows move to a new range of that size and the old one is released — None, and
+        nothing changed, when no such range is free."""
         idx = np.asarray(indices, dtype=np.int64)
-        if idx.shape != (group.size,) or idx.min() < 0 or idx.max() >= group.size:
+        if idx.ndim != 1 or not len(idx) or idx.min() < 0 or idx.max() >= group.size:
             raise InputError(f"reorder: indices {idx.tolist()} for a group of {group.size} rows")
+        if len(idx) == group.size:
+            for name, a in self.arrays.items():
+                if name.startswith("cache."):
+                    rows = a[group.lo : group.hi, : group.past]
+                    rows[...] = rows[idx]
+                elif hoisted:
+                    rows = a[group.lo : group.hi]
+                    rows[...] = rows[idx]
+            return group
+        new = self.acquire(len(idx))
+        if new is None:
+            return None
+        src = group.lo + idx
         for name, a in self.arrays.items():
             if name.startswith("cache."):
-                rows = a[group.lo : group.hi, : group.past]
-                rows[...] = rows[idx]
-            elif hoisted:
-                rows = a[group.lo : group.hi]
-                rows[...] = rows[idx]
+                a[new.lo : new.hi, : group.past] = a[src, : group.past]
+            else:
+                a[new.lo : new.hi] = a[src]
+        new.past = group.past
+        self.release(group)
+        return new

@@ -192,8 +192,11 @@ class Scheduler:
                 if c.kind == "step":  # several new tokens (a prompt's rest): its rows alone
                     c.finish(self.pool.step([c.args])[0])
                 elif c.kind == "reorder":
-                    self.pool.reorder(*c.args)
-                    c.finish(None)
+                    group = self.pool.reorder(*c.args)
+                    if group is None:  # more rows than are free: wait for a later round
+                        waiting.append(c)
+                        continue
+                    c.finish(group)
                 elif c.kind == "align":
                     c.finish(self.backend.alignment(*c.args))
                 else:
@@ -244,7 +247,11 @@ class StreamBackend:
         return logits, state
 
     def reorder(self, state: _RowState, indices):
-        self.scheduler.call("reorder", state.group, np.asarray(indices, np.int64), not state.shared_audio)
+        idx = np.asarray(indices, np.int64)
+        group = self.scheduler.call("reorder", state.group, idx, not state.shared_audio)
+        if group is not state.group:  # rows moved (one prompt row made one row per beam)
+            self.group = group
+            return _RowState(group, state.shared_audio)
         return state
 
     def alignment(self, tokens, audio_features):

@@ -252,18 +252,7 @@ class BackendInference(Inference):
         self.timings.tokens_decoded += 1
 
         if self.state is None:
-            features = _match_batch(_to_numpy_f32(audio_features), n_batch)
-            split = self.sot_index + 1
-            sot_logits, state = self.backend.prefill(toks[:, :split], features)
-            sot_logits = np.asarray(sot_logits, dtype=np.float32)
-            out = np.full((n_batch, n_tokens, sot_logits.shape[-1]), np.nan, dtype=np.float32)
-            out[:, self.sot_index] = sot_logits.reshape(n_batch, -1)
-            if n_tokens > split:
-                rest, state = self.backend.step(toks[:, split:], state)
-                out[:, split:] = np.asarray(rest, dtype=np.float32).reshape(n_batch, n_tokens - split, -1)
-            self.state = state
-            self.n_seen = n_tokens
-            return torch.from_numpy(out)
+            return self._first(toks, _to_numpy_f32(audio_features))
 
         if n_tokens <= self.n_seen:
             raise RuntimeError(
@@ -275,6 +264,35 @@ class BackendInference(Inference):
         self.n_seen = n_tokens
         logits = np.asarray(logits, dtype=np.float32).reshape(n_batch, new.shape[1], -1)
         return torch.from_numpy(logits)
+
+    def _first(self, toks: np.ndarray, audio: np.ndarray) -> torch.Tensor:
+        """The first call: the prompt of every row. DecodingTask repeats each audio's prompt
+        for its ``n_group`` beams / best_of samples (rows grouped by audio); those rows are
+        identical, so the prompt runs once per audio and ``reorder`` makes the group's rows
+        from it (a backend that shares per-audio state, such as kvgraph's cross-attention
+        K/V, then keeps one copy of it per audio)."""
+        n_batch, n_tokens = toks.shape
+        n_audio = audio.shape[0]
+        group = n_batch // n_audio if n_audio and n_batch % n_audio == 0 else 1
+        if group > 1 and (toks.reshape(n_audio, group, n_tokens) == toks[::group, None]).all():
+            out = self._prompt(toks[::group], audio)
+            self.state = self.backend.reorder(self.state, np.repeat(np.arange(n_audio), group))
+            return torch.from_numpy(np.repeat(out, group, axis=0))
+        return torch.from_numpy(self._prompt(toks, _match_batch(audio, n_batch)))
+
+    def _prompt(self, toks: np.ndarray, features: np.ndarray) -> np.ndarray:
+        n_batch, n_tokens = toks.shape
+        split = self.sot_index + 1
+        sot_logits, state = self.backend.prefill(toks[:, :split], features)
+        sot_logits = np.asarray(sot_logits, dtype=np.float32)
+        out = np.full((n_batch, n_tokens, sot_logits.shape[-1]), np.nan, dtype=np.float32)
+        out[:, self.sot_index] = sot_logits.reshape(n_batch, -1)
+        if n_tokens > split:
+            rest, state = self.backend.step(toks[:, split:], state)
+            out[:, split:] = np.asarray(rest, dtype=np.float32).reshape(n_batch, n_tokens - split, -1)
+        self.state = state
+        self.n_seen = n_tokens
+        return out
 
     def rearrange_kv_cache(self, source_indices) -> None:
         indices = [int(i) for i in source_indices]

@@ -13,7 +13,7 @@ from kvgraph.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 HEADERS = ["// ---- after build: full"] + [
     f"// ---- after {stage}: {prog}"
-    for stage in ("kv_cache", "hoist_invariant", "sink_take_last", "dce")
+    for stage in ("kv_cache", "hoist_invariant", "share_contexts", "sink_take_last", "dce")
     for prog in ("prefill", "step")
 ]
 

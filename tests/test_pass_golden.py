@@ -19,7 +19,7 @@ from kvgraph.passes import ExposeAttention, default_pipeline
 
 GOLDEN = Path(__file__).parent / "golden" / "passes"
 SPECS = ("whisper-tiny.en", "llama-demo")
-STAGES = ("build", "kv_cache", "hoist_invariant", "sink_take_last", "dce")
+STAGES = ("build", "kv_cache", "hoist_invariant", "share_contexts", "sink_take_last", "dce")
 UPDATE = os.environ.get("KVGRAPH_UPDATE_GOLDEN") == "1"
 
 

@@ -276,8 +276,9 @@ def test_options_reach_backend(tmp_path, good, loader):
     )
     assert rc == 0
     assert loader.calls == [("base", False)]
-    prefills = [c for c in loader.backend.calls if c[0] == "prefill"]
-    assert prefills and prefills[0][1][0] == 2  # two beams
+    # two beams: the prompt runs once for the audio, then reorder([0, 0]) makes the beams
+    reorders = [c for c in loader.backend.calls if c[0] == "reorder"]
+    assert reorders and len(reorders[0][1]) == 2
     assert (out / "good.txt").read_text() == "Hello world.\n"
 
 

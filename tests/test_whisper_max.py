@@ -19,6 +19,8 @@ from whisper.decoding import DecodingOptions
 from whisper_clips import (
     JFK_WORDS,
     SAMPLE_RATE,
+    SPEECH,
+    SPEECH_CLIPS,
     assert_same_result,
     long_clip,
     low_noise,
@@ -199,6 +201,51 @@ def test_long_form_matches_openai(tiny_model, torch_tiny, jfk_audio):
     assert len({s["seek"] for s in ours["segments"]}) >= 2
     assert ours["segments"][-1]["end"] > 50
     assert ours["text"].lower().count("fellow americans") >= 4  # 5 copies of JFK
+
+
+# --------------------------------------------------------------------------
+# 4b. beam search and best_of (openai-whisper's CLI defaults: beam 5, best_of 5)
+
+
+def _clip(name, jfk_audio):
+    from models.audio import load_audio
+
+    if name == "jfk":
+        return jfk_audio
+    if name == "long":
+        return long_clip(jfk_audio)
+    return load_audio(str(SPEECH / f"{name}.wav"))
+
+
+@pytest.mark.parametrize("clip", ["jfk", SPEECH_CLIPS[0], "long"])
+def test_beam5_best_of5_match_openai(tiny_model, torch_tiny, jfk_audio, clip):
+    """Beam 5 with the default temperature fallback (best_of 5 when it samples): the beams
+    share one copy of the audio's cross-attention K/V and are steps of the few-row program."""
+    audio = _clip(clip, jfk_audio)
+    kw = dict(beam_size=5, best_of=5)
+    torch.manual_seed(0)
+    ref = _ref(torch_tiny, audio, **kw)
+    torch.manual_seed(0)
+    ours = tiny_model.transcribe(audio, **kw)
+    assert _tokens(ours) == _tokens(ref)
+    assert_same_result(ours, ref)
+    t = ours["timings"]
+    assert t["reorder_calls"] > 0 and t["step_tokens"] >= 5 * t["step_calls"] - 5
+
+
+def test_best_of5_sampling_matches_openai(tiny_model, torch_tiny):
+    """Sampling at a fixed temperature with best_of 5: five rows of one audio; the same
+    torch seed draws the same samples from (nearly) the same probabilities."""
+    from models.audio import load_audio
+
+    audio = load_audio(str(SPEECH / f"{SPEECH_CLIPS[1]}.wav"))
+    kw = dict(temperature=0.5, best_of=5, condition_on_previous_text=False)
+    torch.manual_seed(3)
+    ref = _ref(torch_tiny, audio, **kw)
+    torch.manual_seed(3)
+    ours = tiny_model.transcribe(audio, **kw)
+    assert _tokens(ours) == _tokens(ref)
+    assert_same_result(ours, ref)
 
 
 # --------------------------------------------------------------------------

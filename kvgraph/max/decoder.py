@@ -16,12 +16,22 @@ import numpy as np
 from max.driver import Buffer
 
 from .. import ir
-from ..analysis import has_f16_linear, limits
-from ..decoder import DecoderState, WrittenRows, tokens_array, zeros
+from ..analysis import has_f16_linear, limits, per_context_state
+from ..decoder import DecoderState, WrittenRows, regroup, reorder_indices, tokens_array, zeros
 from ..errors import InputError, KvgraphError
 from ..ir import Graph
-from ..names import BATCH, CONTEXT, LOGITS, SCORES_PREFIX, SEQ, STEP_ARGS
-from ..passes import ExposeAttention, PassResult, default_pipeline, run_passes
+from ..names import BATCH, CACHE_PREFIX, CONTEXT, LOGITS, SCORES_PREFIX, SEQ, STEP_ARGS
+from ..passes import (
+    DCE,
+    ExposeAttention,
+    HoistInvariant,
+    KVCache,
+    PassResult,
+    SinkTakeLast,
+    default_pipeline,
+    run_passes,
+)
+from . import custom
 from .runtime import CompiledProgram, ProgramRequest, load_program, load_programs
 
 log = logging.getLogger("kvgraph")
@@ -64,6 +74,8 @@ class CompiledDecoder:
             if isinstance(n.op, ir.CacheStore)
         ]
         self.capacity: int | None = min(caps) if caps else None
+        # state held one row per context (ShareContexts), not one per batch row
+        self.per_context = per_context_state(self.passes.step) if self.passes else frozenset()
         # an fp16 checkpoint: steps of few rows run "step_few" (float16 GEMVs, no per-linear
         # run-time switch); steps of more rows run "step" (float32 GEMMs), compiled on first use
         self.few_steps = bool(
@@ -72,6 +84,8 @@ class CompiledDecoder:
             and weights_mode == "registry"
             and has_f16_linear(self.passes.step, weights)
         )
+        #: steps of at most this many rows run "step_few" (see STEP_FEW_ROWS)
+        self.step_few_rows = STEP_FEW_ROWS_CUSTOM if custom.kernel_package() else STEP_FEW_ROWS
         if eager:
             self.load(self.eager_programs)
 
@@ -92,14 +106,15 @@ class CompiledDecoder:
                 f"no program {name!r}: expected 'full', 'prefill', 'step', 'step_few' or 'step_rows'"
             )
         if name == "step_rows":
-            # rows at different positions (continuous batching): GEMMs for many rows (a
-            # run-time GEMV for <= 2), the cache read in place by attention (one token per row)
+            # rows at different positions (continuous batching): each linear picks at run time
+            # the float16 GEMV that reads its weight once for all rows (up to 16 rows, with
+            # kvgraph's custom kernel) or the float32 GEMM; self-attention reads the cache in place
             return ProgramRequest(
                 self.rows_passes.step,
                 self.weights,
                 self.weights_mode,
                 self.f16_weights,
-                few_dims=_BATCH_DIM,
+                few_dims=_TOKEN_DIMS,
                 few_attention=True,
             )
         g = self.full if name == "full" else self.passes.programs["step" if name == "step_few" else name]
@@ -120,7 +135,17 @@ class CompiledDecoder:
                 raise KvgraphError(
                     "rows at different positions need fixed-capacity caches (cache_layout='buffer')"
                 )
-            self._rows_passes = run_passes(self.full, default_pipeline("buffer", self.capacity, per_row=True))
+            # no ShareContexts: rows of different streams read different contexts, so the
+            # hoisted state stays one row per batch row (a beam's rows hold copies)
+            self._rows_passes = run_passes(
+                self.full,
+                [
+                    KVCache("buffer", capacity=self.capacity, per_row=True),
+                    HoistInvariant(),
+                    SinkTakeLast(),
+                    DCE(),
+                ],
+            )
         return self._rows_passes
 
     def load(self, names, extra=()) -> list[CompiledProgram]:
@@ -134,7 +159,7 @@ class CompiledDecoder:
     def program(self, name: str) -> CompiledProgram:
         if name not in self._progs:
             if name == "step" and self.few_steps:
-                log.info("a step of more than %d rows: loading the GEMM step program", STEP_FEW_ROWS)
+                log.info("a step of more than %d rows: loading the GEMM step program", self.step_few_rows)
             self._progs[name] = load_programs([self.request(name)])[0]
         return self._progs[name]
 
@@ -239,11 +264,13 @@ class CompiledDecoder:
         if tok.shape[0] != state.batch:
             raise InputError(f"step: batch {tok.shape[0]} != the state's batch {state.batch}")
         n = tok.shape[1]
+        if state.batch % state.n_contexts:
+            raise KvgraphError(f"step: {state.batch} rows cannot be grouped over {state.n_contexts} contexts")
         if not self.kv_cache:
             allt = np.concatenate([state.tokens, tok], axis=1)
             full = self.logits(allt, state.context)
             return full[:, -n:], DecoderState(allt.shape[1], state.batch, tokens=allt, context=state.context)
-        few = self.few_steps and tok.shape[0] * n <= STEP_FEW_ROWS
+        few = self.few_steps and tok.shape[0] * n <= self.step_few_rows
         prog = self.program("step_few" if few else "step")
         args = [tok, np.array(state.past, dtype=np.int64)]
         for name in prog.input_names[len(STEP_ARGS) :]:
@@ -256,21 +283,44 @@ class CompiledDecoder:
         bufs.update(got)
         made_by = state.rows.write(state.past, n) if state.rows is not None else 1
         return logits.to_numpy(), DecoderState(
-            state.past + n, state.batch, bufs, rows=state.rows, made_by=made_by
+            state.past + n, state.batch, bufs, rows=state.rows, made_by=made_by, contexts=state.contexts
         )
 
     def reorder(self, state: DecoderState, indices) -> DecoderState:
-        """The state with batch rows re-indexed (beam search)."""
-        idx = np.asarray(indices, dtype=np.int64)
+        """The state with batch rows re-indexed (beam search): an independent copy.
+
+        Caches are gathered row by row, only their rows already written (``[0, past)`` of a
+        fixed-capacity cache); per-context state (``ShareContexts``) is kept as it is while
+        the new rows still read their contexts in groups (see :func:`~kvgraph.decoder.regroup`:
+        beams of one audio share one copy of its cross-attention K/V), else gathered.
+        On CPU a MAX ``Buffer`` is host memory: the gather writes straight from the old
+        buffers into the new ones (NumPy views of both), with no copy to or from MAX."""
+        idx = reorder_indices(indices, state.batch)
         if not self.kv_cache:
             ctx = None if state.context is None else np.asarray(state.context)[idx]
             return DecoderState(state.past, len(idx), tokens=state.tokens[idx], context=ctx)
         if state.rows is not None:
             state.rows.check(state.past, state.made_by)
-        bufs = {
-            k: Buffer.from_numpy(np.ascontiguousarray(b.to_numpy()[idx])) for k, b in state.buffers.items()
-        }
-        return DecoderState(state.past, len(idx), bufs, rows=self._rows(state.past))
+        ctx_rows, contexts = regroup(state.batch, state.n_contexts, idx)
+        bufs = {}
+        for k, b in state.buffers.items():
+            a = b.to_numpy()
+            if k in self.per_context:
+                bufs[k] = b if ctx_rows is None else Buffer.from_numpy(a[ctx_rows])
+            elif self.capacity is not None and k.startswith(CACHE_PREFIX):
+                new = np.empty((len(idx),) + a.shape[1:], a.dtype)  # rows >= past: written before read
+                for i, j in enumerate(idx.tolist()):
+                    new[i, : state.past] = a[j, : state.past]
+                bufs[k] = Buffer.from_numpy(new)
+            else:
+                bufs[k] = Buffer.from_numpy(a[idx])
+        return DecoderState(
+            state.past,
+            len(idx),
+            bufs,
+            rows=self._rows(state.past),
+            contexts=None if contexts == len(idx) else contexts,
+        )
 
 
 #: Steps of at most this many rows (batch x new tokens) run the GEMV program "step_few".
@@ -279,6 +329,9 @@ class CompiledDecoder:
 #: minutes cold: so a prompt's few-token step or a beam of 5 stays on "step_few", and only
 #: larger batches compile "step".
 STEP_FEW_ROWS = 8
+#: ... with kvgraph's custom GEMV (``kernels.linear_gemv_once``), which reads each weight once
+#: for all rows: 16 rows cost about what the GEMM program does.
+STEP_FEW_ROWS_CUSTOM = 16
 
 _BATCH_DIM = frozenset({BATCH})  # kvgraph.build's batch dim
 _TOKEN_DIMS = frozenset({BATCH, SEQ})  # ... and its new-tokens dim

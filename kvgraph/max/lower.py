@@ -32,14 +32,19 @@ from ..analysis import buffer_values, f16_exact
 from ..errors import LoweringError
 from ..printer import format_node, window
 from ..types import TensorType
+from . import custom
 from . import kernels as K
 
 WEIGHT_MODES = ("registry", "constant")
 
-#: Most rows (product of a linear's leading dims) computed as a float16 GEMV: reading the
-#: weight once per row, it beats the float32 GEMM up to about 3 rows (see
-#: ``kernels.linear_gemv``).
+#: Most rows (product of a linear's leading dims) computed as a float16 GEMV: MAX's own form
+#: reads the weight once per row and beats the float32 GEMM up to about 3 rows (see
+#: ``kernels.linear_gemv``); kvgraph's custom kernel reads it once for all rows and beats the
+#: GEMM up to about 16 (``kernels.linear_gemv_once``).
 FEW_ROWS = 2
+FEW_ROWS_CUSTOM = 16
+#: The custom GEMV's inner dim must be a multiple of this (its SIMD width).
+CUSTOM_GEMV_MULTIPLE = 16
 
 # layout name -> host transform of a torch-layout array
 LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -95,6 +100,8 @@ class LowerCtx:
         self.few_dims, self.always_few = frozenset(few_dims), always_few
         self.few_attention = few_attention
         self.f16_weights = f16_weights and mode == "registry"
+        # kvgraph's custom kernels (a built Mojo package), for programs with few-row linears
+        self.kernels = custom.kernel_package() if (self.f16_weights and (few_dims or always_few)) else None
         self.registry: dict[str, np.ndarray] = {}
         self._emitted: dict[str, object] = {}
         self._half: dict[str, bool] = {}
@@ -151,9 +158,12 @@ def _rule_linear(op, env, ctx):
     static, sym = K.leading_dims(x)
     if static <= FEW_ROWS and set(sym) <= ctx.few_dims and ctx.half(op.w):
         w16 = ctx.weight(op.w, "plain", f16=True)
+        once = ctx.kernels is not None and op.w.type.shape[1] % CUSTOM_GEMV_MULTIPLE == 0
+        gemv = K.linear_gemv_once if once else K.linear_gemv
         if ctx.always_few:  # a program only run with few rows (a decode step)
-            return K.linear_gemv(x, w16, b)
-        return K.linear_few_rows(x, w16, _arg(ctx, env, op.w, "T"), b, FEW_ROWS)
+            return gemv(x, w16, b)
+        few = FEW_ROWS_CUSTOM if once else FEW_ROWS
+        return K.linear_few_rows(x, w16, _arg(ctx, env, op.w, "T"), b, few, gemv)
     return K.linear(x, _arg(ctx, env, op.w, "T"), b, w_transposed=True)
 
 
@@ -178,16 +188,18 @@ def _rule_attention(op, env, ctx):
     # growing cache. Unmasked attention keeps the matmul form, which MAX fuses into its
     # flash-attention kernel (measured: the faster of the two over 1500 audio frames).
     fn = K.attention_few if (ctx.always_few or ctx.few_attention) and op.causal else K.attention
-    return fn(
-        _arg(ctx, env, op.q),
-        _arg(ctx, env, op.k),
-        _arg(ctx, env, op.v),
-        op.heads,
-        op.kv_heads,
-        op.causal,
-        _arg(ctx, env, op.q_offset),
-        op.scale,
+    q, k = _arg(ctx, env, op.q), _arg(ctx, env, op.k)
+    if op.grouped:  # rows sharing a context: the g = b // c rows of context i are one block
+        b, sq, w = q.shape
+        c = k.shape[0]
+        g = b // c  # (rebind: MAX checks b == c * g when the program runs)
+        q = ops.reshape(q.rebind([c * g, sq, w]), [c, g * sq, w])
+    out = fn(
+        q, k, _arg(ctx, env, op.v), op.heads, op.kv_heads, op.causal, _arg(ctx, env, op.q_offset), op.scale
     )
+    if op.grouped:
+        out = ops.reshape(out, [c * g, sq, w]).rebind([b, sq, w])
+    return out
 
 
 def _rule_attention_scores(op, env, ctx):
@@ -317,7 +329,12 @@ def lower(
         in_types = [max_type(v.type, v in bufs) for v in g.inputs]
     except LoweringError as e:
         raise LoweringError(f"graph {g.name}: {e}") from None
-    mg = MaxGraph(g.name.replace(".", "_"), input_types=in_types, module=module)
+    mg = MaxGraph(
+        g.name.replace(".", "_"),
+        input_types=in_types,
+        module=module,
+        custom_extensions=[ctx.kernels] if ctx.kernels is not None else [],
+    )
     with mg:
         env: dict = {
             v: (mg.inputs[i].buffer if v in bufs else mg.inputs[i].tensor) for i, v in enumerate(g.inputs)

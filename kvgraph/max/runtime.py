@@ -20,6 +20,7 @@ import platform
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import attrs
 import numpy as np
@@ -184,15 +185,17 @@ def _load_group(batch: list[ProgramRequest], store: ProgramStore) -> list[Compil
         for r in batch
     ]
     what = ", ".join(r.describe() for r in batch)
+    # custom kernel packages the graphs use (a Module's compile needs them named again)
+    kernels = sorted({str(p) for mg, _ in lowered for p in mg.kernel_libraries_paths})
     t0 = time.perf_counter()
     unit = module if module is not None else lowered[0][0]
     if all(r.weights_mode == "registry" for r in batch):
         key = make_key(STORE_FORMAT, max_version(), cpu_id(), *(str(mg) for mg, _ in lowered))
         compiled, hit = store.get_or_make(
-            key, _read_artifact, lambda: _compile(unit, what), lambda c, path: c.export_mef(path)
+            key, _read_artifact, lambda: _compile(unit, what, kernels), lambda c, path: c.export_mef(path)
         )
     else:  # constants are baked into the program: its text does not identify it, no store
-        compiled, hit = _compile(unit, what), False
+        compiled, hit = _compile(unit, what, kernels), False
     registry: dict = {}
     for _, reg in lowered:
         registry.update(reg)
@@ -215,7 +218,7 @@ def _read_artifact(payload: bytes):
     return engine.read(io.BytesIO(payload))
 
 
-def _compile(unit, what: str):
+def _compile(unit, what: str, kernels=()):
     """MAX's compile of ``unit`` (a Graph or a Module), logging progress while it runs."""
     log.info("compiling %s for MAX (minutes if MAX's own cache is cold)", what)
     done = threading.Event()
@@ -228,7 +231,7 @@ def _compile(unit, what: str):
     ticker = threading.Thread(target=tick, name="kvgraph-compile-progress", daemon=True)
     ticker.start()
     try:
-        return session().compile(unit)
+        return session().compile(unit, custom_extensions=[Path(k) for k in kernels] or None)
     except Exception as e:
         raise LoweringError(f"MAX could not compile {what}: {type(e).__name__}: {e}") from e
     finally:

@@ -5,9 +5,10 @@ from .expose import ExposeAttention
 from .hoist import HoistInvariant
 from .kv_cache import KVCache
 from .manager import Pass, PassResult, Programs, Stage, run_passes
+from .share import ShareContexts
 from .sink import SinkTakeLast
 
-DEFAULT_PASSES = (KVCache(), HoistInvariant(), SinkTakeLast(), DCE())
+DEFAULT_PASSES = (KVCache(), HoistInvariant(), ShareContexts(), SinkTakeLast(), DCE())
 
 
 def default_pipeline(cache_layout: str = "concat", capacity=None, per_row: bool = False):
@@ -27,6 +28,7 @@ __all__ = [
     "Pass",
     "PassResult",
     "Programs",
+    "ShareContexts",
     "SinkTakeLast",
     "Stage",
     "default_pipeline",

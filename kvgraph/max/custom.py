@@ -1,0 +1,135 @@
+"""kvgraph's custom MAX kernels: the Mojo package ``kvgraph/max/mojo/kvgraph_kernels``, built
+on first use with the ``mojo`` compiler that the ``max`` wheel installs, kept in the program
+store's folder, and loaded into graphs through ``custom_extensions``.
+
+The built package (``.mojoc``) is keyed by a hash of the kernel sources and the compiler's
+version, so an edit or an upgrade builds it anew; the build writes a temporary file and
+renames it into place under a lock, like :mod:`kvgraph.store`. ``kvgraph prepare`` builds it
+ahead of time. When the compiler is missing or the build fails, :func:`kernel_package`
+returns None with one log line and the lowering uses MAX's built-in ops instead (slower for
+several rows, same values to float32 rounding) — never a different engine.
+
+``KVGRAPH_CUSTOM_KERNELS=off`` turns the custom kernels off (the built-in forms are used).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from ..store import default_root
+
+log = logging.getLogger("kvgraph")
+
+SOURCE = Path(__file__).parent / "mojo" / "kvgraph_kernels"
+_OFF = ("off", "0", "none", "false")
+
+
+def enabled() -> bool:
+    return os.environ.get("KVGRAPH_CUSTOM_KERNELS", "on").strip().lower() not in _OFF
+
+
+def _mojo() -> Path | None:
+    here = Path(sys.executable).parent / "mojo"
+    if here.exists():
+        return here
+    found = shutil.which("mojo")
+    return Path(found) if found else None
+
+
+def _mojo_libs() -> Path | None:
+    """The folder of MAX's precompiled Mojo packages (``extensibility``, ``max``, ``std``...)."""
+    try:
+        import modular  # the `max` wheel's data package
+    except ImportError:
+        return None
+    for base in getattr(modular, "__path__", []):
+        p = Path(base) / "lib" / "mojo"
+        if (p / "extensibility.mojoc").exists():
+            return p
+    return None
+
+
+def source_hash(mojo: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(SOURCE.glob("*.mojo")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    try:
+        ver = subprocess.run([str(mojo), "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        ver = "unknown"
+    h.update(ver.encode())
+    return h.hexdigest()[:20]
+
+
+@functools.cache
+def kernel_package() -> Path | None:
+    """The built kernel package, building it if needed; None when custom kernels are off or
+    cannot be built (logged once)."""
+    if not enabled():
+        return None
+    mojo, libs = _mojo(), _mojo_libs()
+    if mojo is None or libs is None:
+        log.warning("custom kernels unavailable (no mojo compiler or MAX Mojo libraries): using MAX's ops")
+        return None
+    key = source_hash(mojo)
+    root = default_root()
+    folders = ([root / "kernels"] if root is not None else []) + [
+        Path(tempfile.gettempdir()) / f"kvgraph-kernels-{os.getuid()}"
+    ]
+    for folder in folders:
+        # MAX imports the package under its file's name: the key goes in the folder's
+        target = folder / key / "kvgraph_kernels.mojoc"
+        if target.exists():
+            return target
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with _locked(target.parent / "build.lock"):
+                if target.exists():  # another process built it while we waited
+                    return target
+                _build(mojo, libs, target)
+            return target
+        except OSError as e:  # read-only or full folder: try the next one
+            log.info("cannot build custom kernels in %s (%s)", folder, e)
+        except subprocess.CalledProcessError as e:
+            log.warning("building custom kernels failed, using MAX's ops:\n%s", (e.stderr or "")[-2000:])
+            return None
+    return None
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build(mojo: Path, libs: Path, target: Path) -> None:
+    log.info("building kvgraph's custom kernels into %s", target.parent)
+    # the package records its file's name as its module name: build under the final name in
+    # a temporary folder beside the target, then rename into place (atomic)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
+    try:
+        out = tmp / target.name
+        subprocess.run(
+            [str(mojo), "precompile", "-I", str(libs), str(SOURCE), "-o", str(out)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        os.replace(out, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
