@@ -21,16 +21,7 @@ from ..decoder import DecoderState, WrittenRows, regroup, reorder_indices, token
 from ..errors import InputError, KvgraphError
 from ..ir import Graph
 from ..names import BATCH, CACHE_PREFIX, CONTEXT, LOGITS, SCORES_PREFIX, SEQ, STEP_ARGS
-from ..passes import (
-    DCE,
-    ExposeAttention,
-    HoistInvariant,
-    KVCache,
-    PassResult,
-    SinkTakeLast,
-    default_pipeline,
-    run_passes,
-)
+from ..passes import ExposeAttention, PassResult, default_pipeline, run_passes
 from . import custom
 from .runtime import CompiledProgram, ProgramRequest, load_program, load_programs
 
@@ -137,15 +128,7 @@ class CompiledDecoder:
                 )
             # no ShareContexts: rows of different streams read different contexts, so the
             # hoisted state stays one row per batch row (a beam's rows hold copies)
-            self._rows_passes = run_passes(
-                self.full,
-                [
-                    KVCache("buffer", capacity=self.capacity, per_row=True),
-                    HoistInvariant(),
-                    SinkTakeLast(),
-                    DCE(),
-                ],
-            )
+            self._rows_passes = run_passes(self.full, default_pipeline("buffer", self.capacity, per_row=True))
         return self._rows_passes
 
     def load(self, names, extra=()) -> list[CompiledProgram]:

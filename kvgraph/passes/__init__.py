@@ -13,10 +13,15 @@ DEFAULT_PASSES = (KVCache(), HoistInvariant(), ShareContexts(), SinkTakeLast(), 
 
 def default_pipeline(cache_layout: str = "concat", capacity=None, per_row: bool = False):
     """The passes ``kvgraph.compile`` runs for a cached decoder (``cache_layout``,
-    ``capacity`` and ``per_row`` go to :class:`KVCache`)."""
+    ``capacity`` and ``per_row`` go to :class:`KVCache`). With ``per_row`` (continuous
+    batching: each row another stream, at its own position) hoisted state stays one row per
+    batch row: ``ShareContexts`` is left out."""
     if cache_layout == "concat" and capacity is None and not per_row:
         return list(DEFAULT_PASSES)
-    return [KVCache(cache_layout, capacity=capacity, per_row=per_row)] + list(DEFAULT_PASSES[1:])
+    rest = list(DEFAULT_PASSES[1:])
+    if per_row:  # rows of different streams read different contexts: no ShareContexts
+        rest = [p for p in rest if not isinstance(p, ShareContexts)]
+    return [KVCache(cache_layout, capacity=capacity, per_row=per_row)] + rest
 
 
 __all__ = [
