@@ -42,14 +42,16 @@ def main(argv=None) -> int:
     mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(load_audio(str(ROOT / "examples" / "jfk.wav"))))
     feats = backend.encode(mel.numpy()[None])
     rows = [int(r) for r in args.rows.split(",")]
-    pool = SlotPool(dec, max(rows))
     rng = np.random.default_rng(0)
-    groups = []
-    for i in range(max(rows)):  # rows at different positions: prompts of 20..95 tokens
-        g = pool.acquire(1)
-        prompt = rng.integers(0, 50000, size=(1, 20 + 5 * i))
-        pool.prefill(g, prompt, feats)
-        groups.append(g)
+    pools = {}
+    for b in rows:  # a pool of b rows, all busy, at different positions: prompts of 20.. tokens
+        pool = SlotPool(dec, b)
+        groups = []
+        for i in range(b):
+            g = pool.acquire(1)
+            pool.prefill(g, rng.integers(0, 50000, size=(1, 20 + 5 * i)), feats)
+            groups.append(g)
+        pools[b] = (pool, groups)
     tok = np.array([[220]], np.int64)
     out = {"machine": machine(), "calls": args.calls, "reps": args.reps, "step_rows_ms": {}, "discarded": 0}
 
@@ -62,10 +64,12 @@ def main(argv=None) -> int:
         return (time.perf_counter() - t0) / args.calls * 1e3
 
     def rows_step(b):
+        pool, groups = pools[b]
+
         def fn():
-            for g in groups[:b]:
+            for g in groups:
                 g.past = min(g.past, 300)
-            pool.step([(g, tok) for g in groups[:b]])
+            pool.step([(g, tok) for g in groups])
 
         return fn
 
