@@ -126,6 +126,16 @@ class SlotPool:
         group.past = tok.shape[1]
         return got[LOGITS].to_numpy()[:, 0]
 
+    def check(self, group: Group, tokens: np.ndarray) -> None:
+        """Raise (``InputError`` / ``KvgraphError``) if ``tokens`` cannot step ``group``: ids
+        out of the vocabulary, positions past the model's or the cache's end, released rows,
+        a row count other than the group's."""
+        if group not in self.groups:
+            raise KvgraphError("step: this decode's rows were released")
+        if tokens.ndim != 2 or tokens.shape[0] != group.size:
+            raise InputError(f"step: tokens {list(tokens.shape)} for a group of {group.size} rows")
+        self.decoder._check(tokens, group.past)
+
     def step(self, requests: list[tuple[Group, np.ndarray]]) -> list[np.ndarray]:
         """One step of several decodes together: ``requests`` are ``(group, tokens [n, s])``
         with one ``s`` for all; returns each request's logits ``[n, s, vocab]``."""
@@ -141,9 +151,7 @@ class SlotPool:
             if g.hi <= r:
                 past[g.lo : g.hi] = min(g.past, self.capacity - s)
         for g, t in requests:
-            if g not in self.groups:
-                raise KvgraphError("step: this decode's rows were released")
-            self.decoder._check(t, g.past)
+            self.check(g, t)
             tokens[g.lo : g.hi] = t
             past[g.lo : g.hi] = g.past
         prog = self.decoder.program("step_rows")

@@ -149,7 +149,15 @@ class Scheduler:
 
     def _serve(self, calls: list[_Call]) -> list[_Call]:
         self.stats["rounds"] += 1
-        steps = [c for c in calls if c.kind == "step" and c.args[1].shape[1] == 1]
+        steps = []
+        for c in calls:
+            if c.kind == "step" and c.args[1].shape[1] == 1:
+                try:  # a bad request fails alone, not the whole batch
+                    self.pool.check(*c.args)
+                except Exception as e:  # noqa: BLE001 - reported to the stream that asked
+                    c.finish(error=e)
+                else:
+                    steps.append(c)
         if steps:
             t0 = time.perf_counter()
             try:
