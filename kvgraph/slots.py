@@ -70,15 +70,26 @@ class SlotPool:
         self.steps = 0  # batched step calls so far
         self.step_rows = 0  # rows those calls computed (busy or not)
         self.busy_rows = 0  # rows whose logits were wanted
+        self.compactions = 0  # times rows were moved together (see compact)
 
     # ------------------------------------------------------------- rows
     def free_rows(self) -> int:
         return self.rows - sum(g.size for g in self.groups)
 
     def acquire(self, n: int) -> Group | None:
-        """The lowest free range of ``n`` contiguous rows, or None when there is none."""
+        """The lowest free range of ``n`` contiguous rows (the pool is compacted first when
+        enough rows are free but not in one range), or None when fewer are free."""
         if n > self.rows:
             raise InputError(f"a decode of {n} rows does not fit a pool of {self.rows} rows")
+        group = self._first_fit(n)
+        if group is None and self.free_rows() >= n:
+            self.compact()
+            group = self._first_fit(n)
+        if group is not None:
+            self.groups.append(group)
+        return group
+
+    def _first_fit(self, n: int) -> Group | None:
         start = 0
         for g in sorted(self.groups, key=lambda g: g.lo):
             if g.lo - start >= n:
@@ -86,9 +97,28 @@ class SlotPool:
             start = max(start, g.hi)
         if start + n > self.rows:
             return None
-        group = Group(start, start + n)
-        self.groups.append(group)
-        return group
+        return Group(start, start + n)
+
+    def compact(self, last: Group | None = None) -> None:
+        """Move the groups' rows together from row 0 (``last``, if given, after all the
+        others), so the free rows are one range at the end. Rows are copied whole; a
+        group's ``lo``/``hi`` change in place (its holders see the new rows)."""
+        order = sorted((g for g in self.groups if g is not last), key=lambda g: g.lo)
+        saved = None
+        if last is not None:
+            order.append(last)
+            saved = {k: a[last.lo : last.hi].copy() for k, a in self.arrays.items()}
+        pos = 0
+        for g in order:
+            if g is last:
+                for k, a in self.arrays.items():
+                    a[pos : pos + g.size] = saved[k]
+            elif g.lo != pos:  # pos < g.lo: numpy copies overlapping ranges correctly
+                for a in self.arrays.values():
+                    a[pos : pos + g.size] = a[g.lo : g.hi]
+            g.lo, g.hi = pos, pos + g.size
+            pos += g.size
+        self.compactions += 1
 
     def release(self, group: Group) -> None:
         if group in self.groups:
@@ -172,8 +202,9 @@ class SlotPool:
         returns the group now holding them. With as many indices as rows the rows are
         permuted in place (``hoisted=False`` leaves the hoisted values alone: rows known to
         hold the same); with another count (a prompt run once, then one row per beam) the
-        rows move to a new range of that size and the old one is released — None, and
-        nothing changed, when no such range is free."""
+        rows move to a new range of that size and the old one is released, or the group
+        grows in place after a :meth:`compact` — None, and nothing changed, when fewer rows
+        are free than the growth needs."""
         idx = np.asarray(indices, dtype=np.int64)
         if idx.ndim != 1 or not len(idx) or idx.min() < 0 or idx.max() >= group.size:
             raise InputError(f"reorder: indices {idx.tolist()} for a group of {group.size} rows")
@@ -186,9 +217,21 @@ class SlotPool:
                     rows = a[group.lo : group.hi]
                     rows[...] = rows[idx]
             return group
-        new = self.acquire(len(idx))
+        new = self._first_fit(len(idx))
+        if new is None and self.free_rows() + group.size >= len(idx):
+            # grow in place: the group last, the free rows right after it
+            self.compact(last=group)
+            src = group.lo + idx
+            for name, a in self.arrays.items():
+                if name.startswith("cache."):
+                    a[group.lo : group.lo + len(idx), : group.past] = a[src, : group.past]
+                else:
+                    a[group.lo : group.lo + len(idx)] = a[src]
+            group.hi = group.lo + len(idx)
+            return group
         if new is None:
             return None
+        self.groups.append(new)
         src = group.lo + idx
         for name, a in self.arrays.items():
             if name.startswith("cache."):

@@ -77,3 +77,23 @@ def test_step_refuses_mixed_lengths(pool):
     g1, g2 = pool.acquire(1), pool.acquire(1)
     with pytest.raises(InputError, match="same number of new tokens"):
         pool.step([(g1, np.zeros((1, 1), np.int64)), (g2, np.zeros((1, 2), np.int64))])
+
+
+def test_fragmented_pool_compacts_for_a_range_and_for_growth(pool):
+    name = pool.state_names[0]
+    a = pool.arrays[name]
+    gs = [pool.acquire(1) for _ in range(6)]
+    for i, g in enumerate(gs):
+        g.past = 2
+        a[g.lo, :2] = i
+    for g in gs[::2]:
+        pool.release(g)  # rows 0, 2, 4 free: 3 rows, no range of 2
+    pair = pool.acquire(2)
+    assert pool.compactions == 1 and (pair.lo, pair.hi) == (3, 5)
+    assert [(g.lo, float(a[g.lo, 0, 0])) for g in gs[1::2]] == [(0, 1.0), (1, 3.0), (2, 5.0)]
+    pool.release(pair)
+    # one row grows to four: only 3 free rows, but its own row makes 4 once it is last
+    grown = pool.reorder(gs[1], [0, 0, 0, 0])
+    assert grown is gs[1] and (grown.lo, grown.hi) == (2, 6) and pool.compactions == 2
+    assert (a[2:6, :2] == 1.0).all()
+    assert [(g.lo, float(a[g.lo, 0, 0])) for g in gs[3::2]] == [(0, 3.0), (1, 5.0)]
