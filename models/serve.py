@@ -43,6 +43,7 @@ import asyncio
 import logging
 import math
 import queue
+import signal
 import sys
 import threading
 import time
@@ -657,7 +658,8 @@ def create_app(
 
 
 def bind(host: str, port: int):
-    """A listening TCP socket on ``host:port`` (``port`` 0: a free one)."""
+    """A listening TCP socket on ``host:port`` (``port`` 0: a free one): clients can connect
+    from now on, and are answered once the server runs."""
     import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -668,6 +670,7 @@ def bind(host: str, port: int):
     except OSError:
         sock.close()
         raise
+    sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
     sock.set_inheritable(True)
     return sock
 
@@ -747,10 +750,26 @@ def serve(
             )
         )
     )(url)
+    # uvicorn shuts down gracefully on SIGINT / SIGTERM, then raises the signal again for the
+    # process's own handler: a KeyboardInterrupt, or death by SIGTERM. Both are a clean stop here.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         server.run(sockets=[sock])
+    except (KeyboardInterrupt, _Terminated):
+        pass
     finally:
         sock.close()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _terminated(signum, frame):
+    raise _Terminated
 
 
 # ----------------------------------------------------------------------------- command line

@@ -16,6 +16,7 @@ import json
 import threading
 import time
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -653,3 +654,56 @@ def test_tiny_bad_uploads_leave_the_server_healthy(tiny_server, references):
         c.audio.transcriptions.create(file=JFK.open("rb"), model="tiny.en").text
         == references["jfk"]["text"].strip()
     )
+
+
+@pytest.mark.max
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_tiny_cli_serves_then_stops_gracefully(sig, references):
+    """``kvgraph serve`` in a subprocess: the URL line on stderr, a request in flight when the
+    signal comes is answered, then a clean exit (status 0, no traceback)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    cmd = [
+        sys.executable,
+        "-m",
+        "kvgraph",
+        "serve",
+        "--model",
+        "tiny.en",
+        "--port",
+        "0",
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=root, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    try:
+        lines = []
+        url = None
+        deadline = time.monotonic() + 300
+        while url is None:
+            line = proc.stderr.readline()
+            assert line and time.monotonic() < deadline, "".join(lines)
+            lines.append(line)
+            if " on http://127.0.0.1:" in line:
+                url = line.split(" on ", 1)[1].split("/v1", 1)[0]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(
+                lambda: client(url).audio.transcriptions.create(file=JFK.open("rb"), model="tiny.en").text
+            )
+            wait_until(lambda: assert_healthy(url)["engine"]["running"] == 1, timeout=60)
+            proc.send_signal(getattr(signal, sig))
+            assert pending.result(120) == references["jfk"]["text"].strip()
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
