@@ -707,3 +707,22 @@ def test_tiny_cli_serves_then_stops_gracefully(sig, references):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.max
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the client's, on translations
+def test_base_translations_and_language_detection_equal_transcribe(base_model, jfk_audio):
+    translated = base_model.transcribe(jfk_audio, task="translate")
+    detected = base_model.transcribe(jfk_audio)
+    engine = sv.SequentialEngine(base_model)
+    app = sv.create_app(engine, sv.ServedModel.of("base", base_model))
+    with sv.BackgroundServer(app) as url:
+        c = client(url)
+        assert [m.id for m in c.models.list()] == ["base"]
+        r = c.audio.translations.create(file=JFK.open("rb"), model="base", response_format="verbose_json")
+        assert (r.task, r.language, r.text) == ("translate", "english", translated["text"].strip())
+        assert [s.tokens for s in r.segments] == [s["tokens"] for s in translated["segments"]]
+        r = c.audio.transcriptions.create(
+            file=JFK.open("rb"), model="whisper-1", response_format="verbose_json"
+        )
+        assert (r.language, r.text) == ("english", detected["text"].strip())
