@@ -389,6 +389,13 @@ def _language_name(code: str | None) -> str:
     return LANGUAGES.get(code or "", code or "")
 
 
+def _json_safe(value):
+    """JSON has no NaN or infinity (a statistic openai-whisper could not compute): null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _response_body(result: dict, params: _Params, duration: float):
     """``(body, media_type)`` for ``result`` in the request's ``response_format``."""
     text = result.get("text", "").strip()
@@ -421,7 +428,7 @@ def _response_body(result: dict, params: _Params, duration: float):
             "compression_ratio",
             "no_speech_prob",
         )
-        body["segments"] = [{k: s[k] for k in keys if k in s} for s in result.get("segments", [])]
+        body["segments"] = [{k: _json_safe(s[k]) for k in keys if k in s} for s in result.get("segments", [])]
     if "word" in params.granularities:
         body["words"] = [
             {"word": w["word"].strip(), "start": w["start"], "end": w["end"]}

@@ -232,6 +232,21 @@ def test_models_and_health(fake):
     assert health["model"] == "tiny.en" and health["engine"]["engine"] == "SequentialEngine"
 
 
+def test_non_finite_statistics_are_null_not_a_500():
+    class Odd(FakeModel):
+        def transcribe(self, audio, **options):
+            result = super().transcribe(audio, **options)
+            result["segments"][0]["avg_logprob"] = float("-inf")
+            return result
+
+    _, _, server = fake_server(Odd())
+    with server as url:
+        fields = [("model", "tiny.en"), ("response_format", "verbose_json"), ("file", "a.wav", JFK_BYTES)]
+        status, _, body = post_multipart(url, "/v1/audio/transcriptions", fields)
+        assert status == 200, body
+        assert json.loads(body)["segments"][0]["avg_logprob"] is None
+
+
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the client's, on translations
 def test_translation_needs_a_multilingual_model(fake):
     with pytest.raises(openai.BadRequestError) as ei:
