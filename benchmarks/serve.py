@@ -1,8 +1,9 @@
 """``kvgraph serve`` under load: requests/s and latency percentiles for 1, 4 and 16 concurrent
 clients, on short clips and on a ~1-minute clip, tiny.en.
 
-The server runs in this process (``models.serve.BackgroundServer`` on 127.0.0.1, a free port)
-with the engine ``kvgraph serve`` uses (``models.serve.make_engine``); the clients are the
+The server is ``kvgraph serve`` in a subprocess (127.0.0.1, a free port; ``--in-process``: a
+``models.serve.BackgroundServer`` thread of this process, sharing its GIL with the clients),
+with the engine ``kvgraph serve`` builds (``models.serve.make_engine``); the clients are the
 official ``openai`` client, one per thread, uploading WAV files. Concurrency 1 is "the same
 requests one at a time"; a lone request's latency is its median. The issue's target: at 16
 clients, throughput >= 2x one-at-a-time and p95 latency <= 2x a lone request's.
@@ -13,8 +14,8 @@ Audio: recorded telephone prompts from ``/work/shared/data/speech`` (Debian's
 (62 s). Without that directory, the prompts in ``tests/data/speech`` are used. Each response is
 checked against the one-at-a-time transcript of the same clip.
 
-The machine is shared: every run records how many cores other processes kept busy meanwhile
-(``other_cores``); treat numbers taken while that is high as noisy.
+The machine is shared: every run records how many cores processes other than this one and the
+server kept busy meanwhile (``other_cores``); treat numbers taken while that is high as noisy.
 
     python benchmarks/serve.py [--concurrency 1 4 16] [--short-requests 32] [--long-requests 8]
 """
@@ -22,7 +23,10 @@ The machine is shared: every run records how many cores other processes kept bus
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -90,8 +94,20 @@ def percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
-def run_load(url: str, clips: dict, n_requests: int, concurrency: int, expected: dict | None):
-    """``n_requests`` uploads (the clips round robin) from ``concurrency`` client threads."""
+def proc_cpu_s(pid: int | None) -> float:
+    """CPU seconds process ``pid`` has used (all its threads); 0 for None."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_load(
+    url: str, clips: dict, n_requests: int, concurrency: int, expected: dict | None, server_pid: int | None
+):
+    """``n_requests`` uploads (the clips round robin) from ``concurrency`` client threads;
+    ``server_pid``: the server's process when it is not this one."""
     import openai
 
     names = [list(clips)[i % len(clips)] for i in range(n_requests)]
@@ -117,6 +133,7 @@ def run_load(url: str, clips: dict, n_requests: int, concurrency: int, expected:
             latencies[i] = time.perf_counter() - t0
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    server0 = proc_cpu_s(server_pid)
     with Probe() as probe:
         t0 = time.perf_counter()
         for t in threads:
@@ -124,6 +141,7 @@ def run_load(url: str, clips: dict, n_requests: int, concurrency: int, expected:
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
+    server_cores = (proc_cpu_s(server_pid) - server0) / wall
     audio_s = sum(clips[n][1] for n in names)
     wrong = 0
     if expected is not None:
@@ -143,7 +161,7 @@ def run_load(url: str, clips: dict, n_requests: int, concurrency: int, expected:
         "errors": len(errors),
         "first_error": errors[0] if errors else None,
         "transcripts_differing_from_one_at_a_time": wrong,
-        "other_cores": round(probe.other_cores, 2),
+        "other_cores": round(max(0.0, probe.other_cores - server_cores), 2),
     }, dict(zip(names, texts))
 
 
@@ -158,6 +176,55 @@ def lscpu_model() -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def in_process_server(args):
+    from models import serve as sv
+    from models.whisper import load_model
+
+    t0 = time.perf_counter()
+    model = load_model(args.model)
+    load_s = time.perf_counter() - t0
+    engine = sv.make_engine(model, batch_size=args.batch_size, max_queue=args.max_queue)
+    with sv.BackgroundServer(sv.create_app(engine, sv.ServedModel.of(args.model, model))) as url:
+        yield url, None, {"engine": type(engine).__name__, "load_s": round(load_s, 2), "server": "in-process"}
+
+
+@contextlib.contextmanager
+def subprocess_server(args):
+    """``kvgraph serve`` of this checkout in a subprocess; stopped with SIGTERM."""
+    import json
+    import urllib.request
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "kvgraph", "serve", "--model", args.model, "--port", "0"]
+    cmd += ["--log-level", "warning", "--max-queue", str(args.max_queue)]
+    if args.batch_size is not None:
+        cmd += ["--batch-size", str(args.batch_size)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        url, load_s, lines = None, None, []
+        while url is None:
+            line = proc.stderr.readline()
+            if not line:
+                raise RuntimeError("kvgraph serve did not start:\n" + "".join(lines))
+            lines.append(line)
+            if " loaded in " in line:
+                load_s = float(line.rsplit(" loaded in ", 1)[1].split()[0])
+            if " on http://" in line:
+                url = line.split(" on ", 1)[1].split("/v1", 1)[0]
+        with urllib.request.urlopen(url + "/health", timeout=30) as r:
+            engine = json.load(r).get("engine", {}).get("engine")
+        yield url, proc.pid, {"engine": engine, "load_s": load_s, "server": " ".join(cmd[1:])}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny.en")
@@ -170,36 +237,29 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--sets", nargs="+", default=["short", "long"], choices=["short", "long"])
     ap.add_argument("--batch-size", type=int, default=None, help="passed to the engine factory")
+    ap.add_argument("--in-process", action="store_true", help="the server in a thread of this process")
     ap.add_argument("--speech-dir", type=Path, default=SHARED_SPEECH)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve.json"))
     args = ap.parse_args(argv)
 
-    from models import serve as sv
-    from models.whisper import load_model
-
-    t0 = time.perf_counter()
-    model = load_model(args.model)
-    load_s = time.perf_counter() - t0
-    engine = sv.make_engine(model, batch_size=args.batch_size, max_queue=max(64, *args.concurrency))
-    served = sv.ServedModel.of(args.model, model)
+    args.max_queue = max(64, *args.concurrency)
     sets = clip_sets(args.speech_dir)
     report = {
         "machine": {**machine(), "lscpu_model": lscpu_model()},
         "model": args.model,
-        "engine": type(engine).__name__,
         "batch_size": args.batch_size,
-        "load_s": round(load_s, 2),
         "sets": {},
     }
-    with sv.BackgroundServer(sv.create_app(engine, served)) as url:
+    with (in_process_server if args.in_process else subprocess_server)(args) as (url, pid, info):
+        report.update(info)
         for set_name in args.sets:
             clips = sets[set_name]
             per_level = args.short_requests if set_name == "short" else args.long_requests
             # warm-up, and the one-at-a-time transcripts every response is compared with
-            _, expected = run_load(url, clips, len(clips), 1, None)
+            _, expected = run_load(url, clips, len(clips), 1, None, pid)
             levels = []
             for c in args.concurrency:
-                row, _ = run_load(url, clips, max(per_level, c), c, expected)
+                row, _ = run_load(url, clips, max(per_level, c), c, expected, pid)
                 levels.append(row)
                 print(
                     f"{set_name:5s} c={c:2d}: {row['requests_per_s']:.2f} req/s, "
