@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,base]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,base,serve]'
 	touch $(STAMP)
 
 run: $(STAMP)

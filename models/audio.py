@@ -4,18 +4,20 @@
 WAV, FLAC, OGG/Vorbis, ... whatever the installed libsndfile supports),
 averages channels to mono, and resamples with ``soxr`` (high quality) to
 ``sr``. openai-whisper's own ``load_audio`` shells out to ffmpeg, which this
-project does not require; never call it.
+project does not require; never call it. ``decode_audio(data)`` does the same for bytes
+held in memory (an HTTP upload), with the same checks and errors.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["AudioError", "load_audio", "SAMPLE_RATE"]
+__all__ = ["AudioError", "load_audio", "decode_audio", "SAMPLE_RATE"]
 
 SAMPLE_RATE = 16000
 
@@ -28,45 +30,46 @@ def _fail(path, what: str) -> AudioError:
     return AudioError(f"{path}: {what}")
 
 
-def _check_wav_header(path: Path, size: int) -> None:
+def _check_wav_header(f, size: int, path) -> None:
     """Detects a RIFF/WAVE file whose data chunk extends past the end of the
     file. libsndfile reads such files partially without complaint, so a file
-    cut short (interrupted copy or recording) would otherwise go unnoticed."""
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return  # not plain RIFF/WAVE (RF64, AIFF, FLAC, ...): libsndfile decides
-        pos = 12
-        while True:
-            hdr = f.read(8)
-            if len(hdr) < 8:
-                if len(hdr) > 0 or pos == 12:
-                    raise _fail(
-                        path, f"truncated WAV file (chunk header cut at byte {pos}, file is {size} bytes)"
-                    )
-                raise _fail(path, f"truncated WAV file (no data chunk in {size} bytes)")
-            cid, csize = hdr[:4], struct.unpack("<I", hdr[4:])[0]
-            body = pos + 8
-            if cid == b"data":
-                # 0xFFFFFFFF (and 0 with trailing bytes) mark a stream of unknown
-                # length written by some tools; let libsndfile handle those.
-                if csize == 0xFFFFFFFF or (csize == 0 and size > body):
-                    return
-                if body + csize > size:
-                    raise _fail(
-                        path,
-                        f"truncated WAV file (data chunk declares {csize} bytes, only {size - body} present)",
-                    )
+    cut short (interrupted copy or recording) would otherwise go unnoticed.
+    ``f`` is the file opened for binary reading (or a ``BytesIO``) at offset 0,
+    ``size`` its length in bytes, ``path`` the name errors give."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return  # not plain RIFF/WAVE (RF64, AIFF, FLAC, ...): libsndfile decides
+    pos = 12
+    while True:
+        hdr = f.read(8)
+        if len(hdr) < 8:
+            if len(hdr) > 0 or pos == 12:
+                raise _fail(
+                    path, f"truncated WAV file (chunk header cut at byte {pos}, file is {size} bytes)"
+                )
+            raise _fail(path, f"truncated WAV file (no data chunk in {size} bytes)")
+        cid, csize = hdr[:4], struct.unpack("<I", hdr[4:])[0]
+        body = pos + 8
+        if cid == b"data":
+            # 0xFFFFFFFF (and 0 with trailing bytes) mark a stream of unknown
+            # length written by some tools; let libsndfile handle those.
+            if csize == 0xFFFFFFFF or (csize == 0 and size > body):
                 return
-            nxt = body + csize + (csize & 1)
-            if nxt > size:
+            if body + csize > size:
                 raise _fail(
                     path,
-                    f"truncated WAV file ('{cid.decode('latin-1')}' chunk declares {csize} bytes, "
-                    f"only {size - body} present)",
+                    f"truncated WAV file (data chunk declares {csize} bytes, only {size - body} present)",
                 )
-            f.seek(nxt)
-            pos = nxt
+            return
+        nxt = body + csize + (csize & 1)
+        if nxt > size:
+            raise _fail(
+                path,
+                f"truncated WAV file ('{cid.decode('latin-1')}' chunk declares {csize} bytes, "
+                f"only {size - body} present)",
+            )
+        f.seek(nxt)
+        pos = nxt
 
 
 def _to_mono(x: np.ndarray) -> np.ndarray:
@@ -94,9 +97,6 @@ def load_audio(path: str | os.PathLike | np.ndarray, sr: int = SAMPLE_RATE) -> n
             raise AudioError(f"<array>: expected a 1-D or (frames, channels) array, got shape {path.shape}")
         return _to_mono(path)
 
-    import soundfile as sf
-    import soxr
-
     p = Path(path)
     if not p.exists():
         raise _fail(p, "no such audio file")
@@ -105,20 +105,46 @@ def load_audio(path: str | os.PathLike | np.ndarray, sr: int = SAMPLE_RATE) -> n
     size = p.stat().st_size
     if size == 0:
         raise _fail(p, "empty file (0 bytes)")
-    _check_wav_header(p, size)
+    with open(p, "rb") as f:
+        _check_wav_header(f, size, p)
+    return _decode(str(p), p, sr)
+
+
+def decode_audio(
+    data: bytes | bytearray | memoryview, sr: int = SAMPLE_RATE, name: str = "<bytes>"
+) -> np.ndarray:
+    """:func:`load_audio` for an audio file's bytes held in memory (an upload): the same
+    formats, mono mix, resampling, checks and :class:`AudioError` messages, which start with
+    ``name``."""
+    if int(sr) != sr or sr <= 0:
+        raise ValueError(f"sample rate must be a positive integer, got {sr!r}")
+    data = bytes(data)
+    if not data:
+        raise _fail(name, "empty file (0 bytes)")
+    _check_wav_header(io.BytesIO(data), len(data), name)
+    return _decode(io.BytesIO(data), name, int(sr))
+
+
+def _decode(source, name, sr: int) -> np.ndarray:
+    """Decodes ``source`` (a path string or a binary file object) with soundfile, mixes to
+    mono and resamples to ``sr``; errors name ``name``."""
+    import soundfile as sf
+    import soxr
 
     try:
-        data, in_sr = sf.read(str(p), dtype="float32", always_2d=True)
+        data, in_sr = sf.read(source, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        msg = " ".join(str(e).split())  # one line
-        raise _fail(p, f"not a readable audio file ({msg})") from None
+        # a file object's repr in "Error opening <_io.BytesIO ...>: ..." says nothing
+        detail = getattr(e, "error_string", None) if not isinstance(source, str) else None
+        msg = " ".join(str(detail or e).split())  # one line
+        raise _fail(name, f"not a readable audio file ({msg})") from None
     if data.shape[0] == 0:
-        raise _fail(p, "audio file contains no samples")
+        raise _fail(name, "audio file contains no samples")
 
     x = _to_mono(data)
     del data
     if not np.all(np.isfinite(x)):
-        raise _fail(p, "audio contains NaN or infinite samples")
+        raise _fail(name, "audio contains NaN or infinite samples")
     if in_sr != sr:
         x = soxr.resample(x, in_sr, sr, quality="HQ").astype(np.float32, copy=False)
     # Float files may exceed full scale and band-limited resampling can

@@ -321,29 +321,53 @@ class BatchedTranscriber:
     ``backend``: a :class:`models.whisper.MaxWhisperBackend` (``load_backend``).
     ``rows``: slot-pool rows (default :func:`default_rows` of the first file's options)."""
 
-    def __init__(self, backend, batch_size: int = 8, rows: int | None = None, **default_options):
+    def __init__(
+        self,
+        backend,
+        batch_size: int = 8,
+        rows: int | None = None,
+        max_queue: int | None = None,
+        **default_options,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_queue is not None and max_queue < 1:
+            raise ValueError(f"max_queue must be at least 1, got {max_queue}")
         self.backend = backend
         self.batch_size = batch_size
+        self.max_queue = max_queue
         self.default_options = default_options
+        self._lock = threading.Lock()
+        self._submitted = self._started = self._done = 0
         self.scheduler = Scheduler(backend, rows or default_rows(batch_size, default_options))
         self.executor = concurrent.futures.ThreadPoolExecutor(batch_size, thread_name_prefix="kvgraph-stream")
         torch.set_num_threads(1)  # torch only edits logits here; MAX has the cores (see torch_threads)
         self._closed = False
 
     def submit(self, audio, **transcribe_options) -> concurrent.futures.Future:
-        if self._closed:
-            raise RuntimeError("BatchedTranscriber is closed")
+        """A future of ``transcribe(audio, **options)``'s result dict. Raises
+        ``models.serve.EngineClosed`` after ``close`` and ``models.serve.EngineFull`` when
+        ``max_queue`` files are already waiting (what ``kvgraph serve`` answers 503 to)."""
+        from models.serve import EngineClosed, EngineFull
+
         options = {**self.default_options, **transcribe_options}
         need = default_rows(1, options)
         if need > self.scheduler.pool.rows:
             raise ValueError(
                 f"a decode with these options takes {need} rows; the pool has {self.scheduler.pool.rows}"
             )
-        return self.executor.submit(self._run, audio, options, torch.get_rng_state())
+        with self._lock:
+            if self._closed:
+                raise EngineClosed("the engine is shutting down")
+            waiting = self._submitted - self._started
+            if self.max_queue is not None and waiting >= self.max_queue:
+                raise EngineFull(f"{waiting} requests are waiting (the queue holds {self.max_queue})")
+            self._submitted += 1
+            return self.executor.submit(self._run, audio, options, torch.get_rng_state())
 
     def _run(self, audio, options: dict, rng_state) -> dict:
+        with self._lock:
+            self._started += 1
         self.scheduler.register()
         backend = StreamBackend(self.scheduler)
         try:
@@ -351,11 +375,28 @@ class BatchedTranscriber:
         finally:
             backend.release()
             self.scheduler.unregister()
+            with self._lock:
+                self._done += 1
+
+    def stats(self) -> dict:
+        """Queue figures (``kvgraph serve``'s ``/health``) and the scheduler's counters."""
+        with self._lock:
+            out = {
+                "engine": type(self).__name__,
+                "waiting": self._submitted - self._started,
+                "running": self._started - self._done,
+                "max_queue": self.max_queue,
+                "completed": self._done,
+                "batch_size": self.batch_size,
+            }
+        out["scheduler"] = dict(self.scheduler.stats)
+        return out
 
     def close(self, wait: bool = True) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self.executor.shutdown(wait=wait, cancel_futures=not wait)
         if wait:
             self.scheduler.close()

@@ -1,10 +1,10 @@
-"""The ``models`` package's kvgraph plugin: Whisper's named specs, ``kvgraph transcribe`` and
-``kvgraph prepare``.
+"""The ``models`` package's kvgraph plugin: Whisper's named specs, ``kvgraph transcribe``,
+``kvgraph prepare`` and ``kvgraph serve``.
 
 Declared in pyproject.toml as the entry point ``whisper = "models.plugin:register"`` of the
 group ``kvgraph.plugins``, which :mod:`kvgraph.plugins` discovers; :func:`register` can also be
 applied explicitly (``kvgraph.plugins.use(models.plugin.register)``). Registering imports
-nothing heavy: a spec is made, and ``models.transcribe_cli`` imported, on first use.
+nothing heavy: a spec is made, and a command's module imported, on first use.
 """
 
 from __future__ import annotations
@@ -59,6 +59,12 @@ def _prepare(argv: list[str]) -> int:
     return prepare_cli.main(argv)
 
 
+def _serve(argv: list[str]) -> int:
+    from models import serve
+
+    return serve.main(argv)
+
+
 def register(registry) -> None:
     """Register the Whisper decoder specs (``whisper-tiny.en``, ``whisper-base``) and the
     ``transcribe`` command (arguments forwarded untouched to ``models.transcribe_cli.main``)
@@ -72,4 +78,9 @@ def register(registry) -> None:
     )
     registry.add_command(
         "prepare", _prepare, help="compile Whisper models' MAX programs ahead of time into the program store"
+    )
+    registry.add_command(
+        "serve",
+        _serve,
+        help="serve Whisper behind OpenAI's audio API (POST /v1/audio/transcriptions); needs the 'serve' extra",
     )

@@ -391,6 +391,23 @@ def write_outputs(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def render(result: dict, output_format: str, writer_args: dict | None = None) -> str:
+    """``result`` in one of openai-whisper's writer formats (``txt``, ``vtt``, ``srt``, ``tsv``,
+    ``json``) as a string: the text :func:`write_outputs` writes to a file (``kvgraph serve``
+    answers with it). ``writer_args`` as there."""
+    import io
+
+    from whisper.utils import get_writer
+
+    if output_format not in OUTPUT_FORMATS or output_format == "all":
+        raise ValueError(f"output format must be one of {OUTPUT_FORMATS[:-1]}, got {output_format!r}")
+    args = {k: None for k in WORD_OPTIONS}
+    args.update(writer_args or {})
+    buf = io.StringIO()
+    get_writer(output_format, ".").write_result(result, buf, **args)
+    return buf.getvalue()
+
+
 def _normalize_language(parser: argparse.ArgumentParser, language: str | None) -> str | None:
     if language is None or language == "None":
         return None

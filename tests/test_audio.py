@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from models.audio import AudioError, load_audio
+from models.audio import AudioError, decode_audio, load_audio
 
 SR = 16000
 
@@ -173,3 +173,43 @@ def test_directory(tmp_path):
     with pytest.raises(AudioError) as ei:
         load_audio(tmp_path)
     _assert_names_file(ei, tmp_path)
+
+
+# ------------------------------------------------------- bytes in memory (uploads)
+
+
+@pytest.mark.parametrize("fmt,ext", [("WAV", "wav"), ("FLAC", "flac"), ("OGG", "ogg")])
+def test_decode_audio_equals_load_audio(tmp_path, fmt, ext):
+    if fmt not in sf.available_formats():
+        pytest.skip(f"libsndfile lacks {fmt}")
+    path = tmp_path / f"t.{ext}"
+    sf.write(path, np.stack([tone(440.0, 22050), tone(660.0, 22050)], axis=1), 22050, format=fmt)
+    x = decode_audio(path.read_bytes())
+    assert x.dtype == np.float32 and x.ndim == 1
+    np.testing.assert_array_equal(x, load_audio(path))
+
+
+@pytest.mark.parametrize(
+    "data,what",
+    [
+        (b"", "empty"),
+        (np.random.default_rng(0).bytes(4096), "not a readable audio file"),
+        (b"this is not audio\n" * 50, "not a readable audio file"),
+    ],
+)
+def test_decode_audio_errors_name_the_upload(data, what):
+    with pytest.raises(AudioError) as ei:
+        decode_audio(data, name="upload.wav")
+    msg = str(ei.value)
+    assert msg.startswith("upload.wav: ") and what in msg and "\n" not in msg
+    assert "BytesIO" not in msg
+
+
+@pytest.mark.parametrize("keep", [0.5, 30 / 32000])
+def test_decode_audio_truncated_wav(tmp_path, keep):
+    path = tmp_path / "cut.wav"
+    sf.write(path, tone(440.0, SR), SR, subtype="PCM_16")
+    data = path.read_bytes()
+    with pytest.raises(AudioError, match="truncated"):
+        decode_audio(data[: int(len(data) * keep)])
+    assert len(decode_audio(data)) == SR

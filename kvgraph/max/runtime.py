@@ -190,7 +190,11 @@ def _load_group(batch: list[ProgramRequest], store: ProgramStore) -> list[Compil
     t0 = time.perf_counter()
     unit = module if module is not None else lowered[0][0]
     if all(r.weights_mode == "registry" for r in batch):
-        key = make_key(STORE_FORMAT, max_version(), cpu_id(), *(str(mg) for mg, _ in lowered))
+        texts = [str(mg) for mg, _ in lowered]
+        for k in kernels:  # a kernel package is named by its content hash, not where it lies
+            folder = str(Path(k).parent.parent)
+            texts = [t.replace(folder, "<kvgraph-kernels>") for t in texts]
+        key = make_key(STORE_FORMAT, max_version(), cpu_id(), *texts)
         compiled, hit = store.get_or_make(
             key, _read_artifact, lambda: _compile(unit, what, kernels), lambda c, path: c.export_mef(path)
         )

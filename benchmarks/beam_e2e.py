@@ -1,0 +1,139 @@
+"""Whole transcriptions with beam search (beam 5, best_of 5 — openai-whisper's CLI defaults),
+tiny.en, model loaded: kvgraph (MAX) vs openai-whisper (PyTorch, fp32) vs faster-whisper
+(CTranslate2 fp32 and int8, when ``faster_whisper`` is installed: ``pip install
+faster-whisper``), each engine in its own process (MAX's and torch's threads slow each other
+inside one), on the same decoded audio: JFK, two recorded telephone prompts and a >60 s
+long-form clip. Each child warms up once, then times every clip ``--reps`` times (median);
+the parent runs the engines one after another and reports whether each one's texts equal
+openai-whisper's. Writes JSON (default benchmarks/results/beam_e2e.json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quiet import Probe, machine, wait_quiet, write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINES = ("kvgraph", "openai", "faster-fp32", "faster-int8")
+OPTS = dict(beam_size=5, best_of=5)
+
+
+def clips() -> dict[str, np.ndarray]:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from whisper_clips import JFK, SPEECH, SPEECH_CLIPS, long_clip
+
+    from models.audio import load_audio
+
+    jfk = load_audio(str(JFK))
+    out = {"jfk (11 s)": jfk}
+    for name in SPEECH_CLIPS:
+        a = load_audio(str(SPEECH / f"{name}.wav"))
+        out[f"{name} ({len(a) / 16000:.0f} s)"] = a
+    out["long form (66 s)"] = long_clip(jfk)
+    return out
+
+
+def child(engine: str, reps: int) -> dict:
+    audio = clips()
+    if engine == "kvgraph":
+        from models.whisper import load_model
+
+        m = load_model("tiny.en")
+        run = lambda a: m.transcribe(a, **OPTS)["text"]
+    elif engine == "openai":
+        import torch
+        import whisper
+
+        from models.whisper import load_checkpoint
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        dims, w = load_checkpoint("tiny.en")
+        tm = whisper.model.Whisper(dims)
+        tm.load_state_dict({k: torch.from_numpy(v) for k, v in w.items()}, strict=False)
+        tm.eval()
+        run = lambda a: whisper.transcribe(tm, a, fp16=False, **OPTS)["text"]
+    else:
+        from faster_whisper import WhisperModel
+
+        from models.weight_packages import resolve_source
+
+        path = resolve_source("tiny.en")["parts"][0].parent
+        fw = WhisperModel(str(path), device="cpu", compute_type=engine.split("-")[1].replace("fp", "float"))
+        run = lambda a: "".join(s.text for s in fw.transcribe(a, **OPTS)[0])
+
+    def seeded(a):
+        # the temperature fallback samples (best_of 5): the same torch seed for kvgraph and
+        # openai-whisper draws the same samples (faster-whisper has its own generator)
+        if engine in ("kvgraph", "openai"):
+            import torch
+
+            torch.manual_seed(0)
+        return run(a)
+
+    out = {}
+    for name, a in audio.items():
+        text = seeded(a)  # warm-up (and the text)
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            seeded(a)
+            ts.append(time.perf_counter() - t)
+        out[name] = {"s": statistics.median(ts), "all": ts, "text": text}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "beam_e2e.json"))
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, args.reps)))
+        return 0
+    engines = [e for e in args.engines.split(",") if e]
+    try:
+        import faster_whisper  # noqa: F401
+    except ImportError:
+        engines = [e for e in engines if not e.startswith("faster")]
+    report: dict = {"machine": machine(), "options": OPTS, "engines": {}, "other_cores": {}}
+    for e in engines:
+        wait_quiet()
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        cmd = [sys.executable, __file__, "--child", e, "--reps", str(args.reps)]
+        with Probe() as p:
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if res.returncode:
+            report["engines"][e] = {"error": res.stderr[-2000:]}
+            continue
+        report["engines"][e] = json.loads(res.stdout.strip().splitlines()[-1])
+        report["other_cores"][e] = round(p.other_cores, 2)
+    ref = report["engines"].get("openai", {})
+    table = {}
+    for e, res in report["engines"].items():
+        if "error" in res:
+            continue
+        for clip, r in res.items():
+            row = table.setdefault(clip, {})
+            row[e] = round(r["s"], 3)
+            if clip in ref:
+                row[f"{e} same text"] = r["text"].strip() == ref[clip]["text"].strip()
+    report["table_s"] = table
+    print(json.dumps(table, indent=1))
+    write_json(report, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""kvgraph's custom MAX kernels: the package builds (once, into the cache folder, atomically),
+turns off cleanly, and the few-row float16 GEMV equals ``x @ w.T`` for any row count."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from tolerance import F32_PASS, assert_close
+
+from kvgraph.max import custom
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    monkeypatch.setenv("KVGRAPH_CACHE_DIR", str(tmp_path))
+    custom.kernel_package.cache_clear()
+    yield tmp_path
+    custom.kernel_package.cache_clear()
+
+
+def test_builds_once_into_the_cache_folder(fresh):
+    pkg = custom.kernel_package()
+    assert pkg is not None and pkg.is_file() and pkg.name == "kvgraph_kernels.mojoc"
+    assert pkg.parent.parent == fresh / "kernels"
+    assert not list(pkg.parent.glob(".build-*"))  # the temporary build folder is gone
+    mtime = pkg.stat().st_mtime_ns
+    custom.kernel_package.cache_clear()
+    assert custom.kernel_package() == pkg and pkg.stat().st_mtime_ns == mtime  # found, not rebuilt
+
+
+def test_source_change_means_a_new_package(fresh, monkeypatch, tmp_path_factory):
+    src = tmp_path_factory.mktemp("src") / "kvgraph_kernels"
+    src.mkdir()
+    for f in custom.SOURCE.glob("*.mojo"):
+        (src / f.name).write_text(f.read_text())
+    monkeypatch.setattr(custom, "SOURCE", src)
+    a = custom.source_hash(custom._mojo())
+    (src / "gemv.mojo").write_text((src / "gemv.mojo").read_text() + "\n# edited\n")
+    assert custom.source_hash(custom._mojo()) != a
+
+
+def test_off_and_broken_compiler_fall_back_to_max_ops(fresh, monkeypatch, caplog, tmp_path):
+    monkeypatch.setenv("KVGRAPH_CUSTOM_KERNELS", "off")
+    assert custom.kernel_package() is None
+    monkeypatch.delenv("KVGRAPH_CUSTOM_KERNELS")
+    custom.kernel_package.cache_clear()
+    bad = tmp_path / "mojo"
+    bad.write_text("#!/bin/sh\necho 'error: broken compiler' >&2\nexit 3\n")
+    bad.chmod(0o755)
+    monkeypatch.setattr(custom, "_mojo", lambda: bad)
+    with caplog.at_level(logging.WARNING, logger="kvgraph"):
+        assert custom.kernel_package() is None
+    assert "broken compiler" in caplog.text
+    assert not list((fresh / "kernels").rglob("*.mojoc"))  # nothing half-written
+
+
+@pytest.mark.max
+def test_gemv_once_equals_matmul_for_any_rows():
+    from max.driver import Buffer
+    from max.dtype import DType
+    from max.graph import DeviceRef, Graph, TensorType
+
+    from kvgraph.max import kernels as K
+    from kvgraph.max.runtime import session
+
+    pkg = custom.kernel_package()
+    assert pkg is not None
+    n, k = 203, 48  # n not a multiple of the 4-row blocks: the tail path runs too
+    cpu = DeviceRef.CPU()
+    types = [
+        TensorType(DType.float32, ["b", "s", k], device=cpu),
+        TensorType(DType.float16, [n, k], device=cpu),
+        TensorType(DType.float32, [n], device=cpu),
+    ]
+    with Graph("gemv_once_test", input_types=types, custom_extensions=[pkg]) as g:
+        x, w, b = (v.tensor for v in g.inputs)
+        g.output(K.linear_gemv_once(x, w, b))
+    model = session().load(g)
+    rng = np.random.default_rng(0)
+    w16 = rng.standard_normal((n, k)).astype(np.float16)
+    bias = rng.standard_normal(n).astype(np.float32)
+    for rows, seq in [(1, 1), (2, 1), (3, 1), (5, 1), (8, 1), (16, 1), (17, 1), (3, 2)]:
+        x = rng.standard_normal((rows, seq, k)).astype(np.float32)
+        got = model.execute(Buffer.from_numpy(x), Buffer.from_numpy(w16), Buffer.from_numpy(bias))[0]
+        ref = x.astype(np.float64) @ w16.astype(np.float64).T + bias
+        assert_close(got.to_numpy(), ref, F32_PASS, what=f"gemv_once rows={rows}x{seq}")
