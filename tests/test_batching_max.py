@@ -138,3 +138,24 @@ def test_cli_batch_size(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["jfk.txt", "nogo.txt"]
     ref = sequential("jfk", (("temperature", DEFAULT_TEMPS),))
     assert lines[0] == f"{paths[0]}: {ref['text'].strip()}"
+
+
+def test_serve_make_engine_batches(tiny_model):
+    from models import serve as sv
+
+    engine = sv.make_engine(tiny_model, batch_size=2, max_queue=1)
+    try:
+        from models.batching import BatchedTranscriber
+
+        assert isinstance(engine, BatchedTranscriber)
+        options = dict(temperature=DEFAULT_TEMPS)
+        futures = [engine.submit(clips()[n]) for n in ("jfk", "nogo")]  # both start at once
+        results = [f.result() for f in futures]
+        _check_same(["jfk", "nogo"], results, options)
+        stats = engine.stats()
+        assert stats["engine"] == "BatchedTranscriber" and stats["completed"] == 2
+    finally:
+        engine.close()
+    with pytest.raises(sv.EngineClosed):
+        engine.submit(clips()["short"])
+    assert isinstance(sv.make_engine(tiny_model), sv.SequentialEngine)
