@@ -143,13 +143,13 @@ def test_cli_batch_size(tmp_path, capsys):
 def test_serve_make_engine_batches(tiny_model):
     from models import serve as sv
 
-    engine = sv.make_engine(tiny_model, batch_size=2, max_queue=1)
+    engine = sv.make_engine(tiny_model, batch_size=2, max_queue=4)
     try:
         from models.batching import BatchedTranscriber
 
         assert isinstance(engine, BatchedTranscriber)
         options = dict(temperature=DEFAULT_TEMPS)
-        futures = [engine.submit(clips()[n]) for n in ("jfk", "nogo")]  # both start at once
+        futures = [engine.submit(clips()[n]) for n in ("jfk", "nogo")]
         results = [f.result() for f in futures]
         _check_same(["jfk", "nogo"], results, options)
         stats = engine.stats()
