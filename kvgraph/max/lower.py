@@ -92,6 +92,7 @@ class LowerCtx:
         self.few_dims, self.always_few = frozenset(few_dims), always_few
         self.f16_weights = f16_weights and mode == "registry"
         self.registry: dict[str, np.ndarray] = {}
+        self.recipe: dict[str, tuple] = {}  # registry name -> (weight name, layout, f16)
         self._emitted: dict[str, object] = {}
         self._half: dict[str, bool] = {}
 
@@ -114,24 +115,31 @@ class LowerCtx:
     def weight(self, w: ir.Weight, layout: str = "plain", f16: bool = False):
         key = (w.name if layout == "plain" else f"{w.name}@{layout}") + ("#f16" if f16 else "")
         if key not in self._emitted:
-            src = self._source(w)
-            dt = np.float16 if f16 else np.float32
-            view = LAYOUTS[layout](src)
-            if view.dtype == dt and view.flags.c_contiguous:
-                arr = view  # e.g. a float16 weight read by a float16 kernel: shared, not copied
-            else:  # layout and dtype in one pass (no intermediate converted copy)
-                arr = np.empty(view.shape, dt)
-                arr[...] = view
-            if arr.ctypes.data % arr.dtype.alignment:  # MAX refuses misaligned weights
-                arr = arr.copy()
+            arr = weight_array(self._source(w), layout, f16)
             if self.mode == "constant":
                 self._emitted[key] = ops.constant(arr, DType.float32, DeviceRef.CPU())
             else:
                 self.registry[key] = arr
+                self.recipe[key] = (w.name, layout, f16)
                 self._emitted[key] = MaxWeight(
                     key, DType.float16 if f16 else DType.float32, list(arr.shape), DeviceRef.CPU()
                 )
         return self._emitted[key]
+
+
+def weight_array(src: np.ndarray, layout: str = "plain", f16: bool = False) -> np.ndarray:
+    """The host array MAX binds for weight ``src`` in ``layout`` (:data:`LAYOUTS`), as
+    float16 or float32: made in one pass, or ``src`` itself when it already is that."""
+    dt = np.float16 if f16 else np.float32
+    view = LAYOUTS[layout](src)
+    if view.dtype == dt and view.flags.c_contiguous:
+        arr = view  # e.g. a float16 weight read by a float16 kernel: shared, not copied
+    else:  # layout and dtype in one pass (no intermediate converted copy)
+        arr = np.empty(view.shape, dt)
+        arr[...] = view
+    if arr.ctypes.data % arr.dtype.alignment:  # MAX refuses misaligned weights
+        arr = arr.copy()
+    return arr
 
 
 def _arg(ctx, env, v, layout="plain"):
@@ -271,9 +279,13 @@ def lower(
     few_dims=frozenset(),
     always_few: bool = False,
     module=None,
+    recipe: dict | None = None,
 ):
     """Emit ``g`` as a MAX ``Graph``; returns ``(max_graph, registry)`` where ``registry``
-    maps MAX weight names to host arrays (bind them once, at load).
+    maps MAX weight names to host arrays (bind them once, at load). ``recipe``: a dict
+    filled with how each registry array is made, ``{MAX weight name: (weight name, layout,
+    f16)}`` (:func:`weight_array`), so that a stored program's registry can be rebuilt
+    without lowering again.
 
     ``mode="registry"``: weights are MAX ``Weight`` s bound at load (one compiled graph
     serves every weight set of the same shapes). ``mode="constant"``: weights are baked
@@ -314,4 +326,6 @@ def lower(
                 if v not in bufs
             ]
         )
+    if recipe is not None:
+        recipe.update(ctx.recipe)
     return mg, ctx.registry
