@@ -157,7 +157,9 @@ def _rule_linear(op, env, ctx):
         w16 = ctx.weight(op.w, "plain", f16=True)
         if ctx.always_few:  # a program only run with few rows (a decode step)
             return K.linear_gemv(x, w16, b)
-        return K.linear_few_rows(x, w16, _arg(ctx, env, op.w, "T"), b, FEW_ROWS)
+        # the many-rows branch widens the float16 weight when it runs: no float32 copy held
+        # (prefill's last-row logits: the vocabulary projection, 80 MB as float32 for tiny.en)
+        return K.linear_few_rows(x, w16, None, b, FEW_ROWS)
     return K.linear(x, _arg(ctx, env, op.w, "T"), b, w_transposed=True)
 
 
