@@ -186,24 +186,18 @@ def linear_gemv(x: TensorValue, w16: TensorValue, b: TensorValue | None = None) 
 
 
 def linear_few_rows(
-    x: TensorValue, w16: TensorValue, wt: TensorValue | None, b: TensorValue | None = None, few: int = 2
+    x: TensorValue, w16: TensorValue, wt: TensorValue, b: TensorValue | None = None, few: int = 2
 ) -> TensorValue:
     """``x @ w.T + b`` choosing at run time: :func:`linear_gemv` when ``x`` has at most
     ``few`` rows, else the float32 GEMM with ``wt`` (the same values, ``[in, out]``).
     A ``cond`` costs ~10 us per call here, so programs that always see few rows use
-    :func:`linear_gemv` directly. ``wt=None``: the GEMM branch widens ``w16`` itself, per
-    call (exact: the same float32 values), so no float32 copy of the weight is held for a
-    branch that is rarely taken."""
+    :func:`linear_gemv` directly."""
     static, sym = _rows(x)
     out_type = TensorType(F32, [*x.shape[:-1], w16.shape[0]], device=x.device)
     rows = ops.constant(np.int64(static), I64, device=_cpu())
     for d in sym:
         rows = rows * _scalar_dim(d)
-
-    def gemm():
-        return x @ (wt if wt is not None else ops.transpose(ops.cast(w16, F32), 0, 1))
-
-    y = ops.cond(rows <= few, [out_type], lambda: linear_gemv(x, w16), gemm)[0]
+    y = ops.cond(rows <= few, [out_type], lambda: linear_gemv(x, w16), lambda: x @ wt)[0]
     return y if b is None else y + b
 
 

@@ -74,9 +74,9 @@ class LowerCtx:
 
     A linear counts as few-rows when its input's static leading dims hold at most
     ``FEW_ROWS`` rows and its symbolic ones are all in ``few_dims`` (dims that are small
-    at run time, e.g. the batch). With ``always_few`` (a program only run with few rows)
-    it is a GEMV outright; otherwise a ``cond`` picks GEMV or GEMM by the actual rows.
-    ``always_few`` also lowers causal attention to ``kernels.attention_few``."""
+    at run time, e.g. the batch); a few-rows linear on a float16 copy is a GEMV
+    (``kernels.linear_gemv``). ``always_few`` (a program only run with few rows) lowers
+    causal attention to ``kernels.attention_few``."""
 
     def __init__(
         self,
@@ -154,12 +154,12 @@ def _rule_linear(op, env, ctx):
     x, b = _arg(ctx, env, op.x), _arg(ctx, env, op.bias)
     static, sym = K.leading_dims(x)
     if static <= FEW_ROWS and set(sym) <= ctx.few_dims and ctx.half(op.w):
-        w16 = ctx.weight(op.w, "plain", f16=True)
-        if ctx.always_few:  # a program only run with few rows (a decode step)
-            return K.linear_gemv(x, w16, b)
-        # the many-rows branch widens the float16 weight when it runs: no float32 copy held
-        # (prefill's last-row logits: the vocabulary projection, 80 MB as float32 for tiny.en)
-        return K.linear_few_rows(x, w16, None, b, FEW_ROWS)
+        # rows only over dims declared few (a step's tokens; prefill's last row per batch
+        # row): the float16 GEMV at any row count, so no float32 copy of the weight is held
+        # (for prefill's vocabulary projection it would be the largest array, 80 MB for
+        # tiny.en; a GEMM branch widening the float16 weight was folded by MAX into such a
+        # copy at load). At Whisper's batches (1; 5 for beam search) it is as fast as the GEMM.
+        return K.linear_gemv(x, ctx.weight(op.w, "plain", f16=True), b)
     return K.linear(x, _arg(ctx, env, op.w, "T"), b, w_transposed=True)
 
 
