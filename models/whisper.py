@@ -186,10 +186,14 @@ def load_backend(name_or_path="tiny.en", *, kv_cache: bool = True) -> MaxWhisper
     pre = _BackgroundImport("models.whisper_decode")  # torch, openai-whisper
     # float16 weights as stored: the lowering reads them for its float16 kernels as they are
     # and widens copies only where a kernel wants float32 (no float32 copy of every weight)
-    dims, weights = load_checkpoint(name_or_path, keep_float16=True, dims_class=types.SimpleNamespace)
-    backend = MaxWhisperBackend(
-        dims, weights, kv_cache=kv_cache, alignment_heads=load_alignment_heads(name_or_path, dims)
-    )
+    try:
+        dims, weights = load_checkpoint(name_or_path, keep_float16=True, dims_class=types.SimpleNamespace)
+        backend = MaxWhisperBackend(
+            dims, weights, kv_cache=kv_cache, alignment_heads=load_alignment_heads(name_or_path, dims)
+        )
+    except BaseException:
+        pre.thread.join()  # no import left running while the error unwinds (and the process exits)
+        raise
     pre.join()
     from whisper.model import ModelDimensions
 
