@@ -311,7 +311,7 @@ def _write_stored(prog: _Program, path: str) -> None:
 def _read_stored(payload: bytes) -> _Program:
     n0 = len(_RECIPE_MAGIC)
     if payload[:n0] != _RECIPE_MAGIC:
-        raise ValueError("no weight recipe")
+        raise StaleRecipe("the artifact holds no weight recipe")
     n = int.from_bytes(payload[n0 : n0 + 8], "little")
     meta = json.loads(payload[n0 + 8 : n0 + 8 + n])
     recipe = {k: tuple(v) for k, v in meta["recipe"].items()}
