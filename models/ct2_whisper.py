@@ -86,10 +86,15 @@ def _split_fused(ct: CT2Variables, src: str, names: list[str], dst: str, out: di
     del w, b
 
 
-def ct2_to_openai(variables, aliases, meta, config: dict | None = None, keep_float16: bool = False):
+def ct2_to_openai(
+    variables, aliases, meta, config: dict | None = None, keep_float16: bool = False, dims_class=None
+):
     """Maps parsed CTranslate2 Whisper variables to ``(dims, weights)`` (float32 arrays; with
-    ``keep_float16``, float16 variables stay float16 views of the file)."""
-    from whisper.model import ModelDimensions
+    ``keep_float16``, float16 variables stay float16 views of the file). ``dims`` is a
+    ``whisper.model.ModelDimensions``, or a ``dims_class`` with its fields (no torch import:
+    see ``models.whisper.load_backend``)."""
+    if dims_class is None:
+        from whisper.model import ModelDimensions as dims_class
 
     label = meta.get("path", "model.bin")
     if meta.get("spec_name") not in ("WhisperSpec", ""):
@@ -112,7 +117,7 @@ def ct2_to_openai(variables, aliases, meta, config: dict | None = None, keep_flo
             raise CT2FormatError(f"{label}: cannot determine the {side} head count (d_model {width})")
         return int(h)
 
-    dims = ModelDimensions(
+    dims = dims_class(
         n_mels=n_mels,
         n_audio_ctx=int(ct.raw("encoder/position_encodings/encodings").shape[0]),
         n_audio_state=n_audio_state,
@@ -171,10 +176,10 @@ def ct2_to_openai(variables, aliases, meta, config: dict | None = None, keep_flo
     return dims, w
 
 
-def load_ct2(parts, config_path=None, keep_float16: bool = False):
+def load_ct2(parts, config_path=None, keep_float16: bool = False, dims_class=None):
     """``(dims, weights)`` from a CTranslate2 Whisper model.bin (``parts``: its file, or the
-    files whose concatenation it is) and its optional config.json; ``keep_float16``: see
-    :func:`ct2_to_openai`."""
+    files whose concatenation it is) and its optional config.json; ``keep_float16``,
+    ``dims_class``: see :func:`ct2_to_openai`."""
     config = {}
     if config_path is not None and Path(config_path).is_file():
         with open(config_path, encoding="utf-8") as f:
@@ -183,4 +188,4 @@ def load_ct2(parts, config_path=None, keep_float16: bool = False):
         if not Path(p).is_file():
             raise CT2FormatError(f"{p}: CTranslate2 model file is missing")
     variables, aliases, meta = read_model_bin(parts[0] if len(parts) == 1 else parts)
-    return ct2_to_openai(variables, aliases, meta, config, keep_float16)
+    return ct2_to_openai(variables, aliases, meta, config, keep_float16, dims_class)

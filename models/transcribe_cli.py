@@ -342,8 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_load_backend(model_name: str, kv_cache: bool):
-    from models.whisper import load_backend  # lazy: imports MAX
+    from models.whisper import defer_numba, load_backend  # lazy: imports MAX
 
+    defer_numba()  # this process is ours: numba (word timestamps only) loads on first use
     return load_backend(model_name, kv_cache=kv_cache)
 
 

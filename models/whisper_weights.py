@@ -34,7 +34,7 @@ from models.weight_packages import PathLike, resolve_source
 __all__ = ["load_checkpoint"]
 
 
-def load_checkpoint(name_or_path: PathLike, *, keep_float16: bool = False):
+def load_checkpoint(name_or_path: PathLike, *, keep_float16: bool = False, dims_class=None):
     """Loads a Whisper checkpoint as ``(ModelDimensions, {state_dict key: float32 ndarray})``.
 
     ``keep_float16``: weights the checkpoint stores as float16 stay float16: the same values
@@ -47,8 +47,12 @@ def load_checkpoint(name_or_path: PathLike, *, keep_float16: bool = False):
     ``models.ct2.CT2FormatError`` (a ValueError) for corrupt model.bin files,
     and ``models.weight_packages.WeightsNotInstalledError`` (an ImportError) when the packages holding
     a named checkpoint are missing.
+
+    ``dims_class``: build ``dims`` with this class (``ModelDimensions``' fields as keywords)
+    instead of ``ModelDimensions``, so that reading a CTranslate2 checkpoint imports neither
+    torch nor openai-whisper (``.pt`` checkpoints need torch to be read at all).
     """
     src = resolve_source(name_or_path)
     if src["kind"] == "pt":
         return load_pt(src["path"], keep_float16)
-    return load_ct2(src["parts"], src["config"], keep_float16)
+    return load_ct2(src["parts"], src["config"], keep_float16, dims_class)

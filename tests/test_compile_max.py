@@ -187,6 +187,31 @@ def test_float16_copies_only_where_lossless(case):
     assert all(a.dtype == np.float32 for a in registry.values())
 
 
+def test_prefill_last_row_projection_holds_no_float32_copy(case):
+    """Prefill's last-row linears (``[b, d]``: the logits projection) run the float16 GEMV for
+    at most FEW_ROWS rows and otherwise a GEMM on the float16 weight widened in the graph:
+    no float32 ``[in, out]`` copy of that weight is held (the vocabulary projection's would
+    be the largest weight array), and many rows still give the float32 results."""
+    from kvgraph.max.lower import FEW_ROWS, lower
+
+    spec, weights, model = case
+    if spec.name not in F16_EXACT:
+        pytest.skip("float16 copies only for float16-exact weights")
+    prefill = model.passes.programs["prefill"]
+    _, registry = lower(prefill, weights, few_dims={"b"})
+    last_row = {  # linears over [b, 1, d]: after the sunk take_last
+        n.op.w.name for n in prefill.nodes if isinstance(n.op, ir.Linear) and n.op.x.type.shape[1:-1] == (1,)
+    }
+    assert last_row
+    for w in last_row:
+        assert f"{w}#f16" in registry and f"{w}@T" not in registry
+    for batch in (FEW_ROWS, FEW_ROWS + 1):
+        tokens, ctx = _inputs(spec, batch, 4, seed=9)
+        full = ReferenceDecoder(spec, weights).logits(tokens, ctx)
+        logits, _ = model.prefill(tokens, ctx)
+        assert_close(logits, full[:, -1], MAX_VS_REF, what=f"prefill of {batch} rows")
+
+
 def test_state_stays_in_max_buffers_and_step_takes_no_weights(case):
     from max.driver import Buffer
 

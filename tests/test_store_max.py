@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pytest
 from tolerance import MAX_VS_REF, assert_close
@@ -28,7 +29,11 @@ CHILD = """
 import json
 import numpy as np
 import kvgraph, kvgraph.specs
+import kvgraph.max.runtime as runtime
 from kvgraph.store import default_store
+lowered = []
+_lower = runtime.lower
+runtime.lower = lambda *a, **k: lowered.append(a[0].name) or _lower(*a, **k)
 spec = kvgraph.specs.get("llama-demo")
 model = kvgraph.compile(spec, kvgraph.init_weights(spec, seed=3))
 tokens = np.arange(1, 8, dtype=np.int64)[None]
@@ -36,7 +41,7 @@ last, state = model.prefill(tokens[:, :5])
 step, state = model.step(tokens[:, 5:], state)
 s = default_store().stats
 print("RESULT " + json.dumps(dict(hits=s.hits, misses=s.misses, writes=s.writes, bad=s.bad,
-      sources=sorted({p.source for p in model._progs.values()}),
+      sources=sorted({p.source for p in model._progs.values()}), lowered=lowered,
       last=last.tolist(), step=step.tolist())))
 """
 
@@ -87,6 +92,7 @@ def test_second_process_loads_without_compiling(first):
     r2 = _child(store)
     assert (r2["hits"], r2["misses"], r2["writes"], r2["bad"]) == (1, 0, 0, 0)
     assert r2["sources"] == ["store"]
+    assert r2["lowered"] == [] and len(r1["lowered"]) == 2  # a hit lowers nothing
     # the stored program computes exactly what the fresh compile did ...
     assert r2["last"] == r1["last"] and r2["step"] == r1["step"]
     # ... which is the reference's result
@@ -113,9 +119,66 @@ def test_damaged_artifact_falls_back_to_compiling(first, tmp_path, damage):
     assert _child(mine)["hits"] == 1  # and the replacement is whole
 
 
+def _restore(store: Path, key: str, payload: bytes) -> None:
+    from kvgraph.store import ProgramStore
+
+    assert ProgramStore(store).put(key, lambda path: Path(path).write_bytes(payload))
+
+
+@pytest.mark.parametrize("stale", ["weight name", "weight shape"])
+def test_stale_recipe_falls_back_to_compiling(first, tmp_path, stale):
+    """A whole artifact whose weight recipe does not fit the weights (the key did not see
+    the change) is refused with one log line, compiled anew and replaced."""
+    from kvgraph.max.runtime import _RECIPE_MAGIC
+    from kvgraph.store import ProgramStore
+
+    store, r1 = first
+    mine = tmp_path / "store"
+    (art,) = _artifacts(store)
+    key = art.stem
+    payload = ProgramStore(store).load_bytes(key)
+    n0 = len(_RECIPE_MAGIC)
+    n = int.from_bytes(payload[n0 : n0 + 8], "little")
+    meta = json.loads(payload[n0 + 8 : n0 + 8 + n])
+    first_key = sorted(meta["recipe"])[0]
+    if stale == "weight name":
+        meta["recipe"][first_key][0] = "no.such.weight"
+    else:
+        meta["recipe"][first_key][3] = [7, 7]
+    new = json.dumps(meta).encode()
+    _restore(mine, key, payload[:n0] + len(new).to_bytes(8, "little") + new + payload[n0 + 8 + n :])
+    r = _child(mine)
+    assert (r["hits"], r["misses"], r["writes"], r["bad"]) == (0, 1, 1, 1)
+    assert r["sources"] == ["compiled"]
+    assert r["last"] == r1["last"] and r["step"] == r1["step"]
+    again = _child(mine)  # the replacement fits
+    assert (again["hits"], again["bad"], again["lowered"]) == (1, 0, [])
+
+
 def test_concurrent_processes_compile_once(tmp_path):
     store = tmp_path / "store"
     rs = [_result(p) for p in [_spawn(store), _spawn(store)]]
     assert sorted(r["writes"] for r in rs) == [0, 1]
     assert sorted(r["hits"] for r in rs) == [0, 1]
     assert rs[0]["last"] == rs[1]["last"]
+
+
+def test_store_key_sees_what_changes_the_lowered_program():
+    """The key is computed without lowering, so it must see every input of the lowering:
+    options, weight dtypes and shapes, float16-exactness of the values, the graph."""
+    from kvgraph.max.runtime import ProgramRequest, store_key
+
+    spec = kvgraph.specs.get("llama-demo")
+    g = kvgraph.build(spec)
+    w = kvgraph.init_weights(spec, seed=3)  # random float32: not float16-exact
+    base = store_key([ProgramRequest(g, w)])
+    assert base == store_key([ProgramRequest(g, dict(w))])  # same shapes and dtypes: same key
+    assert base != store_key([ProgramRequest(g, w, f16_weights=False)])
+    assert base != store_key([ProgramRequest(g, w, few_dims={"b"})])
+    assert base != store_key([ProgramRequest(g, w, always_few=True)])
+    exact = {k: v.astype(np.float16).astype(np.float32) for k, v in w.items()}
+    assert base != store_key([ProgramRequest(g, exact)])  # float16 copies are made: another program
+    half = {k: v.astype(np.float16) for k, v in w.items()}
+    assert store_key([ProgramRequest(g, exact)]) != store_key([ProgramRequest(g, half)])
+    other = kvgraph.build(attrs.evolve(spec, eps=1e-6))
+    assert base != store_key([ProgramRequest(other, w)])

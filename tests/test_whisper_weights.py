@@ -269,3 +269,25 @@ def test_base_multilingual_transcribes_jfk(jfk_audio):
     result = whisper.transcribe(model, jfk_audio, temperature=0.0, fp16=False)
     assert result["language"] == "en"
     assert words(result["text"]) == words(JFK_TEXT)
+
+
+def test_reading_a_ct2_checkpoint_imports_neither_torch_nor_whisper():
+    """``dims_class``: the MAX backend reads the checkpoint while openai-whisper and torch are
+    still being imported in a background thread (``models.whisper.load_backend``)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, types\n"
+        "from models.whisper_weights import load_checkpoint\n"
+        "dims, w = load_checkpoint('tiny.en', keep_float16=True, dims_class=types.SimpleNamespace)\n"
+        "assert 'torch' not in sys.modules and 'whisper' not in sys.modules, 'imported'\n"
+        "print(sorted(vars(dims).items()))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == str(sorted(TINY_DIMS.items()))

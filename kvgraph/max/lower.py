@@ -79,11 +79,12 @@ class LowerCtx:
 
     A linear counts as few-rows when its input's static leading dims hold at most
     ``FEW_ROWS`` rows and its symbolic ones are all in ``few_dims`` (dims that are small
-    at run time, e.g. the batch). With ``always_few`` (a program only run with few rows)
-    it is a GEMV outright; otherwise a ``cond`` picks GEMV or GEMM by the actual rows.
-    ``always_few`` also lowers causal attention to ``kernels.attention_few``; so does
-    ``few_attention`` alone (a step of one token per row over many rows: GEMMs for the
-    linears, the cache read in place by attention)."""
+    at run time, e.g. the batch); a few-rows linear on a float16 copy is a GEMV
+    (``kernels.linear_gemv_once``, kvgraph's custom kernel reading the weight once for all
+    rows, or MAX's own ``kernels.linear_gemv``). ``always_few`` (a program only run with few
+    rows) lowers causal attention to ``kernels.attention_few``; so does ``few_attention``
+    alone (a step of one token per row over many rows, ``step_rows``: there a run-time
+    ``cond`` picks the GEMV up to ``FEW_ROWS_CUSTOM`` rows and the float32 GEMM beyond)."""
 
     def __init__(
         self,
@@ -103,6 +104,7 @@ class LowerCtx:
         # kvgraph's custom kernels (a built Mojo package), for programs with few-row linears
         self.kernels = custom.kernel_package() if (self.f16_weights and (few_dims or always_few)) else None
         self.registry: dict[str, np.ndarray] = {}
+        self.recipe: dict[str, tuple] = {}  # registry name -> (weight name, layout, f16)
         self._emitted: dict[str, object] = {}
         self._half: dict[str, bool] = {}
 
@@ -125,24 +127,31 @@ class LowerCtx:
     def weight(self, w: ir.Weight, layout: str = "plain", f16: bool = False):
         key = (w.name if layout == "plain" else f"{w.name}@{layout}") + ("#f16" if f16 else "")
         if key not in self._emitted:
-            src = self._source(w)
-            dt = np.float16 if f16 else np.float32
-            view = LAYOUTS[layout](src)
-            if view.dtype == dt and view.flags.c_contiguous:
-                arr = view  # e.g. a float16 weight read by a float16 kernel: shared, not copied
-            else:  # layout and dtype in one pass (no intermediate converted copy)
-                arr = np.empty(view.shape, dt)
-                arr[...] = view
-            if arr.ctypes.data % arr.dtype.alignment:  # MAX refuses misaligned weights
-                arr = arr.copy()
+            arr = weight_array(self._source(w), layout, f16)
             if self.mode == "constant":
                 self._emitted[key] = ops.constant(arr, DType.float32, DeviceRef.CPU())
             else:
                 self.registry[key] = arr
+                self.recipe[key] = (w.name, layout, f16)
                 self._emitted[key] = MaxWeight(
                     key, DType.float16 if f16 else DType.float32, list(arr.shape), DeviceRef.CPU()
                 )
         return self._emitted[key]
+
+
+def weight_array(src: np.ndarray, layout: str = "plain", f16: bool = False) -> np.ndarray:
+    """The host array MAX binds for weight ``src`` in ``layout`` (:data:`LAYOUTS`), as
+    float16 or float32: made in one pass, or ``src`` itself when it already is that."""
+    dt = np.float16 if f16 else np.float32
+    view = LAYOUTS[layout](src)
+    if view.dtype == dt and view.flags.c_contiguous:
+        arr = view  # e.g. a float16 weight read by a float16 kernel: shared, not copied
+    else:  # layout and dtype in one pass (no intermediate converted copy)
+        arr = np.empty(view.shape, dt)
+        arr[...] = view
+    if arr.ctypes.data % arr.dtype.alignment:  # MAX refuses misaligned weights
+        arr = arr.copy()
+    return arr
 
 
 def _arg(ctx, env, v, layout="plain"):
@@ -157,11 +166,17 @@ def _rule_linear(op, env, ctx):
     x, b = _arg(ctx, env, op.x), _arg(ctx, env, op.bias)
     static, sym = K.leading_dims(x)
     if static <= FEW_ROWS and set(sym) <= ctx.few_dims and ctx.half(op.w):
+        # rows only over dims declared few (a step's tokens; prefill's last row per batch
+        # row): the float16 GEMV, so no float32 copy of the weight is held (for prefill's
+        # vocabulary projection it would be the largest array, 80 MB for tiny.en; a GEMM
+        # branch widening the float16 weight was folded by MAX into such a copy at load).
+        # kvgraph's custom GEMV reads the weight once for all rows; MAX's own, once per row.
         w16 = ctx.weight(op.w, "plain", f16=True)
         once = ctx.kernels is not None and op.w.type.shape[1] % CUSTOM_GEMV_MULTIPLE == 0
         gemv = K.linear_gemv_once if once else K.linear_gemv
-        if ctx.always_few:  # a program only run with few rows (a decode step)
+        if not ctx.few_attention or ctx.always_few:
             return gemv(x, w16, b)
+        # step_rows: as many rows as a pool holds; the GEMM beyond what the GEMV serves well
         few = FEW_ROWS_CUSTOM if once else FEW_ROWS
         return K.linear_few_rows(x, w16, _arg(ctx, env, op.w, "T"), b, few, gemv)
     return K.linear(x, _arg(ctx, env, op.w, "T"), b, w_transposed=True)
@@ -314,9 +329,13 @@ def lower(
     always_few: bool = False,
     module=None,
     few_attention: bool = False,
+    recipe: dict | None = None,
 ):
     """Emit ``g`` as a MAX ``Graph``; returns ``(max_graph, registry)`` where ``registry``
-    maps MAX weight names to host arrays (bind them once, at load).
+    maps MAX weight names to host arrays (bind them once, at load). ``recipe``: a dict
+    filled with how each registry array is made, ``{MAX weight name: (weight name, layout,
+    f16)}`` (:func:`weight_array`), so that a stored program's registry can be rebuilt
+    without lowering again.
 
     ``mode="registry"``: weights are MAX ``Weight`` s bound at load (one compiled graph
     serves every weight set of the same shapes). ``mode="constant"``: weights are baked
@@ -362,4 +381,6 @@ def lower(
                 if v not in bufs
             ]
         )
+    if recipe is not None:
+        recipe.update(ctx.recipe)
     return mg, ctx.registry

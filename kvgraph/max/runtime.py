@@ -4,19 +4,25 @@ buffers).
 
 Loaded programs are cached in-process by (program text, weights identity, lowering
 options), and across processes by :mod:`kvgraph.store`: a compiled program is persisted
-(MAX's MEF) under a key made of the lowered MAX program's text, MAX's version and the CPU,
-and read back in milliseconds instead of being compiled again (MAX's own cache still costs
-seconds per program on a hit).
+(MAX's MEF, with the recipe of its weight registry) and read back in milliseconds instead of
+being compiled again (MAX's own cache still costs seconds per program on a hit). The store
+key is computed without lowering (:func:`store_key`: the IR text and lowering options, the
+weights' names, shapes, dtypes and float16-exactness, the lowering's source code, MAX's
+version, the CPU), so a hit neither lowers nor compiles: the registry is rebuilt from the
+recipe.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import importlib.metadata
 import io
+import json
 import logging
 import platform
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -28,12 +34,13 @@ from max import engine
 from max.driver import CPU, Buffer
 from max.graph import Module
 
-from ..analysis import buffer_outputs, emitted_outputs
+from ..analysis import buffer_outputs, emitted_outputs, f16_exact
 from ..errors import LoweringError
 from ..ir import Graph
 from ..printer import format_graph
 from ..store import ProgramStore, default_store, make_key
-from .lower import lower
+from . import custom
+from .lower import LAYOUTS, lower, weight_array
 
 log = logging.getLogger("kvgraph")
 
@@ -43,7 +50,7 @@ COMPILE_TOGETHER = True
 #: Seconds between progress lines while MAX compiles.
 PROGRESS_EVERY_S = 10.0
 #: Bumped when what the store keys on changes meaning.
-STORE_FORMAT = "kvgraph-max-program/1"
+STORE_FORMAT = "kvgraph-max-program/2"
 _SESSION = None
 _MODELS: dict[tuple, object] = {}
 _KEEP: dict[int, object] = {}
@@ -158,21 +165,120 @@ def load_programs(
         if len(batch) > 1 and (
             len(set(names)) < len(names) or any(r.weights_mode != "registry" for r in batch)
         ):
-            progs = [p for r in batch for p in _load_group([r], store)]
+            progs = [p for i in idx for p in _load_group([requests[i]], [keys[i]], store)]
         else:
-            progs = _load_group(batch, store)
+            progs = _load_group(batch, [keys[i] for i in idx], store)
         for i, r, prog in zip(idx, batch, progs):
             _MODELS[keys[i]] = out[i] = prog
             _KEEP[id(r.weights)] = r.weights  # the id in the memo key must not be reused while cached
     return out
 
 
-def _load_group(batch: list[ProgramRequest], store: ProgramStore) -> list[CompiledProgram]:
-    """Lower ``batch`` (one MAX Module when it holds several programs), then read it from the
-    store or compile it, and bind the weights."""
+def _load_group(batch: list[ProgramRequest], memo: list[tuple], store: ProgramStore) -> list[CompiledProgram]:
+    """Load ``batch`` (one MAX Module when it holds several programs) and bind its weights.
+
+    Registry-bound programs go through the store under a key computed without lowering
+    (:func:`store_key`): a hit reads the compiled artifact and the weight recipe stored with
+    it, and builds the weight registry from the recipe (nothing is lowered); a miss lowers,
+    compiles and stores both. A stored recipe that does not fit the weights at hand falls
+    back to lowering and compiling, with one log line."""
+    what = ", ".join(r.describe() for r in batch)
+    t0 = time.perf_counter()
+    if any(r.weights_mode != "registry" for r in batch):
+        # constants are baked into the program: its text does not identify it, no store
+        prog, hit = _lower(batch).compile(what), False
+        models = prog.init(batch, what)
+    else:
+        key = store_key(batch, memo)
+        prog, hit = store.get_or_make(key, _read_stored, lambda: _lower(batch).compile(what), _write_stored)
+        try:
+            models = prog.init(batch, what)
+        except StaleRecipe as e:
+            if not hit:
+                raise
+            store.stats.hits -= 1  # counted as what it was: a bad artifact and a miss
+            store.stats.bad += 1
+            store.stats.misses += 1
+            log.warning("kvgraph store: ignoring the stored %s: %s; compiling instead", what, e)
+            prog, hit = _lower(batch).compile(what), False
+            store.put(key, lambda path: _write_stored(prog, path))
+            models = prog.init(batch, what)
+    seconds = time.perf_counter() - t0
+    log.info("%s %s in %.2f s", "loaded stored" if hit else "compiled", what, seconds)
+    return [
+        CompiledProgram(r.graph, m, seconds, "store" if hit else "compiled") for r, m in zip(batch, models)
+    ]
+
+
+class StaleRecipe(LoweringError):
+    """A stored weight recipe that does not fit the weights at hand."""
+
+
+@attrs.define
+class _Program:
+    """A batch of programs, lowered (``unit``: a MAX Graph or Module, and its ``registry``)
+    or read back from the store (no unit, no registry); ``compiled`` once compiled or read.
+    ``names``: the MAX names of its graphs, in batch order; ``recipe``: how each registry
+    array is made from the weights, ``{MAX weight name: (weight name, layout, f16, source
+    shape, source dtype)}``."""
+
+    names: list
+    recipe: dict
+    unit: object = None
+    registry: dict | None = None
+    compiled: object = None
+    kernels: list = attrs.field(factory=list)  # custom kernel packages the graphs use
+
+    def compile(self, what: str) -> _Program:
+        self.compiled = _compile(self.unit, what, self.kernels)
+        self.unit = None  # the MAX graphs are not needed once compiled
+        return self
+
+    def weights_registry(self, weights: dict) -> dict:
+        """The registry MAX binds: as lowered, or rebuilt from the recipe."""
+        if self.registry is not None:
+            return self.registry
+        reg = {}
+        for key, (name, layout, f16, shape, dtype) in self.recipe.items():
+            src = weights.get(name)
+            if src is None:
+                raise StaleRecipe(f"it reads weight {name!r}, which these weights lack")
+            src = np.asarray(src)
+            if list(src.shape) != list(shape) or str(src.dtype) != dtype:
+                raise StaleRecipe(
+                    f"it reads weight {name!r} as {dtype}{list(shape)}, these weights hold "
+                    f"{src.dtype}{list(src.shape)}"
+                )
+            if layout not in LAYOUTS:
+                raise StaleRecipe(f"it asks for an unknown weight layout {layout!r}")
+            reg[key] = weight_array(src, layout, f16)
+        return reg
+
+    def init(self, batch: list[ProgramRequest], what: str) -> list:
+        """The batch's MAX models, bound to its weights (one weights dict per batch)."""
+        registry = self.weights_registry(batch[0].weights)
+        try:
+            if len(self.names) == 1:
+                return [session().init(self.compiled, weights_registry=registry)]
+            by_name = session().init_all(self.compiled, weights_registry=registry)
+        except Exception as e:
+            if self.registry is None:  # read back: the artifact does not take these weights
+                raise StaleRecipe(f"MAX refused its weights ({type(e).__name__}: {e})") from e
+            raise LoweringError(f"MAX could not load {what}: {type(e).__name__}: {e}") from e
+        missing = [n for n in self.names if n not in by_name]
+        if missing:
+            raise StaleRecipe(f"it lacks programs {missing}")
+        return [by_name[n] for n in self.names]
+
+
+def _lower(batch: list[ProgramRequest]) -> _Program:
+    """Lower ``batch`` to MAX (one Module when it holds several programs)."""
     module = Module() if len(batch) > 1 else None
-    lowered = [
-        lower(
+    registry: dict = {}
+    recipe: dict = {}
+    graphs = []
+    for r in batch:
+        mg, reg = lower(
             r.graph,
             r.weights,
             r.weights_mode,
@@ -181,45 +287,101 @@ def _load_group(batch: list[ProgramRequest], store: ProgramStore) -> list[Compil
             r.always_few,
             module=module,
             few_attention=r.few_attention,
+            recipe=recipe,
         )
-        for r in batch
-    ]
-    what = ", ".join(r.describe() for r in batch)
-    # custom kernel packages the graphs use (a Module's compile needs them named again)
-    kernels = sorted({str(p) for mg, _ in lowered for p in mg.kernel_libraries_paths})
-    t0 = time.perf_counter()
-    unit = module if module is not None else lowered[0][0]
-    if all(r.weights_mode == "registry" for r in batch):
-        texts = [str(mg) for mg, _ in lowered]
-        for k in kernels:  # a kernel package is named by its content hash, not where it lies
-            folder = str(Path(k).parent.parent)
-            texts = [t.replace(folder, "<kvgraph-kernels>") for t in texts]
-        key = make_key(STORE_FORMAT, max_version(), cpu_id(), *texts)
-        compiled, hit = store.get_or_make(
-            key, _read_artifact, lambda: _compile(unit, what, kernels), lambda c, path: c.export_mef(path)
-        )
-    else:  # constants are baked into the program: its text does not identify it, no store
-        compiled, hit = _compile(unit, what, kernels), False
-    registry: dict = {}
-    for _, reg in lowered:
+        graphs.append(mg)
         registry.update(reg)
-    try:
-        if module is None:
-            models = [session().init(compiled, weights_registry=registry)]
-        else:
-            by_name = session().init_all(compiled, weights_registry=registry)
-            models = [by_name[mg.name] for mg, _ in lowered]
-    except Exception as e:
-        raise LoweringError(f"MAX could not load {what}: {type(e).__name__}: {e}") from e
-    seconds = time.perf_counter() - t0
-    log.info("%s %s in %.2f s", "loaded stored" if hit else "compiled", what, seconds)
-    return [
-        CompiledProgram(r.graph, m, seconds, "store" if hit else "compiled") for r, m in zip(batch, models)
-    ]
+    weights = batch[0].weights
+    full = {
+        k: (name, layout, f16, list(np.shape(weights[name])), str(np.asarray(weights[name]).dtype))
+        for k, (name, layout, f16) in recipe.items()
+    }
+    unit = module if module is not None else graphs[0]
+    # custom kernel packages the graphs use (a Module's compile needs them named again)
+    kernels = sorted({str(p) for mg in graphs for p in mg.kernel_libraries_paths})
+    return _Program([mg.name for mg in graphs], full, unit, registry, kernels=kernels)
 
 
-def _read_artifact(payload: bytes):
-    return engine.read(io.BytesIO(payload))
+_RECIPE_MAGIC = b"KVGRAPH-RECIPE-1"
+
+
+def _write_stored(prog: _Program, path: str) -> None:
+    """The stored artifact: the recipe (JSON) then MAX's MEF."""
+    prog.compiled.export_mef(path)
+    mef = Path(path).read_bytes()
+    meta = json.dumps({"names": prog.names, "recipe": prog.recipe}, sort_keys=True).encode()
+    with open(path, "wb") as f:
+        f.write(_RECIPE_MAGIC + len(meta).to_bytes(8, "little") + meta)
+        f.write(mef)
+
+
+def _read_stored(payload: bytes) -> _Program:
+    n0 = len(_RECIPE_MAGIC)
+    if payload[:n0] != _RECIPE_MAGIC:
+        raise StaleRecipe("the artifact holds no weight recipe")
+    n = int.from_bytes(payload[n0 : n0 + 8], "little")
+    meta = json.loads(payload[n0 + 8 : n0 + 8 + n])
+    recipe = {k: tuple(v) for k, v in meta["recipe"].items()}
+    compiled = engine.read(io.BytesIO(payload[n0 + 8 + n :]))
+    return _Program(list(meta["names"]), recipe, compiled=compiled)
+
+
+#: The modules whose code decides what a lowered program is (their source is in the store key).
+_LOWERING_MODULES = (
+    "kvgraph.max.lower",
+    "kvgraph.max.kernels",
+    "kvgraph.analysis",
+    "kvgraph.ir",
+    "kvgraph.types",
+    "kvgraph.printer",
+    "kvgraph.names",
+    "kvgraph.max.custom",
+)
+
+
+@functools.cache
+def lowering_source_digest() -> str:
+    """SHA-256 of the lowering's source (:data:`_LOWERING_MODULES`): a change to how programs
+    are lowered changes every store key."""
+    h = hashlib.sha256()
+    for name in _LOWERING_MODULES:
+        mod = sys.modules.get(name) or importlib.import_module(name)
+        h.update(name.encode())
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()
+
+
+def weights_signature(r: ProgramRequest) -> str:
+    """What of the weights can change ``r``'s lowered program: each weight's name, shape and
+    dtype and, where float16 copies are made, whether its values are float16-exact."""
+    parts = []
+    check_f16 = r.f16_weights and r.weights_mode == "registry"
+    for w in r.graph.weights():
+        a = r.weights.get(w.name)
+        if a is None:
+            parts.append(f"{w.name}:missing")
+            continue
+        a = np.asarray(a)
+        exact = int(f16_exact(a)) if check_f16 and a.ndim == 2 else "-"
+        parts.append(f"{w.name}:{a.dtype}{list(a.shape)}:{exact}")
+    return "\n".join(parts)
+
+
+def kernels_id() -> str:
+    """Which custom kernel package the lowering uses: its content hash (the folder it was
+    built into is named by it, see :mod:`kvgraph.max.custom`), or "none"."""
+    pkg = custom.kernel_package()
+    return "none" if pkg is None else pkg.parent.name
+
+
+def store_key(batch: list[ProgramRequest], memo: list[tuple] | None = None) -> str:
+    """The store key of ``batch``, computed without lowering: each program's IR text and
+    lowering options and what of the weights shapes the program (:func:`weights_signature`),
+    the lowering's source, MAX's version and the CPU."""
+    parts = [STORE_FORMAT, max_version(), cpu_id(), lowering_source_digest(), kernels_id()]
+    for r, m in zip(batch, memo or [r.memo_key() for r in batch]):
+        parts += [m[0], *map(str, m[2:]), weights_signature(r)]  # m[1] is the weights' id
+    return make_key(*parts)
 
 
 def _compile(unit, what: str, kernels=()):
