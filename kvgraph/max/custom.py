@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import importlib.metadata
 import logging
 import os
 import shutil
@@ -63,10 +64,13 @@ def source_hash(mojo: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(SOURCE.glob("*.mojo")):
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-    try:
-        ver = subprocess.run([str(mojo), "--version"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
-        ver = "unknown"
+    try:  # the installed compiler's version (read from its package: no process to start)
+        ver = importlib.metadata.version("mojo-compiler")
+    except importlib.metadata.PackageNotFoundError:
+        try:
+            ver = subprocess.run([str(mojo), "--version"], capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            ver = "unknown"
     h.update(ver.encode())
     return h.hexdigest()[:20]
 
