@@ -56,6 +56,20 @@ def default_root() -> Path | None:
     return Path(base) / "kvgraph"
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``fcntl.flock``) on ``path``, created if missing;
+    blocks until it is free. Raises ``OSError`` where the file cannot be made."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
 def make_key(*parts) -> str:
     """A hex SHA-256 over ``parts`` (strings or bytes), each length-prefixed so that
     ``("ab", "c")`` and ``("a", "bc")`` differ."""
@@ -185,24 +199,15 @@ class ProgramStore:
     def lock(self, key: str) -> Iterator[None]:
         """Hold ``key``'s advisory lock (blocking): one process compiles a program, the
         others wait and then read what it stored. No lock where the folder is unwritable."""
-        fd = None
-        if self.enabled:
-            try:
-                import fcntl
-
+        with contextlib.ExitStack() as held:
+            if self.enabled:
                 p = self.path(key).with_suffix(".lock")
-                p.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except (OSError, ImportError):
-                if fd is not None:
-                    os.close(fd)
-                fd = None
-        try:
+                try:
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    held.enter_context(file_lock(p))
+                except (OSError, ImportError):
+                    pass
             yield
-        finally:
-            if fd is not None:
-                os.close(fd)  # closing releases the flock
 
     def get_or_make(
         self,

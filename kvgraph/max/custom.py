@@ -14,8 +14,6 @@ several rows, same values to float32 rounding) — never a different engine.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import hashlib
 import importlib.metadata
@@ -27,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..store import default_root
+from ..store import default_root, file_lock
 
 log = logging.getLogger("kvgraph")
 
@@ -97,7 +95,7 @@ def kernel_package() -> Path | None:
             return target
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            with _locked(target.parent / "build.lock"):
+            with file_lock(target.parent / "build.lock"):
                 if target.exists():  # another process built it while we waited
                     return target
                 _build(mojo, libs, target)
@@ -108,16 +106,6 @@ def kernel_package() -> Path | None:
             log.warning("building custom kernels failed, using MAX's ops:\n%s", (e.stderr or "")[-2000:])
             return None
     return None
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _build(mojo: Path, libs: Path, target: Path) -> None:
