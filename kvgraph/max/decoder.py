@@ -76,7 +76,9 @@ class CompiledDecoder:
             and has_f16_linear(self.passes.step, weights)
         )
         #: steps of at most this many rows run "step_few" (see STEP_FEW_ROWS)
-        self.step_few_rows = STEP_FEW_ROWS_CUSTOM if custom.kernel_package() else STEP_FEW_ROWS
+        self.step_few_rows = (
+            STEP_FEW_ROWS_CUSTOM if self.few_steps and custom.kernel_package() else STEP_FEW_ROWS
+        )
         if eager:
             self.load(self.eager_programs)
 
