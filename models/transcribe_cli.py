@@ -499,7 +499,10 @@ def _transcribe_batched(args, backend, batch_size, decode_options, writer_args, 
     options = dict(decode_options, verbose=None)  # one bar across files, not one per file
     bar = _Progress(args.audio, progress)
     failed = False
-    texts: dict[int, str | None] = {}
+    # Files finish in any order; their outputs are written as they finish, but the
+    # lines on stdout/stderr (text or error) come out in the order the files were given,
+    # as in the one-at-a-time path.
+    lines: dict[int, tuple[bool, str]] = {}  # index -> (is_error, line)
     next_print = 0
     engine = BatchedTranscriber(backend, batch_size=batch_size, **options)
     try:
@@ -513,20 +516,21 @@ def _transcribe_batched(args, backend, batch_size, decode_options, writer_args, 
             except KeyboardInterrupt:
                 raise
             except USER_ERRORS as e:
-                _error(f"{path}: {_one_line(e, path)}")
-                failed, texts[i] = True, None
+                failed, lines[i] = True, (True, f"{path}: {_one_line(e, path)}")
             except Exception as e:  # noqa: BLE001 - internal failure: keep the traceback
                 traceback.print_exception(e)
-                _error(f"{path}: {type(e).__name__}: {_one_line(e, path)}")
-                failed, texts[i] = True, None
+                failed, lines[i] = True, (True, f"{path}: {type(e).__name__}: {_one_line(e, path)}")
             else:
-                texts[i] = result["text"].strip()
+                lines[i] = (False, f"{path}: {result['text'].strip()}")
                 for k, v in result.get("timings", {}).items():
                     totals[k] = totals.get(k, 0) + v
-            bar.done(i, texts[i] is not None)
-            while next_print in texts:
-                if texts[next_print] is not None:
-                    print(f"{args.audio[next_print]}: {texts[next_print]}", flush=True)
+            bar.done(i, not lines[i][0])
+            while next_print in lines:
+                is_error, line = lines.pop(next_print)
+                if is_error:
+                    _error(line)
+                else:
+                    print(line, flush=True)
                 next_print += 1
     except KeyboardInterrupt:
         engine.close(wait=False)
