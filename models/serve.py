@@ -25,9 +25,11 @@ same JSON and no traceback (that goes to the server's log).
 
 Requests are decoded by a :class:`TranscriptionEngine`: ``submit(audio, **options)`` returns a
 ``concurrent.futures.Future`` of openai-whisper's result dict and raises ``queue.Full`` when
-its queue is full; ``close(wait)`` finishes what was submitted. :class:`SequentialEngine` (one
-worker thread, one request at a time) is the one :func:`make_engine` builds until the
-continuous-batching engine lands; :func:`create_app` and :func:`serve` take any engine. A
+its queue is full; ``close(wait)`` finishes what was submitted. :func:`make_engine` builds the
+continuous-batching engine (:class:`models.batching.BatchedTranscriber`: the requests in flight
+decode together, up to ``--batch-size`` of them, 8 by default) and :class:`SequentialEngine` (one
+worker thread, one request at a time) with ``--batch-size 1`` or for a backend that cannot
+batch; :func:`create_app` and :func:`serve` take any engine. A
 client that disconnects while its request waits in the queue has the request cancelled.
 Shutdown (Ctrl-C, SIGTERM) stops accepting connections, lets the requests in flight finish,
 then closes the engine.
@@ -59,6 +61,7 @@ MODEL_ALIASES = ("whisper-1",)
 #: OpenAI's own upload limit
 DEFAULT_MAX_UPLOAD_MB = 25.0
 DEFAULT_MAX_QUEUE = 64
+DEFAULT_BATCH = 8  # requests decoded together by default (as `kvgraph transcribe` with several files)
 SAMPLE_RATE = 16000
 #: form fields other than ``file``: small (a prompt is at most a few hundred tokens)
 MAX_FIELD_BYTES = 64 * 1024
@@ -165,12 +168,14 @@ class SequentialEngine:
 
 
 def make_engine(model, *, batch_size: int | None = None, max_queue: int = DEFAULT_MAX_QUEUE):
-    """The engine ``kvgraph serve`` decodes with: with ``batch_size`` (``--batch-size``) of 2
-    or more and a model whose decoder can step rows at different positions, the
-    continuous-batching engine (:class:`models.batching.BatchedTranscriber`: up to
-    ``batch_size`` requests decode at once, their steps batched; each result equals
+    """The engine ``kvgraph serve`` decodes with. With ``batch_size`` (``--batch-size``; None:
+    :data:`DEFAULT_BATCH`) of 2 or more and a model whose decoder can step rows at different
+    positions, the continuous-batching engine (:class:`models.batching.BatchedTranscriber`: up
+    to ``batch_size`` requests decode at once, their steps batched; each result equals
     ``transcribe``'s); otherwise :class:`SequentialEngine`, one request at a time."""
-    if batch_size is not None and batch_size > 1:
+    if batch_size is None:
+        batch_size = DEFAULT_BATCH
+    if batch_size > 1:
         from models.transcribe_cli import _batchable
 
         backend = getattr(model, "backend", None)
@@ -807,9 +812,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch_size",
         dest="batch_size",
         type=int,
-        default=None,
-        help="requests decoded together (for the continuous-batching engine; the sequential "
-        "engine decodes one at a time)",
+        default=DEFAULT_BATCH,
+        help="requests decoded together by the continuous-batching engine (1: the sequential "
+        "engine, one request at a time)",
     )
     add(
         "--max-queue",

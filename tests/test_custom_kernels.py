@@ -81,7 +81,21 @@ def test_gemv_once_equals_matmul_for_any_rows():
     rng = np.random.default_rng(0)
     w16 = rng.standard_normal((n, k)).astype(np.float16)
     bias = rng.standard_normal(n).astype(np.float32)
-    for rows, seq in [(1, 1), (2, 1), (3, 1), (5, 1), (8, 1), (16, 1), (17, 1), (3, 2)]:
+    for rows, seq in [
+        (1, 1),
+        (2, 1),
+        (3, 1),
+        (4, 1),
+        (5, 1),
+        (6, 1),
+        (7, 1),
+        (8, 1),
+        (12, 1),
+        (13, 1),
+        (16, 1),
+        (17, 1),
+        (3, 2),
+    ]:
         x = rng.standard_normal((rows, seq, k)).astype(np.float32)
         got = model.execute(Buffer.from_numpy(x), Buffer.from_numpy(w16), Buffer.from_numpy(bias))[0]
         ref = x.astype(np.float64) @ w16.astype(np.float64).T + bias

@@ -561,7 +561,11 @@ def test_serve_is_a_kvgraph_command(capsys):
 
 @pytest.fixture(scope="module")
 def tiny_server(tiny_model):
-    engine = sv.SequentialEngine(tiny_model, max_queue=64)
+    """The server ``kvgraph serve`` builds by default: the continuous-batching engine."""
+    engine = sv.make_engine(tiny_model, max_queue=64)
+    from models.batching import BatchedTranscriber
+
+    assert isinstance(engine, BatchedTranscriber) and engine.batch_size == sv.DEFAULT_BATCH
     app = sv.create_app(engine, sv.ServedModel.of("tiny.en", tiny_model), max_upload_bytes=4 * 1024 * 1024)
     with sv.BackgroundServer(app) as url:
         yield SimpleNamespace(url=url, model=tiny_model, engine=engine)
@@ -646,7 +650,10 @@ def test_tiny_16_concurrent_clients_all_correct(tiny_server, references):
             assert r == ref["text"].strip() + "\n", name
         else:
             assert r == render(ref, "srt"), name
-    assert assert_healthy(tiny_server.url)["engine"]["waiting"] == 0
+    engine = assert_healthy(tiny_server.url)["engine"]
+    assert engine["engine"] == "BatchedTranscriber" and engine["waiting"] == 0
+    sched = engine["scheduler"]
+    assert sched["busy_rows"] > sched["step_calls"]  # requests were decoded together
 
 
 @pytest.mark.max
