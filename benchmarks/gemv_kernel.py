@@ -1,0 +1,145 @@
+"""kvgraph's few-row float16 GEMV kernel (``kvgraph_gemv_f16``) against another version of
+itself and against MAX's own few-row GEMV, on tiny.en's projection shapes.
+
+``--against REV`` builds the kernel source of git revision REV (renamed
+``kvgraph_gemv_f16_rev``, in a package of its own) so both versions run in this one
+process, interleaved call by call: the comparison holds even while the machine's memory
+bandwidth drifts (a shared VM), which a step benchmark run at two different times does not.
+Each call reads a different copy of the weight (copies totalling > 96 MB, past the L3
+cache), as a decode step does. Random values; milliseconds per call, median of
+``--calls`` calls per shape and row count.
+
+    python benchmarks/gemv_kernel.py [--against 08c9737] [--rows 1 2 5 8 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quiet import machine, write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = {"vocab 51864x384": (51864, 384), "fc1 1536x384": (1536, 384), "fc2 384x1536": (384, 1536)}
+KERNEL = "kvgraph_gemv_f16"
+
+
+def build_revision(rev: str, tmp: Path) -> Path:
+    """The kernel package of git revision ``rev``, its op renamed ``<KERNEL>_rev``."""
+    from kvgraph.max import custom
+
+    src = tmp / "kvgraph_gemv_rev"
+    src.mkdir()
+    rel = custom.SOURCE.relative_to(ROOT)
+    names = subprocess.run(
+        ["git", "ls-tree", "--name-only", rev, f"{rel}/"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    for name in names:
+        text = subprocess.run(
+            ["git", "show", f"{rev}:{name}"], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout
+        text = text.replace(f'@register("{KERNEL}")', f'@register("{KERNEL}_rev")')
+        text = text.replace("struct GemvF16:", "struct GemvF16Rev:")
+        base = Path(name).name  # module names must differ from the current package's
+        dest = base if base == "__init__.mojo" else base.replace(".mojo", "_rev.mojo")
+        (src / dest).write_text(text)
+    out = tmp / "kvgraph_gemv_rev.mojoc"
+    subprocess.run(
+        [str(custom._mojo()), "precompile", "-I", str(custom._mojo_libs()), str(src), "-o", str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--against", default=None, help="a git revision whose kernel to compare with")
+    ap.add_argument("--rows", type=int, nargs="+", default=[1, 2, 5, 8, 16])
+    ap.add_argument("--calls", type=int, default=40)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gemv_kernel.json"))
+    args = ap.parse_args(argv)
+
+    from max.driver import Buffer
+    from max.dtype import DType
+    from max.graph import DeviceRef, Graph, TensorType, ops
+
+    from kvgraph.max import custom
+    from kvgraph.max import kernels as K
+    from kvgraph.max.runtime import session
+
+    pkg = custom.kernel_package()
+    if pkg is None:
+        print("the custom kernel package is not available", file=sys.stderr)
+        return 1
+    tmp = Path(tempfile.mkdtemp(prefix="kvgraph-gemv-"))
+    try:
+        pkgs = [pkg] + ([build_revision(args.against, tmp)] if args.against else [])
+        cpu = DeviceRef.CPU()
+        types = [
+            TensorType(DType.float32, ["m", "k"], device=cpu),
+            TensorType(DType.float16, ["n", "k"], device=cpu),
+        ]
+
+        def custom_op(name):
+            def fn(x, w):
+                out = TensorType(DType.float32, [x.shape[0], w.shape[0]], device=cpu)
+                return ops.custom(name, device=cpu, values=[x, w], out_types=[out])[0].tensor
+
+            return fn
+
+        fns = {"kvgraph": custom_op(KERNEL), "max_gemv": lambda x, w: K.linear_gemv(x, w)}
+        if args.against:
+            fns[args.against] = custom_op(KERNEL + "_rev")
+        models = {}
+        for name, fn in fns.items():
+            with Graph(f"gemv_bench_{len(models)}", input_types=types, custom_extensions=pkgs) as g:
+                x, w = (v.tensor for v in g.inputs)
+                g.output(fn(x, w))
+            models[name] = session().load(g)
+        rng = np.random.default_rng(0)
+        table: dict = {}
+        for m in args.rows:
+            for shape, (n, k) in SHAPES.items():
+                copies = max(2, int(96e6 // (n * k * 2)))
+                ws = [
+                    Buffer.from_numpy(rng.standard_normal((n, k)).astype(np.float16)) for _ in range(copies)
+                ]
+                x = Buffer.from_numpy(rng.standard_normal((m, k)).astype(np.float32))
+                times: dict = {name: [] for name in models}
+                i = 0
+                for _ in range(args.calls):
+                    for name, model in models.items():
+                        w = ws[i % copies]
+                        i += 1
+                        t0 = time.perf_counter()
+                        model.execute(x, w)
+                        times[name].append((time.perf_counter() - t0) * 1e3)
+                row = {name: round(statistics.median(t), 3) for name, t in times.items()}
+                table.setdefault(shape, {})[f"{m} rows"] = row
+                print(
+                    f"{shape:16s} {m:2d} rows: " + ", ".join(f"{k} {v:.3f} ms" for k, v in row.items()),
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_json({"machine": machine(), "against": args.against, "ms_per_call": table}, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
