@@ -158,4 +158,9 @@ def test_serve_make_engine_batches(tiny_model):
         engine.close()
     with pytest.raises(sv.EngineClosed):
         engine.submit(clips()["short"])
-    assert isinstance(sv.make_engine(tiny_model), sv.SequentialEngine)
+    assert isinstance(sv.make_engine(tiny_model, batch_size=1), sv.SequentialEngine)
+    default = sv.make_engine(tiny_model)  # `kvgraph serve` without --batch-size: batching
+    try:
+        assert isinstance(default, BatchedTranscriber) and default.batch_size == sv.DEFAULT_BATCH
+    finally:
+        default.close()

@@ -14,12 +14,13 @@ from kvgraph.reference_decoder import ReferenceDecoder
 pytestmark = pytest.mark.max
 
 SPECS = {
-    # Whisper/GPT-2 family with cross-attention and grouped-query self-attention.
+    # Whisper/GPT-2 family with cross-attention and grouped-query self-attention; head size
+    # 64, so its steps' cross-attention runs kvgraph's attention kernel (grouped heads too).
     "gpt_cross_gqa": kvgraph.DecoderSpec(
         vocab_size=97,
-        d_model=48,
-        n_heads=6,
-        n_kv_heads=3,
+        d_model=256,
+        n_heads=4,
+        n_kv_heads=2,
         n_layers=2,
         max_seq_len=64,
         mlp_hidden=96,

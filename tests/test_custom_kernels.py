@@ -100,3 +100,57 @@ def test_gemv_once_equals_matmul_for_any_rows():
         got = model.execute(Buffer.from_numpy(x), Buffer.from_numpy(w16), Buffer.from_numpy(bias))[0]
         ref = x.astype(np.float64) @ w16.astype(np.float64).T + bias
         assert_close(got.to_numpy(), ref, F32_PASS, what=f"gemv_once rows={rows}x{seq}")
+
+
+def _attention_reference(q, k, v, heads, kv_heads, scale):
+    """float64 softmax(scale * q k^T) v per head, query head h on KV head h // group."""
+    c, rows, hd = q.shape
+    dh = hd // heads
+    group = heads // kv_heads
+    out = np.zeros((c, rows, hd))
+    for h in range(heads):
+        g = h // group
+        qh = q[:, :, h * dh : (h + 1) * dh].astype(np.float64)
+        kh = k[:, :, g * dh : (g + 1) * dh].astype(np.float64)
+        vh = v[:, :, g * dh : (g + 1) * dh].astype(np.float64)
+        s = scale * qh @ kh.transpose(0, 2, 1)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        out[:, :, h * dh : (h + 1) * dh] = (p / p.sum(-1, keepdims=True)) @ vh
+    return out
+
+
+@pytest.mark.max
+def test_attend_equals_softmax_attention():
+    """The few-row context attention against a float64 reference: row counts across its
+    tile sizes (1 .. 9 rows; tiles of 4 rows at head size 64, 2 at 128), several contexts,
+    grouped-query heads, a context length that is not a multiple of 16."""
+    from max.driver import Buffer
+    from max.dtype import DType
+    from max.graph import DeviceRef, Graph, TensorType
+
+    from kvgraph.max import kernels as K
+    from kvgraph.max.runtime import session
+
+    pkg = custom.kernel_package()
+    assert pkg is not None
+    cpu = DeviceRef.CPU()
+    rng = np.random.default_rng(1)
+    for heads, kv_heads, dh, scale in [(6, 6, 64, 0.125), (4, 2, 128, 0.09), (2, 1, 64, 0.3)]:
+        types = [
+            TensorType(DType.float32, ["c", "r", heads * dh], device=cpu),
+            TensorType(DType.float32, ["c", "t", kv_heads * dh], device=cpu),
+            TensorType(DType.float32, ["c", "t", kv_heads * dh], device=cpu),
+        ]
+        with Graph(f"attend_test_{heads}_{kv_heads}_{dh}", input_types=types, custom_extensions=[pkg]) as g:
+            q, k, v = (x.tensor for x in g.inputs)
+            g.output(K.attention_context(q, k, v, heads, kv_heads, scale))
+        model = session().load(g)
+        for c, rows, sk in [(1, 1, 1500), (1, 5, 37), (3, 2, 100), (2, 9, 7), (1, 4, 16), (2, 3, 1)]:
+            q = rng.standard_normal((c, rows, heads * dh)).astype(np.float32)
+            k = rng.standard_normal((c, sk, kv_heads * dh)).astype(np.float32)
+            v = rng.standard_normal((c, sk, kv_heads * dh)).astype(np.float32)
+            got = model.execute(*(Buffer.from_numpy(a) for a in (q, k, v)))[0].to_numpy()
+            ref = _attention_reference(q, k, v, heads, kv_heads, scale)
+            assert_close(
+                got, ref, F32_PASS, what=f"attend heads={heads}/{kv_heads} dh={dh} c={c} rows={rows} sk={sk}"
+            )

@@ -211,9 +211,9 @@ def linear_gemv_once(x: TensorValue, w16: TensorValue, b: TensorValue | None = N
     (``kvgraph/max/mojo/kvgraph_kernels/gemv.mojo``): the float16 weight is read once for
     all rows of ``x`` instead of once per row, float32 arithmetic. The graph must be built
     with the kernel package in its ``custom_extensions`` (see :mod:`kvgraph.max.custom`);
-    ``x``'s last dim a multiple of 16. Measured for the 51865x384 projection (2 cores, AMD
-    EPYC): 2.0 / 2.3 / 2.8 / 3.2 ms at 1 / 2 / 5 / 8 rows, where :func:`linear_gemv` takes
-    2.1 / 3.9 / 6.5 / 9.8 ms."""
+    ``x``'s last dim a multiple of 16. Measured for the 51864x384 projection, weight from
+    DRAM (2 cores, AMD EPYC, ``benchmarks/gemv_kernel.py``): 0.94 / 1.01 / 1.15 / 1.42 ms at
+    1 / 2 / 5 / 8 rows, where :func:`linear_gemv` takes 0.94 / 1.73 / 4.51 / 6.65 ms."""
     lead = list(x.shape[:-1])
     x2 = ops.reshape(x, [-1, x.shape[-1]])
     out = ops.custom(
@@ -421,6 +421,31 @@ def attention(
     if G > 1:
         out = ops.reshape(out, [b, H, sq, dh])
     return ops.reshape(ops.transpose(out, 1, 2), [b, sq, hd])
+
+
+#: head sizes ``kvgraph_attend_f32`` handles (its vectors per row are unrolled at compile time)
+ATTEND_HEAD_DIMS = (64, 128)
+
+
+def attention_context(
+    q: TensorValue, k: TensorValue, v: TensorValue, n_heads: int, n_kv_heads: int, scale: float
+) -> TensorValue:
+    """Unmasked :func:`attention` for a few query rows as kvgraph's custom kernel
+    ``kvgraph_attend_f32`` (``kvgraph/max/mojo/kvgraph_kernels/attend.mojo``): per (row block,
+    head) it reads K and V once, in their stored ``[b, sk, KVH*dh]`` layout, for all the
+    block's query rows — the rows sharing a context (grouped beams) share the reads. Same
+    arguments and result as :func:`attention` with ``causal=False``; head size in
+    :data:`ATTEND_HEAD_DIMS`; the graph needs the kernel package in its
+    ``custom_extensions``."""
+    _head_dims(q, k, v, n_heads, n_kv_heads)
+    s = ops.constant(np.full([1], scale, np.float32), F32, device=_cpu())
+    return ops.custom(
+        "kvgraph_attend_f32",
+        device=_cpu(),
+        values=[q, k, v, s],
+        out_types=[TensorType(F32, list(q.shape), device=_cpu())],
+        parameters={"heads": n_heads},
+    )[0].tensor
 
 
 def attention_few(

@@ -197,13 +197,35 @@ def _rule_positions(op, env, ctx):
     return K.positions(off, env[op.tokens], axis=1)
 
 
+def _attend_kernel(ctx, q, heads: int) -> bool:
+    """Whether ``kvgraph_attend_f32`` serves this attention: the custom kernels are loaded and
+    the head size is one it handles."""
+    if ctx.kernels is None:
+        return False
+    try:
+        width = int(q.shape[-1])
+    except (TypeError, ValueError):  # a symbolic width
+        return False
+    return width % heads == 0 and width // heads in K.ATTEND_HEAD_DIMS
+
+
 def _rule_attention(op, env, ctx):
     # In a program only run with few rows (a decode step) causal self-attention reads the
     # cache in its stored layout (``attention_few``): no per-call head-major copies of a
-    # growing cache. Unmasked attention keeps the matmul form, which MAX fuses into its
-    # flash-attention kernel (measured: the faster of the two over 1500 audio frames).
-    fn = K.attention_few if (ctx.always_few or ctx.few_attention) and op.causal else K.attention
+    # growing cache. Unmasked attention there goes to kvgraph's ``attention_context`` kernel
+    # when the custom kernels are loaded; otherwise (and in full-sequence programs) the
+    # matmul form, which MAX fuses into its flash-attention kernel (measured: faster than
+    # ``attention_few``'s broadcast form over 1500 audio frames).
+    few = ctx.always_few or ctx.few_attention
+    fn = K.attention_few if few and op.causal else K.attention
     q, k = _arg(ctx, env, op.q), _arg(ctx, env, op.k)
+    if few and not op.causal and op.q_offset is None and _attend_kernel(ctx, q, op.heads):
+        # unmasked attention of a step's few rows over a context (Whisper's cross-attention
+        # over the hoisted audio K/V): kvgraph's kernel reads K and V once per context and
+        # head for all the context's rows, in their stored layout
+        fn = lambda q, k, v, heads, kv_heads, causal, q_offset, scale: K.attention_context(  # noqa: E731
+            q, k, v, heads, kv_heads, scale
+        )
     if op.grouped:  # rows sharing a context: the g = b // c rows of context i are one block
         b, sq, w = q.shape
         c = k.shape[0]
