@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     ]
     forms = {
         "max_matmul": lambda q, k, v: K.attention(q, k, v, HEADS, HEADS, False, None, DH**-0.5),
-        "kvgraph": lambda q, k, v: K.attention_context(q, k, v, HEADS, HEADS, DH**-0.5),
+        "kvgraph": lambda q, k, v: K.attention_context(q, k, v, HEADS, HEADS, False, None, DH**-0.5),
     }
     models = {}
     for name, fn in forms.items():

@@ -143,7 +143,7 @@ def test_attend_equals_softmax_attention():
         ]
         with Graph(f"attend_test_{heads}_{kv_heads}_{dh}", input_types=types, custom_extensions=[pkg]) as g:
             q, k, v = (x.tensor for x in g.inputs)
-            g.output(K.attention_context(q, k, v, heads, kv_heads, scale))
+            g.output(K.attention_context(q, k, v, heads, kv_heads, False, None, scale))
         model = session().load(g)
         for c, rows, sk in [(1, 1, 1500), (1, 5, 37), (3, 2, 100), (2, 9, 7), (1, 4, 16), (2, 3, 1)]:
             q = rng.standard_normal((c, rows, heads * dh)).astype(np.float32)

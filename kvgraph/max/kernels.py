@@ -428,15 +428,24 @@ ATTEND_HEAD_DIMS = (64, 128)
 
 
 def attention_context(
-    q: TensorValue, k: TensorValue, v: TensorValue, n_heads: int, n_kv_heads: int, scale: float
+    q: TensorValue,
+    k: TensorValue,
+    v: TensorValue,
+    n_heads: int,
+    n_kv_heads: int,
+    causal: bool,
+    q_offset: TensorValue | None,
+    scale: float,
 ) -> TensorValue:
     """Unmasked :func:`attention` for a few query rows as kvgraph's custom kernel
     ``kvgraph_attend_f32`` (``kvgraph/max/mojo/kvgraph_kernels/attend.mojo``): per (row block,
     head) it reads K and V once, in their stored ``[b, sk, KVH*dh]`` layout, for all the
     block's query rows — the rows sharing a context (grouped beams) share the reads. Same
-    arguments and result as :func:`attention` with ``causal=False``; head size in
-    :data:`ATTEND_HEAD_DIMS`; the graph needs the kernel package in its
-    ``custom_extensions``."""
+    arguments and result as :func:`attention`, which must be unmasked (``causal=False``,
+    no ``q_offset``); head size in :data:`ATTEND_HEAD_DIMS`; the graph needs the kernel
+    package in its ``custom_extensions``."""
+    if causal or q_offset is not None:
+        raise ValueError("attention_context is unmasked attention: causal=False, q_offset=None")
     _head_dims(q, k, v, n_heads, n_kv_heads)
     s = ops.constant(np.full([1], scale, np.float32), F32, device=_cpu())
     return ops.custom(

@@ -223,9 +223,7 @@ def _rule_attention(op, env, ctx):
         # unmasked attention of a step's few rows over a context (Whisper's cross-attention
         # over the hoisted audio K/V): kvgraph's kernel reads K and V once per context and
         # head for all the context's rows, in their stored layout
-        fn = lambda q, k, v, heads, kv_heads, causal, q_offset, scale: K.attention_context(  # noqa: E731
-            q, k, v, heads, kv_heads, scale
-        )
+        fn = K.attention_context
     if op.grouped:  # rows sharing a context: the g = b // c rows of context i are one block
         b, sq, w = q.shape
         c = k.shape[0]
