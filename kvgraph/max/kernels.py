@@ -445,7 +445,7 @@ def attention_context(
     no ``q_offset``); head size in :data:`ATTEND_HEAD_DIMS`; the graph needs the kernel
     package in its ``custom_extensions``."""
     if causal or q_offset is not None:
-        raise ValueError("attention_context is unmasked attention: causal=False, q_offset=None")
+        raise InputError("attention_context is unmasked attention: causal=False, q_offset=None")
     _head_dims(q, k, v, n_heads, n_kv_heads)
     s = ops.constant(np.full([1], scale, np.float32), F32, device=_cpu())
     return ops.custom(
