@@ -154,3 +154,72 @@ def test_attend_equals_softmax_attention():
             assert_close(
                 got, ref, F32_PASS, what=f"attend heads={heads}/{kv_heads} dh={dh} c={c} rows={rows} sk={sk}"
             )
+
+
+@pytest.mark.max
+def test_cache_attend_and_store_rows_equal_the_reference():
+    """The step kernels over cache buffers read in place: ``store_rows`` writes each row's new
+    K/V at its own position (nothing else changes), then ``attention_cache`` attends causally
+    over rows ``[0, end)``: rows at unequal positions (one position for all, too), one or
+    several new tokens, grouped-query heads, stale values past each row's position (which
+    the mask must hide), a view shorter than the capacity."""
+    from max.driver import Buffer
+    from max.dtype import DType
+    from max.graph import BufferType, DeviceRef, Graph, TensorType, ops
+
+    from kvgraph.max import kernels as K
+    from kvgraph.max.runtime import session
+
+    pkg = custom.kernel_package()
+    assert pkg is not None
+    cpu = DeviceRef.CPU()
+    rng = np.random.default_rng(2)
+    cap = 40
+    cases = [(6, 6, 64, 0.125, True), (4, 2, 128, 0.09, True), (2, 1, 64, 0.3, False)]
+    for heads, kv_heads, dh, scale, per_row in cases:
+        w, kw = heads * dh, kv_heads * dh
+        types = [
+            TensorType(DType.float32, ["b", "s", w], device=cpu),
+            TensorType(DType.float32, ["b", "s", kw], device=cpu),
+            TensorType(DType.float32, ["b", "s", kw], device=cpu),
+            TensorType(DType.int64, ["b"] if per_row else [], device=cpu),
+            BufferType(DType.float32, ["b", cap, kw], device=cpu),
+            BufferType(DType.float32, ["b", cap, kw], device=cpu),
+        ]
+        name = f"cache_attend_test_{heads}_{kv_heads}_{dh}_{per_row}"
+        with Graph(name, input_types=types, custom_extensions=[pkg]) as g:
+            q, kn, vn, past = (x.tensor for x in g.inputs[:4])
+            kc, vc = g.inputs[4].buffer, g.inputs[5].buffer
+            s = K._scalar_dim(kn.shape[1])
+            if per_row:
+                K.store_rows(kc, kn, past)
+                K.store_rows(vc, vn, past)
+                end = ops.reshape(ops.max(past, axis=0), []) + s
+            else:
+                sl = [slice(None), (slice(past, past + s), kn.shape[1]), slice(None)]
+                ops.buffer_store_slice(kc, kn, sl)
+                ops.buffer_store_slice(vc, vn, sl)
+                end = past + s
+            g.output(K.attention_cache(q, kc, vc, heads, kv_heads, past, end, scale))
+        model = session().load(g)
+        for pasts, sq in [([0], 1), ([5, 0, 17], 1), ([3, 9], 3), ([12, 12, 12, 12, 12], 1), ([36], 4)]:
+            if not per_row:
+                pasts = [pasts[0]] * len(pasts)
+            b = len(pasts)
+            q = rng.standard_normal((b, sq, w)).astype(np.float32)
+            kn, vn = (rng.standard_normal((b, sq, kw)).astype(np.float32) for _ in range(2))
+            kc, vc = (rng.standard_normal((b, cap, kw)).astype(np.float32) for _ in range(2))  # stale
+            kc0, vc0 = kc.copy(), vc.copy()
+            p = np.array(pasts, np.int64)
+            args = [q, kn, vn, p if per_row else np.array(p[0]), kc, vc]
+            got = model.execute(*(Buffer.from_numpy(a) for a in args))[0].to_numpy()
+            ref = np.zeros((b, sq, w))
+            for r in range(b):
+                kc0[r, p[r] : p[r] + sq], vc0[r, p[r] : p[r] + sq] = kn[r], vn[r]
+                for i in range(sq):  # query i of row r sees keys [0, p[r] + i]
+                    n = p[r] + i + 1
+                    one = _attention_reference(q[r : r + 1, i : i + 1], kc0[r : r + 1, :n], vc0[r : r + 1, :n], heads, kv_heads, scale)
+                    ref[r, i] = one[0, 0]
+            np.testing.assert_array_equal(kc, kc0, err_msg=f"{name}: K cache after the store")
+            np.testing.assert_array_equal(vc, vc0, err_msg=f"{name}: V cache after the store")
+            assert_close(got, ref, F32_PASS, what=f"{name} pasts={pasts} s={sq}")

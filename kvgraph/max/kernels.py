@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 from max.dtype import DType
-from max.graph import DeviceRef, Dim, TensorType, TensorValue, ops
+from max.graph import BufferValue, DeviceRef, Dim, TensorType, TensorValue, ops
 
 from ..errors import InputError
 
@@ -55,6 +55,8 @@ __all__ = [
     "rope",
     "attention",
     "attention_few",
+    "attention_cache",
+    "store_rows",
     "attention_scores",
     "causal_allowed",
     "causal_allowed_rows",
@@ -455,6 +457,49 @@ def attention_context(
         out_types=[TensorType(F32, list(q.shape), device=_cpu())],
         parameters={"heads": n_heads},
     )[0].tensor
+
+
+def attention_cache(
+    q: TensorValue,
+    k: BufferValue,
+    v: BufferValue,
+    n_heads: int,
+    n_kv_heads: int,
+    q_offset: TensorValue | None,
+    end: TensorValue,
+    scale: float,
+) -> TensorValue:
+    """Causal :func:`attention` of a step's query rows over cache **buffers** read in place,
+    as kvgraph's custom kernel ``kvgraph_cache_attend_f32`` (``attend.mojo``): no
+    ``buffer_load`` (which copies the whole buffer every call). ``k``, ``v``:
+    ``[b, capacity, KVH*dh]`` buffers already holding the step's own K/V; the keys are rows
+    ``[0, end)`` (``end``: an int64 scalar, the view's length); query row ``i`` of batch
+    row ``r`` sits at ``q_offset[r] + i`` (``q_offset``: an int64 scalar, ``i64[b]`` or None
+    for 0) and sees keys up to its position. Head size in :data:`ATTEND_HEAD_DIMS`; the graph
+    needs the kernel package."""
+    _head_dims(q, k, v, n_heads, n_kv_heads)
+    cpu = _cpu()
+    if q_offset is None:
+        past = ops.constant(np.zeros([1], np.int64), I64, device=cpu)
+    elif _per_row(q_offset):
+        past = q_offset
+    else:
+        past = ops.reshape(q_offset, [1])
+    s = ops.constant(np.full([1], scale, np.float32), F32, device=cpu)
+    return ops.inplace_custom(
+        "kvgraph_cache_attend_f32",
+        device=cpu,
+        values=[q, k, v, past, ops.reshape(end, [1]), s],
+        out_types=[TensorType(F32, list(q.shape), device=cpu)],
+        parameters={"heads": n_heads},
+    )[0].tensor
+
+
+def store_rows(buf: BufferValue, new: TensorValue, past: TensorValue) -> None:
+    """Row ``r`` of ``new [b, s, w]`` into rows ``[past[r], past[r] + s)`` of row ``r`` of the
+    cache buffer ``buf [b, capacity, w]``, in place (kvgraph's ``kvgraph_store_rows_f32``:
+    one call, where a graph-level loop over the rows costs tens of microseconds a row)."""
+    ops.inplace_custom("kvgraph_store_rows_f32", device=_cpu(), values=[buf, new, past])
 
 
 def attention_few(

@@ -217,8 +217,21 @@ def _rule_attention(op, env, ctx):
     # matmul form, which MAX fuses into its flash-attention kernel (measured: faster than
     # ``attention_few``'s broadcast form over 1500 audio frames).
     few = ctx.always_few or ctx.few_attention
+    q = _arg(ctx, env, op.q)
+    kv = [env.raw(x) if not isinstance(x, ir.Weight) else None for x in (op.k, op.v)]
+    if (
+        few
+        and op.causal
+        and not op.grouped
+        and all(isinstance(x, _CacheView) for x in kv)  # of one length (attention's type rule)
+        and _attend_kernel(ctx, q, op.heads)
+    ):
+        # a step's causal self-attention over cache buffers: kvgraph's kernel reads them in
+        # place (a cache view loaded through the graph is a copy of the whole buffer)
+        q_off = env[op.q_offset] if op.q_offset is not None else None
+        return K.attention_cache(q, kv[0].buf, kv[1].buf, op.heads, op.kv_heads, q_off, kv[0].end, op.scale)
     fn = K.attention_few if few and op.causal else K.attention
-    q, k = _arg(ctx, env, op.q), _arg(ctx, env, op.k)
+    k = _arg(ctx, env, op.k)
     if few and not op.causal and op.q_offset is None and _attend_kernel(ctx, q, op.heads):
         # unmasked attention of a step's few rows over a context (Whisper's cross-attention
         # over the hoisted audio K/V): kvgraph's kernel reads K and V once per context and
@@ -264,10 +277,11 @@ def _dim_name(d) -> str:
 
 
 def _store_rows(buf, new, past):
-    """Per-row ``cache_store``: row ``r`` of ``new`` into rows ``[past[r], past[r]+s)`` of
-    row ``r`` of the buffer, in place: a ``while_loop`` over the batch rows whose body
-    stores one row's slice (MAX has no in-place scatter into a buffer; a loop body may
-    write a buffer input)."""
+    """Per-row ``cache_store`` without the custom kernels: row ``r`` of ``new`` into rows
+    ``[past[r], past[r]+s)`` of row ``r`` of the buffer, in place: a ``while_loop`` over
+    the batch rows whose body stores one row's slice (MAX has no in-place scatter into a
+    buffer; a loop body may write a buffer input). ~35 us a row per cache here: with the
+    kernels, ``kernels.store_rows`` does it in one call."""
     cpu = DeviceRef.CPU()
     nb, s = K._scalar_dim(new.shape[0]), K._scalar_dim(new.shape[1])
 
@@ -284,23 +298,64 @@ def _rule_cache_store(op, env, ctx):
     buf, new = env[op.cache], env[op.new]
     if not isinstance(buf, BufferValue):
         raise LoweringError("cache_store: the cache must be a graph input (lowered as a buffer)")
+    env.load_views_of(buf)  # a view not yet read must see the buffer as it was
     if ir.per_row(op.past):
-        _store_rows(buf, new, env[op.past])
+        if ctx.kernels is not None and new.dtype == DType.float32:
+            K.store_rows(buf, new, env[op.past])
+        else:
+            _store_rows(buf, new, env[op.past])
         return buf
     start, end = _rows(op, env)
     ops.buffer_store_slice(buf, new, [slice(None), (slice(start, end), new.shape[1]), slice(None)])
     return buf  # written in place: the result is the same buffer
 
 
+class _CacheView:
+    """A ``cache_view`` not yet read: rows ``[0, end)`` of a cache buffer. An attention that
+    kvgraph's ``attention_cache`` kernel serves reads the buffer in place; anything else gets
+    :meth:`load` (``buffer_load`` — a copy of the whole buffer — and a slice), through
+    :class:`_Env`."""
+
+    __slots__ = ("buf", "end", "rows", "loaded")
+
+    def __init__(self, buf, end, rows):
+        self.buf, self.end, self.rows, self.loaded = buf, end, rows, None
+
+    def load(self):
+        if self.loaded is None:
+            full = ops.buffer_load(self.buf)
+            self.loaded = ops.slice_tensor(full, [slice(None), (slice(0, self.end), self.rows), slice(None)])
+        return self.loaded
+
+
+class _Env(dict):
+    """The lowering's value table: reading a value that is a :class:`_CacheView` loads it
+    (``raw`` does not). A store into a buffer first loads the views of it still unread, so
+    each view sees the buffer as it was at its own place in the program."""
+
+    def __getitem__(self, key):
+        v = dict.__getitem__(self, key)
+        return v.load() if isinstance(v, _CacheView) else v
+
+    def raw(self, key):
+        return dict.__getitem__(self, key)
+
+    def load_views_of(self, buf) -> None:
+        for v in self.values():
+            if isinstance(v, _CacheView) and v.buf is buf:
+                v.load()
+
+
 def _rule_cache_view(op, env, ctx):
-    full = ops.buffer_load(env[op.cache])
     if ir.per_row(op.past):  # rows [0, max(past) + s): each row's mask hides the rest
         longest = ops.reshape(ops.max(env[op.past], axis=0), [])
         end = longest + K._scalar_dim(env[op.new].shape[1])
     else:
         _, end = _rows(op, env)
-    rows = op.infer_type().shape[1]
-    return ops.slice_tensor(full, [slice(None), (slice(0, end), _dim_name(rows)), slice(None)])
+    view = _CacheView(env[op.cache], end, _dim_name(op.infer_type().shape[1]))
+    # in a step program with the custom kernels, attention may read the buffer in place
+    few = ctx.always_few or ctx.few_attention
+    return view if (few and ctx.kernels is not None) else view.load()
 
 
 def _rule_conv1d(op, env, ctx):
@@ -375,9 +430,9 @@ def lower(
         custom_extensions=[ctx.kernels] if ctx.kernels is not None else [],
     )
     with mg:
-        env: dict = {
-            v: (mg.inputs[i].buffer if v in bufs else mg.inputs[i].tensor) for i, v in enumerate(g.inputs)
-        }
+        env = _Env(
+            (v, mg.inputs[i].buffer if v in bufs else mg.inputs[i].tensor) for i, v in enumerate(g.inputs)
+        )
         for i, n in enumerate(g.nodes):
             rule = RULES.get(type(n.op))
             if rule is None:
