@@ -218,7 +218,14 @@ def test_cache_attend_and_store_rows_equal_the_reference():
                 kc0[r, p[r] : p[r] + sq], vc0[r, p[r] : p[r] + sq] = kn[r], vn[r]
                 for i in range(sq):  # query i of row r sees keys [0, p[r] + i]
                     n = p[r] + i + 1
-                    one = _attention_reference(q[r : r + 1, i : i + 1], kc0[r : r + 1, :n], vc0[r : r + 1, :n], heads, kv_heads, scale)
+                    one = _attention_reference(
+                        q[r : r + 1, i : i + 1],
+                        kc0[r : r + 1, :n],
+                        vc0[r : r + 1, :n],
+                        heads,
+                        kv_heads,
+                        scale,
+                    )
                     ref[r, i] = one[0, 0]
             np.testing.assert_array_equal(kc, kc0, err_msg=f"{name}: K cache after the store")
             np.testing.assert_array_equal(vc, vc0, err_msg=f"{name}: V cache after the store")
