@@ -109,7 +109,9 @@ def attend_head[NC: Int](
     grow: Int,
     scale: Float32,
 ):
-    comptime RT_MAX = 16 // NC  # query + output vectors: 2 * RT_MAX * NC = 32 registers' worth
+    # rows per tile: one phase holds RT_MAX * NC query (or output) vectors and NC of K (or V):
+    # 6 rows at head size 64, 3 at 128 within 32 vector registers (5 beams read K and V once)
+    comptime RT_MAX = 24 // NC
     var skp = (sk + W - 1) // W * W
     var sp = rebind[UnsafePointer[Float32, MutAnyOrigin]](alloc[Float32](RT_MAX * skp))
     var r = 0
