@@ -10,7 +10,10 @@ ever a per-call input.
 Fixed-capacity caches (``cache_store`` / ``cache_view``) lower to MAX buffers: a graph
 input that a ``cache_store`` writes is a ``BufferType`` written in place with
 ``buffer_store_slice``; a graph output holding such a buffer is not emitted (the caller
-keeps the input buffer of that name, see :func:`kvgraph.analysis.buffer_outputs`).
+keeps the input buffer of that name, see :func:`kvgraph.analysis.buffer_outputs`). In a
+step program with kvgraph's custom kernels a ``cache_view`` stays unread (:class:`_CacheView`)
+until something needs it as a tensor: a causal attention over such views reads the buffers
+in place (``kernels.attention_cache``), since ``buffer_load`` copies the whole buffer.
 
 Errors raised while emitting a node are re-raised as :class:`LoweringError` carrying
 that node's printed IR line.
