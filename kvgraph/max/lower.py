@@ -226,7 +226,10 @@ def _rule_attention(op, env, ctx):
         few
         and op.causal
         and not op.grouped
-        and all(isinstance(x, _CacheView) for x in kv)  # of one length (attention's type rule)
+        # unread views (one read already, e.g. before a later store, must be used as read),
+        # of float32 caches, of one length (attention's type rule)
+        and all(isinstance(x, _CacheView) and x.loaded is None and x.buf.dtype == DType.float32 for x in kv)
+        and q.dtype == DType.float32
         and _attend_kernel(ctx, q, op.heads)
     ):
         # a step's causal self-attention over cache buffers: kvgraph's kernel reads them in
