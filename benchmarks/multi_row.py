@@ -80,7 +80,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="tiny.en")
     ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument(
+        "--calls",
+        type=int,
+        default=20,
+        help="steps per repetition (few calls add the switch between cases to each figure)",
+    )
     ap.add_argument("--prompt", type=int, default=24)
     ap.add_argument("--ablate", action="store_true", help="also run with KVGRAPH_CUSTOM_KERNELS=off")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
