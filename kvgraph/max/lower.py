@@ -201,8 +201,8 @@ def _rule_positions(op, env, ctx):
 
 
 def _attend_kernel(ctx, q, heads: int) -> bool:
-    """Whether ``kvgraph_attend_f32`` serves this attention: the custom kernels are loaded and
-    the head size is one it handles."""
+    """Whether kvgraph's attention kernels (``kvgraph_attend_f32``, ``kvgraph_cache_attend_f32``)
+    can serve this attention: the custom kernels are loaded and the head size is one they handle."""
     if ctx.kernels is None:
         return False
     try:

@@ -124,6 +124,28 @@ def attend_head[NC: Int](
     sp.unsafe_free()
 
 
+# attend_head for head size dh (64 or 128: the kernels check), its vectors per row unrolled.
+@always_inline
+def attend_head_dh(
+    dh: Int,
+    op: UnsafePointer[Float32, MutAnyOrigin],
+    qp: UnsafePointer[Float32, MutAnyOrigin],
+    kp: UnsafePointer[Float32, MutAnyOrigin],
+    vp: UnsafePointer[Float32, MutAnyOrigin],
+    rows: Int,
+    qs: Int,
+    ks: Int,
+    sk: Int,
+    lim0: Int,
+    grow: Int,
+    scale: Float32,
+):
+    if dh == 64:
+        attend_head[64 // W](op, qp, kp, vp, rows, qs, ks, sk, lim0, grow, scale)
+    else:
+        attend_head[128 // W](op, qp, kp, vp, rows, qs, ks, sk, lim0, grow, scale)
+
+
 @register("kvgraph_attend_f32")
 struct AttendF32:
     @staticmethod
@@ -158,10 +180,7 @@ struct AttendF32:
             var h = task % heads
             var qo = c * rows * qs + h * dh
             var ko = c * sk * ks + (h // group) * dh
-            if dh == 64:
-                attend_head[4](op + qo, qp + qo, kp + ko, vp + ko, rows, qs, ks, sk, sk, 0, scale)
-            else:
-                attend_head[8](op + qo, qp + qo, kp + ko, vp + ko, rows, qs, ks, sk, sk, 0, scale)
+            attend_head_dh(dh, op + qo, qp + qo, kp + ko, vp + ko, rows, qs, ks, sk, sk, 0, scale)
 
         sync_parallelize(work, num_work_items=nctx * heads)
 
@@ -218,10 +237,7 @@ struct CacheAttendF32:
             var sk = min(p + rows, end)  # keys this context's last row sees
             var qo = c * rows * qs + h * dh
             var ko = c * cap * ks + (h // group) * dh
-            if dh == 64:
-                attend_head[4](op + qo, qp + qo, kp + ko, vp + ko, rows, qs, ks, sk, p + 1, 1, scale)
-            else:
-                attend_head[8](op + qo, qp + qo, kp + ko, vp + ko, rows, qs, ks, sk, p + 1, 1, scale)
+            attend_head_dh(dh, op + qo, qp + qo, kp + ko, vp + ko, rows, qs, ks, sk, p + 1, 1, scale)
 
         sync_parallelize(work, num_work_items=nctx * heads)
 
