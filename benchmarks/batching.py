@@ -1,5 +1,6 @@
 """Throughput of many files (audio seconds per wall second): kvgraph sequential vs continuous
-batching (``--batch-size`` 4 / 8 / 16) vs openai-whisper sequential, tiny.en, greedy with
+batching (``--batch-size`` 4 / 8 / 16) vs openai-whisper sequential and faster-whisper
+(sequential and its ``BatchedInferencePipeline``, fp32 and int8, when installed), tiny.en, greedy with
 openai's default fallback temperatures and ``condition_on_previous_text``.
 
 Two sets of real speech (``/work/shared/data/speech``, or ``--speech DIR``: 28 telephone
@@ -32,6 +33,9 @@ from quiet import Probe, machine, wait_quiet  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
 ENGINES = ("kvgraph_seq", "kvgraph_b4", "kvgraph_b8", "kvgraph_b16", "openai_seq")
+#: faster-whisper rows (run when ``faster_whisper`` is installed): sequential, and its
+#: ``BatchedInferencePipeline`` (batch 8: VAD chunks of one file, no previous-text conditioning)
+FW_ENGINES = ("fw_seq_fp32", "fw_seq_int8", "fw_b8_fp32", "fw_b8_int8")
 TEMPS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
@@ -83,6 +87,29 @@ def run_engine(engine: str, set_name: str, speech: Path) -> dict:
             return [whisper.transcribe(tm, a, fp16=False, **opts)["text"] for _, a in clips]
 
         warm = lambda: whisper.transcribe(tm, clips[0][1], fp16=False, **opts)  # noqa: E731
+    elif engine.startswith("fw_"):
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+        from models.weight_packages import resolve_source
+
+        _, mode, ctype = engine.split("_")
+        path = resolve_source("tiny.en")["parts"][0].parent
+        fw = WhisperModel(str(path), device="cpu", compute_type=ctype.replace("fp", "float"))
+        # greedy with openai's fallback (faster-whisper's own default is beam 5)
+        fw_opts = dict(beam_size=1, best_of=5, temperature=list(TEMPS), condition_on_previous_text=True)
+        if mode == "seq":
+            run_one = lambda a: "".join(s.text for s in fw.transcribe(a, **fw_opts)[0])  # noqa: E731
+        else:
+            pipe = BatchedInferencePipeline(fw)
+            bs = int(mode[1:])
+            run_one = lambda a: "".join(  # noqa: E731
+                s.text for s in pipe.transcribe(a, batch_size=bs, **fw_opts)[0]
+            )
+
+        def run_all():
+            return [run_one(a) for _, a in clips]
+
+        warm = lambda: run_one(clips[0][1])  # noqa: E731
     else:
         from models import whisper as mw
 
@@ -141,6 +168,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "batching.json"))
     args = ap.parse_args(argv)
     speech = speech_dir(args.speech)
+    if args.engines == ",".join(ENGINES):
+        try:
+            import faster_whisper  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            args.engines += "," + ",".join(FW_ENGINES)
     if args.engine:
         print(json.dumps(run_engine(args.engine, args.set, speech)))
         return 0
