@@ -301,10 +301,10 @@ class BackendInference(Inference):
         """``[b * group, n_tokens, vocab]``: each of ``rows``' ``b`` rows ``group`` times at
         positions ``sot_index ..``; the prompt's positions before it untouched zeros (see the
         class docstring)."""
-        b, n, vocab = rows.shape
-        out = np.zeros((b * group, n_tokens, vocab), dtype=np.float32)
-        out[:, self.sot_index :] = np.repeat(rows, group, axis=0) if group > 1 else rows
-        return torch.from_numpy(out)
+        b, _, vocab = rows.shape
+        out = np.zeros((b, group, n_tokens, vocab), dtype=np.float32)
+        out[:, :, self.sot_index :] = rows[:, None]
+        return torch.from_numpy(out.reshape(b * group, n_tokens, vocab))
 
     def rearrange_kv_cache(self, source_indices) -> None:
         indices = [int(i) for i in source_indices]
@@ -324,15 +324,15 @@ class _BackendEncoder:
         self._adapter = adapter
         self.last: tuple[np.ndarray, np.ndarray] | None = None  # (mel, features) of the last call
 
-    def features(self, mel_np: np.ndarray, reuse: bool = True) -> np.ndarray:
-        """The backend's features of ``mel_np`` f32[b, n_mels, frames]; with ``reuse``, those
-        of the last call when its mel was equal. openai's ``DecodingTask`` encodes its mel
+    def features(self, mel_np: np.ndarray) -> np.ndarray:
+        """The backend's features of ``mel_np`` f32[b, n_mels, frames]: those of the last call
+        when its mel was equal. openai's ``DecodingTask`` encodes its mel
         on every attempt, so a window that falls back through the temperatures was encoded
         once per temperature (the 66 s long form with beam 5: 13 encoder calls for its
         windows' 13 attempts, 1.6 s of 8.7 s); word timestamps' forced pass re-encodes the
         window the decoding just encoded. The encoder is a pure function of the mel, so the
         features are the ones a new call would give; comparing two mels costs ~0.1 ms."""
-        if reuse and self.last is not None and np.array_equal(self.last[0], mel_np):
+        if self.last is not None and np.array_equal(self.last[0], mel_np):
             return self.last[1]
         timed = _Timed(self._adapter.backend, self._adapter.timings)
         features = np.ascontiguousarray(np.asarray(timed.encode(mel_np), dtype=np.float32))
