@@ -425,6 +425,12 @@ def attention(
     return ops.reshape(ops.transpose(out, 1, 2), [b, sq, hd])
 
 
+def _f32_arg(x: float) -> TensorValue:
+    """A float32 scalar for a custom kernel (``f32[1]`` on the CPU: the attention kernels'
+    ``scale``)."""
+    return ops.constant(np.full([1], x, np.float32), F32, device=_cpu())
+
+
 #: head sizes ``kvgraph_attend_f32`` handles (its vectors per row are unrolled at compile time)
 ATTEND_HEAD_DIMS = (64, 128)
 
@@ -449,11 +455,10 @@ def attention_context(
     if causal or q_offset is not None:
         raise InputError("attention_context is unmasked attention: causal=False, q_offset=None")
     _head_dims(q, k, v, n_heads, n_kv_heads)
-    s = ops.constant(np.full([1], scale, np.float32), F32, device=_cpu())
     return ops.custom(
         "kvgraph_attend_f32",
         device=_cpu(),
-        values=[q, k, v, s],
+        values=[q, k, v, _f32_arg(scale)],
         out_types=[TensorType(F32, list(q.shape), device=_cpu())],
         parameters={"heads": n_heads},
     )[0].tensor
@@ -485,11 +490,10 @@ def attention_cache(
         past = q_offset
     else:
         past = ops.reshape(q_offset, [1])
-    s = ops.constant(np.full([1], scale, np.float32), F32, device=cpu)
     return ops.inplace_custom(
         "kvgraph_cache_attend_f32",
         device=cpu,
-        values=[q, k, v, past, ops.reshape(end, [1]), s],
+        values=[q, k, v, past, ops.reshape(end, [1]), _f32_arg(scale)],
         out_types=[TensorType(F32, list(q.shape), device=cpu)],
         parameters={"heads": n_heads},
     )[0].tensor

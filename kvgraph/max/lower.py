@@ -111,6 +111,11 @@ class LowerCtx:
         self._emitted: dict[str, object] = {}
         self._half: dict[str, bool] = {}
 
+    @property
+    def step_attention(self) -> bool:
+        """Attention here is a step's few query rows (``always_few`` or ``few_attention``)."""
+        return self.always_few or self.few_attention
+
     def _source(self, w: ir.Weight) -> np.ndarray:
         if w.name not in self.weights:
             raise LoweringError(f"missing weight {w.name!r} ({w.type})")
@@ -219,7 +224,7 @@ def _rule_attention(op, env, ctx):
     # when the custom kernels are loaded; otherwise (and in full-sequence programs) the
     # matmul form, which MAX fuses into its flash-attention kernel (measured: faster than
     # ``attention_few``'s broadcast form over 1500 audio frames).
-    few = ctx.always_few or ctx.few_attention
+    few = ctx.step_attention
     q = _arg(ctx, env, op.q)
     kv = [env.raw(x) if not isinstance(x, ir.Weight) else None for x in (op.k, op.v)]
     if (
@@ -360,8 +365,7 @@ def _rule_cache_view(op, env, ctx):
         _, end = _rows(op, env)
     view = _CacheView(env[op.cache], end, _dim_name(op.infer_type().shape[1]))
     # in a step program with the custom kernels, attention may read the buffer in place
-    few = ctx.always_few or ctx.few_attention
-    return view if (few and ctx.kernels is not None) else view.load()
+    return view if (ctx.step_attention and ctx.kernels is not None) else view.load()
 
 
 def _rule_conv1d(op, env, ctx):
