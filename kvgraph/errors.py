@@ -47,3 +47,8 @@ class ReferenceRunError(KvgraphError):
 
 class LoweringError(KvgraphError):
     """Lowering to (or running on) MAX failed; the message carries the IR line at fault."""
+
+
+class KernelError(LoweringError):
+    """MAX could not load kvgraph's custom kernels for a program. The message is one line: the
+    kernel, MAX's reason, and the way out (``KVGRAPH_CUSTOM_KERNELS=off``: MAX's own ops)."""

@@ -6,7 +6,9 @@ compiled code (the caller passes those parts: the lowered program's text, loweri
 the compiler's version, the CPU), so a hit is always the right artifact.
 
 Files are ``<root>/<key[:2]>/<key>.kvp``: a header (magic, format version, the key, payload
-length and SHA-256) and the payload (the compiled artifact's bytes).
+length and SHA-256) and the payload (the compiled artifact's bytes). A key may instead be a
+*link* to another key's artifact, ``<root>/<key[:2]>/<key>.link`` holding the target key: one
+artifact that holds several programs (a MAX Module) is found under each program's own key too.
 
 What can go wrong, and what happens:
 
@@ -88,6 +90,7 @@ class StoreStats:
     hits: int = 0
     misses: int = 0
     writes: int = 0
+    links: int = 0  # keys pointed at another key's artifact (see ProgramStore.link)
     bad: int = 0  # artifacts found but refused (truncated, corrupt, foreign, unreadable)
     write_errors: int = 0
 
@@ -108,6 +111,24 @@ class ProgramStore:
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.kvp"
+
+    def link_path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.link"
+
+    def target(self, key: str) -> str | None:
+        """The key whose artifact serves ``key``: ``key`` itself when it has one, the target of
+        its link when that target has one, else None. (An artifact found here may still be
+        refused when read: :meth:`get` checks it.)"""
+        if not self.enabled:
+            return None
+        if self.path(key).exists():
+            return key
+        try:
+            to = self.link_path(key).read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        ok = len(to) == 64 and all(c in "0123456789abcdef" for c in to)
+        return to if ok and self.path(to).exists() else None
 
     # ------------------------------------------------------------------ reading
     def load_bytes(self, key: str) -> bytes | None:
@@ -133,6 +154,11 @@ class ProgramStore:
         if obj is None:
             self.stats.misses += 1
         return obj
+
+    def read(self, key: str, read: Callable[[bytes], object]):
+        """As :meth:`get`, without counting a miss (the caller counts it, once, if it then
+        compiles): hits and refused artifacts are counted."""
+        return self._read(key, read)
 
     def _read(self, key: str, read: Callable[[bytes], object]):
         data = self.load_bytes(key)
@@ -194,6 +220,31 @@ class ProgramStore:
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+
+    def link(self, key: str, target: str) -> bool:
+        """Make ``key`` find ``target``'s artifact (:meth:`target`); atomic, never over an
+        artifact of its own. Returns whether the link was written."""
+        if not self.enabled or key == target or self.path(key).exists():
+            return False
+        final = self.link_path(key)
+        tmp = None
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".part", dir=final.parent)
+            with os.fdopen(fd, "w") as f:
+                f.write(target)
+            os.replace(tmp, final)
+            tmp = None
+        except OSError as e:
+            self.stats.write_errors += 1
+            log.info("kvgraph store: cannot link %s (%s)", final, e.strerror or e)
+            return False
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        self.stats.links += 1
+        return True
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:

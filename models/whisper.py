@@ -98,10 +98,21 @@ class MaxWhisperBackend:
     concat for Whisper's steps (README, Design notes). Whisper decoding steps each state
     once, in order, and beam search branches through ``reorder`` (a copy); a stale state
     would be refused by the decoder.
+
+    ``preload``: decoder programs to compile (or read from the store) together with the first
+    ones rather than on first use, e.g. ``("step_rows", "alignment")`` for batching and word
+    timestamps; one MAX compile for all of them costs little more than for the first ones.
     """
 
     def __init__(
-        self, dims, weights, *, kv_cache: bool = True, cache_layout: str = "buffer", alignment_heads=None
+        self,
+        dims,
+        weights,
+        *,
+        kv_cache: bool = True,
+        cache_layout: str = "buffer",
+        alignment_heads=None,
+        preload=(),
     ):
         import time
 
@@ -120,10 +131,13 @@ class MaxWhisperBackend:
         self.decoder = kvgraph.compile(
             spec_from_dims(dims), weights, kv_cache=kv_cache, cache_layout=cache_layout, eager=False
         )
-        # encoder + the decoder's first programs in one go: one stored artifact, or one compile
-        (self.encoder,) = self.decoder.load(
-            self.decoder.eager_programs, extra=[ProgramRequest(build_encoder(dims), weights)]
-        )
+        # encoder + the decoder's first programs (+ ``preload``: more decoder programs, and
+        # "alignment" for word timestamps' program) in one go: one stored artifact, or one compile
+        extra = [ProgramRequest(build_encoder(dims), weights)]
+        if "alignment" in preload:
+            extra.append(self.decoder.exposed_request(self.alignment_scores()))
+        names = [*self.decoder.eager_programs, *(n for n in preload if n != "alignment")]
+        (self.encoder, *_) = self.decoder.load(names, extra=extra)
         self.compile_s = time.perf_counter() - t0
 
     def encode(self, mel):
@@ -149,15 +163,22 @@ class MaxWhisperBackend:
         f32[b, t, n_audio_ctx]})``, the pre-softmax cross-attention scores (q·kᵀ/√d_head) of
         the alignment heads over ``tokens``, from the full-sequence decoder program with
         those scores as extra outputs (``ExposeAttention``), compiled on first use."""
-        which: dict[str, list[int]] = {}
-        for layer, head in self.alignment_heads:
-            which.setdefault(cross_attention_name(layer), []).append(head)
+        which = self.alignment_scores()
         logits, scores = self.decoder.logits_and_scores(tokens, audio_features, which=which)
         out = {}
         for layer, head in self.alignment_heads:
             name = cross_attention_name(layer)
             out[(layer, head)] = scores[name][:, which[name].index(head)]
         return logits, out
+
+
+    def alignment_scores(self) -> dict[str, list[int]]:
+        """The attention scores :meth:`alignment` asks of the decoder, ``{cross-attention
+        value name: [head, ...]}`` (its program: ``decoder.exposed_request(...)`` of this)."""
+        which: dict[str, list[int]] = {}
+        for layer, head in self.alignment_heads:
+            which.setdefault(cross_attention_name(layer), []).append(head)
+        return which
 
 
 def cross_attention_name(layer: int) -> str:

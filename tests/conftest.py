@@ -6,6 +6,11 @@ here lets the suite run against a checkout whose installed metadata is older. Ap
 twice (here and through the entry point) is a no-op.
 """
 
+import json
+import os
+import tempfile
+from pathlib import Path
+
 import kvgraph.plugins
 import models.plugin
 
@@ -13,15 +18,50 @@ kvgraph.plugins.use(models.plugin.register)
 
 
 def pytest_configure(config):
+    # every MAX compile of the run, subprocesses' included, appends a line here
+    # (kvgraph.max.runtime.record_compile); the summary counts them
+    if "KVGRAPH_COMPILE_LOG" not in os.environ:
+        fd, path = tempfile.mkstemp(prefix="kvgraph-compiles-", suffix=".jsonl")
+        os.close(fd)
+        os.environ["KVGRAPH_COMPILE_LOG"] = path
     config.addinivalue_line(
         "markers", "max: compiles and runs graphs on MAX (slow when MAX's compile cache is cold)"
     )
     config.addinivalue_line("markers", "slow: long-running parity tests")
 
 
+def pytest_report_header(config):
+    from decoder_fixtures import SEED, drawn_cross_gqa
+
+    spec = drawn_cross_gqa(SEED)
+    return [
+        f"KVGRAPH_TEST_SEED={SEED} (gpt_cross_gqa, drawn: vocab {spec.vocab_size}, "
+        f"context {spec.cross_attention.context_len}x{spec.cross_attention.context_dim})"
+    ]
+
+
+def compile_summary(path: str) -> list[str]:
+    """The run's MAX compiles from the log: count, seconds, and the slowest."""
+    try:
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+    total = sum(r["seconds"] for r in rows)
+    out = [f"MAX compiles this run: {len(rows)} programs, {total:.0f} s compiling"]
+    for r in sorted(rows, key=lambda r: -r["seconds"])[:8]:
+        out.append(f"  {r['seconds']:7.1f} s  {r['what']}")
+    return out
+
+
 def pytest_terminal_summary(terminalreporter):
-    """With KVGRAPH_TOL_REPORT=1: each scaled comparison's worst measured ratio (tests/tolerance.py)."""
+    """The run's MAX compile count and seconds; with KVGRAPH_TOL_REPORT=1 also each scaled
+    comparison's worst measured ratio (tests/tolerance.py)."""
     import tolerance
+
+    for line in compile_summary(os.environ.get("KVGRAPH_COMPILE_LOG", "")):
+        terminalreporter.write_line(line)
+    for line in pytest_report_header(None):  # the draw, to replay a failure
+        terminalreporter.write_line(line)
 
     if tolerance.reporting():
         terminalreporter.write_line("measured |diff| / (eps * scale), worst per comparison:")

@@ -1,78 +1,24 @@
-"""kvgraph.compile on MAX against the NumPy reference (each model compiled once per session)."""
+"""kvgraph.compile on MAX against the NumPy reference (each model compiled once per session,
+every program of a spec in one MAX compile: tests/decoder_fixtures.py)."""
 
 import attrs
 import numpy as np
 import pytest
+from decoder_fixtures import F16_EXACT, SPECS, compiled
+from decoder_fixtures import weights_for as _weights
 from tolerance import MAX_VS_REF, assert_close, check
 
 import kvgraph
-import kvgraph.specs
 from kvgraph import ir
 from kvgraph.errors import LoweringError
 from kvgraph.reference_decoder import ReferenceDecoder
 
 pytestmark = pytest.mark.max
 
-SPECS = {
-    # Whisper/GPT-2 family with cross-attention and grouped-query self-attention; head size
-    # 64, so its steps' cross-attention runs kvgraph's attention kernel (grouped heads too).
-    "gpt_cross_gqa": kvgraph.DecoderSpec(
-        vocab_size=97,
-        d_model=256,
-        n_heads=4,
-        n_kv_heads=2,
-        n_layers=2,
-        max_seq_len=64,
-        mlp_hidden=96,
-        norm="layernorm",
-        mlp="gelu",
-        positions="learned",
-        cross_attention=kvgraph.CrossAttention(context_len=12, context_dim=40),
-        name="gpt_cross_gqa",
-    ),
-    # A mix neither family uses: sinusoidal positions, RMSNorm with GELU and biases,
-    # multi-query attention (one KV head), cross-attention to a context wider than d_model.
-    "mixed_mqa": kvgraph.DecoderSpec(
-        vocab_size=71,
-        d_model=32,
-        n_heads=4,
-        n_kv_heads=1,
-        n_layers=3,
-        max_seq_len=64,
-        mlp_hidden=80,
-        norm="rmsnorm",
-        mlp="gelu",
-        positions="sinusoidal",
-        bias=True,
-        naming="llama",
-        cross_attention=kvgraph.CrossAttention(context_len=9, context_dim=56),
-        name="mixed_mqa",
-    ),
-    # Llama family: RMSNorm, rotary, GQA, SwiGLU, untied head, no cross-attention. The
-    # built-in demo spec, so examples/compile_llama_style.py reuses these compiled graphs.
-    "llama_gqa": kvgraph.specs.get("llama-demo"),
-}
-
-
-# Specs whose random weights are rounded to float16 values, as an fp16 checkpoint's are:
-# their one-row linears and embeddings read float16 copies (kvgraph.max.lower.LowerCtx), which
-# must give the float32 results.
-F16_EXACT = {"gpt_cross_gqa"}
-
-
-def _weights(name):
-    weights = kvgraph.init_weights(SPECS[name], seed=3)
-    if name in F16_EXACT:
-        weights = {k: v.astype(np.float16).astype(np.float32) for k, v in weights.items()}
-    return weights
-
 
 @pytest.fixture(scope="session", params=sorted(SPECS))
 def case(request):
-    spec = SPECS[request.param]
-    weights = _weights(request.param)
-    model = kvgraph.compile(spec, weights)
-    return spec, weights, model
+    return compiled(request.param)
 
 
 def _inputs(spec, batch, length, seed):
@@ -356,14 +302,12 @@ def test_bad_tokens_are_refused_before_max_runs(case):
 
 # ------------------------------------------------- the fixed-capacity buffer layout
 
-BUFFER_CAPACITY = 32
-
 
 @pytest.fixture(scope="module")
 def buffer_case():
-    spec = SPECS["llama_gqa"]
-    weights = kvgraph.init_weights(spec, seed=3)
-    return spec, weights, kvgraph.compile(spec, weights, cache_layout="buffer", capacity=BUFFER_CAPACITY)
+    """llama_gqa's default compile: rotary positions, so "auto" gives in-place buffers of the
+    spec's max_seq_len rows."""
+    return compiled("llama_gqa")
 
 
 def test_buffer_layout_matches_reference_in_place(buffer_case):
@@ -373,7 +317,8 @@ def test_buffer_layout_matches_reference_in_place(buffer_case):
     from kvgraph.max.lower import lower
 
     spec, weights, model = buffer_case
-    assert model.capacity == BUFFER_CAPACITY
+    cap = model.capacity
+    assert cap == spec.max_seq_len
     tokens, ctx = _inputs(spec, 2, 10, seed=1)
     full = kvgraph.reference.run(kvgraph.build(spec), weights, np.float64, tokens=tokens)["logits"]
     p = 5
@@ -383,7 +328,7 @@ def test_buffer_layout_matches_reference_in_place(buffer_case):
     assert len(caches) == 2 * spec.n_layers
     assert all(isinstance(b, Buffer) for b in caches.values())
     kv = spec.kv_heads * spec.head_dim
-    assert all(tuple(b.shape) == (2, BUFFER_CAPACITY, kv) for b in caches.values())
+    assert all(tuple(b.shape) == (2, cap, kv) for b in caches.values())
     past = p
     for n in (1, 1, 3):
         logits, new = model.step(tokens[:, past : past + n], state)
@@ -403,8 +348,8 @@ def test_buffer_layout_matches_reference_in_place(buffer_case):
     assert all(isinstance(in_types[k], BufferType) for k in caches)
     assert not isinstance(in_types["tokens"], BufferType)
     with pytest.raises(ValueError, match="capacity"):
-        model.step(np.zeros((2, BUFFER_CAPACITY - past + 1), np.int64), state)
-    model.step(np.zeros((2, BUFFER_CAPACITY - past), np.int64), state)  # exactly full: fine
+        model.step(np.zeros((2, cap - past + 1), np.int64), state)
+    model.step(np.zeros((2, cap - past), np.int64), state)  # exactly full: fine
     swapped = model.reorder(state, [1, 0])
     assert all(swapped.buffers[k] is not b for k, b in caches.items())
 
@@ -458,9 +403,8 @@ def test_default_layout_is_buffer_when_the_capacity_is_known(name):
 
 @pytest.fixture(scope="module")
 def concat_case():
-    spec = SPECS["llama_gqa"]
-    weights = kvgraph.init_weights(spec, seed=3)
-    return spec, weights, kvgraph.compile(spec, weights, cache_layout="concat")
+    spec, weights, model = compiled("llama_gqa")
+    return spec, weights, model.concat
 
 
 def test_concat_layout_matches_reference_and_keeps_states_immutable(concat_case):

@@ -117,10 +117,11 @@ def test_refusals_name_the_attention():
 def test_max_scores_equal_reference():
     """One small compiled program: causal grouped-query self-attention heads (gathered out
     of order) and cross-attention heads, against the NumPy reference."""
-    from test_compile_max import SPECS, _inputs, _weights
+    from decoder_fixtures import SCORES, compiled
+    from test_compile_max import _inputs
 
-    spec, weights = SPECS["gpt_cross_gqa"], _weights("gpt_cross_gqa")
-    which = {"b0.attn": [3, 0, 2], "b1.cross": [1], "b1.attn": None}
+    spec, weights, _ = compiled("gpt_cross_gqa")  # its Modules hold this scores program
+    which = SCORES["gpt_cross_gqa"]
     model = kvgraph.compile(spec, weights, kv_cache=False, eager=False)
     tokens, ctx = _inputs(spec, 2, 9, seed=4)
     logits, scores = model.logits_and_scores(tokens, ctx, which=which)

@@ -4,16 +4,23 @@ Decodes join a pool of cache rows at unequal prompt lengths, step together (some
 out some steps), one leaves and a new one reuses its rows (stale keys behind the mask); a
 multi-token step checks the in-graph per-row masks with seq > 1 (MAX_NOTES' trap). Both
 families: learned positions + cross-attention + GQA, and rope + GQA + SwiGLU.
+
+The first family's spec is drawn anew each run, with float16-exact weights
+(tests/decoder_fixtures.py): its programs run every custom kernel, and no compile cache can
+hold them.
 """
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
-from test_compile_max import SPECS
+from decoder_fixtures import SEED, compiled
 from tolerance import MAX_VS_REF, assert_close
 
-import kvgraph
+from kvgraph.max import custom
+from kvgraph.max.lower import lower
 from kvgraph.reference_decoder import ReferenceDecoder
 from kvgraph.slots import SlotPool
 
@@ -22,9 +29,7 @@ pytestmark = pytest.mark.max
 
 @pytest.fixture(scope="module", params=["gpt_cross_gqa", "llama_gqa"])
 def case(request):
-    spec = SPECS[request.param]
-    weights = kvgraph.init_weights(spec, seed=3)
-    dec = kvgraph.compile(spec, weights, eager=False)
+    spec, weights, dec = compiled(request.param)
     return spec, weights, dec, ReferenceDecoder(spec, weights)
 
 
@@ -84,3 +89,21 @@ def test_pool_reorder_matches_reference(case):
     (got,) = pool.step([(g, tokens[order, 5:6])])
     hist = np.concatenate([tokens[order, :5], tokens[order, 5:6]], axis=1)
     assert_close(got, ref.logits(hist, ctx)[:, -1:], MAX_VS_REF, what="after reorder")
+
+
+def test_drawn_spec_runs_every_custom_kernel():
+    """The drawn spec's programs use each of kvgraph's custom kernels, so the tests above and
+    test_compile_max's run them all in programs no compile cache holds."""
+    spec, weights, dec = compiled("gpt_cross_gqa")
+    if custom.kernel_package() is None:
+        pytest.skip("custom kernels unavailable on this machine (their fallback is tested elsewhere)")
+    used = set()
+    for name in ("prefill", "step_few", "step_rows"):
+        r = dec.request(name)
+        mg, _ = lower(
+            r.graph, weights, r.weights_mode, r.f16_weights, r.few_dims, r.always_few,
+            few_attention=r.few_attention,
+        )  # fmt: skip
+        used |= set(re.findall(r'"(kvgraph_\w+)"', str(mg)))
+    assert used == set(custom.kernel_names()), f"KVGRAPH_TEST_SEED={SEED}"
+    assert {"prefill", "step_few", "step_rows"} <= set(dec.loaded)

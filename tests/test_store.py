@@ -47,6 +47,29 @@ def test_miss_then_hit(tmp_path):
     assert [p.name for p in s.path(key).parent.iterdir() if p.suffix == ".part"] == []
 
 
+def test_a_link_finds_another_keys_artifact(tmp_path):
+    """A Module's artifact is found under each of its programs' own keys through links; a
+    link never replaces an artifact, dangles harmlessly when its target goes, and a key with
+    an artifact of its own is served by that."""
+    s = st.ProgramStore(tmp_path)
+    module, a, b = (st.make_key(x) for x in ("module [a, b]", "a", "b"))
+    assert s.target(a) is None
+    assert s.link(a, module) and s.target(a) is None  # a link to nothing yet finds nothing
+    assert s.put(module, lambda path: Path(path).write_bytes(b"two programs"))
+    assert s.link(a, module) and s.link(b, module) and s.stats.links == 3
+    assert (s.target(a), s.target(b), s.target(module)) == (module, module, module)
+    assert s.get(s.target(a), _ident) == b"two programs"
+    assert sorted(p.suffix for p in tmp_path.rglob("*.*")) == [".kvp", ".link", ".link"]
+    assert not s.link(module, a)  # an artifact is never shadowed by a link
+    assert s.put(a, lambda path: Path(path).write_bytes(b"a alone"))
+    assert s.target(a) == a and s.get(a, _ident) == b"a alone"  # its own artifact first
+    s.path(module).unlink()
+    assert s.target(b) is None  # a dangling link is a miss
+    s.link_path(b).write_text("not a key")
+    assert s.target(b) is None
+    assert st.ProgramStore(None).target(a) is None and not st.ProgramStore(None).link(a, module)
+
+
 def test_keys_cover_every_part():
     assert st.make_key("ab", "c") != st.make_key("a", "bc")
     assert st.make_key("x", "cpu1") != st.make_key("x", "cpu2")

@@ -67,19 +67,20 @@ def test_encoder_matches_openai(tiny_backend, torch_tiny, jfk_mel):
 
 def test_encoder_bound_fails_on_a_1e3_perturbation(jfk_mel, torch_tiny):
     """The encoder bound can fail: tiny.en's encoder with one weight moved by 1e-3 * N(0, 1)
-    (rounded to float16 values, so it lowers to the same program) is caught."""
-    from whisper_fixtures import _checkpoint
+    (kept float16, as the backend's checkpoint is, so it lowers to the same program: the
+    session's, found in the program store) is caught."""
+    from whisper_fixtures import _backend_checkpoint
 
     from kvgraph.max.runtime import load_program
     from models.whisper import build_encoder
 
-    dims, weights = _checkpoint("tiny.en")
+    dims, weights = _backend_checkpoint("tiny.en")
     with torch.no_grad():
         ref = torch_tiny.encoder(jfk_mel[None]).numpy()
     name = "encoder.blocks.2.mlp.0.weight"
     bad = dict(weights)
     noise = np.random.default_rng(0).standard_normal(weights[name].shape)
-    bad[name] = (weights[name] + 1e-3 * noise).astype(np.float16).astype(np.float32)
+    bad[name] = (weights[name].astype(np.float32) + 1e-3 * noise).astype(weights[name].dtype)
     got = load_program(build_encoder(dims), bad)(jfk_mel[None].numpy())[0].to_numpy()
     assert not check(got, ref, MAX_ENCODER)[0]
 

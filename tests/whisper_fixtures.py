@@ -35,14 +35,46 @@ def _checkpoint(name: str):
 
 
 @functools.cache
+def _backend_checkpoint(name: str):
+    """The checkpoint as ``models.whisper.load_backend`` reads it (float16 weights kept), so the
+    session's programs are the ones `kvgraph transcribe` and `kvgraph serve` processes load
+    (the same store keys, the same MAX programs)."""
+    from models.whisper import load_checkpoint
+
+    return load_checkpoint(name, keep_float16=True)
+
+
+@functools.cache
 def _max_backend(name: str, kv_cache: bool):
     from models.alignment_heads import load_alignment_heads
     from models.whisper import MaxWhisperBackend
 
-    dims, weights = _checkpoint(name)
-    return MaxWhisperBackend(
-        dims, weights, kv_cache=kv_cache, alignment_heads=load_alignment_heads(name, dims)
+    if not kv_cache and name in LATER:
+        _max_backend(name, True)  # compiles the "full" program this backend runs (with the rest)
+    dims, weights = _backend_checkpoint(name)
+    backend = MaxWhisperBackend(
+        dims,
+        weights,
+        kv_cache=kv_cache,
+        alignment_heads=load_alignment_heads(name, dims),
+        preload=PRELOAD.get(name, ()) if kv_cache else (),
     )
+    if kv_cache and name in LATER:
+        # the programs the tests load later (batching's per-row step, word timestamps' scores,
+        # the kv_cache=False backend's full sequence), compiled together: one MAX compile
+        # (not one each), which CLI and server subprocesses find in the program store
+        dec = backend.decoder
+        dec.load(LATER[name], extra=[dec.exposed_request(backend.alignment_scores())])
+    return backend
+
+
+#: Programs compiled with a model's first ones: base's word timestamps (no other process
+#: loads base, so nothing needs its first programs alone).
+PRELOAD = {"base": ("alignment",)}
+#: Decoder programs of a model the tests run beyond its eager ones, compiled in a second MAX
+#: compile: tiny.en's first programs stay one Module of their own, the one `kvgraph prepare`
+#: and `kvgraph transcribe` subprocesses compile (MAX's cache then holds it for them).
+LATER = {"tiny.en": ["step_rows", "full"]}  # full: the kv_cache=False backend's program too
 
 
 @functools.cache

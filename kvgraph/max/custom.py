@@ -9,7 +9,8 @@ ahead of time. When the compiler is missing or the build fails, :func:`kernel_pa
 returns None with one log line and the lowering uses MAX's built-in ops instead (slower for
 several rows, same values to float32 rounding) — never a different engine.
 
-``KVGRAPH_CUSTOM_KERNELS=off`` turns the custom kernels off (the built-in forms are used).
+``KVGRAPH_CUSTOM_KERNELS=off`` turns the custom kernels off (the built-in forms are used);
+``KVGRAPH_MOJO`` names the Mojo compiler to build them with.
 """
 
 from __future__ import annotations
@@ -19,17 +20,19 @@ import hashlib
 import importlib.metadata
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from ..store import default_root, file_lock
+from ..store import file_lock
 
 log = logging.getLogger("kvgraph")
 
 SOURCE = Path(__file__).parent / "mojo" / "kvgraph_kernels"
+PACKAGE = "kvgraph_kernels.mojoc"  # the built package's file name (MAX imports it by that name)
 _OFF = ("off", "0", "none", "false")
 
 
@@ -38,6 +41,11 @@ def enabled() -> bool:
 
 
 def _mojo() -> Path | None:
+    """The Mojo compiler: ``$KVGRAPH_MOJO`` when set, else the one the ``max`` wheel installed
+    beside this Python, else ``mojo`` on the PATH."""
+    env = os.environ.get("KVGRAPH_MOJO")
+    if env:
+        return Path(env)
     here = Path(sys.executable).parent / "mojo"
     if here.exists():
         return here
@@ -58,6 +66,14 @@ def _mojo_libs() -> Path | None:
     return None
 
 
+def kernel_names() -> list[str]:
+    """The kernels the package registers (``@register("name")`` in its sources)."""
+    names = []
+    for f in sorted(SOURCE.glob("*.mojo")):
+        names += re.findall(r'@register\("([^"]+)"\)', f.read_text())
+    return names
+
+
 def source_hash(mojo: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(SOURCE.glob("*.mojo")):
@@ -73,6 +89,18 @@ def source_hash(mojo: Path) -> str:
     return h.hexdigest()[:20]
 
 
+def kernels_root() -> Path:
+    """Where the built package is kept: ``$KVGRAPH_KERNELS_DIR``, else ``kernels`` in the user's
+    cache folder (``$XDG_CACHE_HOME/kvgraph`` or ``~/.cache/kvgraph``) — one place per user
+    whatever program store a process uses (``KVGRAPH_CACHE_DIR``): MAX keys its compiled
+    programs by the package's path too, so processes with other stores share MAX's cache."""
+    env = os.environ.get("KVGRAPH_KERNELS_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "kvgraph" / "kernels"
+
+
 @functools.cache
 def kernel_package() -> Path | None:
     """The built kernel package, building it if needed; None when custom kernels are off or
@@ -84,13 +112,10 @@ def kernel_package() -> Path | None:
         log.warning("custom kernels unavailable (no mojo compiler or MAX Mojo libraries): using MAX's ops")
         return None
     key = source_hash(mojo)
-    root = default_root()
-    folders = ([root / "kernels"] if root is not None else []) + [
-        Path(tempfile.gettempdir()) / f"kvgraph-kernels-{os.getuid()}"
-    ]
+    folders = [kernels_root(), Path(tempfile.gettempdir()) / f"kvgraph-kernels-{os.getuid()}"]
     for folder in folders:
         # MAX imports the package under its file's name: the key goes in the folder's
-        target = folder / key / "kvgraph_kernels.mojoc"
+        target = folder / key / PACKAGE
         if target.exists():
             return target
         try:
@@ -102,8 +127,16 @@ def kernel_package() -> Path | None:
             return target
         except OSError as e:  # read-only or full folder: try the next one
             log.info("cannot build custom kernels in %s (%s)", folder, e)
-        except subprocess.CalledProcessError as e:
-            log.warning("building custom kernels failed, using MAX's ops:\n%s", (e.stderr or "")[-2000:])
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+            err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+            log.debug("mojo precompile's output:\n%s", err)
+            last = next((ln.strip() for ln in reversed(err.splitlines()) if ln.strip()), type(e).__name__)
+            log.warning(
+                "custom kernels %s did not build (%s): running MAX's own ops instead "
+                "(same results, slower; KVGRAPH_CUSTOM_KERNELS=off skips the build)",
+                ", ".join(kernel_names()),
+                last[:300],
+            )
             return None
     return None
 

@@ -23,7 +23,7 @@ from ..ir import Graph
 from ..names import BATCH, CACHE_PREFIX, CONTEXT, LOGITS, SCORES_PREFIX, SEQ, STEP_ARGS
 from ..passes import ExposeAttention, PassResult, default_pipeline, run_passes
 from . import custom
-from .runtime import CompiledProgram, ProgramRequest, load_program, load_programs
+from .runtime import CompiledProgram, ProgramRequest, load_programs
 
 log = logging.getLogger("kvgraph")
 
@@ -155,12 +155,15 @@ class CompiledDecoder:
         which = ExposeAttention(which).which
         name = "full+scores(" + "; ".join(f"{a}: {'all' if h is None else list(h)}" for a, h in which) + ")"
         if name not in self._progs:
-            g = run_passes(self.full, [ExposeAttention(which)]).programs["full"]
-            log.info("compiling the full-sequence program with attention scores of %s", [a for a, _ in which])
-            self._progs[name] = load_program(
-                g, self.weights, self.weights_mode, self.f16_weights, few_dims=_BATCH_DIM
-            )
+            log.info("loading the full-sequence program with attention scores of %s", [a for a, _ in which])
+            self._progs[name] = load_programs([self.exposed_request(which)])[0]
         return self._progs[name]
+
+    def exposed_request(self, which) -> ProgramRequest:
+        """What :meth:`exposed_program` loads for ``which`` (e.g. to compile it together with
+        other programs of this model, through :meth:`load`'s ``extra``)."""
+        g = run_passes(self.full, [ExposeAttention(which)]).programs["full"]
+        return ProgramRequest(g, self.weights, self.weights_mode, self.f16_weights, few_dims=_BATCH_DIM)
 
     @property
     def loaded(self) -> dict[str, CompiledProgram]:

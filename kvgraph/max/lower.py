@@ -405,6 +405,11 @@ RULES: dict[type, Callable] = {
 }
 
 
+def max_name(g: ir.Graph) -> str:
+    """The name of ``g``'s MAX graph (MAX names take no dots)."""
+    return g.name.replace(".", "_")
+
+
 def lower(
     g: ir.Graph,
     weights: dict[str, np.ndarray],
@@ -434,7 +439,7 @@ def lower(
     except LoweringError as e:
         raise LoweringError(f"graph {g.name}: {e}") from None
     mg = MaxGraph(
-        g.name.replace(".", "_"),
+        max_name(g),
         input_types=in_types,
         module=module,
         custom_extensions=[ctx.kernels] if ctx.kernels is not None else [],

@@ -21,7 +21,9 @@ import importlib.metadata
 import io
 import json
 import logging
+import os
 import platform
+import re
 import sys
 import threading
 import time
@@ -32,15 +34,16 @@ import attrs
 import numpy as np
 from max import engine
 from max.driver import CPU, Buffer
+from max.graph import Graph as MaxGraph
 from max.graph import Module
 
 from ..analysis import buffer_outputs, emitted_outputs, f16_exact
-from ..errors import LoweringError
+from ..errors import KernelError, LoweringError
 from ..ir import Graph
 from ..printer import format_graph
 from ..store import ProgramStore, default_store, make_key
 from . import custom
-from .lower import LAYOUTS, lower, weight_array
+from .lower import LAYOUTS, lower, max_name, weight_array
 
 log = logging.getLogger("kvgraph")
 
@@ -124,6 +127,7 @@ class ProgramRequest:
             tuple(sorted(self.few_dims)),
             self.always_few,
             self.few_attention,
+            kernels_id(),  # the custom kernels in use (turned off, or a rebuilt package: a new program)
         )
 
     def describe(self) -> str:
@@ -190,7 +194,7 @@ def _load_group(batch: list[ProgramRequest], memo: list[tuple], store: ProgramSt
         models = prog.init(batch, what)
     else:
         key = store_key(batch, memo)
-        prog, hit = store.get_or_make(key, _read_stored, lambda: _lower(batch).compile(what), _write_stored)
+        prog, hit = _stored_or_compiled(batch, memo, key, store, what)
         try:
             models = prog.init(batch, what)
         except StaleRecipe as e:
@@ -208,6 +212,36 @@ def _load_group(batch: list[ProgramRequest], memo: list[tuple], store: ProgramSt
     return [
         CompiledProgram(r.graph, m, seconds, "store" if hit else "compiled") for r, m in zip(batch, models)
     ]
+
+
+def _stored_or_compiled(batch, memo, key: str, store: ProgramStore, what: str) -> tuple[_Program, bool]:
+    """``(program, hit)``: the batch's artifact from the store — stored under the batch's key,
+    or a Module holding every program of the batch, found through each program's own key (a
+    Module compiled for other programs of the same model: ``kvgraph prepare``, a test session)
+    — else compiled and stored, with a link from each program's own key to the artifact.
+    Concurrent processes compile a batch once (the store's lock on its key)."""
+    members = [store_key([r], [m]) for r, m in zip(batch, memo)] if len(batch) > 1 else []
+
+    def find() -> _Program | None:
+        target = store.target(key)
+        if target is None and members:
+            targets = {store.target(k) for k in members}
+            target = targets.pop() if len(targets) == 1 else None
+        return None if target is None else store.read(target, _read_stored)
+
+    prog = find()
+    if prog is not None:
+        return prog, True
+    with store.lock(key):
+        prog = find()  # another process may have stored it while we waited
+        if prog is not None:
+            return prog, True
+        store.stats.misses += 1
+        prog = _lower(batch).compile(what)
+        if store.put(key, lambda path: _write_stored(prog, path)):
+            for k in members:
+                store.link(k, key)
+    return prog, False
 
 
 class StaleRecipe(LoweringError):
@@ -255,7 +289,13 @@ class _Program:
         return reg
 
     def init(self, batch: list[ProgramRequest], what: str) -> list:
-        """The batch's MAX models, bound to its weights (one weights dict per batch)."""
+        """The batch's MAX models, bound to its weights (one weights dict per batch). The
+        artifact may hold more programs than the batch (a Module found through its programs'
+        own keys): the batch's are picked by name."""
+        want = [max_name(r.graph) for r in batch]
+        missing = [n for n in want if n not in self.names]
+        if missing:
+            raise StaleRecipe(f"it lacks programs {missing}")
         registry = self.weights_registry(batch[0].weights)
         try:
             if len(self.names) == 1:
@@ -265,10 +305,10 @@ class _Program:
             if self.registry is None:  # read back: the artifact does not take these weights
                 raise StaleRecipe(f"MAX refused its weights ({type(e).__name__}: {e})") from e
             raise LoweringError(f"MAX could not load {what}: {type(e).__name__}: {e}") from e
-        missing = [n for n in self.names if n not in by_name]
+        missing = [n for n in want if n not in by_name]
         if missing:
             raise StaleRecipe(f"it lacks programs {missing}")
-        return [by_name[n] for n in self.names]
+        return [by_name[n] for n in want]
 
 
 def _lower(batch: list[ProgramRequest]) -> _Program:
@@ -388,6 +428,7 @@ def _compile(unit, what: str, kernels=()):
     """MAX's compile of ``unit`` (a Graph or a Module), logging progress while it runs."""
     log.info("compiling %s for MAX (minutes if MAX's own cache is cold)", what)
     done = threading.Event()
+    t_start = time.perf_counter()
 
     def tick():
         t0 = time.perf_counter()
@@ -396,12 +437,75 @@ def _compile(unit, what: str, kernels=()):
 
     ticker = threading.Thread(target=tick, name="kvgraph-compile-progress", daemon=True)
     ticker.start()
+    extensions = extensions_for(unit, kernels)
+    uses_kernels = bool(extensions) or bool(isinstance(unit, MaxGraph) and unit.kernel_libraries_paths)
     try:
-        return session().compile(unit, custom_extensions=[Path(k) for k in kernels] or None)
+        compiled = session().compile(unit, custom_extensions=extensions or None)
     except Exception as e:
+        if uses_kernels:
+            raise kernel_error(what, e) from None
         raise LoweringError(f"MAX could not compile {what}: {type(e).__name__}: {e}") from e
     finally:
         done.set()
+    record_compile(what, time.perf_counter() - t_start)
+    return compiled
+
+
+def extensions_for(unit, kernels) -> list[Path]:
+    """The kernel packages to name in MAX's compile of ``unit`` so that each reaches MAX exactly
+    once. MAX's ``InferenceSession.compile`` adds a ``Graph``'s own ``kernel_libraries_paths``
+    to the list it is given (max/engine/api.py, 26.7), and loading one package twice fails on
+    some CPUs ("kernel ... is registered multiple times with the same device infos"); a
+    ``Module`` brings none of its graphs' packages, so they are named here."""
+    own = {str(p) for p in unit.kernel_libraries_paths} if isinstance(unit, MaxGraph) else set()
+    out: list[Path] = []
+    for k in kernels:
+        if str(k) not in own and Path(k) not in out:
+            out.append(Path(k))
+    return out
+
+
+def kernel_error(what: str, e: BaseException) -> KernelError:
+    """One line for a failed compile of a program that uses kvgraph's custom kernels: the
+    kernel MAX names (else the package), MAX's reason, and the way out."""
+    msg = " ".join(str(e).split()) or type(e).__name__
+    named = sorted(set(re.findall(r"kvgraph_[a-z0-9_]+", msg)) - {"kvgraph_kernels"})
+    reason = (msg[msg.index("error: ") + 7 :] if "error: " in msg else msg)[:300]
+    if named:
+        return KernelError(
+            f"MAX could not compile {what} with kvgraph's custom kernel {', '.join(named)}: {reason} "
+            f"(set KVGRAPH_CUSTOM_KERNELS=off to run MAX's own ops instead)"
+        )
+    return KernelError(
+        f"MAX could not compile {what}: {reason} (it uses kvgraph's custom kernels, "
+        f"{', '.join(custom.kernel_names())}: if the fault is theirs, KVGRAPH_CUSTOM_KERNELS=off "
+        f"runs MAX's own ops instead)"
+    )
+
+
+def record_compile(what: str, seconds: float) -> None:
+    """Append one line (JSON: what, seconds, pid) to ``$KVGRAPH_COMPILE_LOG`` when it is set:
+    the test suite counts every MAX compile of a run this way, its subprocesses' included."""
+    path = os.environ.get("KVGRAPH_COMPILE_LOG")
+    if not path:
+        return
+    test = os.environ.get("PYTEST_CURRENT_TEST", "")
+    line = json.dumps({"what": what, "seconds": round(seconds, 3), "pid": os.getpid(), "test": test})
+    with open(path, "a") as f:  # one short append per compile: lines do not interleave
+        f.write(line + "\n")
+
+
+def load_graph(g, what: str | None = None):
+    """Compile one hand-built MAX ``Graph`` (no weights) and load it: the runtime's own compile
+    path, so kernel packages reach MAX once and the compile is counted."""
+    return session().init(_compile(g, what or g.name))
+
+
+def load_graphs(module: Module, graphs: Sequence, what: str) -> dict:
+    """Compile hand-built MAX ``graphs`` (no weights), built into ``module``, in one go (one
+    compile for all: far cheaper than one each) and load them: ``{graph name: model}``."""
+    kernels = sorted({str(p) for g in graphs for p in g.kernel_libraries_paths})
+    return session().init_all(_compile(module, what, kernels))
 
 
 @functools.cache
