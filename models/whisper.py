@@ -171,7 +171,6 @@ class MaxWhisperBackend:
             out[(layer, head)] = scores[name][:, which[name].index(head)]
         return logits, out
 
-
     def alignment_scores(self) -> dict[str, list[int]]:
         """The attention scores :meth:`alignment` asks of the decoder, ``{cross-attention
         value name: [head, ...]}`` (its program: ``decoder.exposed_request(...)`` of this)."""

@@ -35,7 +35,7 @@ def pytest_report_header(config):
 
     spec = drawn_cross_gqa(SEED)
     return [
-        f"KVGRAPH_TEST_SEED={SEED} (gpt_cross_gqa, drawn: vocab {spec.vocab_size}, "
+        f"KVGRAPH_TEST_SEED={SEED} (the drawn decoder spec: vocab {spec.vocab_size}, "
         f"context {spec.cross_attention.context_len}x{spec.cross_attention.context_dim})"
     ]
 

@@ -1,19 +1,22 @@
 """The small decoder specs of the MAX tier, and their compiled models shared by every test
 module (``compiled(name)``: once per session).
 
-A cold MAX compile costs minutes per call and little more for each further program in the
-same call, so each spec's programs are compiled in one MAX Module: every program the tests run
-(prefill and step, the full sequence, the GEMM step, the per-row step, the other cache layout,
-attention scores); for ``llama_gqa`` two, its eager pair on its own as ``kvgraph.compile``
-loads it for any user (the example and the store tests' child processes then find it in MAX's
-own cache). The program store links each program's own key to its Module's artifact, so a test
+A cold MAX compile costs a minute or more per call, whatever the graphs' depth, and less
+for each further program in the same call, so the tests' programs are compiled in few MAX
+Modules: gpt_cross_gqa's and mixed_mqa's together (their weight names are disjoint, so one
+weights dict serves both: ``TOGETHER``), every program the tests run (prefill and step, the full
+sequence, the GEMM step, attention scores); llama_gqa's in two, its eager pair on its own as
+``kvgraph.compile`` loads it for any user (the example and the store tests' child processes
+then find it in MAX's own cache), then the rest (full sequence, per-row step, the concat
+layout). The program store links each program's own key to its Module's artifact, so a test
 that compiles one of these programs alone, in this process or another, loads it instead.
 
-``gpt_cross_gqa``'s vocabulary and context sizes are **drawn anew each run**, and its weights
-are float16-exact: no compile cache (MAX's own, the program store) can hold its programs, and
-its Module uses every custom kernel. A fault in how kvgraph's kernel package reaches MAX fails
-the suite on any machine, warm or cold, at the cost of one compile per run.
-``KVGRAPH_TEST_SEED`` replays a run's draw (printed at the end of the run).
+``drawn()`` is a spec of gpt_cross_gqa's family whose vocabulary and context sizes are
+**drawn anew each run**, with float16-exact weights: no compile cache (MAX's own, the program
+store) can hold its programs, and its ``prefill`` + ``step_rows`` Module uses every custom
+kernel. A fault in how kvgraph's kernel package reaches MAX fails the suite on any machine,
+warm or cold, at the cost of one small compile per run. ``KVGRAPH_TEST_SEED`` replays a run's
+draw (printed at the end of the run).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import functools
 import os
 import secrets
 
+import attrs
 import numpy as np
 
 import kvgraph
@@ -31,12 +35,24 @@ SEED = int(os.environ.get("KVGRAPH_TEST_SEED") or secrets.randbelow(2**31))
 
 
 def drawn_cross_gqa(seed: int) -> kvgraph.DecoderSpec:
-    """Whisper/GPT-2 family with cross-attention and grouped-query self-attention; head size
-    64, so its steps run kvgraph's attention kernels (grouped heads too). Vocabulary and
-    context sizes drawn from ``seed``: no compile cache holds its programs."""
+    """gpt_cross_gqa's family and head size (64: the attention kernels' size) with vocabulary
+    and context sizes drawn from ``seed``."""
     rng = np.random.default_rng(seed)
-    return kvgraph.DecoderSpec(
+    return attrs.evolve(
+        SPECS["gpt_cross_gqa"],
         vocab_size=int(rng.integers(64, 2048)),
+        cross_attention=kvgraph.CrossAttention(
+            context_len=int(rng.integers(5, 40)), context_dim=int(rng.integers(8, 64))
+        ),
+        name="drawn_cross_gqa",
+    )
+
+
+SPECS = {
+    # Whisper/GPT-2 family with cross-attention and grouped-query self-attention; head size
+    # 64, so its steps' cross-attention runs kvgraph's attention kernel (grouped heads too).
+    "gpt_cross_gqa": kvgraph.DecoderSpec(
+        vocab_size=97,
         d_model=256,
         n_heads=4,
         n_kv_heads=2,
@@ -46,15 +62,9 @@ def drawn_cross_gqa(seed: int) -> kvgraph.DecoderSpec:
         norm="layernorm",
         mlp="gelu",
         positions="learned",
-        cross_attention=kvgraph.CrossAttention(
-            context_len=int(rng.integers(5, 40)), context_dim=int(rng.integers(8, 64))
-        ),
+        cross_attention=kvgraph.CrossAttention(context_len=12, context_dim=40),
         name="gpt_cross_gqa",
-    )
-
-
-SPECS = {
-    "gpt_cross_gqa": drawn_cross_gqa(SEED),
+    ),
     # A mix neither family uses: sinusoidal positions, RMSNorm with GELU and biases,
     # multi-query attention (one KV head), cross-attention to a context wider than d_model.
     "mixed_mqa": kvgraph.DecoderSpec(
@@ -99,33 +109,79 @@ CONCAT = {"llama_gqa"}
 SCORES = {"gpt_cross_gqa": {"b0.attn": [3, 0, 2], "b1.cross": [1], "b1.attn": None}}
 
 
+#: Specs compiled together, in one MAX Module: their weight names are disjoint, so one
+#: weights dict serves them all (programs are grouped into a Module by weights dict).
+TOGETHER = ("gpt_cross_gqa", "mixed_mqa")
+
+
 @functools.cache
-def weights_for(name: str) -> dict:
-    """The spec's weights: one dict per session (the in-process program cache is keyed by
-    the weights dict, so tests that share it share programs)."""
+def _own_weights(name: str) -> dict:
     weights = kvgraph.init_weights(SPECS[name], seed=3)
     return f16_exact(weights) if name in F16_EXACT else weights
 
 
 @functools.cache
-def compiled(name: str):
-    """``(spec, weights, model)``: the spec compiled (default options) with every program the
-    MAX tests run loaded, in one MAX compile (two for SHARED_EAGER; see the module docstring);
-    ``model.concat``: the same spec with the growing (concat) cache layout (CONCAT), its
-    programs compiled in the same Module."""
+def weights_for(name: str) -> dict:
+    """The spec's weights: one dict per session (the in-process program cache is keyed by
+    the weights dict, so tests that share it share programs); for the specs compiled
+    TOGETHER, one dict holding all of theirs."""
+    return _together_weights() if name in TOGETHER else _own_weights(name)
+
+
+@functools.cache
+def _together_weights() -> dict:
+    assert not set.intersection(*(set(_own_weights(n)) for n in TOGETHER))
+    return {k: v for n in TOGETHER for k, v in _own_weights(n).items()}
+
+
+def _requests(name: str):
+    """``(model, its program names, other requests)``: the spec's decoders (default options;
+    ``model.concat`` with the growing cache layout for CONCAT) and what the tests load of them."""
     spec, weights = SPECS[name], weights_for(name)
     model = kvgraph.compile(spec, weights, eager=name in SHARED_EAGER)  # eager: prefill + step
-    concat = kvgraph.compile(spec, weights, cache_layout="concat", eager=False) if name in CONCAT else None
-    extra = [concat.request(n) for n in concat.eager_programs] if concat else []
+    model.concat = (
+        kvgraph.compile(spec, weights, cache_layout="concat", eager=False) if name in CONCAT else None
+    )
+    extra = [model.concat.request(n) for n in model.concat.eager_programs] if model.concat else []
     if name in SCORES:
         extra.append(model.exposed_request(SCORES[name]))
-    todo = [*model.eager_programs, *LATER[name]]
-    model.load([n for n in todo if n not in model.loaded], extra=extra)  # one Module
-    if concat:
-        concat.load(concat.eager_programs)  # loaded just now: the in-process cache hands them out
-    model.concat = concat
-    return spec, weights, model
+    names = [n for n in (*model.eager_programs, *LATER[name]) if n not in model.loaded]
+    return model, names, extra
+
+
+def compiled(name: str):
+    """``(spec, weights, model)``: the spec compiled (default options) with every program the
+    MAX tests run loaded, in one MAX compile (with the other specs compiled TOGETHER; two for
+    SHARED_EAGER; see the module docstring); ``model.concat``: the same spec with the growing
+    (concat) cache layout (CONCAT), its programs compiled in the same Module."""
+    if name not in _COMPILED:
+        group = TOGETHER if name in TOGETHER else (name,)
+        built = {n: _requests(n) for n in group}
+        first, *others = built.values()
+        # one load, one MAX Module: the group's programs share one weights dict
+        more = [r for m, ks, ex in others for r in (*(m.request(k) for k in ks), *ex)]
+        first[0].load(first[1], extra=[*first[2], *more])
+        for n, (m, ks, _) in built.items():  # each decoder takes its programs from the in-process cache
+            m.load(ks)
+            if m.concat:
+                m.concat.load(m.concat.eager_programs)
+            _COMPILED[n] = (SPECS[n], weights_for(n), m)
+    return _COMPILED[name]
+
+
+_COMPILED: dict = {}
 
 
 def f16_exact(weights: dict) -> dict:
     return {k: v.astype(np.float16).astype(np.float32) for k, v in weights.items()}
+
+
+@functools.cache
+def drawn():
+    """``(spec, weights, model)`` of this run's drawn spec, ``prefill`` and ``step_rows``
+    compiled as one MAX Module (the custom kernels all run in it)."""
+    spec = drawn_cross_gqa(SEED)
+    weights = f16_exact(kvgraph.init_weights(spec, seed=SEED % 1000))
+    model = kvgraph.compile(spec, weights, eager=False)
+    model.load(["prefill", "step_rows"])
+    return spec, weights, model

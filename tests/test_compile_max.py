@@ -12,6 +12,7 @@ import kvgraph
 from kvgraph import ir
 from kvgraph.errors import LoweringError
 from kvgraph.reference_decoder import ReferenceDecoder
+from kvgraph.store import default_store
 
 pytestmark = pytest.mark.max
 
@@ -82,7 +83,8 @@ def test_prefill_length_one_and_batch_one(case):
 
 def test_max_bound_fails_on_a_1e3_perturbation():
     """The MAX-vs-reference bound can fail: the same program (one compile serves any weights
-    of its shapes) run with one weight moved by 1e-3 * N(0, 1) is caught."""
+    of its shapes) run with one weight moved by 1e-3 * N(0, 1) is caught. The program alone is
+    read from the store, where it is linked to the session's Module (nothing compiled)."""
     name = "mixed_mqa"  # float32 weights: the perturbed set lowers to the same graph
     spec, weights = SPECS[name], _weights(name)
     tokens, ctx = _inputs(spec, 2, 6, seed=3)
@@ -94,6 +96,8 @@ def test_max_bound_fails_on_a_1e3_perturbation():
         )
         model = kvgraph.compile(spec, bad, eager=False)
         assert not check(model.logits(tokens, ctx), ref, MAX_VS_REF)[0], w
+        if default_store().enabled:  # compiled in the session's Module: found through its link
+            assert model.program("full").source == "store"
 
 
 def test_float16_copies_only_where_lossless(case):

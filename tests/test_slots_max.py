@@ -6,8 +6,8 @@ multi-token step checks the in-graph per-row masks with seq > 1 (MAX_NOTES' trap
 families: learned positions + cross-attention + GQA, and rope + GQA + SwiGLU.
 
 The first family's spec is drawn anew each run, with float16-exact weights
-(tests/decoder_fixtures.py): its programs run every custom kernel, and no compile cache can
-hold them.
+(tests/decoder_fixtures.py): its ``prefill`` + ``step_rows`` Module runs every custom kernel,
+and no compile cache can hold it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 import pytest
-from decoder_fixtures import SEED, compiled
+from decoder_fixtures import SEED, compiled, drawn
 from tolerance import MAX_VS_REF, assert_close
 
 from kvgraph.max import custom
@@ -27,9 +27,9 @@ from kvgraph.slots import SlotPool
 pytestmark = pytest.mark.max
 
 
-@pytest.fixture(scope="module", params=["gpt_cross_gqa", "llama_gqa"])
+@pytest.fixture(scope="module", params=["drawn_cross_gqa", "llama_gqa"])
 def case(request):
-    spec, weights, dec = compiled(request.param)
+    spec, weights, dec = drawn() if request.param == "drawn_cross_gqa" else compiled(request.param)
     return spec, weights, dec, ReferenceDecoder(spec, weights)
 
 
@@ -92,13 +92,13 @@ def test_pool_reorder_matches_reference(case):
 
 
 def test_drawn_spec_runs_every_custom_kernel():
-    """The drawn spec's programs use each of kvgraph's custom kernels, so the tests above and
-    test_compile_max's run them all in programs no compile cache holds."""
-    spec, weights, dec = compiled("gpt_cross_gqa")
+    """The drawn spec's Module uses each of kvgraph's custom kernels, so the pool tests above
+    run them all in a program no compile cache holds."""
+    spec, weights, dec = drawn()
     if custom.kernel_package() is None:
         pytest.skip("custom kernels unavailable on this machine (their fallback is tested elsewhere)")
     used = set()
-    for name in ("prefill", "step_few", "step_rows"):
+    for name in ("prefill", "step_rows"):
         r = dec.request(name)
         mg, _ = lower(
             r.graph, weights, r.weights_mode, r.f16_weights, r.few_dims, r.always_few,
@@ -106,4 +106,4 @@ def test_drawn_spec_runs_every_custom_kernel():
         )  # fmt: skip
         used |= set(re.findall(r'"(kvgraph_\w+)"', str(mg)))
     assert used == set(custom.kernel_names()), f"KVGRAPH_TEST_SEED={SEED}"
-    assert {"prefill", "step_few", "step_rows"} <= set(dec.loaded)
+    assert set(dec.loaded) == {"prefill", "step_rows"}

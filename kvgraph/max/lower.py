@@ -420,6 +420,7 @@ def lower(
     module=None,
     few_attention: bool = False,
     recipe: dict | None = None,
+    name: str | None = None,
 ):
     """Emit ``g`` as a MAX ``Graph``; returns ``(max_graph, registry)`` where ``registry``
     maps MAX weight names to host arrays (bind them once, at load). ``recipe``: a dict
@@ -431,7 +432,8 @@ def lower(
     serves every weight set of the same shapes). ``mode="constant"``: weights are baked
     into the graph as constants (a compile per weight set, faster steps).
     ``f16_weights``, ``few_dims``, ``always_few``: see :class:`LowerCtx`. ``module``: a MAX
-    ``Module`` to emit the graph into (programs compiled together)."""
+    ``Module`` to emit the graph into (programs compiled together); ``name``: the MAX graph's
+    name (default :func:`max_name`; unique within a Module)."""
     ctx = LowerCtx(weights, mode, f16_weights, few_dims, always_few, few_attention)
     bufs = buffer_values(g)
     try:
@@ -439,7 +441,7 @@ def lower(
     except LoweringError as e:
         raise LoweringError(f"graph {g.name}: {e}") from None
     mg = MaxGraph(
-        max_name(g),
+        name or max_name(g),
         input_types=in_types,
         module=module,
         custom_extensions=[ctx.kernels] if ctx.kernels is not None else [],

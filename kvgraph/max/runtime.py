@@ -53,7 +53,7 @@ COMPILE_TOGETHER = True
 #: Seconds between progress lines while MAX compiles.
 PROGRESS_EVERY_S = 10.0
 #: Bumped when what the store keys on changes meaning.
-STORE_FORMAT = "kvgraph-max-program/2"
+STORE_FORMAT = "kvgraph-max-program/3"
 _SESSION = None
 _MODELS: dict[tuple, object] = {}
 _KEEP: dict[int, object] = {}
@@ -165,10 +165,7 @@ def load_programs(
         groups.setdefault(("weights", id(requests[i].weights)) if together else ("program", i), []).append(i)
     for idx in groups.values():
         batch = [requests[i] for i in idx]
-        names = [r.graph.name for r in batch]
-        if len(batch) > 1 and (
-            len(set(names)) < len(names) or any(r.weights_mode != "registry" for r in batch)
-        ):
+        if len(batch) > 1 and any(r.weights_mode != "registry" for r in batch):
             progs = [p for i in idx for p in _load_group([requests[i]], [keys[i]], store)]
         else:
             progs = _load_group(batch, [keys[i] for i in idx], store)
@@ -190,13 +187,20 @@ def _load_group(batch: list[ProgramRequest], memo: list[tuple], store: ProgramSt
     t0 = time.perf_counter()
     if any(r.weights_mode != "registry" for r in batch):
         # constants are baked into the program: its text does not identify it, no store
-        prog, hit = _lower(batch).compile(what), False
-        models = prog.init(batch, what)
+        names = [max_name(r.graph) for r in batch]
+        prog, hit = _lower(batch, names).compile(what), False
+        models = prog.init(names, batch[0].weights, what)
     else:
         key = store_key(batch, memo)
-        prog, hit = _stored_or_compiled(batch, memo, key, store, what)
+        # each program's own key: its link to a Module's artifact, and its name in a Module
+        # (unique there: a step program's two lowerings share the IR graph's name)
+        own = [store_key([r], [m]) for r, m in zip(batch, memo)] if len(batch) > 1 else [key]
+        names = (
+            [module_name(r, k) for r, k in zip(batch, own)] if len(batch) > 1 else [max_name(batch[0].graph)]
+        )
+        prog, hit = _stored_or_compiled(batch, names, key, own if len(batch) > 1 else [], store, what)
         try:
-            models = prog.init(batch, what)
+            models = prog.init(_wanted(prog, batch, own, names), batch[0].weights, what)
         except StaleRecipe as e:
             if not hit:
                 raise
@@ -204,9 +208,9 @@ def _load_group(batch: list[ProgramRequest], memo: list[tuple], store: ProgramSt
             store.stats.bad += 1
             store.stats.misses += 1
             log.warning("kvgraph store: ignoring the stored %s: %s; compiling instead", what, e)
-            prog, hit = _lower(batch).compile(what), False
+            prog, hit = _lower(batch, names).compile(what), False
             store.put(key, lambda path: _write_stored(prog, path))
-            models = prog.init(batch, what)
+            models = prog.init(names, batch[0].weights, what)
     seconds = time.perf_counter() - t0
     log.info("%s %s in %.2f s", "loaded stored" if hit else "compiled", what, seconds)
     return [
@@ -214,13 +218,29 @@ def _load_group(batch: list[ProgramRequest], memo: list[tuple], store: ProgramSt
     ]
 
 
-def _stored_or_compiled(batch, memo, key: str, store: ProgramStore, what: str) -> tuple[_Program, bool]:
+def module_name(r: ProgramRequest, own_key: str) -> str:
+    """Program ``r``'s graph name inside a MAX Module of several: its IR graph's name and its
+    own store key's first digits (unique in the Module, and the same in every process)."""
+    return f"{max_name(r.graph)}__{own_key[:12]}"
+
+
+def _wanted(prog: _Program, batch, own: list[str], names: list[str]) -> list[str]:
+    """The names to pick ``batch``'s programs by in ``prog`` (as compiled for the batch, or a
+    Module found through the programs' own keys)."""
+    if len(prog.names) == 1 or prog.names == names:
+        return names
+    return [module_name(r, k) for r, k in zip(batch, own)]
+
+
+def _stored_or_compiled(
+    batch, names: list[str], key: str, members: list[str], store: ProgramStore, what: str
+) -> tuple[_Program, bool]:
     """``(program, hit)``: the batch's artifact from the store — stored under the batch's key,
-    or a Module holding every program of the batch, found through each program's own key (a
-    Module compiled for other programs of the same model: ``kvgraph prepare``, a test session)
-    — else compiled and stored, with a link from each program's own key to the artifact.
-    Concurrent processes compile a batch once (the store's lock on its key)."""
-    members = [store_key([r], [m]) for r, m in zip(batch, memo)] if len(batch) > 1 else []
+    or a Module holding every program of the batch, found through each program's own key
+    (``members``; a Module compiled for other programs of the same model: ``kvgraph
+    prepare``, a test session) — else compiled (graphs named ``names``) and stored, with a
+    link from each program's own key to the artifact. Concurrent processes compile a batch
+    once (the store's lock on its key)."""
 
     def find() -> _Program | None:
         target = store.target(key)
@@ -237,7 +257,7 @@ def _stored_or_compiled(batch, memo, key: str, store: ProgramStore, what: str) -
         if prog is not None:
             return prog, True
         store.stats.misses += 1
-        prog = _lower(batch).compile(what)
+        prog = _lower(batch, names).compile(what)
         if store.put(key, lambda path: _write_stored(prog, path)):
             for k in members:
                 store.link(k, key)
@@ -288,15 +308,14 @@ class _Program:
             reg[key] = weight_array(src, layout, f16)
         return reg
 
-    def init(self, batch: list[ProgramRequest], what: str) -> list:
-        """The batch's MAX models, bound to its weights (one weights dict per batch). The
-        artifact may hold more programs than the batch (a Module found through its programs'
-        own keys): the batch's are picked by name."""
-        want = [max_name(r.graph) for r in batch]
-        missing = [n for n in want if n not in self.names]
-        if missing:
-            raise StaleRecipe(f"it lacks programs {missing}")
-        registry = self.weights_registry(batch[0].weights)
+    def init(self, want: list[str], weights: dict, what: str) -> list:
+        """The MAX models of the programs named ``want``, bound to ``weights``. The artifact
+        may hold more programs (a Module found through its programs' own keys)."""
+        if len(self.names) > 1:
+            missing = [n for n in want if n not in self.names]
+            if missing:
+                raise StaleRecipe(f"it lacks programs {missing}")
+        registry = self.weights_registry(weights)
         try:
             if len(self.names) == 1:
                 return [session().init(self.compiled, weights_registry=registry)]
@@ -311,13 +330,13 @@ class _Program:
         return [by_name[n] for n in want]
 
 
-def _lower(batch: list[ProgramRequest]) -> _Program:
-    """Lower ``batch`` to MAX (one Module when it holds several programs)."""
+def _lower(batch: list[ProgramRequest], names: list[str]) -> _Program:
+    """Lower ``batch`` to MAX graphs named ``names`` (one Module when it holds several)."""
     module = Module() if len(batch) > 1 else None
     registry: dict = {}
     recipe: dict = {}
     graphs = []
-    for r in batch:
+    for r, name in zip(batch, names):
         mg, reg = lower(
             r.graph,
             r.weights,
@@ -328,6 +347,7 @@ def _lower(batch: list[ProgramRequest]) -> _Program:
             module=module,
             few_attention=r.few_attention,
             recipe=recipe,
+            name=name,
         )
         graphs.append(mg)
         registry.update(reg)
