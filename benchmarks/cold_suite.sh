@@ -31,7 +31,7 @@ def lscpu(field):
     m = re.search(rf"^{field}:\s*(.*)$", subprocess.run(["lscpu"], capture_output=True, text=True).stdout, re.M)
     return m.group(1).strip() if m else None
 flags = (lscpu("Flags") or "").split()
-compiles = re.search(r"MAX compiles this run: (\d+) programs, (\d+) s compiling", text)
+compiles = re.search(r"MAX compiles this run: (\d+) calls \((\d+) compiled, \d+ from MAX's cache\), (\d+) s compiling", text)
 summary = [ln for ln in text.splitlines() if re.search(r"\d+ (passed|failed|errors?)\b.* in [\d.]+s", ln)]
 counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)\b", summary[-1] if summary else "")}
 row = {
@@ -44,8 +44,9 @@ row = {
     "cores": int(subprocess.run(["nproc"], capture_output=True, text=True).stdout),
     "wall_s": int(wall),
     "exit": int(rc),
-    "compiles": int(compiles.group(1)) if compiles else None,
-    "compile_s": int(compiles.group(2)) if compiles else None,
+    "compile_calls": int(compiles.group(1)) if compiles else None,
+    "compiles": int(compiles.group(2)) if compiles else None,
+    "compile_s": int(compiles.group(3)) if compiles else None,
     **counts,
 }
 with open(out, "a") as f:

@@ -184,12 +184,8 @@ class ProgramStore:
         it was stored (False, with one log line per process, when the folder is unwritable)."""
         if not self.enabled:
             return False
-        final = self.path(key)
-        tmp = None
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".part", dir=final.parent)
-            os.close(fd)
+
+        def fill(tmp: str) -> None:
             write(tmp)  # the compiler writes its artifact
             payload = Path(tmp).read_bytes()
             if not payload:
@@ -201,10 +197,10 @@ class ProgramStore:
                 f.write(payload)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, final)
-            tmp = None
-            self.stats.writes += 1
-            return True
+
+        final = self.path(key)
+        try:
+            _write_into_place(final, key, fill)
         except OSError as e:
             self.stats.write_errors += 1
             if not self._warned_write:
@@ -216,10 +212,8 @@ class ProgramStore:
                     e.strerror or e,
                 )
             return False
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+        self.stats.writes += 1
+        return True
 
     def link(self, key: str, target: str) -> bool:
         """Make ``key`` find ``target``'s artifact (:meth:`target`); atomic, never over an
@@ -227,22 +221,12 @@ class ProgramStore:
         if not self.enabled or key == target or self.path(key).exists():
             return False
         final = self.link_path(key)
-        tmp = None
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".part", dir=final.parent)
-            with os.fdopen(fd, "w") as f:
-                f.write(target)
-            os.replace(tmp, final)
-            tmp = None
+            _write_into_place(final, key, lambda tmp: Path(tmp).write_text(target))
         except OSError as e:
             self.stats.write_errors += 1
             log.info("kvgraph store: cannot link %s (%s)", final, e.strerror or e)
             return False
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
         self.stats.links += 1
         return True
 
@@ -280,6 +264,21 @@ class ProgramStore:
             obj = make()
             self.put(key, lambda path: write(obj, path))
         return obj, False
+
+
+def _write_into_place(final: Path, key: str, fill: Callable[[str], None]) -> None:
+    """``fill(tmp)`` writes a temporary file beside ``final``, then it is renamed into place
+    (atomic: a reader sees the old state or the whole file); nothing is left behind on error."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".part", dir=final.parent)
+    os.close(fd)
+    try:
+        fill(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _check(data: bytes, key: str) -> str | None:

@@ -95,7 +95,7 @@ F16_EXACT = {"gpt_cross_gqa"}
 
 #: The programs tests load beyond the eager pair, per spec (compiled together, see above).
 LATER = {
-    "gpt_cross_gqa": ("full", "step", "step_rows"),
+    "gpt_cross_gqa": ("full", "step"),
     "llama_gqa": ("full", "step_rows"),
     "mixed_mqa": ("full",),
 }

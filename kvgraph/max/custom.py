@@ -1,6 +1,6 @@
 """kvgraph's custom MAX kernels: the Mojo package ``kvgraph/max/mojo/kvgraph_kernels``, built
-on first use with the ``mojo`` compiler that the ``max`` wheel installs, kept in the program
-store's folder, and loaded into graphs through ``custom_extensions``.
+on first use with the ``mojo`` compiler that the ``max`` wheel installs, kept in one folder
+per user (:func:`kernels_root`), and loaded into graphs through ``custom_extensions``.
 
 The built package (``.mojoc``) is keyed by a hash of the kernel sources and the compiler's
 version, so an edit or an upgrade builds it anew; the build writes a temporary file and

@@ -324,6 +324,10 @@ class _Program:
             if self.registry is None:  # read back: the artifact does not take these weights
                 raise StaleRecipe(f"MAX refused its weights ({type(e).__name__}: {e})") from e
             raise LoweringError(f"MAX could not load {what}: {type(e).__name__}: {e}") from e
+        if not all(n in by_name for n in self.names) and len(by_name) == len(self.names):
+            # MAX's own cache can hand back an artifact compiled earlier from the same graphs
+            # under other names (its key ignores them): the same graphs, in the same order
+            by_name = dict(zip(self.names, by_name.values()))
         missing = [n for n in want if n not in by_name]
         if missing:
             raise StaleRecipe(f"it lacks programs {missing}")
