@@ -182,3 +182,22 @@ def test_store_key_sees_what_changes_the_lowered_program():
     assert store_key([ProgramRequest(g, exact)]) != store_key([ProgramRequest(g, half)])
     other = kvgraph.build(attrs.evolve(spec, eps=1e-6))
     assert base != store_key([ProgramRequest(other, w)])
+
+
+def test_models_are_matched_by_order_when_max_reports_other_names(monkeypatch):
+    """MAX's own compile cache ignores graph names: for the same graphs it can hand back an
+    artifact compiled earlier under other names. The programs of a Module are then matched to
+    MAX's models by their order (the Module's), and a program the artifact lacks is a stale
+    artifact, not a wrong model."""
+    from kvgraph.max import runtime
+
+    class Session:
+        def init_all(self, compiled, weights_registry=None):
+            return {"old_prefill_name": "prefill model", "old_step_name": "step model"}
+
+    monkeypatch.setattr(runtime, "session", lambda: Session())
+    prog = runtime._Program(["m_prefill__1", "m_step__2"], {}, compiled=object(), registry={})
+    assert prog.init(["m_step__2"], {}, "m") == ["step model"]
+    assert prog.init(["m_prefill__1", "m_step__2"], {}, "m") == ["prefill model", "step model"]
+    with pytest.raises(runtime.StaleRecipe, match="lacks"):
+        prog.init(["m_other__3"], {}, "m")
