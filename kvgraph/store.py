@@ -150,7 +150,7 @@ class ProgramStore:
     def get(self, key: str, read: Callable[[bytes], object]):
         """``read(payload)`` of the artifact stored under ``key``; None on a miss. A payload
         that ``read`` rejects counts as a bad artifact (a miss), never as an error."""
-        obj = self._read(key, read)
+        obj = self.read(key, read)
         if obj is None:
             self.stats.misses += 1
         return obj
@@ -158,9 +158,6 @@ class ProgramStore:
     def read(self, key: str, read: Callable[[bytes], object]):
         """As :meth:`get`, without counting a miss (the caller counts it, once, if it then
         compiles): hits and refused artifacts are counted."""
-        return self._read(key, read)
-
-    def _read(self, key: str, read: Callable[[bytes], object]):
         data = self.load_bytes(key)
         if data is None:
             return None
@@ -253,11 +250,11 @@ class ProgramStore:
     ):
         """``(artifact, hit)``: the stored artifact, or ``make()`` stored with ``write``.
         Concurrent callers of one key compile it once (see :meth:`lock`)."""
-        obj = self._read(key, read)
+        obj = self.read(key, read)
         if obj is not None:
             return obj, True
         with self.lock(key):
-            obj = self._read(key, read)  # another process may have stored it while we waited
+            obj = self.read(key, read)  # another process may have stored it while we waited
             if obj is not None:
                 return obj, True
             self.stats.misses += 1

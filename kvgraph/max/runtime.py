@@ -195,12 +195,12 @@ def _load_group(batch: list[ProgramRequest], memo: list[tuple], store: ProgramSt
         # each program's own key: its link to a Module's artifact, and its name in a Module
         # (unique there: a step program's two lowerings share the IR graph's name)
         own = [store_key([r], [m]) for r, m in zip(batch, memo)] if len(batch) > 1 else [key]
-        names = (
-            [module_name(r, k) for r, k in zip(batch, own)] if len(batch) > 1 else [max_name(batch[0].graph)]
-        )
+        in_module = [module_name(r, k) for r, k in zip(batch, own)]
+        names = in_module if len(batch) > 1 else [max_name(batch[0].graph)]
         prog, hit = _stored_or_compiled(batch, names, key, own if len(batch) > 1 else [], store, what)
         try:
-            models = prog.init(_wanted(prog, batch, own, names), batch[0].weights, what)
+            # a program alone can be served by a Module holding it (found through its link)
+            models = prog.init(names if len(prog.names) == 1 else in_module, batch[0].weights, what)
         except StaleRecipe as e:
             if not hit:
                 raise
@@ -222,14 +222,6 @@ def module_name(r: ProgramRequest, own_key: str) -> str:
     """Program ``r``'s graph name inside a MAX Module of several: its IR graph's name and its
     own store key's first digits (unique in the Module, and the same in every process)."""
     return f"{max_name(r.graph)}__{own_key[:12]}"
-
-
-def _wanted(prog: _Program, batch, own: list[str], names: list[str]) -> list[str]:
-    """The names to pick ``batch``'s programs by in ``prog`` (as compiled for the batch, or a
-    Module found through the programs' own keys)."""
-    if len(prog.names) == 1 or prog.names == names:
-        return names
-    return [module_name(r, k) for r, k in zip(batch, own)]
 
 
 def _stored_or_compiled(
@@ -362,8 +354,7 @@ def _lower(batch: list[ProgramRequest], names: list[str]) -> _Program:
     }
     unit = module if module is not None else graphs[0]
     # custom kernel packages the graphs use (a Module's compile needs them named again)
-    kernels = sorted({str(p) for mg in graphs for p in mg.kernel_libraries_paths})
-    return _Program([mg.name for mg in graphs], full, unit, registry, kernels=kernels)
+    return _Program([mg.name for mg in graphs], full, unit, registry, kernels=packages_of(graphs))
 
 
 _RECIPE_MAGIC = b"KVGRAPH-RECIPE-1"
@@ -462,7 +453,7 @@ def _compile(unit, what: str, kernels=()):
     ticker = threading.Thread(target=tick, name="kvgraph-compile-progress", daemon=True)
     ticker.start()
     extensions = extensions_for(unit, kernels)
-    uses_kernels = bool(extensions) or bool(isinstance(unit, MaxGraph) and unit.kernel_libraries_paths)
+    uses_kernels = bool(extensions or _own_packages(unit))
     try:
         compiled = session().compile(unit, custom_extensions=extensions or None)
     except Exception as e:
@@ -481,12 +472,22 @@ def extensions_for(unit, kernels) -> list[Path]:
     to the list it is given (max/engine/api.py, 26.7), and loading one package twice fails on
     some CPUs ("kernel ... is registered multiple times with the same device infos"); a
     ``Module`` brings none of its graphs' packages, so they are named here."""
-    own = {str(p) for p in unit.kernel_libraries_paths} if isinstance(unit, MaxGraph) else set()
+    own = _own_packages(unit)
     out: list[Path] = []
     for k in kernels:
         if str(k) not in own and Path(k) not in out:
             out.append(Path(k))
     return out
+
+
+def _own_packages(unit) -> set[str]:
+    """The kernel packages a unit brings to MAX's compile by itself (a ``Graph``'s own)."""
+    return set(packages_of([unit])) if isinstance(unit, MaxGraph) else set()
+
+
+def packages_of(graphs) -> list[str]:
+    """The custom kernel packages MAX graphs were built with, each once, sorted."""
+    return sorted({str(p) for g in graphs for p in g.kernel_libraries_paths})
 
 
 def kernel_error(what: str, e: BaseException) -> KernelError:
@@ -528,8 +529,7 @@ def load_graph(g, what: str | None = None):
 def load_graphs(module: Module, graphs: Sequence, what: str) -> dict:
     """Compile hand-built MAX ``graphs`` (no weights), built into ``module``, in one go (one
     compile for all: far cheaper than one each) and load them: ``{graph name: model}``."""
-    kernels = sorted({str(p) for g in graphs for p in g.kernel_libraries_paths})
-    return session().init_all(_compile(module, what, kernels))
+    return session().init_all(_compile(module, what, packages_of(graphs)))
 
 
 @functools.cache
