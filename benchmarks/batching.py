@@ -47,7 +47,7 @@ def speech_dir(arg: str | None) -> Path:
 
 
 def clip_set(name: str, speech: Path) -> list[tuple[str, np.ndarray]]:
-    from models.audio import load_audio
+    from models.whisper.audio.load import load_audio
 
     prompts = [(p.stem, load_audio(str(p))) for p in sorted(speech.glob("*.wav"))]
     if name == "short":
@@ -90,7 +90,7 @@ def run_engine(engine: str, set_name: str, speech: Path) -> dict:
     elif engine.startswith("fw_"):
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-        from models.weight_packages import resolve_source
+        from models.whisper.weights.packages import resolve_source
 
         _, mode, ctype = engine.split("_")
         path = resolve_source("tiny.en")["parts"][0].parent

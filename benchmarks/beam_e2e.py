@@ -32,7 +32,7 @@ def clips() -> dict[str, np.ndarray]:
     sys.path.insert(0, str(ROOT / "tests"))
     from whisper_clips import JFK, SPEECH, SPEECH_CLIPS, long_clip
 
-    from models.audio import load_audio
+    from models.whisper.audio.load import load_audio
 
     jfk = load_audio(str(JFK))
     out = {"jfk (11 s)": jfk}
@@ -65,7 +65,7 @@ def child(engine: str, reps: int) -> dict:
     else:
         from faster_whisper import WhisperModel
 
-        from models.weight_packages import resolve_source
+        from models.whisper.weights.packages import resolve_source
 
         path = resolve_source("tiny.en")["parts"][0].parent
         fw = WhisperModel(str(path), device="cpu", compute_type=engine.split("-")[1].replace("fp", "float"))

@@ -2,8 +2,8 @@
 clients, on short clips and on a ~1-minute clip, tiny.en.
 
 The server is ``kvgraph serve`` in a subprocess (127.0.0.1, a free port; ``--in-process``: a
-``models.serve.BackgroundServer`` thread of this process, sharing its GIL with the clients),
-with the engine ``kvgraph serve`` builds (``models.serve.make_engine``); the clients are the
+``models.whisper.apps.server.BackgroundServer`` thread of this process, sharing its GIL with the clients),
+with the engine ``kvgraph serve`` builds (``models.whisper.engine.make_engine``); the clients are the
 official ``openai`` client, one per thread, uploading WAV files. Concurrency 1 is "the same
 requests one at a time"; a lone request's latency is its median. The issue's target: at 16
 clients, throughput >= 2x one-at-a-time and p95 latency <= 2x a lone request's.
@@ -178,8 +178,8 @@ def lscpu_model() -> str | None:
 
 @contextlib.contextmanager
 def in_process_server(args):
-    from models import serve as sv
     from models.whisper import load_model
+    from models.whisper.apps import server as sv
 
     t0 = time.perf_counter()
     model = load_model(args.model)

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 OPENAI = """
 import sys, torch, whisper
-from models.audio import load_audio
+from models.whisper.audio.load import load_audio
 from models.whisper import load_checkpoint
 dims, w = load_checkpoint("tiny.en")
 m = whisper.model.Whisper(dims)
@@ -39,7 +39,7 @@ print(whisper.transcribe(m.eval(), load_audio(sys.argv[1]), fp16=False, temperat
 FASTER = """
 import sys
 from faster_whisper import WhisperModel
-from models.weight_packages import resolve_source
+from models.whisper.weights.packages import resolve_source
 m = WhisperModel(str(resolve_source("tiny.en")["parts"][0].parent), device="cpu", compute_type=sys.argv[2])
 print("".join(s.text for s in m.transcribe(sys.argv[1], beam_size=1, temperature=0.0)[0]))
 """

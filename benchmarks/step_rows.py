@@ -37,7 +37,7 @@ def main(argv=None) -> int:
 
     from kvgraph.slots import SlotPool
     from models import whisper as mw
-    from models.audio import load_audio
+    from models.whisper.audio.load import load_audio
 
     backend = mw.load_backend("tiny.en")
     dec = backend.decoder

@@ -36,8 +36,8 @@ def main(argv=None) -> int:
     import whisper
 
     from models import whisper as mw
-    from models.audio import load_audio
-    from models.weight_packages import resolve_source
+    from models.whisper.audio.load import load_audio
+    from models.whisper.weights.packages import resolve_source
 
     torch.set_num_threads(os.cpu_count() or 1)
     jfk = load_audio(str(ROOT / "examples" / "jfk.wav"))

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _clips():
-    from models.audio import load_audio
+    from models.whisper.audio.load import load_audio
 
     jfk = load_audio(str(ROOT / "examples" / "jfk.wav"))
     gap = np.zeros(int(1.5 * 16000), np.float32)
@@ -51,7 +51,7 @@ def _engine(name: str):
     dims, weights = mw.load_checkpoint("tiny.en")
     if name == "kvgraph":
         backend = mw.load_backend("tiny.en")
-        from models.whisper_decode import transcribe
+        from models.whisper.transcription.transcribe import transcribe
 
         return lambda a, w: transcribe(backend, a, temperature=0.0, word_timestamps=w)
     torch.set_num_threads(os.cpu_count() or 1)

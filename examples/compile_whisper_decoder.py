@@ -8,7 +8,7 @@ import whisper
 import kvgraph
 from kvgraph.max.runtime import load_program
 from models import whisper as mw
-from models.audio import load_audio
+from models.whisper.audio.load import load_audio
 
 dims, weights = mw.load_checkpoint("tiny.en", keep_float16=True)  # real weights, float16 as shipped
 spec = mw.spec_from_dims(dims)

@@ -33,6 +33,9 @@ from .types import Dim, TensorType, dim_add, f32, i64, sym
 class Value:
     """An SSA value. Identity-hashed: two values are the same only if they are one object."""
 
+    #: how the printed IR names it: ``%name``
+    SIGIL: ClassVar[str] = "%"
+
     name: str
     type: TensorType
 
@@ -43,6 +46,9 @@ class Value:
 @attrs.frozen(eq=False, repr=False)
 class Weight(Value):
     """A named parameter, bound to an array of ``weights[name]`` when the graph runs."""
+
+    #: printed as ``@name``
+    SIGIL: ClassVar[str] = "@"
 
     def __repr__(self) -> str:
         return f"@{self.name}: {self.type}"

@@ -7,7 +7,7 @@ plugins as entry points of the group ``kvgraph.plugins`` (``models`` declares it
 plugin in pyproject.toml)::
 
     [project.entry-points."kvgraph.plugins"]
-    whisper = "models.plugin:register"
+    whisper = "models.whisper.plugin:register"
 
 The default :data:`REGISTRY` discovers the installed plugins
 (``importlib.metadata.entry_points(group="kvgraph.plugins")``) on its first query, never at
@@ -158,7 +158,7 @@ class Registry:
 
 
 def _core_specs(registry: Registry) -> None:
-    from .specs import register_core
+    from .core_specs import register_core
 
     register_core(registry)
 

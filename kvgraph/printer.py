@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from .ir import Graph, Node, Op, Value, Weight
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the printer reads the IR's declared fields; ir imports it for ``str(graph)``
+    from .ir import Graph, Node, Value
 
 
 def _operand(v) -> str:
     if v is None:
         return "_"
-    if not isinstance(v, Value):  # a malformed operand; verify() reports it with this line
+    sigil = getattr(v, "SIGIL", None)
+    if sigil is None:  # not a Value: a malformed operand; verify() reports it with this line
         return f"<{type(v).__name__}>"
-    return f"@{v.name}" if isinstance(v, Weight) else f"%{v.name}"
+    return f"{sigil}{v.name}"
 
 
 def _attr(v) -> str:
@@ -25,7 +29,7 @@ def _attr(v) -> str:
 
 def format_node(n: Node) -> str:
     op = n.op
-    if not isinstance(op, Op):  # a malformed node; verify() reports it with this line
+    if not hasattr(op, "OPERANDS"):  # not an Op: a malformed node; verify() reports it with this line
         return f"%{n.out.name} = <{type(op).__name__}> : {n.out.type}"
     args = ", ".join(_operand(getattr(op, f)) for f in op.OPERANDS if getattr(op, f) is not None)
     attrs_ = op.attributes()

@@ -15,32 +15,6 @@ from .errors import InputError
 from .spec import DecoderSpec
 
 
-def _llama_demo() -> DecoderSpec:
-    """A small Llama-style decoder: RMSNorm, SwiGLU, rotary positions, grouped-query attention."""
-    return DecoderSpec(
-        vocab_size=512,
-        d_model=64,
-        n_heads=4,
-        n_kv_heads=2,
-        n_layers=2,
-        max_seq_len=256,
-        mlp_hidden=176,
-        norm="rmsnorm",
-        mlp="swiglu",
-        positions="rotary",
-        rope_theta=10000.0,
-        tie_embeddings=False,
-        eps=1e-5,
-        naming="llama",
-        name="llama_demo",
-    )
-
-
-def register_core(registry: plugins.Registry) -> None:
-    """The core's own named specs (applied by :data:`kvgraph.plugins.REGISTRY` on discovery)."""
-    registry.add_spec("llama-demo", _llama_demo)
-
-
 class _Builtins(Mapping):
     """Read-only, lazily filled ``{name: DecoderSpec}`` over a plugin registry."""
 

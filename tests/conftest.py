@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 
 import kvgraph.plugins
-import models.plugin
+import models.whisper.plugin
 
-kvgraph.plugins.use(models.plugin.register)
+kvgraph.plugins.use(models.whisper.plugin.register)
 
 
 def pytest_configure(config):

@@ -1,4 +1,4 @@
-"""models.alignment_heads: a checkpoint's alignment heads, as openai-whisper would use them."""
+"""models.whisper.weights.alignment_heads: a checkpoint's alignment heads, as openai-whisper would use them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import whisper
 from whisper.model import ModelDimensions
 
-from models.alignment_heads import default_alignment_heads, heads_from, load_alignment_heads
+from models.whisper.weights.alignment_heads import default_alignment_heads, heads_from, load_alignment_heads
 
 DIMS = ModelDimensions(
     n_mels=80,

@@ -1,10 +1,10 @@
-"""Tests for models.audio.load_audio (soundfile + soxr, no ffmpeg)."""
+"""Tests for models.whisper.audio.load.load_audio (soundfile + soxr, no ffmpeg)."""
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from models.audio import AudioError, decode_audio, load_audio
+from models.whisper.audio.load import AudioError, decode_audio, load_audio
 
 SR = 16000
 

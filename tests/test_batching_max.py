@@ -1,4 +1,4 @@
-"""Continuous batching of Whisper transcriptions (``models.batching``) on MAX, tiny.en.
+"""Continuous batching of Whisper transcriptions (``models.whisper.engine``) on MAX, tiny.en.
 
 Every file's result (text, segments, tokens, timestamps, temperatures, seeks) must equal a
 sequential ``transcribe`` of that file with the same options: files of very different
@@ -24,7 +24,7 @@ DEFAULT_TEMPS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 @functools.cache
 def clips() -> dict[str, np.ndarray]:
-    from models.audio import load_audio
+    from models.whisper.audio.load import load_audio
 
     jfk = _jfk_audio()
     pbx = load_audio(str(SPEECH / "basic-pbx-ivr-main.wav"))
@@ -99,7 +99,7 @@ def test_beam5_equal_sequential(tiny_model):
 
 
 def test_engine_batches_steps_and_reports_errors(tiny_backend):
-    from models.batching import BatchedTranscriber
+    from models.whisper.engine.batched import BatchedTranscriber
 
     names = ["jfk", "nogo", "pbx"]
     options = dict(temperature=0.0)
@@ -119,7 +119,7 @@ def test_cli_batch_size(tmp_path, capsys):
     import soundfile as sf
     from whisper_fixtures import fixture_loader
 
-    from models.transcribe_cli import main
+    from models.whisper.apps.cli.transcribe import main
 
     paths = []
     for n in ("jfk", "nogo"):
@@ -141,11 +141,11 @@ def test_cli_batch_size(tmp_path, capsys):
 
 
 def test_serve_make_engine_batches(tiny_model):
-    from models import serve as sv
+    from models.whisper.apps import server as sv
 
     engine = sv.make_engine(tiny_model, batch_size=2, max_queue=4)
     try:
-        from models.batching import BatchedTranscriber
+        from models.whisper.engine.batched import BatchedTranscriber
 
         assert isinstance(engine, BatchedTranscriber)
         options = dict(temperature=DEFAULT_TEMPS)

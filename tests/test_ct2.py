@@ -1,4 +1,4 @@
-"""Tests for models.ct2: the CTranslate2 model.bin reader."""
+"""Tests for models.whisper.weights.ct2: the CTranslate2 model.bin reader."""
 
 import re
 import struct
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from ct2_files import write_model_bin
 
-from models.ct2 import CT2FormatError, read_model_bin
-from models.weight_packages import resolve_source
-from models.whisper_weights import load_checkpoint
+from models.whisper.weights.ct2 import CT2FormatError, read_model_bin
+from models.whisper.weights.load import load_checkpoint
+from models.whisper.weights.packages import resolve_source
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ import pytest
 import tomllib
 
 import kvgraph.plugins
-import models.plugin
-from kvgraph import DecoderSpec, specs
+import models.whisper.plugin
+from kvgraph import DecoderSpec, core_specs, specs
 from kvgraph.cli import main
 from kvgraph.plugins import Registry
 
@@ -48,7 +48,7 @@ def _declared_plugins() -> dict[str, str]:
 
 def test_pyproject_declares_the_models_plugin():
     declared = _declared_plugins()
-    assert declared == {"whisper": "models.plugin:register"}
+    assert declared == {"whisper": "models.whisper.plugin:register"}
     for value in declared.values():
         module, _, attr = value.partition(":")
         assert callable(getattr(import_module(module), attr)), value
@@ -69,7 +69,7 @@ def _run(args, extra_path=None):
 
 def test_entry_point_discovery_end_to_end(tmp_path):
     """With pyproject.toml's entry point installed, ``kvgraph list`` names Whisper's specs first
-    and ``kvgraph transcribe`` reaches models.transcribe_cli."""
+    and ``kvgraph transcribe`` reaches models.whisper.apps.cli.transcribe."""
     info = tmp_path / "kvgraph_plugin_probe-0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kvgraph-plugin-probe\nVersion: 0\n")
@@ -87,7 +87,7 @@ def test_entry_point_discovery_end_to_end(tmp_path):
 @pytest.fixture
 def bare(monkeypatch):
     """The CLI and kvgraph.specs over a registry with no plugin but the core."""
-    reg = Registry(discover=False, core=[specs.register_core])
+    reg = Registry(discover=False, core=[core_specs.register_core])
     monkeypatch.setattr(kvgraph.plugins, "REGISTRY", reg)
     monkeypatch.setattr(specs, "BUILTIN", specs._Builtins(reg))
     return reg
@@ -103,27 +103,27 @@ def test_without_plugins_transcribe_is_a_one_line_error(bare, capsys):
 
 
 def test_transcribe_arguments_are_forwarded_untouched(monkeypatch):
-    import models.transcribe_cli
+    import models.whisper.apps.cli.transcribe
 
     seen = []
-    monkeypatch.setattr(models.transcribe_cli, "main", lambda argv: seen.append(argv) or 3)
+    monkeypatch.setattr(models.whisper.apps.cli.transcribe, "main", lambda argv: seen.append(argv) or 3)
     argv = ["a.wav", "--model", "show", "-h", "--", "list"]
     assert main(["transcribe", *argv]) == 3
     assert seen == [argv]
 
 
 def test_registry_applies_a_plugin_once_and_all_or_nothing():
-    reg = Registry(discover=False, core=[specs.register_core])
-    reg.use(models.plugin.register)
-    reg.use(models.plugin.register)
+    reg = Registry(discover=False, core=[core_specs.register_core])
+    reg.use(models.whisper.plugin.register)
+    reg.use(models.whisper.plugin.register)
     assert list(reg.specs()) == ["whisper-tiny.en", "whisper-base", "llama-demo"]
     assert list(reg.commands()) == ["transcribe", "prepare", "serve"]
-    assert reg.specs()["whisper-base"].owner == "models.plugin:register"
+    assert reg.specs()["whisper-base"].owner == "models.whisper.plugin:register"
     assert isinstance(reg.specs()["whisper-tiny.en"].make(), DecoderSpec)
 
     def clashes(r):
-        r.add_spec("fresh", specs._llama_demo)
-        r.add_spec("llama-demo", specs._llama_demo)
+        r.add_spec("fresh", core_specs.llama_demo)
+        r.add_spec("llama-demo", core_specs.llama_demo)
 
     with pytest.raises(ValueError, match="'llama-demo' .* already registered by kvgraph"):
         reg.use(clashes)
@@ -135,12 +135,12 @@ def test_registry_applies_a_plugin_once_and_all_or_nothing():
 def test_a_broken_entry_point_is_skipped_with_a_warning(monkeypatch):
     eps = [
         EntryPoint("broken", "no_such_module_kvgraph:register", kvgraph.plugins.GROUP),
-        EntryPoint("whisper", "models.plugin:register", kvgraph.plugins.GROUP),
+        EntryPoint("whisper", "models.whisper.plugin:register", kvgraph.plugins.GROUP),
     ]
     monkeypatch.setattr(
         "importlib.metadata.entry_points", lambda group: eps if group == kvgraph.plugins.GROUP else []
     )
-    reg = Registry(core=[specs.register_core])
+    reg = Registry(core=[core_specs.register_core])
     with pytest.warns(RuntimeWarning, match="broken = no_such_module_kvgraph:register"):
         names = list(reg.specs())
     assert names == ["whisper-tiny.en", "whisper-base", "llama-demo"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from whisper_clips import JFK_WORDS, words
 
-from models import prepare_cli
+from models.whisper.apps.cli import prepare as prepare_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """``kvgraph serve``: OpenAI's audio API over HTTP, driven with the official ``openai`` client.
 
 Every server here listens on 127.0.0.1 at a free port, runs in a thread of the test process
-(``models.serve.BackgroundServer``) and is shut down by the test. The tests without the
+(``models.whisper.apps.server.BackgroundServer``) and is shut down by the test. The tests without the
 ``max`` marker decode with a fake model (canned results, instant); the ``max`` ones serve the
 session's compiled tiny.en (``whisper_fixtures``) and compare with ``WhisperModel.transcribe``
 of the same audio.
@@ -29,7 +29,8 @@ pytest.importorskip("uvicorn", reason="the 'serve' extra is not installed")
 pytest.importorskip("multipart", reason="the 'serve' extra is not installed")
 openai = pytest.importorskip("openai", reason="the openai client (test extra) is not installed")
 
-from models import serve as sv  # noqa: E402
+from models.whisper.apps import server as sv  # noqa: E402
+from models.whisper.apps.cli import serve as serve_cli  # noqa: E402
 
 JFK_BYTES = JFK.read_bytes()
 
@@ -516,12 +517,12 @@ def test_sequential_engine_order_isolation_and_close():
 
 
 def test_cli_help_and_usage_errors(capsys):
-    assert sv.main(["--help"]) == 0
+    assert serve_cli.main(["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: kvgraph serve") and "--batch-size" in out and "--port" in out
-    assert sv.main(["--port", "70000"]) == 2
-    assert sv.main(["--max-queue", "0"]) == 2
-    assert sv.main(["--batch-size", "0"]) == 2
+    assert serve_cli.main(["--port", "70000"]) == 2
+    assert serve_cli.main(["--max-queue", "0"]) == 2
+    assert serve_cli.main(["--batch-size", "0"]) == 2
 
 
 def test_cli_unknown_model_and_taken_port_are_one_line_errors(capsys):
@@ -530,7 +531,7 @@ def test_cli_unknown_model_and_taken_port_are_one_line_errors(capsys):
             raise ValueError(f"unknown model {name!r}")
         return FakeModel()
 
-    assert sv.main(["--model", "large-v9"], load_model=load) == 1
+    assert serve_cli.main(["--model", "large-v9"], load_model=load) == 1
     err = capsys.readouterr().err
     assert "kvgraph: error: model 'large-v9'" in err and "Traceback" not in err
     taken = sv.bind("127.0.0.1", 0)
@@ -540,7 +541,7 @@ def test_cli_unknown_model_and_taken_port_are_one_line_errors(capsys):
         made = []
         factory = lambda m, **kw: made.append(sv.make_engine(m, **kw)) or made[-1]
         assert (
-            sv.main(["--port", str(port), "--batch-size", "4"], load_model=load, engine_factory=factory) == 1
+            serve_cli.main(["--port", str(port), "--batch-size", "4"], load_model=load, engine_factory=factory) == 1
         )
         assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err
         with pytest.raises(sv.EngineClosed):
@@ -563,7 +564,7 @@ def test_serve_is_a_kvgraph_command(capsys):
 def tiny_server(tiny_model):
     """The server ``kvgraph serve`` builds by default: the continuous-batching engine."""
     engine = sv.make_engine(tiny_model, max_queue=64)
-    from models.batching import BatchedTranscriber
+    from models.whisper.engine.batched import BatchedTranscriber
 
     assert isinstance(engine, BatchedTranscriber) and engine.batch_size == sv.DEFAULT_BATCH
     app = sv.create_app(engine, sv.ServedModel.of("tiny.en", tiny_model), max_upload_bytes=4 * 1024 * 1024)
@@ -578,14 +579,14 @@ CLIPS = {"jfk": JFK, **{name: SPEECH / f"{name}.wav" for name in SPEECH_CLIPS}}
 def references(tiny_server):
     """``transcribe`` of each clip's decoded audio (computed while the server is idle: the
     backend is used by one thread at a time)."""
-    from models.audio import load_audio
+    from models.whisper.audio.load import load_audio
 
     return {name: tiny_server.model.transcribe(load_audio(path)) for name, path in CLIPS.items()}
 
 
 @pytest.mark.max
 def test_tiny_every_format_equals_transcribe(tiny_server, references):
-    from models.transcribe_cli import render
+    from models.whisper.transcription.outputs import render
 
     ref = references["jfk"]
     c = client(tiny_server.url)
@@ -634,7 +635,7 @@ def test_tiny_16_concurrent_clients_all_correct(tiny_server, references):
             file=CLIPS[names[i]].open("rb"), model="tiny.en", response_format=fmt
         )
 
-    from models.transcribe_cli import render
+    from models.whisper.transcription.outputs import render
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, range(16)))

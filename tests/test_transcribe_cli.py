@@ -1,4 +1,4 @@
-"""models.transcribe_cli: `kvgraph transcribe` with an injected backend.
+"""models.whisper.apps.cli.transcribe: `kvgraph transcribe` with an injected backend.
 
 The backend is ``ScriptedBackend``: no neural network, it emits a fixed token
 script (``<|0.00|> Hello world.<|1.00|><|endoftext|>``) through the backend
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from models.transcribe_cli import main
+from models.whisper.apps.cli.transcribe import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -231,7 +231,7 @@ def test_help_exits_zero(capsys):
 def test_help_does_not_import_heavy_modules():
     code = (
         "import sys\n"
-        "from models.transcribe_cli import main\n"
+        "from models.whisper.apps.cli.transcribe import main\n"
         "rc = main(['--help'])\n"
         "heavy = [m for m in ('torch', 'whisper', 'max') if m in sys.modules]\n"
         "assert rc == 0 and not heavy, heavy\n"
@@ -337,7 +337,7 @@ def test_word_options_write_what_openai_writers_write(tmp_path, good):
     """The files equal openai's writers' output, with the same options, for the same result."""
     from whisper.utils import get_writer
 
-    from models.whisper_decode import transcribe
+    from models.whisper.transcription.transcribe import transcribe
 
     loader = Loader()
     loader.backend = AligningScriptedBackend()
@@ -414,7 +414,7 @@ def test_punctuation_defaults_are_openais():
 
     import whisper.timing
 
-    from models.transcribe_cli import build_parser
+    from models.whisper.apps.cli.options import build_parser
 
     args = build_parser().parse_args(["a.wav"])
     defaults = inspect.signature(whisper.timing.add_word_timestamps).parameters

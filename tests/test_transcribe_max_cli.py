@@ -1,6 +1,6 @@
 """`kvgraph transcribe` end to end with the real tiny.en model on MAX.
 
-``models.transcribe_cli.main`` gets a ``load_backend`` that hands out the
+``models.whisper.apps.cli.transcribe.main`` gets a ``load_backend`` that hands out the
 session's compiled backend (no recompiling); one test runs the installed
 ``kvgraph`` console script in a subprocess (MAX's disk cache makes its
 compile fast).
@@ -22,7 +22,7 @@ from whisper_clips import JFK, JFK_WORDS, ROOT, words
 from whisper_fixtures import *  # noqa: F401,F403 - session fixtures
 from whisper_fixtures import fixture_loader
 
-from models.transcribe_cli import main
+from models.whisper.apps.cli.transcribe import main
 
 pytestmark = pytest.mark.max
 

@@ -1,4 +1,4 @@
-"""models.whisper_decode: openai-whisper decoding over a backend.
+"""models.whisper.decoding.adapter and transcription.transcribe: openai-whisper decoding over a backend.
 
 The backend here is ``TorchBackend``, a PyTorch test double of the compiled
 model: it wraps an openai-whisper ``Whisper`` and computes exactly what
@@ -21,12 +21,8 @@ from whisper.audio import N_FRAMES, SAMPLE_RATE
 from whisper.decoding import DecodingOptions
 from whisper.model import ModelDimensions, Whisper
 
-from models.whisper_decode import (
-    BackendInference,
-    DecodeTimings,
-    WhisperAdapter,
-    transcribe,
-)
+from models.whisper.decoding.adapter import BackendInference, DecodeTimings, WhisperAdapter
+from models.whisper.transcription.transcribe import transcribe
 
 ROOT = Path(__file__).resolve().parents[1]
 JFK = ROOT / "examples" / "jfk.wav"
@@ -182,7 +178,7 @@ def jfk():
 @pytest.fixture(scope="module")
 def tiny_en():
     try:
-        from models.whisper_weights import load_checkpoint
+        from models.whisper.weights.load import load_checkpoint
 
         dims, weights = load_checkpoint("tiny.en")
     except Exception as e:  # noqa: BLE001 - weights package missing etc.
@@ -395,7 +391,7 @@ def test_transcribe_rejects_bad_input(small_en):
 
 
 def test_transcribe_from_path_uses_models_audio(small_en, monkeypatch):
-    audio_mod = pytest.importorskip("models.audio")
+    audio_mod = pytest.importorskip("models.whisper.audio.load")
     seen = []
 
     def fake_load(path, sr=16000):
@@ -475,7 +471,7 @@ def test_tiny_en_beam_search(tiny_en, jfk):
 
 
 def test_adapter_alignment_heads_and_taps(small_en, jfk_mel):
-    from models.whisper_decode import CrossAttentionTap
+    from models.whisper.decoding.adapter import CrossAttentionTap
 
     adapter = WhisperAdapter(AligningTorchBackend(small_en))
     assert torch.equal(adapter.alignment_heads.to_dense(), small_en.alignment_heads.to_dense())

@@ -29,7 +29,7 @@ from whisper_clips import (
 )
 from whisper_fixtures import *  # noqa: F401,F403 - session fixtures
 
-from models.whisper_decode import WhisperAdapter
+from models.whisper.decoding.adapter import WhisperAdapter
 
 pytestmark = pytest.mark.max
 
@@ -209,7 +209,7 @@ def test_long_form_matches_openai(tiny_model, torch_tiny, jfk_audio):
 
 
 def _clip(name, jfk_audio):
-    from models.audio import load_audio
+    from models.whisper.audio.load import load_audio
 
     if name == "jfk":
         return jfk_audio
@@ -237,7 +237,7 @@ def test_beam5_best_of5_match_openai(tiny_model, torch_tiny, jfk_audio, clip):
 def test_best_of5_sampling_matches_openai(tiny_model, torch_tiny):
     """Sampling at a fixed temperature with best_of 5: five rows of one audio; the same
     torch seed draws the same samples from (nearly) the same probabilities."""
-    from models.audio import load_audio
+    from models.whisper.audio.load import load_audio
 
     audio = load_audio(str(SPEECH / f"{SPEECH_CLIPS[1]}.wav"))
     kw = dict(temperature=0.5, best_of=5, condition_on_previous_text=False)
@@ -333,8 +333,8 @@ AUDIO_VARIANTS = {
 def test_file_variants_transcribe_to_reference_text(
     tiny_backend, torch_tiny, jfk_audio, tmp_path, capsys, name
 ):
-    from models.audio import load_audio
-    from models.transcribe_cli import main
+    from models.whisper.apps.cli.transcribe import main
+    from models.whisper.audio.load import load_audio
 
     sr, channels, fmt = AUDIO_VARIANTS[name]
     x = _resampled(jfk_audio, sr)

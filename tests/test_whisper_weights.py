@@ -1,4 +1,4 @@
-"""Tests for loading Whisper checkpoints as openai-whisper state_dicts: models.whisper_weights
+"""Tests for loading Whisper checkpoints as openai-whisper state_dicts: models.whisper.weights.load
 and the modules it composes (weight_packages, ct2_whisper, pt_checkpoint, whisper_shapes).
 The model.bin reader itself is tested in test_ct2.py."""
 
@@ -14,11 +14,11 @@ import whisper
 import whisper.model as wm
 from ct2_files import write_model_bin
 
-from models.audio import load_audio
-from models.ct2 import read_model_bin
-from models.weight_packages import ACCEPTED_NAMES, WeightsNotInstalledError, resolve_source
-from models.whisper_shapes import state_dict_shapes
-from models.whisper_weights import load_checkpoint
+from models.whisper.audio.load import load_audio
+from models.whisper.weights.ct2 import read_model_bin
+from models.whisper.weights.load import load_checkpoint
+from models.whisper.weights.packages import ACCEPTED_NAMES, WeightsNotInstalledError, resolve_source
+from models.whisper.weights.shapes import state_dict_shapes
 
 JFK = Path(__file__).resolve().parent.parent / "examples" / "jfk.wav"
 JFK_TEXT = (
@@ -280,7 +280,7 @@ def test_reading_a_ct2_checkpoint_imports_neither_torch_nor_whisper():
 
     code = (
         "import sys, types\n"
-        "from models.whisper_weights import load_checkpoint\n"
+        "from models.whisper.weights.load import load_checkpoint\n"
         "dims, w = load_checkpoint('tiny.en', keep_float16=True, dims_class=types.SimpleNamespace)\n"
         "assert 'torch' not in sys.modules and 'whisper' not in sys.modules, 'imported'\n"
         "print(sorted(vars(dims).items()))\n"

@@ -20,8 +20,8 @@ from whisper_clips import JFK, SPEECH, SPEECH_CLIPS, assert_same_words, long_cli
 from whisper_fixtures import *  # noqa: F401,F403 - session fixtures
 from whisper_fixtures import fixture_loader
 
-from models.transcribe_cli import main
-from models.whisper_decode import transcribe
+from models.whisper.apps.cli.transcribe import main
+from models.whisper.transcription.transcribe import transcribe
 
 pytestmark = pytest.mark.max
 
@@ -35,7 +35,7 @@ def _both(backend, torch_model, audio, **kw):
 
 
 def test_tiny_en_alignment_heads_are_openais(tiny_backend, torch_tiny):
-    from models.whisper_decode import WhisperAdapter
+    from models.whisper.decoding.adapter import WhisperAdapter
 
     adapter = WhisperAdapter(tiny_backend)
     assert torch_tiny.alignment_heads.to_dense().equal(adapter.alignment_heads.to_dense())
@@ -52,7 +52,7 @@ def test_jfk_words_match_openai(tiny_backend, torch_tiny, jfk_audio):
 
 @pytest.mark.parametrize("clip", SPEECH_CLIPS)
 def test_speech_clip_words_match_openai(tiny_backend, torch_tiny, clip):
-    from models.audio import load_audio
+    from models.whisper.audio.load import load_audio
 
     audio = load_audio(str(SPEECH / f"{clip}.wav"))
     ours, ref = _both(tiny_backend, torch_tiny, audio)
@@ -126,7 +126,7 @@ def test_cli_word_outputs_equal_openai_writers(tmp_path, tiny_backend, torch_tin
 def test_base_multilingual_words_match_openai(base_model, torch_base, jfk_audio):
     """base (multilingual): alignment heads from its config.json equal openai's table, and
     the words and times of JFK equal openai-whisper's (language detected on MAX)."""
-    from models.whisper_decode import WhisperAdapter
+    from models.whisper.decoding.adapter import WhisperAdapter
 
     adapter = WhisperAdapter(base_model.backend)
     assert torch_base.alignment_heads.to_dense().equal(adapter.alignment_heads.to_dense())

@@ -46,8 +46,8 @@ def _backend_checkpoint(name: str):
 
 @functools.cache
 def _max_backend(name: str, kv_cache: bool):
-    from models.alignment_heads import load_alignment_heads
     from models.whisper import MaxWhisperBackend
+    from models.whisper.weights.alignment_heads import load_alignment_heads
 
     if not kv_cache and name in LATER:
         _max_backend(name, True)  # compiles the "full" program this backend runs (with the rest)
@@ -92,13 +92,13 @@ def _torch_model(name: str):
 
 @functools.cache
 def _jfk_audio():
-    from models.audio import load_audio
+    from models.whisper.audio.load import load_audio
 
     return load_audio(str(JFK))
 
 
 def fixture_loader(model_name: str, kv_cache: bool = True):
-    """A ``load_backend`` for ``models.transcribe_cli.main`` that hands out the
+    """A ``load_backend`` for ``models.whisper.apps.cli.transcribe.main`` that hands out the
     session's compiled backends instead of compiling again."""
     return _max_backend(model_name, kv_cache)
 

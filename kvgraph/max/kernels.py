@@ -111,7 +111,7 @@ def positions_rows(offset: TensorValue, seq_len_source: TensorValue) -> TensorVa
     Built from one flat ``range(b*s)`` split with integer division and a gather of the
     row's offset (no broadcast of a bare ``range``: see :func:`causal_allowed`)."""
     b, s = seq_len_source.shape[0], seq_len_source.shape[1]
-    st = _scalar_dim(s)
+    st = scalar_dim(s)
     n = ops.range(0, b * s, 1, dtype=I64, device=_cpu())
     r = ops.floor_div(n, st)
     off = ops.gather(ops.cast(offset, I64) if offset.dtype != I64 else offset, r, axis=0)
@@ -244,7 +244,7 @@ def linear_few_rows(
     out_type = TensorType(F32, [*x.shape[:-1], w16.shape[0]], device=x.device)
     rows = ops.constant(np.int64(static), I64, device=_cpu())
     for d in sym:
-        rows = rows * _scalar_dim(d)
+        rows = rows * scalar_dim(d)
     y = ops.cond(rows <= few, [out_type], lambda: gemv(x, w16), lambda: x @ wt)[0]
     return y if b is None else y + b
 
@@ -315,7 +315,7 @@ def rope(x: TensorValue, pos: TensorValue, n_heads: int, theta: float = 10000.0)
 # --------------------------------------------------------------------------- #
 
 
-def _scalar_dim(d: Dim | int) -> TensorValue:
+def scalar_dim(d: Dim | int) -> TensorValue:
     """A (possibly symbolic) dim as an int64 rank-0 tensor."""
     return ops.reshape(ops.shape_to_tensor([d]), [])
 
@@ -333,11 +333,11 @@ def causal_allowed(
     """
     cpu = _cpu()
     rows = groups * sq
-    skt = _scalar_dim(sk)
+    skt = scalar_dim(sk)
     n = ops.range(0, rows * sk, 1, dtype=I64, device=cpu)
     r = ops.floor_div(n, skt)  # row in [0, groups*sq)
     j = n - r * skt  # key index
-    i = r % _scalar_dim(sq) if groups > 1 else r  # query row within its head
+    i = r % scalar_dim(sq) if groups > 1 else r  # query row within its head
     if q_offset is not None:
         i = i + (ops.cast(q_offset, I64) if q_offset.dtype != I64 else q_offset)
     return ops.reshape(ops.greater_equal(i, j), [rows, sk])
@@ -353,14 +353,14 @@ def causal_allowed_rows(
     division; each element's row offset is gathered from ``q_offset`` (no broadcasting)."""
     cpu = _cpu()
     rows = groups * sq
-    skt = _scalar_dim(sk)
-    per_b = _scalar_dim(rows) * skt
+    skt = scalar_dim(sk)
+    per_b = scalar_dim(rows) * skt
     n = ops.range(0, b * rows * sk, 1, dtype=I64, device=cpu)
     bi = ops.floor_div(n, per_b)
     rem = n - bi * per_b
     r = ops.floor_div(rem, skt)
     j = rem - r * skt
-    i = r % _scalar_dim(sq) if groups > 1 else r
+    i = r % scalar_dim(sq) if groups > 1 else r
     off = ops.gather(ops.cast(q_offset, I64) if q_offset.dtype != I64 else q_offset, bi, axis=0)
     return ops.reshape(ops.greater_equal(i + off, j), [b, rows, sk])
 

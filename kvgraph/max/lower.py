@@ -277,7 +277,7 @@ def _rule_attention_scores(op, env, ctx):
 def _rows(op, env):
     """(start, end) int64 scalars of the rows ``[past, past+s)`` a cache op addresses."""
     start = env[op.past] if op.past is not None else ops.constant(np.int64(0), DType.int64, DeviceRef.CPU())
-    return start, start + K._scalar_dim(env[op.new].shape[1])
+    return start, start + K.scalar_dim(env[op.new].shape[1])
 
 
 def _dim_name(d) -> str:
@@ -294,7 +294,7 @@ def _store_rows(buf, new, past):
     buffer; a loop body may write a buffer input). ~35 us a row per cache here: with the
     kernels, ``kernels.store_rows`` does it in one call."""
     cpu = DeviceRef.CPU()
-    nb, s = K._scalar_dim(new.shape[0]), K._scalar_dim(new.shape[1])
+    nb, s = K.scalar_dim(new.shape[0]), K.scalar_dim(new.shape[1])
 
     def body(r):
         p = ops.reshape(ops.slice_tensor(past, [(slice(r, r + 1), 1)]), [])
@@ -360,7 +360,7 @@ class _Env(dict):
 def _rule_cache_view(op, env, ctx):
     if ir.per_row(op.past):  # rows [0, max(past) + s): each row's mask hides the rest
         longest = ops.reshape(ops.max(env[op.past], axis=0), [])
-        end = longest + K._scalar_dim(env[op.new].shape[1])
+        end = longest + K.scalar_dim(env[op.new].shape[1])
     else:
         _, end = _rows(op, env)
     view = _CacheView(env[op.cache], end, _dim_name(op.infer_type().shape[1]))

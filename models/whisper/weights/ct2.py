@@ -208,53 +208,10 @@ def read_model_bin(path: PathLike | Sequence[PathLike]):
     variables: dict[str, np.ndarray] = {}
     dtypes: dict[str, str] = {}
     for i in range(num_vars):
-        cur.where = f"variable #{i}"
-        name = cur.string("variable name")
-        cur.where = f"variable #{i} '{name}'"
-        if name in variables:
-            raise cur.fail("duplicate variable name")
-        rank = cur.u8("rank")
-        shape = cur.unpack(f"{rank}I", "shape") if rank else ()
-        hdr_off = cur.pos
-        if version >= 4:
-            type_id = cur.u8("dtype id")
-            num_bytes = cur.u32("byte count")
-            if type_id not in _DTYPES:
-                raise cur.fail(f"unknown dtype id {type_id}", hdr_off)
-        else:
-            item_size = cur.u8("item size")
-            count = cur.u32("element count")
-            if item_size not in _LEGACY_ITEM_SIZE:
-                raise cur.fail(f"unknown item size {item_size}", hdr_off)
-            type_id = _LEGACY_ITEM_SIZE[item_size]
-            num_bytes = count * item_size
-        dname, dt = _DTYPES[type_id]
-        n_elem = int(np.prod(shape, dtype=np.int64)) if rank else 1
-        if num_bytes != n_elem * dt.itemsize:
-            raise cur.fail(
-                f"payload is {num_bytes} bytes but shape {tuple(shape)} of {dname} "
-                f"needs {n_elem * dt.itemsize}",
-                hdr_off,
-            )
-        start = cur.take(num_bytes, "payload")
-        arr = np.frombuffer(buf, dtype=dt, count=n_elem, offset=start).reshape(shape)
-        if dname == "bfloat16":
-            arr = _bfloat16_to_float32(arr)
-        elif arr.flags.writeable:  # bytearray-backed: keep the read-only contract
-            arr.flags.writeable = False
+        name, arr, dname = _read_variable(cur, buf, version, i, variables)
         variables[name] = arr
         dtypes[name] = dname
-
-    aliases: dict[str, str] = {}
-    if version >= 3:
-        cur.where = "alias count"
-        num_aliases = cur.u32("number of aliases")
-        for i in range(num_aliases):
-            cur.where = f"alias #{i}"
-            alias = cur.string("alias name")
-            cur.where = f"alias #{i} '{alias}'"
-            target = cur.string("alias target")
-            aliases[alias] = target
+    aliases = _read_aliases(cur, version)
 
     if cur.pos != cur.size:
         cur.where = "end of file"
@@ -269,6 +226,61 @@ def read_model_bin(path: PathLike | Sequence[PathLike]):
         "dtypes": dtypes,
     }
     return variables, aliases, meta
+
+
+def _read_variable(cur: _Cursor, buf, version: int, i: int, seen) -> tuple[str, np.ndarray, str]:
+    """Variable ``i`` at the cursor: ``(name, array, stored dtype name)``; ``seen``: the names
+    read before (a duplicate is an error)."""
+    cur.where = f"variable #{i}"
+    name = cur.string("variable name")
+    cur.where = f"variable #{i} '{name}'"
+    if name in seen:
+        raise cur.fail("duplicate variable name")
+    rank = cur.u8("rank")
+    shape = cur.unpack(f"{rank}I", "shape") if rank else ()
+    hdr_off = cur.pos
+    if version >= 4:
+        type_id = cur.u8("dtype id")
+        num_bytes = cur.u32("byte count")
+        if type_id not in _DTYPES:
+            raise cur.fail(f"unknown dtype id {type_id}", hdr_off)
+    else:
+        item_size = cur.u8("item size")
+        count = cur.u32("element count")
+        if item_size not in _LEGACY_ITEM_SIZE:
+            raise cur.fail(f"unknown item size {item_size}", hdr_off)
+        type_id = _LEGACY_ITEM_SIZE[item_size]
+        num_bytes = count * item_size
+    dname, dt = _DTYPES[type_id]
+    n_elem = int(np.prod(shape, dtype=np.int64)) if rank else 1
+    if num_bytes != n_elem * dt.itemsize:
+        raise cur.fail(
+            f"payload is {num_bytes} bytes but shape {tuple(shape)} of {dname} needs {n_elem * dt.itemsize}",
+            hdr_off,
+        )
+    start = cur.take(num_bytes, "payload")
+    arr = np.frombuffer(buf, dtype=dt, count=n_elem, offset=start).reshape(shape)
+    if dname == "bfloat16":
+        arr = _bfloat16_to_float32(arr)
+    elif arr.flags.writeable:  # bytearray-backed: keep the read-only contract
+        arr.flags.writeable = False
+    return name, arr, dname
+
+
+def _read_aliases(cur: _Cursor, version: int) -> dict[str, str]:
+    """The alias table at the cursor (binary version 3 on): alias name -> target name."""
+    aliases: dict[str, str] = {}
+    if version < 3:
+        return aliases
+    cur.where = "alias count"
+    num_aliases = cur.u32("number of aliases")
+    for i in range(num_aliases):
+        cur.where = f"alias #{i}"
+        alias = cur.string("alias name")
+        cur.where = f"alias #{i} '{alias}'"
+        target = cur.string("alias target")
+        aliases[alias] = target
+    return aliases
 
 
 def _f32(x: np.ndarray) -> np.ndarray:

@@ -20,16 +20,16 @@ Accepted sources:
   * an openai-whisper ``.pt`` checkpoint
     (``{"dims": {...}, "model_state_dict": {...}}``).
 
-One job per module: ``models.weight_packages`` locates the source, ``models.ct2`` parses
-model.bin, ``models.ct2_whisper`` maps CTranslate2 names to openai's, ``models.pt_checkpoint``
-reads ``.pt`` files, ``models.whisper_shapes`` checks the result against openai's layout.
+One job per module: ``models.whisper.weights.packages`` locates the source, ``models.whisper.weights.ct2`` parses
+model.bin, ``models.whisper.weights.from_ct2`` maps CTranslate2 names to openai's, ``models.whisper.weights.pt``
+reads ``.pt`` files, ``models.whisper.weights.shapes`` checks the result against openai's layout.
 """
 
 from __future__ import annotations
 
-from models.ct2_whisper import load_ct2
-from models.pt_checkpoint import load_pt
-from models.weight_packages import PathLike, resolve_source
+from models.whisper.weights.from_ct2 import load_ct2
+from models.whisper.weights.packages import PathLike, resolve_source
+from models.whisper.weights.pt import load_pt
 
 __all__ = ["load_checkpoint"]
 
@@ -44,8 +44,8 @@ def load_checkpoint(name_or_path: PathLike, *, keep_float16: bool = False, dims_
     ``name_or_path``: ``"tiny.en"``, ``"base"``, a CTranslate2 model directory
     (or its model.bin), or an openai-whisper ``.pt`` file. Raises
     ``ValueError`` for unknown names or mismatched checkpoints,
-    ``models.ct2.CT2FormatError`` (a ValueError) for corrupt model.bin files,
-    and ``models.weight_packages.WeightsNotInstalledError`` (an ImportError) when the packages holding
+    ``models.whisper.weights.ct2.CT2FormatError`` (a ValueError) for corrupt model.bin files,
+    and ``models.whisper.weights.packages.WeightsNotInstalledError`` (an ImportError) when the packages holding
     a named checkpoint are missing.
 
     ``dims_class``: build ``dims`` with this class (``ModelDimensions``' fields as keywords)

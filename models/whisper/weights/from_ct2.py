@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.ct2 import CT2FormatError, CT2Variables, read_model_bin
-from models.whisper_shapes import check_shapes, in_state_dict_order
+from models.whisper.weights.ct2 import CT2FormatError, CT2Variables, read_model_bin
+from models.whisper.weights.shapes import check_shapes, in_state_dict_order
 
 __all__ = ["ct2_to_openai", "load_ct2"]
 
@@ -102,8 +102,17 @@ def ct2_to_openai(
             f"{label}: CTranslate2 spec is '{meta.get('spec_name')}', not a Whisper model (WhisperSpec)"
         )
     ct = CT2Variables(variables, aliases, meta, keep_float16)
-    config = config or {}
+    dims = _dims(ct, label, config or {}, dims_class)
+    _check_tied_projection(ct, label)
+    w = _weights(ct, dims)
+    w = in_state_dict_order(dims, w)  # same key order as openai's state_dict()
+    check_shapes(dims, w, label)
+    return dims, w
 
+
+def _dims(ct: CT2Variables, label: str, config: dict, dims_class):
+    """openai's ``ModelDimensions`` fields read off the variables' shapes (and the head counts
+    from the file, its config.json, or the widths openai's checkpoints use)."""
     conv1 = ct.raw("encoder/conv1/weight")
     n_audio_state, n_mels = int(conv1.shape[0]), int(conv1.shape[1])
     emb = ct.raw("decoder/embeddings/weight")
@@ -117,7 +126,7 @@ def ct2_to_openai(
             raise CT2FormatError(f"{label}: cannot determine the {side} head count (d_model {width})")
         return int(h)
 
-    dims = dims_class(
+    return dims_class(
         n_mels=n_mels,
         n_audio_ctx=int(ct.raw("encoder/position_encodings/encodings").shape[0]),
         n_audio_state=n_audio_state,
@@ -130,7 +139,10 @@ def ct2_to_openai(
         n_text_layer=ct.count_layers("decoder"),
     )
 
-    # openai ties the output projection to the token embedding.
+
+def _check_tied_projection(ct: CT2Variables, label: str) -> None:
+    """openai ties the output projection to the token embedding and has no bias there."""
+    emb = ct.raw("decoder/embeddings/weight")
     if ct.has("decoder/projection/weight") and ct.resolve("decoder/projection/weight") != ct.resolve(
         "decoder/embeddings/weight"
     ):
@@ -139,6 +151,9 @@ def ct2_to_openai(
     if ct.has("decoder/projection/bias") and np.any(ct.raw("decoder/projection/bias")):
         raise CT2FormatError(f"{label}: decoder/projection/bias is non-zero; openai-whisper has none")
 
+
+def _weights(ct: CT2Variables, dims) -> dict[str, np.ndarray]:
+    """Every openai ``state_dict`` entry from its CTranslate2 variables (fused projections split)."""
     w: dict[str, np.ndarray] = {}
     w["encoder.positional_embedding"] = ct.get("encoder/position_encodings/encodings")
     _linear(ct, "encoder/conv1", "encoder.conv1", w)
@@ -170,10 +185,7 @@ def ct2_to_openai(
         _ln(ct, f"{src}/attention/layer_norm", f"{dst}.cross_attn_ln", w)
         ffn(src, dst)
     _ln(ct, "decoder/layer_norm", "decoder.ln", w)
-
-    w = in_state_dict_order(dims, w)  # same key order as openai's state_dict()
-    check_shapes(dims, w, label)
-    return dims, w
+    return w
 
 
 def load_ct2(parts, config_path=None, keep_float16: bool = False, dims_class=None):

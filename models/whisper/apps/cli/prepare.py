@@ -53,8 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
     from kvgraph.store import default_store
-    from models.transcribe_cli import USER_ERRORS, _one_line
-    from models.whisper import load_backend
+    from models.whisper.apps.errors import USER_ERRORS, one_line
+    from models.whisper.model.backend import load_backend
 
     store = default_store()
     where = store.root if store.enabled else "nowhere: the store is off (KVGRAPH_CACHE_DIR)"
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.all_programs:
                 backend.decoder.load(["step", "full"])
         except (*USER_ERRORS, ImportError) as e:
-            print(f"{PROG}: error: model {name!r}: {_one_line(e)}", file=sys.stderr, flush=True)
+            print(f"{PROG}: error: model {name!r}: {one_line(e)}", file=sys.stderr, flush=True)
             failed = True
             continue
         progs = {"encoder": backend.encoder, **backend.decoder.loaded}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from models.weight_packages import PathLike, resolve_source
+from models.whisper.weights.packages import PathLike, resolve_source
 
 __all__ = ["default_alignment_heads", "heads_from", "load_alignment_heads"]
 

@@ -1,9 +1,9 @@
 """The ``models`` package's kvgraph plugin: Whisper's named specs, ``kvgraph transcribe``,
 ``kvgraph prepare`` and ``kvgraph serve``.
 
-Declared in pyproject.toml as the entry point ``whisper = "models.plugin:register"`` of the
+Declared in pyproject.toml as the entry point ``whisper = "models.whisper.plugin:register"`` of the
 group ``kvgraph.plugins``, which :mod:`kvgraph.plugins` discovers; :func:`register` can also be
-applied explicitly (``kvgraph.plugins.use(models.plugin.register)``). Registering imports
+applied explicitly (``kvgraph.plugins.use(models.whisper.plugin.register)``). Registering imports
 nothing heavy: a spec is made, and a command's module imported, on first use.
 """
 
@@ -42,39 +42,39 @@ WHISPER_DIMS = {
 
 
 def _whisper_spec(name: str):
-    from models.whisper import spec_from_dims
+    from models.whisper.model.spec import spec_from_dims
 
     return spec_from_dims(SimpleNamespace(**WHISPER_DIMS[name]))
 
 
 def _transcribe(argv: list[str]) -> int:
-    from models import transcribe_cli
+    from models.whisper.apps.cli import transcribe
 
-    return transcribe_cli.main(argv)
+    return transcribe.main(argv)
 
 
 def _prepare(argv: list[str]) -> int:
-    from models import prepare_cli
+    from models.whisper.apps.cli import prepare
 
-    return prepare_cli.main(argv)
+    return prepare.main(argv)
 
 
 def _serve(argv: list[str]) -> int:
-    from models import serve
+    from models.whisper.apps.cli import serve
 
     return serve.main(argv)
 
 
 def register(registry) -> None:
     """Register the Whisper decoder specs (``whisper-tiny.en``, ``whisper-base``) and the
-    ``transcribe`` command (arguments forwarded untouched to ``models.transcribe_cli.main``)
+    ``transcribe`` command (arguments forwarded untouched to ``models.whisper.apps.cli.transcribe.main``)
     with a :class:`kvgraph.plugins.Registry`."""
     for name in WHISPER_DIMS:
         registry.add_spec(name, partial(_whisper_spec, name))
     registry.add_command(
         "transcribe",
         _transcribe,
-        help="transcribe audio with Whisper on MAX (arguments go to models.transcribe_cli)",
+        help="transcribe audio with Whisper on MAX (arguments go to models.whisper.apps.cli.transcribe)",
     )
     registry.add_command(
         "prepare", _prepare, help="compile Whisper models' MAX programs ahead of time into the program store"

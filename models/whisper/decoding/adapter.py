@@ -11,12 +11,13 @@ own code, reused rather than copied:
 * :class:`WhisperAdapter` is an object that ``whisper.transcribe`` accepts as
   its ``model``.  It exposes exactly the attributes openai-whisper reads
   (``dims``, ``device``, ``is_multilingual``, ``num_languages``, ``encoder``,
-  ``logits``, ``detect_language``, ``decode``, ``transcribe``).
+  ``logits``, ``detect_language``, ``decode``).
 * :meth:`WhisperAdapter.decode` builds a stock ``whisper.decoding.DecodingTask``
   and swaps its ``inference`` for :class:`BackendInference` (a
   ``whisper.decoding.Inference`` subclass) before running it.
-* :func:`transcribe` loads/accepts audio, forces fp32 and calls
-  ``whisper.transcribe`` with the adapter, then attaches ``result["timings"]``.
+* :func:`models.whisper.transcription.transcribe.transcribe` loads/accepts audio,
+  forces fp32 and calls ``whisper.transcribe`` with the adapter, then attaches
+  ``result["timings"]``.
 
 Word-level timestamps (``word_timestamps=True``) are openai-whisper's too
 (``whisper.timing.add_word_timestamps``: ``find_alignment``'s forced pass, median
@@ -32,12 +33,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -51,7 +50,6 @@ __all__ = [
     "DecodeTimings",
     "BackendInference",
     "WhisperAdapter",
-    "transcribe",
 ]
 
 
@@ -504,59 +502,5 @@ class WhisperAdapter:
 
     def prepare_task(self, task: DecodingTask) -> None:
         """Called with each ``DecodingTask`` before it runs (its inference already the
-        backend's); a hook for subclasses (``models.batching`` gives each stream its own
+        backend's); a hook for subclasses (``models.whisper.engine`` gives each stream its own
         sampling RNG here)."""
-
-    def transcribe(self, audio, **kwargs) -> dict:
-        return transcribe(self, audio, **kwargs)
-
-
-AudioInput = Union[str, "os.PathLike[str]", np.ndarray, torch.Tensor]
-
-
-def transcribe(backend: WhisperBackend | WhisperAdapter, audio: AudioInput, **decode_options) -> dict:
-    """``whisper.transcribe`` with all neural compute on ``backend``.
-
-    ``audio`` is a path (decoded with ``models.audio.load_audio``) or a float32
-    16 kHz mono waveform.  ``decode_options`` are ``whisper.transcribe``'s
-    keyword arguments (``verbose``, ``temperature``, thresholds,
-    ``condition_on_previous_text``, ``initial_prompt``, ``beam_size``, ...);
-    ``fp16`` is forced to False.  ``verbose=False`` gives openai-whisper's tqdm
-    progress bar over audio frames.
-
-    ``word_timestamps=True`` adds openai's ``words`` to every segment (with
-    ``prepend_punctuations`` / ``append_punctuations`` / ``hallucination_silence_threshold``
-    as there); the backend's ``alignment`` is its forced pass (see the module docstring).
-
-    Returns openai-whisper's dict (``text``, ``segments``, ``language``) plus
-    ``timings`` (see :class:`DecodeTimings`).
-    """
-    adapter = backend if isinstance(backend, WhisperAdapter) else WhisperAdapter(backend)
-    if decode_options.get("word_timestamps") and not hasattr(adapter.backend, "alignment"):
-        raise ValueError(
-            f"word_timestamps: backend {type(adapter.backend).__name__} has no alignment() "
-            "(the alignment heads' cross-attention scores)"
-        )
-
-    if isinstance(audio, (str, os.PathLike)):
-        from models.audio import load_audio
-
-        audio = load_audio(os.fspath(audio))
-    if isinstance(audio, torch.Tensor):
-        audio = audio.detach().cpu().numpy()
-    audio = np.ascontiguousarray(np.asarray(audio, dtype=np.float32))
-    if audio.ndim != 1:
-        raise ValueError(f"expected mono audio (1-D array), got shape {audio.shape}")
-
-    decode_options["fp16"] = False
-    adapter.timings = timings = DecodeTimings()
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        # the adapter reports a "cpu" device (host tensors) even when the
-        # backend runs on an accelerator: openai's CPU-vs-CUDA hint is moot.
-        warnings.filterwarnings("ignore", message="Performing inference on CPU when CUDA is available")
-        with torch_threads(1):
-            result = whisper.transcribe(adapter, audio, **decode_options)
-    timings.total_s = time.perf_counter() - t0
-    result["timings"] = timings.as_dict()
-    return result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.whisper_shapes import check_shapes, in_state_dict_order
+from models.whisper.weights.shapes import check_shapes, in_state_dict_order
 
 __all__ = ["load_pt"]
 

@@ -1,0 +1,382 @@
+"""``kvgraph transcribe``'s command line: its options (openai-whisper's ``whisper`` command's,
+``--snake_case`` and ``--kebab-case`` both accepted) and their checks. Cheap to import."""
+
+from __future__ import annotations
+
+import argparse
+
+from models.whisper.transcription.outputs import OUTPUT_FORMATS, WORD_OPTIONS
+
+PROG = "kvgraph transcribe"
+
+
+# --------------------------------------------------------------------------
+# argparse helpers (same semantics as whisper.utils, without importing torch)
+
+
+def str2bool(string: str) -> bool:
+    values = {"True": True, "False": False, "true": True, "false": False}
+    if string in values:
+        return values[string]
+    raise argparse.ArgumentTypeError(f"expected True or False, got {string!r}")
+
+
+def optional_int(string: str) -> int | None:
+    return None if string == "None" else int(string)
+
+
+def optional_float(string: str) -> float | None:
+    return None if string == "None" else float(string)
+
+
+DECODE_OPTIONS = (
+    "task",
+    "best_of",
+    "beam_size",
+    "patience",
+    "length_penalty",
+    "suppress_tokens",
+    "initial_prompt",
+    "carry_initial_prompt",
+    "condition_on_previous_text",
+    "without_timestamps",
+    "compression_ratio_threshold",
+    "logprob_threshold",
+    "no_speech_threshold",
+    "clip_timestamps",
+    "word_timestamps",
+    "prepend_punctuations",
+    "append_punctuations",
+    "hallucination_silence_threshold",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``kvgraph transcribe``'s options: openai-whisper's ``whisper`` command's, both spellings."""
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Transcribe audio files with Whisper (openai-whisper decoding, kvgraph backend).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_files(p)
+    _add_decoding(p)
+    _add_fallback(p)
+    _add_words(p)
+    return p
+
+
+def _add_files(p: argparse.ArgumentParser) -> None:
+    """The audio in, the outputs out, the model, progress and batching."""
+    add = p.add_argument
+    add("audio", nargs="+", help="audio file(s) to transcribe (WAV, FLAC, OGG, ...)")
+    add("--model", default="tiny.en", help="'tiny.en', 'base', or a path to a checkpoint")
+    add(
+        "--output-dir",
+        "--output_dir",
+        "-o",
+        dest="output_dir",
+        default=".",
+        help="directory to save the outputs",
+    )
+    add(
+        "--output-format",
+        "--output_format",
+        "-f",
+        dest="output_format",
+        default="all",
+        choices=OUTPUT_FORMATS,
+        help="format of the output file(s)",
+    )
+    add(
+        "--verbose",
+        action="store_true",
+        help="show a progress bar and print timings (load, compile, encode, decode, tokens/s)",
+    )
+    add(
+        "--no-progress",
+        "--no_progress",
+        dest="no_progress",
+        action="store_true",
+        help="no progress bar (shown with --verbose or when stderr is a terminal)",
+    )
+    add(
+        "--batch-size",
+        "--batch_size",
+        dest="batch_size",
+        type=int,
+        default=None,
+        help="files decoded at once, their decoder steps batched into one call (continuous "
+        "batching; each file's result is a sequential transcription's). Default: up to 8 when "
+        "several files are given, 1 (one file at a time) otherwise",
+    )
+    add(
+        "--no-kv-cache",
+        "--no_kv_cache",
+        dest="no_kv_cache",
+        action="store_true",
+        help="use the backend without a KV cache (recompute the prefix every step)",
+    )
+
+
+def _add_decoding(p: argparse.ArgumentParser) -> None:
+    """openai-whisper's decoding options (its ``whisper`` command's names)."""
+    add = p.add_argument_group("decoding (openai-whisper's options)").add_argument
+    add(
+        "--task",
+        default="transcribe",
+        choices=["transcribe", "translate"],
+        help="X->X speech recognition ('transcribe') or X->English translation ('translate')",
+    )
+    add("--language", default=None, help="language spoken in the audio (code or name); detected if not given")
+
+    add("--temperature", type=float, default=0.0, help="temperature to use for sampling")
+    add(
+        "--best_of",
+        "--best-of",
+        dest="best_of",
+        type=optional_int,
+        default=5,
+        help="number of candidates when sampling with non-zero temperature",
+    )
+    add(
+        "--beam_size",
+        "--beam-size",
+        dest="beam_size",
+        type=optional_int,
+        default=None,
+        help="number of beams in beam search, only when temperature is zero (default: greedy)",
+    )
+    add("--patience", type=float, default=None, help="optional patience value for beam decoding")
+    add(
+        "--length_penalty",
+        "--length-penalty",
+        dest="length_penalty",
+        type=float,
+        default=None,
+        help="optional token length penalty coefficient (alpha); simple length normalization by default",
+    )
+
+    add(
+        "--suppress_tokens",
+        "--suppress-tokens",
+        dest="suppress_tokens",
+        type=str,
+        default="-1",
+        help="comma-separated token ids to suppress; '-1' suppresses most special characters",
+    )
+    add(
+        "--initial_prompt",
+        "--initial-prompt",
+        dest="initial_prompt",
+        type=str,
+        default=None,
+        help="optional text to provide as a prompt for the first window",
+    )
+    add(
+        "--carry_initial_prompt",
+        "--carry-initial-prompt",
+        dest="carry_initial_prompt",
+        type=str2bool,
+        default=False,
+        help="prepend initial_prompt to every window's prompt",
+    )
+    add(
+        "--condition_on_previous_text",
+        "--condition-on-previous-text",
+        dest="condition_on_previous_text",
+        type=str2bool,
+        default=True,
+        help="provide the previous output as a prompt for the next window",
+    )
+    add(
+        "--without_timestamps",
+        "--without-timestamps",
+        dest="without_timestamps",
+        type=str2bool,
+        default=False,
+        help="sample text tokens only (one segment per window)",
+    )
+
+
+def _add_fallback(p: argparse.ArgumentParser) -> None:
+    """Temperature fallback and its thresholds (openai-whisper's)."""
+    add = p.add_argument_group("temperature fallback").add_argument
+    add(
+        "--temperature_increment_on_fallback",
+        "--temperature-increment-on-fallback",
+        dest="temperature_increment_on_fallback",
+        type=optional_float,
+        default=0.2,
+        help="temperature increase when falling back after failing the thresholds below",
+    )
+    add(
+        "--compression_ratio_threshold",
+        "--compression-ratio-threshold",
+        dest="compression_ratio_threshold",
+        type=optional_float,
+        default=2.4,
+        help="treat the decoding as failed if the gzip compression ratio is higher",
+    )
+    add(
+        "--logprob_threshold",
+        "--logprob-threshold",
+        dest="logprob_threshold",
+        type=optional_float,
+        default=-1.0,
+        help="treat the decoding as failed if the average log probability is lower",
+    )
+    add(
+        "--no_speech_threshold",
+        "--no-speech-threshold",
+        dest="no_speech_threshold",
+        type=optional_float,
+        default=0.6,
+        help="consider a window silent if P(<|nospeech|>) is higher and the decoding failed logprob_threshold",
+    )
+    add(
+        "--clip_timestamps",
+        "--clip-timestamps",
+        dest="clip_timestamps",
+        type=str,
+        default="0",
+        help="comma-separated start,end,start,end,... seconds of clips to process",
+    )
+
+
+def _add_words(p: argparse.ArgumentParser) -> None:
+    """Word timestamps and the writers' word options (openai-whisper's)."""
+    add = p.add_argument_group("word timestamps").add_argument
+    add(
+        "--word_timestamps",
+        "--word-timestamps",
+        dest="word_timestamps",
+        type=str2bool,
+        default=False,
+        help="(experimental) extract word-level timestamps and refine the results based on them",
+    )
+    add(
+        "--prepend_punctuations",
+        "--prepend-punctuations",
+        dest="prepend_punctuations",
+        type=str,
+        default="\"'“¿([{-",
+        help="if word_timestamps is True, merge these punctuation symbols with the next word",
+    )
+    add(
+        "--append_punctuations",
+        "--append-punctuations",
+        dest="append_punctuations",
+        type=str,
+        default="\"'.。,，!！?？:：”)]}、",
+        help="if word_timestamps is True, merge these punctuation symbols with the previous word",
+    )
+    add(
+        "--highlight_words",
+        "--highlight-words",
+        dest="highlight_words",
+        type=str2bool,
+        default=False,
+        help="(requires --word_timestamps True) underline each word as it is spoken in srt and vtt",
+    )
+    add(
+        "--max_line_width",
+        "--max-line-width",
+        dest="max_line_width",
+        type=optional_int,
+        default=None,
+        help="(requires --word_timestamps True) the maximum number of characters in a line before "
+        "breaking the line",
+    )
+    add(
+        "--max_line_count",
+        "--max-line-count",
+        dest="max_line_count",
+        type=optional_int,
+        default=None,
+        help="(requires --word_timestamps True) the maximum number of lines in a segment",
+    )
+    add(
+        "--max_words_per_line",
+        "--max-words-per-line",
+        dest="max_words_per_line",
+        type=optional_int,
+        default=None,
+        help="(requires --word_timestamps True, no effect with --max_line_width) "
+        "the maximum number of words in a segment",
+    )
+    add(
+        "--hallucination_silence_threshold",
+        "--hallucination-silence-threshold",
+        dest="hallucination_silence_threshold",
+        type=optional_float,
+        default=None,
+        help="(requires --word_timestamps True) skip silent periods longer than this threshold (in seconds) "
+        "when a possible hallucination is detected",
+    )
+
+
+def normalize_language(parser: argparse.ArgumentParser, language: str | None) -> str | None:
+    if language is None or language == "None":
+        return None
+    from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+
+    lang = language.lower()
+    if lang in LANGUAGES:
+        return lang
+    if lang in TO_LANGUAGE_CODE:
+        return TO_LANGUAGE_CODE[lang]
+    parser.error(f"argument --language: unknown language {language!r}")
+    return None  # unreachable
+
+
+def usage_error(parser: argparse.ArgumentParser, message: str) -> int:
+    """``parser.error(message)`` (usage and message on stderr) as an exit status: 2."""
+    try:
+        parser.error(message)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+    return 2  # unreachable
+
+
+def check_word_options(args) -> str | None:
+    """openai's checks of the writers' word options, in its order: a usage error's message, or
+    None (after warning about the two combinations openai warns about)."""
+    import warnings
+
+    if not args.word_timestamps:
+        for option in WORD_OPTIONS:
+            if getattr(args, option):
+                return f"--{option} requires --word_timestamps True"
+    if args.max_line_count and not args.max_line_width:
+        warnings.warn("--max_line_count has no effect without --max_line_width", stacklevel=3)
+    if args.max_words_per_line and args.max_line_width:
+        warnings.warn("--max_words_per_line has no effect with --max_line_width", stacklevel=3)
+    return None
+
+
+def temperatures(args) -> tuple[float, ...]:
+    """``--temperature`` and its fallback schedule (openai's: up to 1.0 by the increment)."""
+    if args.temperature_increment_on_fallback is None:
+        return (args.temperature,)
+    import numpy as np
+
+    steps = np.arange(args.temperature, 1.0 + 1e-6, args.temperature_increment_on_fallback)
+    return tuple(float(t) for t in steps) or (args.temperature,)
+
+
+def decoding_options(args, language: str | None, progress: bool) -> dict:
+    """``transcribe``'s keyword arguments from the parsed options. An English-only model
+    given another language decodes English (with a warning, as openai-whisper)."""
+    import sys
+
+    if args.model.endswith(".en") and language not in (None, "en"):
+        print(
+            f"kvgraph: warning: {args.model} is an English-only model; using English "
+            f"instead of {args.language!r}",
+            file=sys.stderr,
+        )
+        language = "en"
+    options = {k: getattr(args, k) for k in DECODE_OPTIONS}  # whisper.transcribe's own names
+    # verbose=False: openai's tqdm progress bar
+    options.update(temperature=temperatures(args), language=language, verbose=False if progress else None)
+    return options

@@ -1,0 +1,266 @@
+"""``kvgraph serve``: an OpenAI-compatible transcription server for Whisper on MAX.
+
+    kvgraph serve [--model tiny.en|base|PATH] [--host 127.0.0.1] [--port 8000]
+        [--batch-size N] [--max-queue N] [--max-upload-mb MB] [--log-level LEVEL]
+
+Routes (shaped as OpenAI's audio API, so its clients work unchanged with
+``base_url="http://HOST:PORT/v1"``):
+
+- ``POST /v1/audio/transcriptions``: multipart form with ``file`` (WAV, FLAC, OGG, ...: what
+  libsndfile reads; no ffmpeg), ``model``, ``language``, ``prompt`` (openai-whisper's
+  ``initial_prompt``), ``response_format`` (``json`` | ``text`` | ``srt`` | ``vtt`` |
+  ``verbose_json``), ``temperature`` (0 to 1; openai-whisper's fallback schedule from there, as
+  ``kvgraph transcribe --temperature``), ``timestamp_granularities[]`` (``segment`` | ``word``;
+  with ``verbose_json``, as OpenAI requires).
+- ``POST /v1/audio/translations``: the same without ``timestamp_granularities[]``, task
+  ``translate`` (speech in any language to English text): multilingual models only.
+- ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health``.
+
+The served model answers to its own name (``tiny.en``) and to ``whisper-1`` (the name OpenAI's
+examples use); any other ``model`` is a 400. Errors are OpenAI's JSON ``{"error": {"message",
+"type", "param", "code"}}``: 400 for bad parameters, unknown models and audio that cannot be
+decoded (empty, truncated, not audio), 413 for a request body over the upload limit, 503 when
+the engine's queue is full, 404/405 for unknown routes; an internal failure is a 500 with the
+same JSON and no traceback (that goes to the server's log).
+
+Requests are decoded by a :class:`~models.whisper.engine.TranscriptionEngine`: ``submit(audio, **options)`` returns a
+``concurrent.futures.Future`` of openai-whisper's result dict and raises ``queue.Full`` when
+its queue is full; ``close(wait)`` finishes what was submitted. :func:`make_engine` builds the
+continuous-batching engine (:class:`models.whisper.engine.batched.BatchedTranscriber`: the requests in flight
+decode together, up to ``--batch-size`` of them, 8 by default) and :class:`SequentialEngine` (one
+worker thread, one request at a time) with ``--batch-size 1`` or for a backend that cannot
+batch; :func:`create_app` and :func:`serve` take any engine. A
+client that disconnects while its request waits in the queue has the request cancelled.
+Shutdown (Ctrl-C, SIGTERM) stops accepting connections, lets the requests in flight finish,
+then closes the engine.
+
+Importing this module is cheap (no MAX, torch or web framework): the server's imports happen
+once the arguments are parsed.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from models.whisper.apps.server.protocol import DEFAULT_MAX_UPLOAD_MB, ApiError, ServedModel
+
+PROG = "kvgraph serve"
+
+
+def create_app(
+    engine,
+    served: ServedModel,
+    *,
+    max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024),
+    close_engine: bool = True,
+):
+    """The ASGI app (Starlette) answering OpenAI's audio routes with ``engine`` (a
+    :class:`~models.whisper.engine.TranscriptionEngine`): the audio routes are
+    :class:`~.serving.TranscriptionServing`'s, the model cards and ``/health`` here, every
+    error OpenAI's JSON. ``max_upload_bytes`` bounds a request's body (larger: 413).
+    ``close_engine``: close the engine (waiting for its requests) when the app shuts down."""
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from models.whisper.apps.server.serving import TranscriptionServing, log
+
+    serving = TranscriptionServing(engine, served, max_upload_bytes)
+
+    async def transcriptions(request):
+        return await serving(request, "transcribe")
+
+    async def translations(request):
+        return await serving(request, "translate")
+
+    async def models(request):
+        return JSONResponse({"object": "list", "data": [served.card()]})
+
+    async def model(request):
+        model_id = request.path_params["model_id"]
+        if model_id not in served.names:
+            raise ApiError(
+                404, f"the model {model_id!r} does not exist", param="model", code="model_not_found"
+            )
+        return JSONResponse(served.card(model_id))
+
+    async def health(request):
+        stats = getattr(engine, "stats", None)
+        body = {"status": "ok", "model": served.name}
+        if callable(stats):
+            body["engine"] = stats()
+        return JSONResponse(body)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        if close_engine:
+            await run_in_threadpool(engine.close, True)
+
+    return Starlette(
+        routes=[
+            Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
+            Route("/v1/audio/translations", translations, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/models/{model_id:path}", model, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+        ],
+        exception_handlers=_error_handlers(log),
+        lifespan=lifespan,
+    )
+
+
+def _error_handlers(log) -> dict:
+    """Every error answered as OpenAI's JSON: an :class:`ApiError` as raised, Starlette's 404 and
+    405, and anything else as a 500 whose traceback goes to ``log`` only."""
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse
+
+    def error_response(e: ApiError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    async def api_error(request, exc: ApiError):
+        return error_response(exc)
+
+    async def http_error(request, exc: HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return error_response(
+            ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code)
+        )
+
+    async def internal_error(request, exc: Exception):
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(
+            ApiError(
+                500,
+                f"internal server error ({type(exc).__name__}); see the server's log",
+                code="internal_error",
+            )
+        )
+
+    return {ApiError: api_error, HTTPException: http_error, Exception: internal_error}
+
+
+# ----------------------------------------------------------------------------- running it
+
+
+def bind(host: str, port: int):
+    """A listening TCP socket on ``host:port`` (``port`` 0: a free one): clients can connect
+    from now on, and are answered once the server runs."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _uvicorn_server(app, log_level: str):
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_keep_alive=30)
+    return uvicorn.Server(config)
+
+
+class BackgroundServer:
+    """``with BackgroundServer(app) as url:`` runs ``app`` with uvicorn on a thread, listening
+    on ``host`` at a free port; leaving the block shuts it down gracefully (requests in flight
+    finish, then the app's shutdown closes its engine) and joins the thread. For tests and
+    benchmarks."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+        self.app, self.host, self.port, self.log_level = app, host, port, log_level
+        self.url: str | None = None
+
+    def __enter__(self) -> str:
+        self.sock = bind(self.host, self.port)
+        self.url = url_of(self.sock)
+        self.server = _uvicorn_server(self.app, self.log_level)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, name="kvgraph-serve", daemon=True
+        )
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+        return self.url
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        self.sock.close()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve(
+    engine,
+    served: ServedModel,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024),
+    log_level: str = "info",
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Serve ``engine`` on ``host:port`` until SIGINT / SIGTERM, then shut down gracefully
+    (requests in flight finish; the engine is closed). ``announce(url)`` is called once the
+    socket listens (default: one line on stderr)."""
+    sock = bind(host, port)
+    url = url_of(sock)
+    app = create_app(engine, served, max_upload_bytes=max_upload_bytes)
+    server = _uvicorn_server(app, log_level)
+    (
+        announce
+        or (
+            lambda u: print(
+                f"{PROG}: {served.name} on {u}/v1 (POST /v1/audio/transcriptions; OpenAI clients: "
+                f"base_url={u}/v1); Ctrl-C stops",
+                file=sys.stderr,
+                flush=True,
+            )
+        )
+    )(url)
+    # uvicorn shuts down gracefully on SIGINT / SIGTERM, then raises the signal again for the
+    # process's own handler: a KeyboardInterrupt, or death by SIGTERM. Both are a clean stop here.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+    try:
+        server.run(sockets=[sock])
+    except (KeyboardInterrupt, _Terminated):
+        pass
+    finally:
+        sock.close()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _terminated(signum, frame):
+    raise _Terminated

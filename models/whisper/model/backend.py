@@ -1,0 +1,133 @@
+"""Whisper compiled through kvgraph and running on MAX: the encoder and decoder programs, loaded
+from a checkpoint (:func:`load_backend`)."""
+
+from __future__ import annotations
+
+import types
+
+import kvgraph
+from models.whisper.decoding.startup import BackgroundImport
+from models.whisper.model.spec import build_encoder, cross_attention_name, spec_from_dims
+from models.whisper.weights.load import load_checkpoint
+
+
+class MaxWhisperBackend:
+    """Whisper's encoder and decoder compiled through kvgraph and running on MAX.
+
+    Implements the backend protocol of :mod:`models.whisper.decoding.adapter`: ``encode``,
+    ``prefill``, ``step``, ``reorder``. The decoder runs the cached prefill/step programs
+    (``kv_cache=True``) or recomputes the full sequence every step (``kv_cache=False``).
+
+    The cache layout defaults to ``"buffer"`` (as ``kvgraph.compile``'s does): fixed-capacity
+    caches (``n_text_ctx`` rows) written in place, measured faster than the functional
+    concat for Whisper's steps (README, Design notes). Whisper decoding steps each state
+    once, in order, and beam search branches through ``reorder`` (a copy); a stale state
+    would be refused by the decoder.
+
+    ``preload``: decoder programs to compile (or read from the store) together with the first
+    ones rather than on first use, e.g. ``("step_rows", "alignment")`` for batching and word
+    timestamps; one MAX compile for all of them costs little more than for the first ones.
+    """
+
+    def __init__(
+        self,
+        dims,
+        weights,
+        *,
+        kv_cache: bool = True,
+        cache_layout: str = "buffer",
+        alignment_heads=None,
+        preload=(),
+    ):
+        import time
+
+        from kvgraph.max.runtime import ProgramRequest
+        from models.whisper.weights.alignment_heads import default_alignment_heads, heads_from
+
+        self.dims, self.kv_cache = dims, kv_cache
+        #: the cross-attention heads ``((layer, head), ...)`` word timestamps read
+        #: (``models.whisper.weights.alignment_heads``); openai's default when the checkpoint names none
+        self.alignment_heads = (
+            default_alignment_heads(dims)
+            if alignment_heads is None
+            else heads_from(alignment_heads, dims, "alignment_heads=")
+        )
+        t0 = time.perf_counter()
+        self.decoder = kvgraph.compile(
+            spec_from_dims(dims), weights, kv_cache=kv_cache, cache_layout=cache_layout, eager=False
+        )
+        # encoder + the decoder's first programs (+ ``preload``: more decoder programs, and
+        # "alignment" for word timestamps' program) in one go: one stored artifact, or one compile
+        extra = [ProgramRequest(build_encoder(dims), weights)]
+        if "alignment" in preload:
+            extra.append(self.decoder.exposed_request(self.alignment_scores()))
+        names = [*self.decoder.eager_programs, *(n for n in preload if n != "alignment")]
+        (self.encoder, *_) = self.decoder.load(names, extra=extra)
+        self.compile_s = time.perf_counter() - t0
+
+    def encode(self, mel):
+        import numpy as np
+
+        mel = np.asarray(mel, dtype=np.float32)
+        want = (self.dims.n_mels, 2 * self.dims.n_audio_ctx)
+        if mel.ndim != 3 or mel.shape[1:] != want:
+            raise ValueError(f"encode: mel must be [batch, {want[0]}, {want[1]}], got {list(mel.shape)}")
+        return self.encoder(mel)[0].to_numpy()
+
+    def prefill(self, tokens, audio_features):
+        return self.decoder.prefill(tokens, audio_features)
+
+    def step(self, tokens, state):
+        return self.decoder.step(tokens, state)
+
+    def reorder(self, state, indices):
+        return self.decoder.reorder(state, indices)
+
+    def alignment(self, tokens, audio_features):
+        """The forced pass of word timestamps: ``(logits f32[b, t, vocab], {(layer, head):
+        f32[b, t, n_audio_ctx]})``, the pre-softmax cross-attention scores (q·kᵀ/√d_head) of
+        the alignment heads over ``tokens``, from the full-sequence decoder program with
+        those scores as extra outputs (``ExposeAttention``), compiled on first use."""
+        which = self.alignment_scores()
+        logits, scores = self.decoder.logits_and_scores(tokens, audio_features, which=which)
+        out = {}
+        for layer, head in self.alignment_heads:
+            name = cross_attention_name(layer)
+            out[(layer, head)] = scores[name][:, which[name].index(head)]
+        return logits, out
+
+    def alignment_scores(self) -> dict[str, list[int]]:
+        """The attention scores :meth:`alignment` asks of the decoder, ``{cross-attention
+        value name: [head, ...]}`` (its program: ``decoder.exposed_request(...)`` of this)."""
+        which: dict[str, list[int]] = {}
+        for layer, head in self.alignment_heads:
+            which.setdefault(cross_attention_name(layer), []).append(head)
+        return which
+
+
+def load_backend(name_or_path="tiny.en", *, kv_cache: bool = True) -> MaxWhisperBackend:
+    """The MAX backend of checkpoint ``name_or_path``, ready to decode.
+
+    openai-whisper's decoding code (with torch: about a second of imports) is needed only
+    once the backend is loaded, so it is imported in a background thread while this thread
+    reads the checkpoint and loads the MAX programs (their file reads, hashing, weight
+    conversions and MAX's own loading leave the interpreter to the import much of the time;
+    measured in the README, *Performance*)."""
+    from models.whisper.weights.alignment_heads import load_alignment_heads
+
+    pre = BackgroundImport("models.whisper.transcription.transcribe")  # torch, openai-whisper
+    # float16 weights as stored: the lowering reads them for its float16 kernels as they are
+    # and widens copies only where a kernel wants float32 (no float32 copy of every weight)
+    try:
+        dims, weights = load_checkpoint(name_or_path, keep_float16=True, dims_class=types.SimpleNamespace)
+        backend = MaxWhisperBackend(
+            dims, weights, kv_cache=kv_cache, alignment_heads=load_alignment_heads(name_or_path, dims)
+        )
+    except BaseException:
+        pre.thread.join()  # no import left running while the error unwinds (and the process exits)
+        raise
+    pre.join()
+    from whisper.model import ModelDimensions
+
+    backend.dims = ModelDimensions(**vars(dims)) if not isinstance(dims, ModelDimensions) else dims
+    return backend
