@@ -541,7 +541,10 @@ def test_cli_unknown_model_and_taken_port_are_one_line_errors(capsys):
         made = []
         factory = lambda m, **kw: made.append(sv.make_engine(m, **kw)) or made[-1]
         assert (
-            serve_cli.main(["--port", str(port), "--batch-size", "4"], load_model=load, engine_factory=factory) == 1
+            serve_cli.main(
+                ["--port", str(port), "--batch-size", "4"], load_model=load, engine_factory=factory
+            )
+            == 1
         )
         assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err
         with pytest.raises(sv.EngineClosed):
