@@ -289,7 +289,7 @@ def test_cache_attend_and_store_rows_equal_the_reference():
         with Graph(name, input_types=types, custom_extensions=[pkg], module=module) as g:
             q, kn, vn, past = (x.tensor for x in g.inputs[:4])
             kc, vc = g.inputs[4].buffer, g.inputs[5].buffer
-            s = K._scalar_dim(kn.shape[1])
+            s = K.scalar_dim(kn.shape[1])
             if per_row:
                 K.store_rows(kc, kn, past)
                 K.store_rows(vc, vn, past)

@@ -36,7 +36,7 @@ def default_rows(batch_size: int, options: dict) -> int:
 class BatchedTranscriber:
     """An engine that transcribes many audios at once on one compiled Whisper: ``submit``
     returns a ``Future`` of ``transcribe``'s result dict; up to ``batch_size`` files decode
-    concurrently, their steps batched (see the module docstring). ``close(wait=True)``
+    concurrently, their steps batched (see :mod:`models.whisper.engine`). ``close(wait=True)``
     finishes the submitted files and stops the scheduler; also a context manager.
 
     ``backend``: a :class:`models.whisper.model.backend.MaxWhisperBackend` (``load_backend``).

@@ -30,7 +30,7 @@ class _Call:
 
 class Scheduler:
     """The one thread that runs a :class:`~models.whisper.model.backend.MaxWhisperBackend`'s programs for
-    many streams (see the module docstring). ``rows``: rows of the slot pool (decodes of
+    many streams (see :mod:`models.whisper.engine`). ``rows``: rows of the slot pool (decodes of
     ``n`` beams or samples take ``n``)."""
 
     def __init__(self, backend, rows: int, max_wait: float = MAX_WAIT_S):

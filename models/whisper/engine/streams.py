@@ -69,7 +69,7 @@ class StreamBackend:
 
 class StreamAdapter(WhisperAdapter):
     """The adapter of one stream: rows back to the pool when a decode ends; sampling from
-    the stream's own copy of torch's RNG state (see the module docstring)."""
+    the stream's own copy of torch's RNG state (see :mod:`models.whisper.engine`)."""
 
     def __init__(self, backend: StreamBackend, rng_state: torch.Tensor):
         super().__init__(backend)

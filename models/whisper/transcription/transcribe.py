@@ -29,7 +29,7 @@ def transcribe(backend: WhisperBackend | WhisperAdapter, audio: AudioInput, **de
 
     ``word_timestamps=True`` adds openai's ``words`` to every segment (with
     ``prepend_punctuations`` / ``append_punctuations`` / ``hallucination_silence_threshold``
-    as there); the backend's ``alignment`` is its forced pass (see the module docstring).
+    as there); the backend's ``alignment`` is its forced pass (see :mod:`models.whisper.decoding.adapter`).
 
     Returns openai-whisper's dict (``text``, ``segments``, ``language``) plus
     ``timings`` (see :class:`DecodeTimings`).
