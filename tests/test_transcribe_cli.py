@@ -178,17 +178,17 @@ def test_corrupt_wav_is_one_line_error(tmp_path, good, loader, capsys):
 
 
 def test_writer_failure_leaves_no_partial_files(tmp_path, good, loader, capsys, monkeypatch):
-    import whisper.utils
+    from models.whisper.transcription import writers
 
     out = tmp_path / "out"
     out.mkdir()
     (out / "good.txt").write_text("old\n")
 
-    def boom(self, result, file, options=None, **kwargs):
+    def boom(result, file, layout):
         file.write('{"partial": ')
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(whisper.utils.WriteJSON, "write_result", boom)
+    monkeypatch.setitem(writers.WRITERS, "json", boom)
     rc = main([good, "-o", str(out), "-f", "all"], load_backend=loader)
     _, err = _err_lines(capsys)
     assert rc == 1

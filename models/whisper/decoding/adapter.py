@@ -32,11 +32,9 @@ the backend's heads as openai's sparse mask.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,78 +43,14 @@ import whisper.decoding
 from whisper.decoding import DecodingOptions, DecodingResult, DecodingTask, Inference
 from whisper.model import ModelDimensions
 
+from models.whisper.decoding.protocol import DecodeTimings, TimedBackend, WhisperBackend
+
 __all__ = [
     "WhisperBackend",
     "DecodeTimings",
     "BackendInference",
     "WhisperAdapter",
 ]
-
-
-class WhisperBackend(Protocol):
-    """The neural-compute contract (implemented by the compiled MAX model)."""
-
-    dims: ModelDimensions
-
-    def encode(self, mel: np.ndarray) -> np.ndarray:
-        """f32[b, n_mels, 3000] -> f32[b, n_audio_ctx, n_audio_state]"""
-
-    def prefill(self, tokens: np.ndarray, audio_features: np.ndarray) -> tuple[np.ndarray, Any]:
-        """tokens i64[b, t] -> (logits f32[b, vocab] of the LAST position, state)"""
-
-    def step(self, tokens: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
-        """tokens i64[b, n] (n >= 1 new tokens) -> (logits f32[b, n, vocab], state)"""
-
-    def reorder(self, state: Any, indices: np.ndarray) -> Any:
-        """Reindex the batch rows of ``state`` (beam search)."""
-
-    # -- for word timestamps only (optional) --------------------------------
-    alignment_heads: Sequence[tuple[int, int]]
-    """The cross-attention heads ``(layer, head)`` word timestamps read."""
-
-    def alignment(self, tokens: np.ndarray, audio_features: np.ndarray):
-        """tokens i64[b, t] -> (logits f32[b, t, vocab] of every position,
-        {(layer, head): f32[b, t, n_audio_ctx]}): the pre-softmax cross-attention
-        scores q·kᵀ/sqrt(d_head) of each alignment head, unmasked."""
-
-
-@dataclass
-class DecodeTimings:
-    """Counters and wall-clock seconds spent in each backend entry point.
-
-    ``tokens_decoded`` counts autoregressive decoding iterations (one per
-    generated position, independent of the batch/beam width), summed over all
-    ``DecodingTask`` runs including temperature-fallback retries;
-    ``prefill_tokens`` / ``step_tokens`` count token positions (batch rows
-    included) pushed through ``prefill`` / ``step``.
-    """
-
-    encode_calls: int = 0
-    encode_s: float = 0.0
-    prefill_calls: int = 0
-    prefill_s: float = 0.0
-    prefill_tokens: int = 0
-    step_calls: int = 0
-    step_s: float = 0.0
-    step_tokens: int = 0
-    reorder_calls: int = 0
-    reorder_s: float = 0.0
-    decode_calls: int = 0
-    tokens_decoded: int = 0
-    align_calls: int = 0
-    align_s: float = 0.0
-    align_tokens: int = 0
-    total_s: float = 0.0
-
-    @property
-    def decoder_s(self) -> float:
-        return self.prefill_s + self.step_s + self.reorder_s
-
-    def as_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["decoder_s"] = self.decoder_s
-        d["tokens_per_s"] = self.tokens_decoded / self.decoder_s if self.decoder_s > 0 else 0.0
-        return d
 
 
 @contextlib.contextmanager
@@ -162,52 +96,6 @@ def _match_batch(audio_features: np.ndarray, n_batch: int) -> np.ndarray:
     return np.repeat(audio_features, n_batch // n_audio, axis=0)
 
 
-class _Timed:
-    """Thin timing/counting wrapper around the backend's four entry points."""
-
-    def __init__(self, backend: WhisperBackend, timings: DecodeTimings):
-        self.backend = backend
-        self.timings = timings
-
-    def encode(self, mel: np.ndarray) -> np.ndarray:
-        t0 = time.perf_counter()
-        out = self.backend.encode(mel)
-        self.timings.encode_s += time.perf_counter() - t0
-        self.timings.encode_calls += 1
-        return out
-
-    def prefill(self, tokens: np.ndarray, audio_features: np.ndarray):
-        t0 = time.perf_counter()
-        out = self.backend.prefill(tokens, audio_features)
-        self.timings.prefill_s += time.perf_counter() - t0
-        self.timings.prefill_calls += 1
-        self.timings.prefill_tokens += int(tokens.size)
-        return out
-
-    def step(self, tokens: np.ndarray, state: Any):
-        t0 = time.perf_counter()
-        out = self.backend.step(tokens, state)
-        self.timings.step_s += time.perf_counter() - t0
-        self.timings.step_calls += 1
-        self.timings.step_tokens += int(tokens.size)
-        return out
-
-    def reorder(self, state: Any, indices: np.ndarray):
-        t0 = time.perf_counter()
-        out = self.backend.reorder(state, indices)
-        self.timings.reorder_s += time.perf_counter() - t0
-        self.timings.reorder_calls += 1
-        return out
-
-    def alignment(self, tokens: np.ndarray, audio_features: np.ndarray):
-        t0 = time.perf_counter()
-        out = self.backend.alignment(tokens, audio_features)
-        self.timings.align_s += time.perf_counter() - t0
-        self.timings.align_calls += 1
-        self.timings.align_tokens += int(tokens.size)
-        return out
-
-
 class BackendInference(Inference):
     """``whisper.decoding.Inference`` whose forward passes run on the backend.
 
@@ -241,7 +129,7 @@ class BackendInference(Inference):
         timings: DecodeTimings | None = None,
     ):
         self.timings = timings if timings is not None else DecodeTimings()
-        self.backend = _Timed(backend, self.timings)
+        self.backend = TimedBackend(backend, self.timings)
         self.initial_token_length = initial_token_length
         self.sot_index = sot_index
         self.state: Any = None
@@ -332,7 +220,7 @@ class _BackendEncoder:
         features are the ones a new call would give; comparing two mels costs ~0.1 ms."""
         if self.last is not None and np.array_equal(self.last[0], mel_np):
             return self.last[1]
-        timed = _Timed(self._adapter.backend, self._adapter.timings)
+        timed = TimedBackend(self._adapter.backend, self._adapter.timings)
         features = np.ascontiguousarray(np.asarray(timed.encode(mel_np), dtype=np.float32))
         self.last = (mel_np.copy(), features)
         return features
@@ -443,7 +331,7 @@ class WhisperAdapter:
         mel_np = _to_numpy_f32(mel)
         toks = _to_numpy_i64(tokens)
         features = _match_batch(self.encoder.features(mel_np), toks.shape[0])
-        logits, scores = _Timed(self.backend, self.timings).alignment(toks, features)
+        logits, scores = TimedBackend(self.backend, self.timings).alignment(toks, features)
         b, t = toks.shape
         shape = (b, self.dims.n_text_head, t, features.shape[1])
         nan = torch.full((), float("nan"))
@@ -464,7 +352,7 @@ class WhisperAdapter:
         step for the rest, so every row is exact."""
         toks = _to_numpy_i64(tokens)
         features = _match_batch(_to_numpy_f32(audio_features), toks.shape[0])
-        timed = _Timed(self.backend, self.timings)
+        timed = TimedBackend(self.backend, self.timings)
         first, state = timed.prefill(toks[:, :1], features)
         rows = [np.asarray(first, dtype=np.float32).reshape(toks.shape[0], 1, -1)]
         if toks.shape[1] > 1:

@@ -1,5 +1,5 @@
-"""A transcription's result as files and text: openai-whisper's writers (``txt``, ``vtt``,
-``srt``, ``tsv``, ``json``), files written atomically."""
+"""A transcription's result as files and text in openai-whisper's formats (``txt``, ``vtt``,
+``srt``, ``tsv``, ``json``; kvgraph's own writers, :mod:`.writers`), files written atomically."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import os
 import shutil
 import tempfile
 
-OUTPUT_FORMATS = ("txt", "vtt", "srt", "tsv", "json", "all")
-#: openai's writer options (``get_writer(...)(result, path, **options)``); each needs word timestamps
-WORD_OPTIONS = ("highlight_words", "max_line_count", "max_line_width", "max_words_per_line")
+from models.whisper.transcription.writers import OUTPUT_FORMATS, WORD_OPTIONS, get_writer, write_result
+
+__all__ = ["OUTPUT_FORMATS", "WORD_OPTIONS", "render", "write_outputs"]
 
 
 def write_outputs(
     result: dict, audio_path: str, output_format: str, output_dir: str, writer_args: dict | None = None
 ) -> list[str]:
-    """Writes ``result`` with openai-whisper's writers, atomically; ``writer_args`` are
+    """Writes ``result`` in ``output_format`` (``all``: every format), atomically; ``writer_args`` are
     openai's word options (:data:`WORD_OPTIONS`, all None/False by default).
 
     Everything is first written into a fresh temporary directory inside
@@ -23,8 +23,6 @@ def write_outputs(
     ``os.replace``; on any error the temporary directory is removed and no
     output of this audio file is touched.  Returns the written paths.
     """
-    from whisper.utils import get_writer
-
     tmp = tempfile.mkdtemp(prefix=".kvgraph-transcribe-", dir=output_dir)
     try:
         args = {k: None for k in WORD_OPTIONS}
@@ -46,12 +44,10 @@ def render(result: dict, output_format: str, writer_args: dict | None = None) ->
     answers with it). ``writer_args`` as there."""
     import io
 
-    from whisper.utils import get_writer
-
     if output_format not in OUTPUT_FORMATS or output_format == "all":
         raise ValueError(f"output format must be one of {OUTPUT_FORMATS[:-1]}, got {output_format!r}")
     args = {k: None for k in WORD_OPTIONS}
     args.update(writer_args or {})
     buf = io.StringIO()
-    get_writer(output_format, ".").write_result(result, buf, **args)
+    write_result(result, buf, output_format, **args)
     return buf.getvalue()

@@ -90,7 +90,7 @@ def main(
         if backend is None:
             return 1
         load_s = time.perf_counter() - t0
-        from models.whisper.decoding.adapter import DecodeTimings
+        from models.whisper.decoding.protocol import DecodeTimings
         from models.whisper.engine.batched import batchable
 
         totals = DecodeTimings().as_dict()

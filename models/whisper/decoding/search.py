@@ -1,0 +1,327 @@
+"""Token decoders of Whisper decoding in NumPy: greedy and sampling (``GreedyDecoder``), beam
+search (``BeamSearchDecoder``) and the final choice among candidates
+(``MaximumLikelihoodRanker``), reproducing openai-whisper's (``whisper/decoding.py``).
+
+A batch holds ``n_audio * n_group`` rows (beams or samples of each audio, grouped). Each
+step, ``update(tokens i64[rows, t], logits f32[rows, vocab], sum_logprobs f32[rows])`` picks
+the next tokens, adds their log-probabilities to ``sum_logprobs`` in place, and returns
+``(tokens i64[rows, t+1], completed, source_rows)``; ``source_rows`` (i64[rows], or None when
+rows keep their places) tells the caller how to reorder its backend state, where openai's
+beam search calls ``inference.rearrange_kv_cache``.
+
+Log-probabilities are torch's float32 ``log_softmax`` bit for bit (``filters.log_softmax``),
+and beam candidates come in the order ``torch.topk`` gives them, ties included, so beams,
+scores and finished sequences equal openai's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from models.whisper.decoding.filters import (
+    F32,
+    SHARED_MEMO,
+    NormalizerMemo,
+    log_probs_at,
+    logsumexp,
+)
+
+# --------------------------------------------------------------------------
+# torch.topk's order (libstdc++'s std::partial_sort with a NaN-first "greater")
+
+
+def _before(a: float, b: float) -> bool:
+    """torch's topk comparator: NaN ranks above numbers, otherwise larger first."""
+    return (math.isnan(a) and not math.isnan(b)) or a > b
+
+
+def _sift(heap: list, hole: int, length: int, item: tuple) -> None:
+    """libstdc++'s ``__adjust_heap`` then ``__push_heap``: sink the hole to a leaf along the
+    preferred children, then float ``item`` up from there."""
+    top, child = hole, hole
+    while child < (length - 1) // 2:
+        child = 2 * (child + 1)
+        if _before(heap[child][0], heap[child - 1][0]):
+            child -= 1
+        heap[hole] = heap[child]
+        hole = child
+    if length % 2 == 0 and child == (length - 2) // 2:
+        child = 2 * (child + 1)
+        heap[hole] = heap[child - 1]
+        hole = child - 1
+    while hole > top:
+        parent = (hole - 1) // 2
+        if not _before(heap[parent][0], item[0]):
+            break
+        heap[hole] = heap[parent]
+        hole = parent
+    heap[hole] = item
+
+
+def _heap_topk(values: np.ndarray, k: int) -> list[int]:
+    """Indices of ``std::partial_sort(first, first + k, last)`` over ``values``: a heap of the
+    first k, each later element strictly ahead of the heap's top replacing it, then
+    ``sort_heap``. Elements that cannot enter are skipped in vectorised chunks."""
+    heap = [(float(v), i) for i, v in enumerate(values[:k].tolist())]
+    for parent in range((k - 2) // 2, -1, -1):
+        _sift(heap, parent, k, heap[parent])
+    pos, chunk = k, 64
+    while pos < values.size and not math.isnan(heap[0][0]):
+        seg = values[pos : pos + chunk]
+        for c in np.flatnonzero((seg > heap[0][0]) | np.isnan(seg)).tolist():
+            v = float(seg[c])
+            if _before(v, heap[0][0]):
+                _sift(heap, 0, k, (v, pos + c))
+        pos, chunk = pos + chunk, min(chunk * 2, 8192)
+    for last in range(k - 1, 0, -1):
+        item, heap[last] = heap[last], heap[0]
+        _sift(heap, 0, last, item)
+    return [i for _, i in heap]
+
+
+def torch_topk(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``torch.topk(values, k)`` (largest, sorted) of a float32 row on the CPU: values f32[k]
+    and indices i64[k], in torch's order among equal values. Without ties the order is by
+    value; with ties it is the heap order of ``std::partial_sort``, which torch uses when
+    ``64 * k <= len(values)`` (always so for Whisper's vocabularies)."""
+    values = np.asarray(values, dtype=F32)
+    if k < 1 or 64 * k > values.size:
+        raise ValueError(f"torch_topk: k={k} needs 1 <= 64*k <= {values.size} (partial_sort's range)")
+    work = values.copy()
+    picked = []
+    for _ in range(k + 1):
+        j = int(np.argmax(work))
+        picked.append(j)
+        work[j] = -np.inf
+    top = values[picked]
+    if np.isnan(top).any() or (top[:-1] == top[1:]).any():
+        idx = np.asarray(_heap_topk(values, k), dtype=np.int64)
+    else:
+        idx = np.asarray(picked[:k], dtype=np.int64)
+    return values[idx], idx
+
+
+# --------------------------------------------------------------------------
+# Sampling
+
+
+def sampling_probs(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities f32[rows, vocab] of ``Categorical(logits=logits / temperature)`` as torch
+    forms them: logits divided in float32, normalised by their logsumexp, then softmax."""
+    z = np.asarray(logits, dtype=F32) / F32(temperature)
+    with np.errstate(invalid="ignore", over="ignore"):
+        z = z - logsumexp(z)[..., None]
+        e = np.exp((z - z.max(axis=-1, keepdims=True)).astype(np.float64)).astype(F32)
+        total = e.astype(np.float64).sum(axis=-1, keepdims=True).astype(F32)
+        return e * (F32(1.0) / total)
+
+
+def sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
+    """One token i64[rows] per row drawn from ``sampling_probs(logits, temperature)`` with
+    ``rng`` (one uniform per row, inverse CDF), so a seeded generator repeats its draws."""
+    probs = sampling_probs(logits, temperature).astype(np.float64)
+    cdf = np.cumsum(probs, axis=-1)
+    total = cdf[:, -1]
+    if not np.all(np.isfinite(total) & (total > 0)):
+        raise ValueError("sample: a row of logits has no finite entry to draw from")
+    draws = rng.random(cdf.shape[0]) * total
+    out = np.empty(cdf.shape[0], dtype=np.int64)
+    for k in range(cdf.shape[0]):
+        j = int(np.searchsorted(cdf[k], draws[k], side="right"))
+        out[k] = j if j < cdf.shape[1] else int(np.flatnonzero(probs[k] > 0)[-1])
+    return out
+
+
+# --------------------------------------------------------------------------
+# Decoders
+
+
+class GreedyDecoder:
+    """The likeliest token at temperature 0, else a draw from the tempered distribution;
+    rows that ended with EOT keep adding EOT without adding to their log-probability."""
+
+    def __init__(
+        self,
+        temperature: float,
+        eot: int,
+        rng: np.random.Generator | None = None,
+        memo: NormalizerMemo | None = None,
+    ):
+        self.temperature = temperature
+        self.eot = eot
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.memo = memo if memo is not None else SHARED_MEMO
+
+    def reset(self) -> None:
+        """Nothing to forget between decodes."""
+
+    def update(
+        self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray
+    ) -> tuple[np.ndarray, bool, None]:
+        """Append each row's next token; add its log-probability to ``sum_logprobs``."""
+        if self.temperature == 0:
+            chosen = np.argmax(logits, axis=-1).astype(np.int64)
+        else:
+            chosen = sample(logits, self.temperature, self.rng)
+        top, logs = self.memo(logits)
+        live = tokens[:, -1] != self.eot
+        with np.errstate(invalid="ignore"):
+            sum_logprobs += log_probs_at(logits, top, logs, chosen) * live.astype(F32)
+        chosen[~live] = self.eot
+        tokens = np.concatenate([tokens, chosen[:, None]], axis=-1)
+        return tokens, bool((tokens[:, -1] == self.eot).all()), None
+
+    def finalize(self, tokens: np.ndarray, sum_logprobs: np.ndarray) -> tuple[np.ndarray, list]:
+        """Every row ``tokens`` i64[n_audio, n_group, t] gets a closing EOT; the scores
+        ``sum_logprobs`` f32[n_audio, n_group] become lists of Python floats."""
+        tokens = np.pad(tokens, ((0, 0), (0, 0), (0, 1)), constant_values=self.eot)
+        return tokens, np.asarray(sum_logprobs).tolist()
+
+
+class BeamSearchDecoder:
+    """Beam search with openai's bookkeeping: each step every beam offers its ``beam_size + 1``
+    best tokens, each audio keeps its ``beam_size`` best unfinished candidates and files
+    those ending in EOT as finished, until every audio has ``round(beam_size * patience)``
+    finished sequences."""
+
+    def __init__(
+        self,
+        beam_size: int,
+        eot: int,
+        patience: float | None = None,
+        memo: NormalizerMemo | None = None,
+    ):
+        self.beam_size = beam_size
+        self.eot = eot
+        self.patience = patience or 1.0
+        self.max_candidates = round(beam_size * self.patience)
+        self.memo = memo if memo is not None else SHARED_MEMO
+        self.finished: list[dict[tuple, float]] | None = None
+        self.sequences: dict[tuple, np.ndarray] = {}
+        if self.max_candidates <= 0:
+            raise ValueError(f"BeamSearchDecoder: invalid beam size ({beam_size}) or patience ({patience})")
+
+    def reset(self) -> None:
+        """Forget the finished sequences of the previous decode."""
+        self.finished = None
+        self.sequences = {}
+
+    def update(
+        self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray
+    ) -> tuple[np.ndarray, bool, np.ndarray]:
+        """Advance every audio's beams one token; returns the new rows, whether every audio
+        has enough finished sequences, and the source row of each new row."""
+        if tokens.shape[0] % self.beam_size != 0:
+            raise ValueError(f"BeamSearchDecoder: {tokens.shape[0]} rows is no multiple of {self.beam_size}")
+        n_audio = tokens.shape[0] // self.beam_size
+        if self.finished is None:
+            self.finished = [{} for _ in range(n_audio)]
+        top, logs = self.memo(logits)
+        sources: list[int] = []
+        picked: list[int] = []
+        for i in range(n_audio):
+            scores, origin = self._candidates(tokens, logits, top, logs, sum_logprobs, i)
+            newly = self._select(scores, origin, sum_logprobs, sources, picked)
+            self._file_finished(self.finished[i], newly, tokens, origin)
+        source = np.asarray(sources, dtype=np.int64)
+        tokens = np.concatenate([tokens[source], np.asarray(picked, dtype=np.int64)[:, None]], axis=-1)
+        completed = all(len(done) >= self.max_candidates for done in self.finished)
+        return tokens, completed, source
+
+    def _candidates(
+        self,
+        tokens: np.ndarray,
+        logits: np.ndarray,
+        top: np.ndarray,
+        logs: np.ndarray,
+        sum_logprobs: np.ndarray,
+        audio: int,
+    ) -> tuple[dict, dict]:
+        """Every beam's ``beam_size + 1`` best continuations of audio ``audio``: score (Python
+        float of the float32 sum) and source row per candidate, keyed by (prefix, token) in
+        openai's insertion order (a repeated candidate keeps its first place, the last
+        row's score and source)."""
+        scores: dict[tuple, float] = {}
+        origin: dict[tuple, int] = {}
+        for row in range(audio * self.beam_size, (audio + 1) * self.beam_size):
+            with np.errstate(invalid="ignore"):
+                row_logprobs = (logits[row] - top[row]) - logs[row]
+            values, idx = torch_topk(row_logprobs, self.beam_size + 1)
+            prefix = tokens[row].tobytes()
+            base = F32(sum_logprobs[row])
+            for value, token in zip(values.tolist(), idx.tolist()):
+                key = (prefix, token)
+                scores[key] = float(base + F32(value))
+                origin[key] = row
+        return scores, origin
+
+    def _select(
+        self, scores: dict, origin: dict, sum_logprobs: np.ndarray, sources: list, picked: list
+    ) -> dict:
+        """Walk the candidates best first (a stable sort): EOT-ended ones are finished, the
+        others fill the audio's beams (their scores into ``sum_logprobs``) until
+        ``beam_size`` are kept. Returns the finished ones found on the way, key -> score."""
+        finished: dict[tuple, float] = {}
+        saved = 0
+        for key in sorted(scores, key=scores.get, reverse=True):
+            if key[1] == self.eot:
+                finished[key] = scores[key]
+                continue
+            sum_logprobs[len(sources)] = scores[key]
+            sources.append(origin[key])
+            picked.append(key[1])
+            saved += 1
+            if saved == self.beam_size:
+                break
+        return finished
+
+    def _file_finished(self, done: dict, newly: dict, tokens: np.ndarray, origin: dict) -> None:
+        """Add newly finished sequences best first until ``max_candidates`` are held."""
+        for key in sorted(newly, key=newly.get, reverse=True):
+            if len(done) >= self.max_candidates:
+                break
+            done[key] = newly[key]
+            self.sequences[key] = np.append(tokens[origin[key]], np.int64(self.eot))
+
+    def finalize(self, preceding_tokens: np.ndarray, sum_logprobs: np.ndarray) -> tuple[list, list]:
+        """The finished sequences of each audio (i64 arrays ending in EOT) and their scores;
+        an audio with fewer than ``beam_size`` gets its best unfinished beams closed with EOT.
+        ``preceding_tokens`` i64[n_audio, beam_size, t], ``sum_logprobs`` f32[n_audio, beam]."""
+        sum_logprobs = np.asarray(sum_logprobs)
+        finished = self.finished if self.finished is not None else [{} for _ in range(len(sum_logprobs))]
+        for i, done in enumerate(finished):
+            if len(done) >= self.beam_size:
+                continue
+            for j in list(np.argsort(sum_logprobs[i]))[::-1]:
+                row = preceding_tokens[i, j]
+                key = (row.tobytes(), self.eot)
+                done[key] = float(sum_logprobs[i][j])
+                self.sequences[key] = np.append(row, np.int64(self.eot))
+                if len(done) >= self.beam_size:
+                    break
+        tokens = [[self.sequences[key] for key in done] for done in finished]
+        return tokens, [list(done.values()) for done in finished]
+
+
+class MaximumLikelihoodRanker:
+    """Picks each audio's candidate of highest score: its log-probability over its length
+    (``length_penalty`` None) or over the Google NMT penalty ``((5 + length) / 6) ** alpha``,
+    in Python floats as openai computes it."""
+
+    def __init__(self, length_penalty: float | None):
+        self.length_penalty = length_penalty
+
+    def _score(self, logprob: float, length: int) -> float:
+        """One candidate's score."""
+        penalty = length if self.length_penalty is None else ((5 + length) / 6) ** self.length_penalty
+        return logprob / penalty
+
+    def rank(self, tokens: list[list[Any]], sum_logprobs: list[list[float]]) -> list[int]:
+        """Index of the chosen candidate of each audio (the first of equal best scores)."""
+        return [
+            int(np.argmax([self._score(lp, len(t)) for t, lp in zip(group, logprobs)]))
+            for group, logprobs in zip(tokens, sum_logprobs)
+        ]
