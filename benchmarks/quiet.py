@@ -55,15 +55,21 @@ def wait_quiet(threshold: float = 0.25, window: float = 1.0, timeout: float = 12
 
 
 def machine() -> dict:
-    cpu = platform.processor()
+    cpu, kind = platform.processor(), None
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
+            info = dict(l.split(":", 1) for l in f.read().split("\n\n")[0].splitlines() if ":" in l)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        cpu = info.get("model name", cpu)
+        flags = set(info.get("flags", "").split())
+        isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+        kind = f"family {info.get('cpu family')} model {info.get('model')}, {isa}"
+    except (OSError, ValueError):
         pass
     return {
         "other_jobs_niced_allowed_cores": os.environ.get("KVGRAPH_BENCH_OTHER_CORES"),
         "cpu": cpu,
+        "cpu_kind": kind,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

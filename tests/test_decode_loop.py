@@ -1,4 +1,4 @@
-"""kvgraph's own decode loop (``models.whisper.transcription.longform``) against openai-whisper.
+"""kvgraph's own decode loop (``models.whisper.transcription.transcribe``) against openai-whisper.
 
 The backend is ``TorchBackend`` (``tests/whisper_doubles.py``): openai's own torch model behind
 kvgraph's backend protocol, so both sides see the same logits and every difference is the
@@ -26,7 +26,7 @@ from whisper_doubles import AligningTorchBackend, TorchBackend, random_model
 from models.whisper.audio.load import load_audio
 from models.whisper.decoding.options import DecodingOptions
 from models.whisper.decoding.task import DecodingTask
-from models.whisper.transcription import longform
+from models.whisper.transcription import transcribe as longform
 
 EXACT = ("id", "seek", "start", "end", "text", "tokens", "temperature")
 CLOSE = ("avg_logprob", "compression_ratio", "no_speech_prob")
@@ -174,7 +174,12 @@ def test_random_model_windows_identical(beam_size, jfk):
 def test_options_refused_as_openai_refuses(tiny_en):
     backend = TorchBackend(tiny_en)
     features = np.zeros((1, 1500, 384), np.float32)
-    for bad in (dict(beam_size=2, best_of=2), dict(temperature=0.0, best_of=3), dict(patience=1.0), dict(length_penalty=2.0)):
+    for bad in (
+        dict(beam_size=2, best_of=2),
+        dict(temperature=0.0, best_of=3),
+        dict(patience=1.0),
+        dict(length_penalty=2.0),
+    ):
         with pytest.raises(ValueError):
             DecodingTask(backend, DecodingOptions(**bad)).run(features)
 
@@ -213,7 +218,7 @@ def test_sampling_is_reproducible_under_a_seed(tiny_en, jfk):
 def test_the_loop_imports_neither_torch_nor_whisper():
     code = (
         "import sys\n"
-        "import models.whisper.transcription.longform\n"
+        "import models.whisper.transcription.transcribe\n"
         "import models.whisper.decoding.task\n"
         "print(sorted(m for m in ('torch', 'whisper') if m in sys.modules))\n"
     )

@@ -421,30 +421,3 @@ def test_punctuation_defaults_are_openais():
     assert args.prepend_punctuations == defaults["prepend_punctuations"].default
     assert args.append_punctuations == defaults["append_punctuations"].default
     assert (args.word_timestamps, args.highlight_words, args.max_line_width) == (False, False, None)
-
-
-def test_numba_is_imported_on_first_use():
-    """The command line defers numba (openai-whisper imports it only for word timestamps'
-    DTW): importing whisper leaves it unloaded; the first DTW call compiles with the real
-    numba and gives the same path as a plain import."""
-    code = (
-        "import sys, numpy as np\n"
-        "from models.whisper import defer_numba\n"
-        "if sys.argv[1] == 'deferred':\n"
-        "    defer_numba()\n"
-        "import whisper.timing as t\n"
-        "loaded = 'llvmlite' in sys.modules\n"
-        "x = np.random.default_rng(0).standard_normal((30, 40)).astype(np.float32)\n"
-        "i, j = t.dtw(__import__('torch').from_numpy(x))\n"
-        "print(loaded, i.tolist(), j.tolist(), type(sys.modules['numba']).__name__)\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-
-    def run(mode):
-        return subprocess.run(
-            [sys.executable, "-c", code, mode], cwd=ROOT, env=env, capture_output=True, text=True, check=True
-        ).stdout.split(" ", 1)
-
-    (loaded_d, rest_d), (loaded_p, rest_p) = run("deferred"), run("plain")
-    assert (loaded_d, loaded_p) == ("False", "True")
-    assert rest_d == rest_p and rest_d.strip().endswith("module")

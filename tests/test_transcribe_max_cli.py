@@ -207,3 +207,48 @@ def test_a_machine_whose_kernels_cannot_build_still_transcribes_exactly(tmp_path
     assert "kvgraph_gemv_f16" in warned[0] and "this compiler is broken" in warned[0]
     assert "KVGRAPH_CUSTOM_KERNELS=off" in warned[0]
     assert not list(kernels.rglob("*.mojoc"))  # nothing half-built left behind
+
+
+NO_TORCH = r"""
+import io, json, sys, tempfile
+jfk, out = sys.argv[1], sys.argv[2]
+from models.whisper.apps.cli.transcribe import main
+rc = main([jfk, "-o", out, "-f", "all", "--word_timestamps", "True", "--no-progress"])
+import models.whisper
+model = models.whisper.load_model("tiny.en")
+result = model.transcribe(jfk, word_timestamps=True)
+from models.whisper.apps.server import BackgroundServer, ServedModel, create_app, make_engine
+from openai import OpenAI
+app = create_app(make_engine(model, batch_size=2), ServedModel.of("tiny.en", model))
+with BackgroundServer(app) as url:
+    client = OpenAI(base_url=url + "/v1", api_key="unused")
+    with open(jfk, "rb") as f:
+        served = client.audio.transcriptions.create(file=f, model="tiny.en", response_format="text")
+print(json.dumps(dict(
+    rc=rc, text=result["text"], served=served,
+    loaded=sorted(m for m in ("torch", "whisper", "numba", "tqdm") if m in sys.modules),
+)))
+"""
+
+
+def test_transcribe_load_model_and_serve_import_neither_torch_nor_whisper(tmp_path, tiny_backend):
+    """The product's three doors (the CLI, ``load_model(...).transcribe``, the server) run
+    kvgraph's own decode loop: openai-whisper and torch stay unimported (they are the tests'
+    oracle and the ``.pt`` loader only). ``tiny_backend``: the programs are in the store."""
+    pytest.importorskip("starlette")
+    r = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(JFK), str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["rc"] == 0
+    assert words(out["text"]) == JFK_WORDS and words(out["served"]) == JFK_WORDS
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"jfk.{e}" for e in ("json", "srt", "tsv", "txt", "vtt")
+    ]
+    assert "torch" not in out["loaded"] and "whisper" not in out["loaded"], out["loaded"]

@@ -270,20 +270,6 @@ def test_transcribe_rejects_bad_input(small_en):
         transcribe(TorchBackend(small_en), np.zeros(16000, np.float32), word_timestamps=True)
 
 
-def test_transcribe_from_path_uses_models_audio(small_en, monkeypatch):
-    audio_mod = pytest.importorskip("models.whisper.audio.load")
-    seen = []
-
-    def fake_load(path, sr=16000):
-        seen.append(path)
-        return np.zeros(SAMPLE_RATE, np.float32)
-
-    monkeypatch.setattr(audio_mod, "load_audio", fake_load)
-    result = transcribe(TorchBackend(small_en), JFK, language="en", temperature=0.0, sample_len=4)
-    assert seen == [str(JFK)]
-    assert "segments" in result
-
-
 # --------------------------------------------------------------------------
 # Real tiny.en weights
 

@@ -123,3 +123,38 @@ def random_model(n_vocab: int, seed: int = 0) -> Whisper:
         # openai-whisper creates this with torch.empty
         model.decoder.positional_embedding.normal_(0, 0.02)
     return model.eval()
+
+
+class KvgraphDraws:
+    """``with KvgraphDraws(seed):`` openai-whisper samples at T > 0 with kvgraph's draws: its
+    ``Categorical(logits=...).sample()`` becomes ``sample(logits, 1.0, rng)`` on a NumPy
+    generator seeded with ``seed``, the generator ``transcribe(..., seed=seed)`` draws from.
+    openai's temperature fallback, ranking and seeking then run on the same draws as kvgraph's,
+    so a sampled transcription is compared token for token (the draws themselves are
+    kvgraph's; their probabilities are compared with torch's in test_filters_search.py)."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+
+    def __enter__(self):
+        import whisper.decoding
+
+        from models.whisper.decoding.search import sample
+
+        rng = self.rng
+
+        class Drawn:
+            def __init__(self, logits):
+                self.logits = logits
+
+            def sample(self):
+                return torch.from_numpy(sample(self.logits.detach().numpy(), 1.0, rng))
+
+        self.saved = whisper.decoding.Categorical
+        whisper.decoding.Categorical = Drawn
+        return self
+
+    def __exit__(self, *exc):
+        import whisper.decoding
+
+        whisper.decoding.Categorical = self.saved

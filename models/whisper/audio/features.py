@@ -34,7 +34,7 @@ from typing import BinaryIO, Protocol
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from models.whisper.audio.load import AudioError
+from models.whisper.audio.load import AudioError, check_file
 
 __all__ = [
     "SAMPLE_RATE",
@@ -340,9 +340,7 @@ def _open_file(path: str | os.PathLike) -> _SoundFileSource | _SpoolSource:
     """The :class:`_Source` of an audio file: read in place at 16 kHz, spooled otherwise."""
     import soundfile as sf
 
-    p = Path(path)
-    if not p.is_file():
-        raise AudioError(f"{p}: no such audio file" if not p.exists() else f"{p}: not a regular file")
+    p = check_file(path)
     try:
         handle = sf.SoundFile(str(p))
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:

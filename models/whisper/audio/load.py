@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["AudioError", "load_audio", "decode_audio", "SAMPLE_RATE"]
+__all__ = ["AudioError", "load_audio", "decode_audio", "check_file", "check_wav_header", "SAMPLE_RATE"]
 
 SAMPLE_RATE = 16000
 
@@ -30,7 +30,7 @@ def _fail(path, what: str) -> AudioError:
     return AudioError(f"{path}: {what}")
 
 
-def _check_wav_header(f, size: int, path) -> None:
+def check_wav_header(f, size: int, path) -> None:
     """Detects a RIFF/WAVE file whose data chunk extends past the end of the
     file. libsndfile reads such files partially without complaint, so a file
     cut short (interrupted copy or recording) would otherwise go unnoticed.
@@ -97,6 +97,13 @@ def load_audio(path: str | os.PathLike | np.ndarray, sr: int = SAMPLE_RATE) -> n
             raise AudioError(f"<array>: expected a 1-D or (frames, channels) array, got shape {path.shape}")
         return _to_mono(path)
 
+    p = check_file(path)
+    return _decode(str(p), p, sr)
+
+
+def check_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path once it is a non-empty regular file, not a WAV file cut short;
+    AudioError naming it otherwise."""
     p = Path(path)
     if not p.exists():
         raise _fail(p, "no such audio file")
@@ -106,8 +113,8 @@ def load_audio(path: str | os.PathLike | np.ndarray, sr: int = SAMPLE_RATE) -> n
     if size == 0:
         raise _fail(p, "empty file (0 bytes)")
     with open(p, "rb") as f:
-        _check_wav_header(f, size, p)
-    return _decode(str(p), p, sr)
+        check_wav_header(f, size, p)
+    return p
 
 
 def decode_audio(
@@ -121,7 +128,7 @@ def decode_audio(
     data = bytes(data)
     if not data:
         raise _fail(name, "empty file (0 bytes)")
-    _check_wav_header(io.BytesIO(data), len(data), name)
+    check_wav_header(io.BytesIO(data), len(data), name)
     return _decode(io.BytesIO(data), name, int(sr))
 
 

@@ -1,2 +1,7 @@
-"""openai-whisper's decoding over a kvgraph backend: ``adapter.py`` (the backend protocol and
-the adapter openai's code drives) and ``startup.py`` (its imports overlapped with loading)."""
+"""One 30 s window of audio features to text tokens, torch-free: ``protocol.py`` (what decoding
+needs of a backend, and its timings), ``options.py`` (``DecodingOptions`` / ``DecodingResult``),
+``tokenizer.py`` (tiktoken over openai-whisper's vocabulary files), ``filters.py`` (the logit
+filters), ``search.py`` (greedy, beam search, sampling, the ranker), ``task.py`` (the decoding
+task: prompt, language detection, the loop over the backend's steps). ``adapter.py`` runs
+openai-whisper's own decoding code over a backend instead: the reference the tests compare
+with (it imports torch)."""

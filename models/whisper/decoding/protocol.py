@@ -30,6 +30,11 @@ class WhisperBackend(Protocol):
     def reorder(self, state: Any, indices: np.ndarray) -> Any:
         """Reindex the batch rows of ``state`` (beam search)."""
 
+    # -- optional ------------------------------------------------------------
+    def release(self) -> None:
+        """Called when a decode ends: the rows of its states are no longer needed (a batching
+        engine gives them back to its pool). Backends without it keep nothing between decodes."""
+
     # -- for word timestamps only (optional) --------------------------------
     alignment_heads: Sequence[tuple[int, int]]
     """The cross-attention heads ``(layer, head)`` word timestamps read."""

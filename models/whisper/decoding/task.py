@@ -151,7 +151,12 @@ class DecodingTask:
                 for f, lang, p in zip(audio_features, languages, language_probs)
             ]
         tokens = np.repeat(tokens, self.n_group, axis=0)
-        tokens, sum_logprobs, no_speech = self._main_loop(audio_features, tokens)
+        try:
+            tokens, sum_logprobs, no_speech = self._main_loop(audio_features, tokens)
+        finally:
+            release = getattr(self.backend, "release", None)
+            if release is not None:  # the decode's rows are free (a batching engine's pool)
+                release()
         return self._results(audio_features, languages, tokens, sum_logprobs, no_speech[:: self.n_group])
 
     def _languages(self, audio_features: np.ndarray, tokens: np.ndarray):

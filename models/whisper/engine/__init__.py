@@ -1,10 +1,8 @@
 """Continuous batching of Whisper transcriptions: many files, one batched decoder step.
 
-Each file's transcription is openai-whisper's own ``transcribe`` (the seek loop, SOT
-sequence, logit filters, temperature fallback, timestamps, beam search), run in its own
-thread with its own :class:`~models.whisper.decoding.adapter.WhisperAdapter`. The adapter's backend
-is a :class:`StreamBackend`: its ``encode`` / ``prefill`` / ``step`` / ``reorder`` calls
-do not compute, they are handed to one :class:`Scheduler` thread, which owns the MAX
+Each file's transcription is kvgraph's decode loop (:mod:`models.whisper.transcription.transcribe`),
+run in its own thread over a :class:`StreamBackend`, whose ``encode`` / ``prefill`` / ``step`` /
+``reorder`` calls do not compute: they are handed to one :class:`Scheduler` thread, which owns the MAX
 programs and a :class:`kvgraph.slots.SlotPool` of cache rows:
 
 - a decode (one ``DecodingTask``: a 30 s window at one temperature) *joins* with its
@@ -22,10 +20,9 @@ round. Decoding semantics stay openai-whisper's: only where the logits are compu
 changes, so each file's result is a sequential ``transcribe``'s (tests check text,
 segments, tokens and timestamps).
 
-Sampling (temperature fallback) draws from torch's global RNG; each stream gets a private
-copy of its state taken when the file is submitted, swapped in (under a lock) around the
-stream's sampling only, so a file's samples do not depend on the other files: its result
-equals ``transcribe`` of that file with torch's RNG in the state it had at submission.
+Sampling (temperature fallback) draws from each file's own NumPy generator (seeded by the
+file's ``seed`` option), so a file's samples do not depend on the other files: its result
+equals ``transcribe`` of that file with the same options.
 
 Rooms: ``protocol.py`` (what an engine is: ``submit``/``close``, its errors, the defaults),
 ``scheduler.py``, ``streams.py``, ``batched.py`` (``BatchedTranscriber``, ``transcribe_many``),

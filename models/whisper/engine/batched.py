@@ -9,11 +9,9 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import torch
-
 from models.whisper.engine.protocol import EngineClosed, EngineFull
 from models.whisper.engine.scheduler import Scheduler
-from models.whisper.engine.streams import StreamAdapter, StreamBackend
+from models.whisper.engine.streams import StreamBackend
 from models.whisper.transcription.transcribe import transcribe
 
 __all__ = ["BatchedTranscriber", "transcribe_many", "default_rows", "audio_seconds", "batchable"]
@@ -62,7 +60,6 @@ class BatchedTranscriber:
         self._submitted = self._started = self._done = 0
         self.scheduler = Scheduler(backend, rows or default_rows(batch_size, default_options))
         self.executor = concurrent.futures.ThreadPoolExecutor(batch_size, thread_name_prefix="kvgraph-stream")
-        torch.set_num_threads(1)  # torch only edits logits here; MAX has the cores (see torch_threads)
         self._closed = False
 
     def submit(self, audio, **transcribe_options) -> concurrent.futures.Future:
@@ -82,15 +79,15 @@ class BatchedTranscriber:
             if self.max_queue is not None and waiting >= self.max_queue:
                 raise EngineFull(f"{waiting} requests are waiting (the queue holds {self.max_queue})")
             self._submitted += 1
-            return self.executor.submit(self._run, audio, options, torch.get_rng_state())
+            return self.executor.submit(self._run, audio, options)
 
-    def _run(self, audio, options: dict, rng_state) -> dict:
+    def _run(self, audio, options: dict) -> dict:
         with self._lock:
             self._started += 1
         self.scheduler.register()
         backend = StreamBackend(self.scheduler)
         try:
-            return transcribe(StreamAdapter(backend, rng_state), audio, **options)
+            return transcribe(backend, audio, **options)
         finally:
             backend.release()
             self.scheduler.unregister()

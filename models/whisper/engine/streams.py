@@ -1,19 +1,13 @@
-"""A stream: one file's transcription, openai-whisper's own decoding over a backend whose calls go
-to the :class:`~models.whisper.engine.scheduler.Scheduler` (its rows of the pool, its own
-sampling RNG)."""
+"""A stream: one file's transcription (kvgraph's decode loop) over a backend whose calls go to
+the :class:`~models.whisper.engine.scheduler.Scheduler`: its rows of the pool, given back when
+each decode ends."""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
-import torch
 
 from kvgraph.slots import Group
-from models.whisper.decoding.adapter import WhisperAdapter
 from models.whisper.engine.scheduler import Scheduler
-
-_RNG_LOCK = threading.Lock()
 
 
 class _RowState:
@@ -65,35 +59,3 @@ class StreamBackend:
 
     def alignment(self, tokens, audio_features):
         return self.scheduler.call("align", tokens, audio_features)
-
-
-class StreamAdapter(WhisperAdapter):
-    """The adapter of one stream: rows back to the pool when a decode ends; sampling from
-    the stream's own copy of torch's RNG state (see :mod:`models.whisper.engine`)."""
-
-    def __init__(self, backend: StreamBackend, rng_state: torch.Tensor):
-        super().__init__(backend)
-        self.rng_state = rng_state
-
-    def prepare_task(self, task) -> None:
-        if task.options.temperature == 0:
-            return  # greedy and beam search draw nothing
-        update = task.decoder.update
-
-        def private_rng_update(*args, **kwargs):
-            with _RNG_LOCK:
-                saved = torch.get_rng_state()
-                torch.set_rng_state(self.rng_state)
-                try:
-                    return update(*args, **kwargs)
-                finally:
-                    self.rng_state = torch.get_rng_state()
-                    torch.set_rng_state(saved)
-
-        task.decoder.update = private_rng_update
-
-    def decode(self, mel, *args, **kwargs):
-        try:
-            return super().decode(mel, *args, **kwargs)
-        finally:
-            self.backend.release()

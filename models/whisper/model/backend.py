@@ -6,7 +6,6 @@ from __future__ import annotations
 import types
 
 import kvgraph
-from models.whisper.decoding.startup import BackgroundImport
 from models.whisper.model.spec import build_encoder, cross_attention_name, spec_from_dims
 from models.whisper.weights.load import load_checkpoint
 
@@ -106,28 +105,13 @@ class MaxWhisperBackend:
 
 
 def load_backend(name_or_path="tiny.en", *, kv_cache: bool = True) -> MaxWhisperBackend:
-    """The MAX backend of checkpoint ``name_or_path``, ready to decode.
-
-    openai-whisper's decoding code (with torch: about a second of imports) is needed only
-    once the backend is loaded, so it is imported in a background thread while this thread
-    reads the checkpoint and loads the MAX programs (their file reads, hashing, weight
-    conversions and MAX's own loading leave the interpreter to the import much of the time;
-    measured in the README, *Performance*)."""
+    """The MAX backend of checkpoint ``name_or_path``, ready to decode. ``dims`` is a plain
+    namespace of openai's ``ModelDimensions`` fields (no torch import)."""
     from models.whisper.weights.alignment_heads import load_alignment_heads
 
-    pre = BackgroundImport("models.whisper.transcription.transcribe")  # torch, openai-whisper
     # float16 weights as stored: the lowering reads them for its float16 kernels as they are
     # and widens copies only where a kernel wants float32 (no float32 copy of every weight)
-    try:
-        dims, weights = load_checkpoint(name_or_path, keep_float16=True, dims_class=types.SimpleNamespace)
-        backend = MaxWhisperBackend(
-            dims, weights, kv_cache=kv_cache, alignment_heads=load_alignment_heads(name_or_path, dims)
-        )
-    except BaseException:
-        pre.thread.join()  # no import left running while the error unwinds (and the process exits)
-        raise
-    pre.join()
-    from whisper.model import ModelDimensions
-
-    backend.dims = ModelDimensions(**vars(dims)) if not isinstance(dims, ModelDimensions) else dims
-    return backend
+    dims, weights = load_checkpoint(name_or_path, keep_float16=True, dims_class=types.SimpleNamespace)
+    return MaxWhisperBackend(
+        dims, weights, kv_cache=kv_cache, alignment_heads=load_alignment_heads(name_or_path, dims)
+    )

@@ -318,7 +318,7 @@ def _add_words(p: argparse.ArgumentParser) -> None:
 def normalize_language(parser: argparse.ArgumentParser, language: str | None) -> str | None:
     if language is None or language == "None":
         return None
-    from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+    from models.whisper.decoding.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
     lang = language.lower()
     if lang in LANGUAGES:

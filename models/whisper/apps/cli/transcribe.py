@@ -118,10 +118,8 @@ def main(
 
 
 def _default_load_backend(model_name: str, kv_cache: bool):
-    from models.whisper.decoding.startup import defer_numba
     from models.whisper.model.backend import load_backend  # lazy: imports MAX
 
-    defer_numba()  # this process is ours: numba (word timestamps only) loads on first use
     return load_backend(model_name, kv_cache=kv_cache)
 
 

@@ -75,7 +75,7 @@ def _one(form, name: str) -> str | None:
 def _language_code(language: str | None) -> str | None:
     if language is None or not language.strip():
         return None
-    from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+    from models.whisper.decoding.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
     lang = language.strip().lower()
     if lang in LANGUAGES:
@@ -232,7 +232,7 @@ class ServedModel:
 
 
 def _language_name(code: str | None) -> str:
-    from whisper.tokenizer import LANGUAGES
+    from models.whisper.decoding.tokenizer import LANGUAGES
 
     return LANGUAGES.get(code or "", code or "")
 
