@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 import torch
 import whisper
-from whisper.model import Whisper
 from whisper_clips import JFK, ROOT, SPEECH, SPEECH_CLIPS, long_clip, silence
-from whisper_doubles import AligningTorchBackend, TorchBackend, random_model
+from whisper_doubles import AligningTorchBackend, TorchBackend, random_model, torch_tiny_en
 
 from models.whisper.audio.load import load_audio
 from models.whisper.decoding.options import DecodingOptions
@@ -34,16 +33,8 @@ CLOSE = ("avg_logprob", "compression_ratio", "no_speech_prob")
 
 @pytest.fixture(scope="module")
 def tiny_en():
-    try:
-        from models.whisper.weights.load import load_checkpoint
-
-        dims, weights = load_checkpoint("tiny.en")
-    except Exception as e:  # noqa: BLE001 - weights package missing etc.
-        pytest.skip(f"tiny.en weights unavailable: {type(e).__name__}: {e}")
-    model = Whisper(dims)
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
     torch.set_num_threads(1)
-    return model.eval()
+    return torch_tiny_en()
 
 
 @pytest.fixture(scope="module")

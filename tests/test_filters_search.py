@@ -20,6 +20,7 @@ from whisper.tokenizer import get_tokenizer
 
 from models.whisper.decoding import filters as kf
 from models.whisper.decoding import search as ks
+from models.whisper.decoding import torch_float as tf
 
 VOCABS = {51865: True, 51864: False}  # multilingual / English-only
 
@@ -101,26 +102,26 @@ def test_log_softmax_bit_exact():
             x[:, rng.integers(0, n, n // 2 + 1)] = -np.inf
             x[:, rng.integers(n)] = 0.0
         ref = F.log_softmax(torch.from_numpy(x), dim=-1).numpy()
-        np.testing.assert_array_equal(kf.log_softmax(x), ref)
+        np.testing.assert_array_equal(tf.log_softmax(x), ref)
     odd = np.zeros((4, 40), np.float32)
     odd[0] = -np.inf
     odd[1, 3] = np.inf
     odd[2, 5] = np.nan
     ref = F.log_softmax(torch.from_numpy(odd), dim=-1).numpy()
-    np.testing.assert_array_equal(kf.log_softmax(odd), ref)
+    np.testing.assert_array_equal(tf.log_softmax(odd), ref)
 
 
 AVX2_CHECK = """
 import numpy as np, torch, torch.nn.functional as F
-from models.whisper.decoding import filters as kf
-assert kf.torch_lanes() == 8
+from models.whisper.decoding import torch_float as tf
+assert tf.torch_lanes() == 8
 if torch.backends.cpu.get_cpu_capability() != "AVX2":
     print("no AVX2")
     raise SystemExit(0)
 rng = np.random.default_rng(0)
 x = (rng.standard_normal((12, 51865)) * rng.uniform(0.1, 8, (12, 1))).astype(np.float32)
 x[:4, :50000] = -np.inf
-assert np.array_equal(kf.log_softmax(x), F.log_softmax(torch.from_numpy(x), dim=-1).numpy())
+assert np.array_equal(tf.log_softmax(x), F.log_softmax(torch.from_numpy(x), dim=-1).numpy())
 print("ok")
 """
 
@@ -145,13 +146,13 @@ def test_sleef_exp_and_lane_sum_match_torch_softmax():
     for _ in range(30):
         x = (rng.standard_normal(51865) * rng.uniform(0.5, 8)).astype(np.float32)
         d = x - x.max()
-        e = kf.sleef_expf(d)
-        total = kf.lane_sums(e[None])[0]
+        e = tf.sleef_expf(d)
+        total = tf.lane_sums(e[None])[0]
         ref = torch.softmax(torch.from_numpy(x), dim=-1).numpy()
         np.testing.assert_array_equal(e * (np.float32(1) / total), ref)
     d = np.array([0.0, -1e-8, -0.5, -87.0, -88.0, -103.9, -104.0, -104.1, -np.inf], np.float32)
-    assert kf.sleef_expf(d)[-2:].tolist() == [0.0, 0.0] and kf.sleef_expf(d)[0] == 1.0
-    assert np.all(kf.sleef_expf(d)[3:6] > 0)  # subnormal results stay
+    assert tf.sleef_expf(d)[-2:].tolist() == [0.0, 0.0] and tf.sleef_expf(d)[0] == 1.0
+    assert np.all(tf.sleef_expf(d)[3:6] > 0)  # subnormal results stay
 
 
 def test_normalizer_memo_reuses_only_equal_rows():
@@ -161,7 +162,7 @@ def test_normalizer_memo_reuses_only_equal_rows():
     first = memo(x)
     x[1, :100] = -np.inf  # the row changed: its normalizer must be recomputed
     again = memo(x)
-    fresh = kf.log_normalizers(x)
+    fresh = tf.log_normalizers(x)
     for a, b in zip(again, fresh):
         np.testing.assert_array_equal(a, b)
     assert again[1][1] != first[1][1] and again[1][0] == first[1][0]
@@ -172,8 +173,8 @@ def test_fast_normalizers_are_close():
     rng = np.random.default_rng(12)
     x = (rng.standard_normal((6, 51865)) * rng.uniform(0.5, 6, (6, 1))).astype(np.float32)
     x[:3, :50000] = -np.inf
-    top, logs = kf.log_normalizers(x)
-    fast_top, fast_logs = kf.log_normalizers(x, exact=False)
+    top, logs = tf.log_normalizers(x)
+    fast_top, fast_logs = tf.log_normalizers(x, exact=False)
     np.testing.assert_array_equal(fast_top, top)
     assert np.all(np.abs(fast_logs - logs) <= np.spacing(logs))
 

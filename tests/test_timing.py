@@ -21,6 +21,7 @@ from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import get_tokenizer
 from whisper_doubles import AligningTorchBackend, random_model
 
+from models.whisper.decoding import torch_float as tf
 from models.whisper.transcription import timing as ours
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,7 +162,7 @@ def test_fma_f32_rounds_once():
     b = np.concatenate([b, np.array([x[1] for x in crafted], np.float32)])
     c = np.concatenate([c, np.array([x[2] for x in crafted], np.float32)])
     exact = [to_f32(Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z))) for x, y, z in zip(a, b, c)]
-    assert same_bits(ours.fma_f32(a, b, c), np.array(exact, dtype=np.float32))
+    assert same_bits(tf.fma_f32(a, b, c), np.array(exact, dtype=np.float32))
     naive = (a.astype(np.float64) * b + c).astype(np.float32)
     assert not same_bits(naive, np.array(exact, dtype=np.float32))  # the crafted cases matter
 
@@ -178,13 +179,13 @@ def test_softmax_matches_torch_bits(n):
     x[1, : n // 3] = -150  # below -104: exactly zero
     x = x.astype(np.float32)
     expected = torch.from_numpy(x).softmax(-1).numpy()
-    assert same_bits(ours.softmax_f32(x, torch_cpu().softmax_lanes), expected)
+    assert same_bits(tf.softmax_f32(x, torch_cpu().softmax_lanes), expected)
 
 
 def test_softmax_of_attention_weights_shape():
     x = np.random.default_rng(1).standard_normal((4, 30, 750)).astype(np.float32) * 3
     expected = torch.from_numpy(x).softmax(-1).numpy()
-    assert same_bits(ours.softmax_f32(x, torch_cpu().softmax_lanes), expected)
+    assert same_bits(tf.softmax_f32(x, torch_cpu().softmax_lanes), expected)
 
 
 AVX2_SCRIPT = """
@@ -207,7 +208,7 @@ def test_avx2_torch_bits(tmp_path):
     script = [sys.executable, "-c", AVX2_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")]
     subprocess.run(script, env=env, check=True, timeout=120)
     out = np.load(tmp_path / "out.npz")
-    assert same_bits(ours.softmax_f32(x, 8), out["s"])
+    assert same_bits(tf.softmax_f32(x, 8), out["s"])
     cpu = ours.TorchCpu(softmax_lanes=8, sum_lanes=8, threads=1)
     assert same_bits(ours.mean_over_heads_f32(w, filtered=False, width=7, cpu=cpu), out["m"])
 

@@ -19,8 +19,7 @@ import torch
 import whisper
 from whisper.audio import N_FRAMES, SAMPLE_RATE
 from whisper.decoding import DecodingOptions
-from whisper.model import Whisper
-from whisper_doubles import AligningTorchBackend, TorchBackend, random_model
+from whisper_doubles import AligningTorchBackend, TorchBackend, random_model, torch_tiny_en
 
 from models.whisper.decoding.adapter import BackendInference, DecodeTimings, WhisperAdapter
 from models.whisper.transcription.transcribe import transcribe
@@ -57,15 +56,7 @@ def jfk():
 
 @pytest.fixture(scope="module")
 def tiny_en():
-    try:
-        from models.whisper.weights.load import load_checkpoint
-
-        dims, weights = load_checkpoint("tiny.en")
-    except Exception as e:  # noqa: BLE001 - weights package missing etc.
-        pytest.skip(f"tiny.en weights unavailable: {type(e).__name__}: {e}")
-    model = Whisper(dims)
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
-    return model.eval()
+    return torch_tiny_en()
 
 
 @pytest.fixture(scope="module")

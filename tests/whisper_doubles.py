@@ -158,3 +158,19 @@ class KvgraphDraws:
         import whisper.decoding
 
         whisper.decoding.Categorical = self.saved
+
+
+def torch_tiny_en():
+    """openai's torch ``Whisper`` with the tiny.en weights kvgraph ships (its CTranslate2
+    package mapped to openai's names); ``pytest.skip`` when they are not installed."""
+    import pytest
+
+    try:
+        from models.whisper.weights.load import load_checkpoint
+
+        dims, weights = load_checkpoint("tiny.en")
+    except Exception as e:  # noqa: BLE001 - weights package missing etc.
+        pytest.skip(f"tiny.en weights unavailable: {type(e).__name__}: {e}")
+    model = Whisper(dims)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    return model.eval()

@@ -9,7 +9,7 @@ the next tokens, adds their log-probabilities to ``sum_logprobs`` in place, and 
 rows keep their places) tells the caller how to reorder its backend state, where openai's
 beam search calls ``inference.rearrange_kv_cache``.
 
-Log-probabilities are torch's float32 ``log_softmax`` bit for bit (``filters.log_softmax``),
+Log-probabilities are torch's float32 ``log_softmax`` bit for bit (``torch_float.log_softmax``),
 and beam candidates come in the order ``torch.topk`` gives them, ties included, so beams,
 scores and finished sequences equal openai's.
 """
@@ -21,13 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from models.whisper.decoding.filters import (
-    F32,
-    SHARED_MEMO,
-    NormalizerMemo,
-    log_probs_at,
-    logsumexp,
-)
+from models.whisper.decoding.filters import SHARED_MEMO, NormalizerMemo
+from models.whisper.decoding.torch_float import F32, log_probs_at, logsumexp
 
 # --------------------------------------------------------------------------
 # torch.topk's order (libstdc++'s std::partial_sort with a NaN-first "greater")

@@ -21,9 +21,9 @@ class _RowState:
 
 class StreamBackend:
     """One stream's view of the scheduler, with the ``WhisperBackend`` protocol of
-    :mod:`models.whisper.decoding.adapter`. A stream holds at most one decode's rows at a time:
-    they are given back when its next decode prefills, and when the decode ends
-    (:class:`_StreamAdapter`)."""
+    :mod:`models.whisper.decoding.protocol`. A stream holds at most one decode's rows at a
+    time: they are given back when the decode ends (``release``, which the decoding task
+    calls) or, at the latest, when its next decode prefills."""
 
     def __init__(self, scheduler: Scheduler):
         self.scheduler = scheduler

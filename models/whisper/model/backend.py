@@ -13,7 +13,7 @@ from models.whisper.weights.load import load_checkpoint
 class MaxWhisperBackend:
     """Whisper's encoder and decoder compiled through kvgraph and running on MAX.
 
-    Implements the backend protocol of :mod:`models.whisper.decoding.adapter`: ``encode``,
+    Implements the backend protocol of :mod:`models.whisper.decoding.protocol`: ``encode``,
     ``prefill``, ``step``, ``reorder``. The decoder runs the cached prefill/step programs
     (``kv_cache=True``) or recomputes the full sequence every step (``kv_cache=False``).
 

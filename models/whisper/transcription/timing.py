@@ -11,30 +11,30 @@ warping follows ties and near-ties of the accumulated costs, so the times are on
 the float32 values are the same bit for bit. The float32 steps here reproduce torch's CPU
 kernels (x86-64 builds), not just their formulas:
 
-* softmax: SLEEF's ``expf_u10`` (torch's vectorised ``exp``) with fused multiply-adds, the
-  lane-wise sum and its shuffle tree, times the reciprocal of the sum;
+* softmax: ``torch_float.softmax_f32`` (SLEEF's ``expf_u10``, torch's vectorised ``exp``,
+  with fused multiply-adds; the lane-wise sum and its shuffle tree; times the reciprocal of
+  the sum);
 * ``std_mean`` over tokens: Welford's running mean and squared deviation in float64;
 * mean over heads: torch's cascade sum, whose summation order depends on the column (a few
   columns at the end of each block of work are summed in four interleaved partial sums), on
   the memory layout the median filter leaves, and on torch's intra-op thread count.
 
 :class:`TorchCpu` names the vector widths and thread count; :func:`detect_torch_cpu` reads
-them off this machine as torch would. Dynamic time warping reproduces numba's float32 cost
+them off this machine as torch would (both from ``torch_float``, re-exported here). Dynamic time warping reproduces numba's float32 cost
 table (float64 sums rounded to float32) with its anti-diagonals vectorised.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from models.whisper.decoding.torch_float import TorchCpu, detect_torch_cpu, softmax_f32
 
 __all__ = [
     "APPEND_PUNCTUATIONS",
@@ -46,11 +46,9 @@ __all__ = [
     "detect_torch_cpu",
     "dtw",
     "find_alignment",
-    "fma_f32",
     "mean_over_heads_f32",
     "median_filter",
     "merge_punctuations",
-    "softmax_f32",
     "std_mean_f32",
 ]
 
@@ -89,202 +87,7 @@ class AligningBackend(Protocol):
 
 
 # --------------------------------------------------------------------------
-# The CPU torch whose float32 results are reproduced
-
-
-@dataclass(frozen=True)
-class TorchCpu:
-    """The x86-64 CPU torch whose float32 rounding the alignment statistics reproduce.
-
-    ``softmax_lanes``: float32 lanes of torch's softmax kernel (16 where torch runs its AVX512
-    kernels, 8 with AVX2); ``sum_lanes``: those of its sum kernel (8: torch registers no AVX512
-    sum kernel, so AVX512 machines run the AVX2 one); ``threads``: torch's intra-op threads,
-    which decide where blocks of work end in the sum over heads.
-    """
-
-    softmax_lanes: int = 16
-    sum_lanes: int = 8
-    threads: int = 1
-
-
-def _cpu_flags() -> set[str]:
-    """The x86 feature flags of /proc/cpuinfo (empty where there is none)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
-
-
-def _physical_cores() -> int:
-    """Physical cores (distinct package/core ids of /proc/cpuinfo), torch's default thread count."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return os.cpu_count() or 1
-    cores, package = set(), "0"
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "physical id":
-            package = value.strip()
-        elif key.strip() == "core id":
-            cores.add((package, value.strip()))
-    return len(cores) or os.cpu_count() or 1
-
-
-def _env_threads() -> int:
-    """torch's thread count from OMP_NUM_THREADS / MKL_NUM_THREADS (the latter wins), 0 if unset."""
-    threads = 0
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        value = os.environ.get(name, "")
-        if value.isdigit() and int(value) > 0:
-            threads = int(value)
-    return threads
-
-
-@functools.lru_cache(maxsize=1)
-def detect_torch_cpu() -> TorchCpu:
-    """The :class:`TorchCpu` that torch would be on this machine with its default settings.
-
-    AVX512 softmax where the CPU has AVX512 F/BW/VL/DQ and ``ATEN_CPU_CAPABILITY`` does not
-    lower it; threads from the environment as torch reads it, else the physical cores."""
-    forced = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
-    avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= _cpu_flags() and forced in ("", "avx512")
-    return TorchCpu(
-        softmax_lanes=16 if avx512 else 8, sum_lanes=8, threads=_env_threads() or _physical_cores()
-    )
-
-
-# --------------------------------------------------------------------------
-# float32 arithmetic as torch's CPU kernels do it
-
-_LOW29 = np.int64((1 << 29) - 1)  # float64 mantissa bits below float32's
-_HALF29 = np.int64(1 << 28)  # ... set like this: exactly halfway between two float32 values
-_TINY32 = _F32(2.0**-126)  # below float32's smallest normal, rounding is coarser
-
-
-def _as_f64(v):
-    """A float32 array or scalar as float64 (exactly)."""
-    return v.astype(np.float64) if isinstance(v, np.ndarray) else np.float64(v)
-
-
-def _sum_rounded_to_odd(p: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """``p + c`` in float64 rounded to odd: the float64 sum where exact, else its neighbour with
-    an odd last bit (the exact error comes from Knuth's TwoSum). Rounding that to float32 gives
-    the correctly rounded float32 sum (Boldo & Melquiond)."""
-    s = p + c
-    back = s - p
-    err = (p - (s - back)) + (c - back)
-    even = (s.view(np.int64) & 1) == 0
-    return np.where((err != 0) & even, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
-
-
-def fma_f32(a: np.ndarray, b, c) -> np.ndarray:
-    """float32 ``a * b + c`` rounded once, as an FMA instruction does (``a`` an array, ``b`` and
-    ``c`` arrays or scalars).
-
-    The product of two float32 values is exact in float64; the float64 sum may round, and its
-    rounding to float32 can then differ from a single rounding only where it lands exactly
-    halfway between float32 values or below float32's normal range. Those few are redone
-    exactly (:func:`_sum_rounded_to_odd`)."""
-    p = _as_f64(a) * _as_f64(b)
-    c64 = _as_f64(c)
-    s = p + c64
-    out = s.astype(_F32)
-    suspect = (s.view(np.int64) & _LOW29) == _HALF29
-    suspect |= np.abs(out) < _TINY32
-    if suspect.any():
-        c_at = c64[suspect] if isinstance(c64, np.ndarray) else np.full(np.count_nonzero(suspect), c64)
-        out[suspect] = _sum_rounded_to_odd(p[suspect], c_at).astype(_F32)
-    return out
-
-
-# SLEEF's single-precision exp (sleefsimdsp.c ``xexpf``, the u10 variant torch's Vectorized<float>::exp calls)
-_R_LN2F = _F32(1.442695040888963407359924681001892137426645954152985934135449406931)
-_L2UF = _F32(0.693145751953125)
-_L2LF = _F32(1.428606765330187045e-06)
-_EXP_POLY = tuple(
-    _F32(c)
-    for c in (
-        0.000198527617612853646278381,
-        0.00139304355252534151077271,
-        0.00833336077630519866943359,
-        0.0416664853692054748535156,
-        0.166666671633720397949219,
-        0.5,
-    )
-)
-
-
-def _pow2i(q: np.ndarray) -> np.ndarray:
-    """2**q as float32 by building its exponent bits (q within float32's normal range)."""
-    return ((q + np.int32(0x7F)) << np.int32(23)).view(_F32)
-
-
-def _sleef_expf(d: np.ndarray) -> np.ndarray:
-    """exp of float32 ``d`` as torch's vectorised float32 ``exp`` computes it: SLEEF's
-    ``expf_u10`` (range reduction by ln 2 in two parts, a degree-6 polynomial, all in FMAs)."""
-    with np.errstate(invalid="ignore"):
-        q = np.rint(d * _R_LN2F).astype(np.int32)
-    qf = q.astype(_F32)
-    s = fma_f32(qf, -_L2UF, d)
-    s = fma_f32(qf, -_L2LF, s)
-    u = np.full(s.shape, _EXP_POLY[0], dtype=_F32)
-    for coef in _EXP_POLY[1:]:
-        u = fma_f32(u, s, coef)
-    u = _F32(1) + fma_f32(s * s, u, s)
-    half = q >> 1
-    with np.errstate(over="ignore", invalid="ignore"):
-        u = u * _pow2i(half) * _pow2i(q - half)
-    u[d < -104] = 0
-    u[d > 100] = np.inf
-    return u
-
-
-def _lane_sum(e: np.ndarray, lanes: int) -> np.ndarray:
-    """Sums over the last axis as torch's ``vec::reduce_all`` adds float32: rows shorter than
-    a vector one by one; else vector-wide running sums (a short last vector adds to its first
-    lanes), then the lanes pairwise by halves (its shuffle tree)."""
-    n = e.shape[-1]
-    if n < lanes:
-        acc = e[..., 0].copy()
-        for k in range(1, n):
-            acc = acc + e[..., k]
-        return acc
-    full = n - n % lanes
-    blocks = e[..., :full].reshape(*e.shape[:-1], full // lanes, lanes)
-    acc = np.add.accumulate(blocks, axis=-2)[..., -1, :]
-    acc[..., : n - full] += e[..., full:]
-    width = lanes // 2
-    while width:
-        acc = acc[..., :width] + acc[..., width : 2 * width]
-        width //= 2
-    return acc[..., 0]
-
-
-def _softmax_rows(x: np.ndarray, lanes: int) -> np.ndarray:
-    """torch's float32 softmax of rows ``x`` [r, n]: exp(x - max) times 1 / (lane sum)."""
-    e = _sleef_expf(x - x.max(axis=-1, keepdims=True))
-    return e * (_F32(1) / _lane_sum(e, lanes))[:, None]
-
-
-def softmax_f32(x: np.ndarray, lanes: int) -> np.ndarray:
-    """``torch.softmax(x, dim=-1)`` of float32 ``x`` on the CPU, bit for bit (``lanes``: the
-    kernel's vector width, :attr:`TorchCpu.softmax_lanes`). Rows are done a few at a time, so
-    the float64 intermediates stay in cache."""
-    x = np.asarray(x, dtype=_F32)
-    n = x.shape[-1]
-    if x.size == 0:
-        return x.copy()
-    rows = x.reshape(-1, n)
-    out = np.empty_like(rows)
-    step = max(1, 65536 // n)
-    for i in range(0, rows.shape[0], step):
-        out[i : i + step] = _softmax_rows(rows[i : i + step], lanes)
-    return out.reshape(x.shape)
+# float32 statistics as torch's CPU kernels compute them (softmax: ``torch_float.softmax_f32``)
 
 
 def std_mean_f32(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     """``kvgraph transcribe``'s options: openai-whisper's ``whisper`` command's, both spellings."""
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Transcribe audio files with Whisper (openai-whisper decoding, kvgraph backend).",
+        description="Transcribe audio files with Whisper on MAX (kvgraph; openai-whisper's options and results).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_files(p)

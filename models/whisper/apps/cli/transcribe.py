@@ -1,4 +1,4 @@
-"""``kvgraph transcribe``: openai-whisper's transcription on a kvgraph backend.
+"""``kvgraph transcribe``: Whisper transcription on MAX with kvgraph's own decode loop.
 
     kvgraph transcribe AUDIO [AUDIO ...] [--model tiny.en|base|PATH]
         [--output-format txt|vtt|srt|tsv|json|all] [--output-dir DIR]
@@ -15,7 +15,7 @@ timestamps (``--word_timestamps True``) and the writer's word options
 warns about warn here too.
 
 Several files are decoded at once (``--batch-size``, default up to 8 when several files
-are given): each file's transcription is openai-whisper's, its decoder steps batched with
+are given): each file's transcription is the one-file result, its decoder steps batched with
 the other files' into one MAX call (:mod:`models.whisper.engine`); results equal one-at-a-time
 transcription. A progress bar across files shows files done, audio seconds and the
 realtime factor.
@@ -27,8 +27,8 @@ output directory and moved into place with ``os.replace``, so an error never
 leaves a partial output file behind.  Exit status: 0 if every file succeeded,
 1 if any failed (or the model could not be loaded), 2 for usage errors.
 
-Importing this module is cheap (no torch / whisper / MAX); the heavy imports
-happen once the arguments are parsed.
+Importing this module is cheap (no MAX); MAX is imported once the arguments are parsed. torch
+and openai-whisper are never imported (a ``.pt`` checkpoint aside).
 """
 
 from __future__ import annotations
