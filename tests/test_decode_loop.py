@@ -216,3 +216,16 @@ def test_the_loop_imports_neither_torch_nor_whisper():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_a_window_is_encoded_once_with_language_detection(multilingual, jfk):
+    """Detection reads the first 30 s, which is the first window of a longer recording: one
+    encoder pass serves both (and the result is still openai's)."""
+    audio = np.concatenate([jfk, jfk, jfk])  # 33 s: two windows
+    backend = TorchBackend(multilingual)
+    opts = dict(temperature=0.0, sample_len=6, compression_ratio_threshold=None, logprob_threshold=None)
+    ours = longform.transcribe(backend, audio, **opts)
+    windows = len({s["seek"] for s in ours["segments"]})
+    assert backend.kinds().count("encode") == windows
+    ref = whisper.transcribe(multilingual, audio, fp16=False, **opts)
+    assert_identical(ours, ref)

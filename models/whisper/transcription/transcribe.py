@@ -101,6 +101,7 @@ class LongForm:
         self.options = dict(decode_options)
         self.rng, self.timings = rng, timings
         self.timed = TimedBackend(backend, timings)
+        self._last: tuple[np.ndarray, np.ndarray] | None = None  # (mel, features) last encoded
         self.language = self._language()
         self.task = self.options.get("task", "transcribe")
         self.tokenizer = tokenizer_for(backend.dims, self.language, self.task)
@@ -141,9 +142,14 @@ class LongForm:
         return language
 
     def encode(self, window: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(
-            self.timed.encode(window[None].astype(np.float32, copy=False)), np.float32
-        )
+        """The encoder's features of one window; those of the last window when it is the same
+        mel (the language detection's first 30 s are the first window of a long recording)."""
+        if self._last is not None and np.array_equal(self._last[0], window):
+            return self._last[1]
+        mel = window[None].astype(np.float32, copy=False)
+        features = np.ascontiguousarray(self.timed.encode(mel), np.float32)
+        self._last = (window, features)
+        return features
 
     # ------------------------------------------------------------------ the loop
     def transcribe(self) -> dict:
