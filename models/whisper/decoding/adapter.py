@@ -1,4 +1,6 @@
-"""openai-whisper decoding on top of an arbitrary Whisper backend.
+"""openai-whisper's own decoding code (torch) on top of a kvgraph Whisper backend: the
+reference the tests compare kvgraph's own loop with (``whisper.transcribe(WhisperAdapter(backend),
+...)``); the product decodes with :mod:`models.whisper.decoding.task` instead.
 
 The neural compute of Whisper (encoder, decoder prefill, incremental decoder
 steps, beam reordering) is delegated to a :class:`WhisperBackend`; everything
@@ -15,9 +17,6 @@ own code, reused rather than copied:
 * :meth:`WhisperAdapter.decode` builds a stock ``whisper.decoding.DecodingTask``
   and swaps its ``inference`` for :class:`BackendInference` (a
   ``whisper.decoding.Inference`` subclass) before running it.
-* :func:`models.whisper.transcription.transcribe.transcribe` loads/accepts audio,
-  forces fp32 and calls ``whisper.transcribe`` with the adapter, then attaches
-  ``result["timings"]``.
 
 Word-level timestamps (``word_timestamps=True``) are openai-whisper's too
 (``whisper.timing.add_word_timestamps``: ``find_alignment``'s forced pass, median
@@ -32,9 +31,6 @@ the backend's heads as openai's sparse mask.
 from __future__ import annotations
 
 import contextlib
-import os
-import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -53,7 +49,6 @@ __all__ = [
     "DecodeTimings",
     "BackendInference",
     "WhisperAdapter",
-    "transcribe_with_openai",
 ]
 
 
@@ -386,63 +381,7 @@ class WhisperAdapter:
         task.inference = inference
         if hasattr(task.decoder, "inference"):  # BeamSearchDecoder holds a ref
             task.decoder.inference = inference
-        self.prepare_task(task)
         self.timings.decode_calls += 1
         with torch_threads(1):
             result = task.run(mel)
         return result[0] if single else result
-
-    def prepare_task(self, task: DecodingTask) -> None:
-        """Called with each ``DecodingTask`` before it runs (its inference already the
-        backend's); a hook for subclasses (``models.whisper.engine`` gives each stream its own
-        sampling RNG here)."""
-
-
-def transcribe_with_openai(backend, audio, **decode_options) -> dict:
-    """``whisper.transcribe`` itself (openai-whisper's decoding code, torch) with all neural
-    compute on ``backend``: the reference kvgraph's own loop
-    (:func:`models.whisper.transcription.transcribe.transcribe`) is compared with.
-
-    ``audio`` is a path (decoded with ``models.whisper.audio.load.load_audio``) or a float32
-    16 kHz mono waveform.  ``decode_options`` are ``whisper.transcribe``'s
-    keyword arguments (``verbose``, ``temperature``, thresholds,
-    ``condition_on_previous_text``, ``initial_prompt``, ``beam_size``, ...);
-    ``fp16`` is forced to False.  ``verbose=False`` gives openai-whisper's tqdm
-    progress bar over audio frames.
-
-    ``word_timestamps=True`` adds openai's ``words`` to every segment (with
-    ``prepend_punctuations`` / ``append_punctuations`` / ``hallucination_silence_threshold``
-    as there); the backend's ``alignment`` is its forced pass (see :mod:`models.whisper.decoding.adapter`).
-
-    Returns openai-whisper's dict (``text``, ``segments``, ``language``) plus
-    ``timings`` (see :class:`DecodeTimings`).
-    """
-    adapter = backend if isinstance(backend, WhisperAdapter) else WhisperAdapter(backend)
-    if decode_options.get("word_timestamps") and not hasattr(adapter.backend, "alignment"):
-        raise ValueError(
-            f"word_timestamps: backend {type(adapter.backend).__name__} has no alignment() "
-            "(the alignment heads' cross-attention scores)"
-        )
-
-    if isinstance(audio, (str, os.PathLike)):
-        from models.whisper.audio.load import load_audio
-
-        audio = load_audio(os.fspath(audio))
-    if isinstance(audio, torch.Tensor):
-        audio = audio.detach().cpu().numpy()
-    audio = np.ascontiguousarray(np.asarray(audio, dtype=np.float32))
-    if audio.ndim != 1:
-        raise ValueError(f"expected mono audio (1-D array), got shape {audio.shape}")
-
-    decode_options["fp16"] = False
-    adapter.timings = timings = DecodeTimings()
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        # the adapter reports a "cpu" device (host tensors) even when the
-        # backend runs on an accelerator: openai's CPU-vs-CUDA hint is moot.
-        warnings.filterwarnings("ignore", message="Performing inference on CPU when CUDA is available")
-        with torch_threads(1):
-            result = whisper.transcribe(adapter, audio, **decode_options)
-    timings.total_s = time.perf_counter() - t0
-    result["timings"] = timings.as_dict()
-    return result

@@ -182,17 +182,12 @@ class DecodingTask:
             self.timings.tokens_decoded += 1
             for f in self.filters:
                 f.apply(logits, tokens)
-            tokens, completed, source = self._update(tokens, logits, sum_logprobs)
+            tokens, completed, source = self.decoder.update(tokens, logits, sum_logprobs)
             if source is not None and not np.array_equal(source, np.arange(len(source))):
                 state = self.timed.reorder(state, np.asarray(source, dtype=np.int64))
             if completed or tokens.shape[-1] > self.n_ctx:
                 break
         return tokens, sum_logprobs, no_speech
-
-    def _update(self, tokens, logits, sum_logprobs):
-        """The decoder's next tokens: ``(tokens, completed, source rows or None)``."""
-        out = self.decoder.update(tokens, logits, sum_logprobs)
-        return out if len(out) == 3 else (*out, None)
 
     def _prompt(self, audio_features: np.ndarray, tokens: np.ndarray):
         """The initial tokens of every row: ``(logits f32[rows, vocab] of the last position,
