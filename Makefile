@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,base,serve]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,base,serve,vad]'
+	$(BIN)/pip install -q --no-deps -c constraints.txt silero-vad==6.2.0
 	touch $(STAMP)
 
 run: $(STAMP)

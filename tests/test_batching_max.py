@@ -160,3 +160,22 @@ def test_serve_make_engine_batches(tiny_model):
         assert isinstance(default, BatchedTranscriber) and default.batch_size == sv.DEFAULT_BATCH
     finally:
         default.close()
+
+
+def test_requests_cancelled_while_queued_leave_the_queue(tiny_backend):
+    """A future cancelled before its file started (a client that left) frees its place in
+    the queue: after ``max_queue`` such cancellations the engine still takes requests."""
+    import threading
+
+    from models.whisper.engine.batched import BatchedTranscriber
+
+    gate = threading.Event()
+    with BatchedTranscriber(tiny_backend, batch_size=1, max_queue=2) as engine:
+        first = engine.submit(clips()["short"], on_segment=lambda seg: gate.wait(60))
+        for _ in range(3):  # more than max_queue in all, each cancelled while it waits
+            queued = [engine.submit(clips()["short"]) for _ in range(2)]
+            assert all(f.cancel() for f in queued)
+        assert engine.stats()["waiting"] == 0
+        gate.set()
+        assert first.result(60)["text"]
+        assert engine.submit(clips()["short"]).result(60)["text"] == first.result()["text"]

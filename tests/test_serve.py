@@ -390,8 +390,12 @@ def test_bad_temperature_text_and_stream_are_400(fake):
     path = "/v1/audio/transcriptions"
     base = [("model", "tiny.en"), ("file", "a.wav", JFK_BYTES)]
     assert_openai_error(post_multipart(fake.url, path, [*base, ("temperature", "warm")]), 400, "temperature")
-    assert_openai_error(post_multipart(fake.url, path, [*base, ("stream", "true")]), 400, "stream")
+    assert_openai_error(post_multipart(fake.url, path, [*base, ("stream", "maybe")]), 400, "stream")
     assert post_multipart(fake.url, path, [*base, ("stream", "false")])[0] == 200
+    # stream=true answers Server-Sent Events (tests/test_serve_stream.py)
+    assert post_multipart(fake.url, path, [*base, ("stream", "true")])[1]["content-type"].startswith(
+        "text/event-stream"
+    )
 
 
 def test_unknown_routes_and_methods_are_openai_errors(fake):

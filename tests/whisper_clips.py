@@ -83,3 +83,14 @@ def assert_same_words(ours: dict, ref: dict, *, atol: float = 1e-3) -> None:
             assert set(wa) == set(wb) == {"word", "start", "end", "probability"}
             assert (wa["start"], wa["end"]) == (wb["start"], wb["end"]), (wa, wb)
             assert math.isclose(wa["probability"], wb["probability"], rel_tol=0, abs_tol=atol), (wa, wb)
+
+
+def word_error_rate(reference: list[str], hypothesis: list[str]) -> float:
+    """Word edits (substitutions, insertions, deletions) over the reference's length."""
+    prev = list(range(len(hypothesis) + 1))
+    for i, r in enumerate(reference, 1):
+        cur = [i] + [0] * len(hypothesis)
+        for j, h in enumerate(hypothesis, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1] / max(1, len(reference))

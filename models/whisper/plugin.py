@@ -65,6 +65,12 @@ def _serve(argv: list[str]) -> int:
     return serve.main(argv)
 
 
+def _listen(argv: list[str]) -> int:
+    from models.whisper.apps.cli import listen
+
+    return listen.main(argv)
+
+
 def register(registry) -> None:
     """Register the Whisper decoder specs (``whisper-tiny.en``, ``whisper-base``) and the
     ``transcribe`` command (arguments forwarded untouched to ``models.whisper.apps.cli.transcribe.main``)
@@ -83,4 +89,9 @@ def register(registry) -> None:
         "serve",
         _serve,
         help="serve Whisper behind OpenAI's audio API (POST /v1/audio/transcriptions); needs the 'serve' extra",
+    )
+    registry.add_command(
+        "listen",
+        _listen,
+        help="transcribe a live source (16 kHz mono PCM on stdin or a growing file) as it is spoken",
     )

@@ -51,6 +51,7 @@ __all__ = [
     "log_mel_spectrogram",
     "pad_or_trim",
     "MelWindows",
+    "open_samples",
 ]
 
 # openai-whisper's audio.py: 16 kHz audio, 25 ms FFT windows, a 10 ms hop, 30 s chunks.
@@ -351,6 +352,20 @@ def _open_file(path: str | os.PathLike) -> _SoundFileSource | _SpoolSource:
         return _SpoolSource(handle, str(p))
     finally:
         handle.close()
+
+
+def open_samples(audio) -> _Source:
+    """A recording's 16 kHz mono float32 samples read by range (``n``, ``read(start, stop)``,
+    ``close()``): a file read in place or spooled as :meth:`MelWindows.from_file` reads it, or
+    a 1-D array. What reads a recording in pieces (the voice-activity detector, a chunk's
+    audio) uses this rather than holding it whole. Raises AudioError."""
+    if isinstance(audio, (str, os.PathLike)):
+        source = _open_file(audio)
+        if source.n == 0:
+            source.close()
+            raise AudioError(f"{source.name}: audio file contains no samples")
+        return source
+    return _ArraySource(_as_mono_f32(audio))
 
 
 class MelWindows:

@@ -47,7 +47,11 @@ class DecodingOptions:
 @dataclass(frozen=True)
 class DecodingResult:
     """One window's decoding: its text tokens (after the prompt, before the end of text) and
-    the figures the fallback decides on."""
+    the figures the fallback decides on. ``token_logprobs`` (only when the decode was asked
+    for them, else None; kvgraph's, not openai's): the log-probability of each of ``tokens``
+    then of the end of text (0.0 when the decode stopped at its length limit before one),
+    the values whose float32 running sum is the score ``avg_logprob`` is taken from
+    (``avg_logprob == score / len(token_logprobs)``)."""
 
     audio_features: Any
     language: str
@@ -58,6 +62,7 @@ class DecodingResult:
     no_speech_prob: float = math.nan
     temperature: float = math.nan
     compression_ratio: float = math.nan
+    token_logprobs: list[float] | None = None
 
 
 def compression_ratio(text: str) -> float:

@@ -9,6 +9,11 @@ the next tokens, adds their log-probabilities to ``sum_logprobs`` in place, and 
 rows keep their places) tells the caller how to reorder its backend state, where openai's
 beam search calls ``inference.rearrange_kv_cache``.
 
+With ``keep_logprobs=True`` a decoder also keeps each row's chosen tokens' log-probabilities
+(``token_logprobs`` f32[rows, steps], moved with the rows), the very values it adds into
+``sum_logprobs``, and ``finalize`` leaves each candidate's in ``final_logprobs``; off (the
+default), nothing else changes.
+
 Log-probabilities are torch's float32 ``log_softmax`` bit for bit (``torch_float.log_softmax``),
 and beam candidates come in the order ``torch.topk`` gives them, ties included, so beams,
 scores and finished sequences equal openai's.
@@ -136,7 +141,8 @@ def sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> 
 
 class GreedyDecoder:
     """The likeliest token at temperature 0, else a draw from the tempered distribution;
-    rows that ended with EOT keep adding EOT without adding to their log-probability."""
+    rows that ended with EOT keep adding EOT without adding to their log-probability.
+    ``keep_logprobs``: see the module docstring (a row's entries after its EOT are 0)."""
 
     def __init__(
         self,
@@ -144,14 +150,20 @@ class GreedyDecoder:
         eot: int,
         rng: np.random.Generator | None = None,
         memo: NormalizerMemo | None = None,
+        keep_logprobs: bool = False,
     ):
         self.temperature = temperature
         self.eot = eot
         self.rng = rng if rng is not None else np.random.default_rng()
         self.memo = memo if memo is not None else SHARED_MEMO
+        self.keep_logprobs = keep_logprobs
+        self.token_logprobs: np.ndarray | None = None
+        self.final_logprobs: list | None = None
 
     def reset(self) -> None:
-        """Nothing to forget between decodes."""
+        """Forget the previous decode's kept log-probabilities."""
+        self.token_logprobs = None
+        self.final_logprobs = None
 
     def update(
         self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray
@@ -164,15 +176,23 @@ class GreedyDecoder:
         top, logs = self.memo(logits)
         live = tokens[:, -1] != self.eot
         with np.errstate(invalid="ignore"):
-            sum_logprobs += log_probs_at(logits, top, logs, chosen) * live.astype(F32)
+            added = log_probs_at(logits, top, logs, chosen) * live.astype(F32)
+            sum_logprobs += added
+        if self.keep_logprobs:
+            self.token_logprobs = _appended(self.token_logprobs, added, None)
         chosen[~live] = self.eot
         tokens = np.concatenate([tokens, chosen[:, None]], axis=-1)
         return tokens, bool((tokens[:, -1] == self.eot).all()), None
 
     def finalize(self, tokens: np.ndarray, sum_logprobs: np.ndarray) -> tuple[np.ndarray, list]:
         """Every row ``tokens`` i64[n_audio, n_group, t] gets a closing EOT; the scores
-        ``sum_logprobs`` f32[n_audio, n_group] become lists of Python floats."""
+        ``sum_logprobs`` f32[n_audio, n_group] become lists of Python floats (the closing
+        EOT's kept log-probability is 0: nothing was added for it)."""
         tokens = np.pad(tokens, ((0, 0), (0, 0), (0, 1)), constant_values=self.eot)
+        if self.keep_logprobs:
+            n_audio, n_group = tokens.shape[:2]
+            kept = _appended(self.token_logprobs, np.zeros(n_audio * n_group, F32), None)
+            self.final_logprobs = [list(group) for group in kept.reshape(n_audio, n_group, -1)]
         return tokens, np.asarray(sum_logprobs).tolist()
 
 
@@ -188,21 +208,29 @@ class BeamSearchDecoder:
         eot: int,
         patience: float | None = None,
         memo: NormalizerMemo | None = None,
+        keep_logprobs: bool = False,
     ):
         self.beam_size = beam_size
         self.eot = eot
         self.patience = patience or 1.0
         self.max_candidates = round(beam_size * self.patience)
         self.memo = memo if memo is not None else SHARED_MEMO
+        self.keep_logprobs = keep_logprobs
         self.finished: list[dict[tuple, float]] | None = None
         self.sequences: dict[tuple, np.ndarray] = {}
+        self.sequence_logprobs: dict[tuple, np.ndarray] = {}
+        self.token_logprobs: np.ndarray | None = None
+        self.final_logprobs: list | None = None
         if self.max_candidates <= 0:
             raise ValueError(f"BeamSearchDecoder: invalid beam size ({beam_size}) or patience ({patience})")
 
     def reset(self) -> None:
-        """Forget the finished sequences of the previous decode."""
+        """Forget the finished sequences (and kept log-probabilities) of the previous decode."""
         self.finished = None
         self.sequences = {}
+        self.sequence_logprobs = {}
+        self.token_logprobs = None
+        self.final_logprobs = None
 
     def update(
         self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray
@@ -217,11 +245,14 @@ class BeamSearchDecoder:
         top, logs = self.memo(logits)
         sources: list[int] = []
         picked: list[int] = []
+        filed: list[tuple[tuple, int]] = []
         for i in range(n_audio):
             scores, origin = self._candidates(tokens, logits, top, logs, sum_logprobs, i)
             newly = self._select(scores, origin, sum_logprobs, sources, picked)
-            self._file_finished(self.finished[i], newly, tokens, origin)
+            filed += self._file_finished(self.finished[i], newly, tokens, origin)
         source = np.asarray(sources, dtype=np.int64)
+        if self.keep_logprobs:
+            self._keep_logprobs(logits, top, logs, source, np.asarray(picked, dtype=np.int64), filed)
         tokens = np.concatenate([tokens[source], np.asarray(picked, dtype=np.int64)[:, None]], axis=-1)
         completed = all(len(done) >= self.max_candidates for done in self.finished)
         return tokens, completed, source
@@ -273,13 +304,30 @@ class BeamSearchDecoder:
                 break
         return finished
 
-    def _file_finished(self, done: dict, newly: dict, tokens: np.ndarray, origin: dict) -> None:
-        """Add newly finished sequences best first until ``max_candidates`` are held."""
+    def _file_finished(self, done: dict, newly: dict, tokens: np.ndarray, origin: dict) -> list:
+        """Add newly finished sequences best first until ``max_candidates`` are held; returns
+        the ``(key, source row)`` of those added."""
+        filed = []
         for key in sorted(newly, key=newly.get, reverse=True):
             if len(done) >= self.max_candidates:
                 break
             done[key] = newly[key]
             self.sequences[key] = np.append(tokens[origin[key]], np.int64(self.eot))
+            filed.append((key, origin[key]))
+        return filed
+
+    def _keep_logprobs(self, logits, top, logs, source: np.ndarray, picked: np.ndarray, filed: list) -> None:
+        """Each kept beam's history (its source row's) plus its new token's log-probability,
+        and each newly finished sequence's history plus its EOT's: the values its candidate
+        score was summed from (the same float32 ``(logit - max) - log_sum`` as
+        ``_candidates``' row, taken at one index)."""
+        with np.errstate(invalid="ignore"):
+            for key, row in filed:
+                eot = (logits[row, self.eot] - top[row]) - logs[row]
+                before = self.token_logprobs[row] if self.token_logprobs is not None else np.zeros(0, F32)
+                self.sequence_logprobs[key] = np.append(before, eot).astype(F32)
+            added = (logits[source, picked] - top[source]) - logs[source]
+        self.token_logprobs = _appended(self.token_logprobs, added, source)
 
     def finalize(self, preceding_tokens: np.ndarray, sum_logprobs: np.ndarray) -> tuple[list, list]:
         """The finished sequences of each audio (i64 arrays ending in EOT) and their scores;
@@ -295,10 +343,26 @@ class BeamSearchDecoder:
                 key = (row.tobytes(), self.eot)
                 done[key] = float(sum_logprobs[i][j])
                 self.sequences[key] = np.append(row, np.int64(self.eot))
+                if self.keep_logprobs:  # closed here: nothing added for its EOT
+                    kept = (
+                        self.token_logprobs[i * self.beam_size + j] if self.token_logprobs is not None else []
+                    )
+                    self.sequence_logprobs[key] = np.append(np.asarray(kept, F32), F32(0.0))
                 if len(done) >= self.beam_size:
                     break
         tokens = [[self.sequences[key] for key in done] for done in finished]
+        if self.keep_logprobs:
+            self.final_logprobs = [[self.sequence_logprobs[key] for key in done] for done in finished]
         return tokens, [list(done.values()) for done in finished]
+
+
+def _appended(kept: np.ndarray | None, added: np.ndarray, source: np.ndarray | None) -> np.ndarray:
+    """``kept`` f32[rows, steps] (None: no step yet) with its rows taken from ``source`` (None:
+    in place), then ``added`` f32[rows] as one more step."""
+    added = np.asarray(added, dtype=F32)[:, None]
+    if kept is None:
+        return added
+    return np.concatenate([kept if source is None else kept[source], added], axis=1)
 
 
 class MaximumLikelihoodRanker:

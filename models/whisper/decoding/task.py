@@ -8,11 +8,18 @@ prompt once per audio (``prefill`` up to the SOT token, whose logits give the no
 probability, then ``step`` over the rest), one ``step`` per sampled token for every row, and
 ``reorder`` where beam search moves rows. Everything between steps is NumPy on float32, as
 openai's is on torch float32.
+
+Two additions of kvgraph's, both off by default (and then the results are openai's as
+before): ``token_logprobs=True`` carries each chosen token's log-probability (the value the
+decoder adds into the candidate's score) into :attr:`DecodingResult.token_logprobs`, and
+``on_tokens`` shows a lone greedy row's tokens after every step, so that a caller can act on
+text that no later step can change (the long-form loop's early segments).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -73,9 +80,24 @@ class DecodingTask:
     """Decodes windows of audio features with ``options`` (see the module docstring).
 
     ``rng``: the NumPy generator sampling draws from at T > 0 (each stream owns one);
-    ``timings``: the counters the backend's calls add to."""
+    ``timings``: the counters the backend's calls add to; ``token_logprobs``: keep each
+    chosen token's log-probability (:attr:`DecodingResult.token_logprobs`); ``on_tokens``:
+    called after every step with ``(tokens, no_speech_prob, logprobs)`` of the decode's only
+    row: its sampled tokens so far (a list, until and without the end of text), the window's
+    no-speech probability, and the tokens' log-probabilities (a list, or None without
+    ``token_logprobs``). It needs one greedy row (no beam search, no ``best_of`` > 1, one
+    audio): then those tokens are the result's, whatever comes after them."""
 
-    def __init__(self, backend, options: DecodingOptions, *, rng=None, timings: DecodeTimings | None = None):
+    def __init__(
+        self,
+        backend,
+        options: DecodingOptions,
+        *,
+        rng=None,
+        timings: DecodeTimings | None = None,
+        token_logprobs: bool = False,
+        on_tokens: Callable[[list, float, list | None], None] | None = None,
+    ):
         self.backend, self.dims = backend, backend.dims
         self.options = options.check()
         self.timings = timings if timings is not None else DecodeTimings()
@@ -91,11 +113,20 @@ class DecodingTask:
         self.sample_begin = len(self.initial_tokens)
         self.sot_index = self.initial_tokens.index(tok.sot)
         self.ranker = MaximumLikelihoodRanker(options.length_penalty)
+        self.token_logprobs = token_logprobs
         if options.beam_size is not None:
-            self.decoder = BeamSearchDecoder(options.beam_size, tok.eot, options.patience)
+            self.decoder = BeamSearchDecoder(
+                options.beam_size, tok.eot, options.patience, keep_logprobs=token_logprobs
+            )
         else:
             rng = rng if rng is not None else np.random.default_rng()
-            self.decoder = GreedyDecoder(options.temperature, tok.eot, rng)
+            self.decoder = GreedyDecoder(options.temperature, tok.eot, rng, keep_logprobs=token_logprobs)
+        if on_tokens is not None and (options.beam_size is not None or self.n_group != 1):
+            raise ValueError(
+                "DecodingTask: on_tokens needs one greedy row per audio "
+                f"(beam_size={options.beam_size}, best_of={options.best_of})"
+            )
+        self.on_tokens = on_tokens
         self.filters = self._filters()
 
     # ------------------------------------------------------------------ set-up
@@ -143,6 +174,8 @@ class DecodingTask:
         self.timings.decode_calls += 1
         self.decoder.reset()
         n_audio = audio_features.shape[0]
+        if self.on_tokens is not None and n_audio != 1:
+            raise ValueError(f"DecodingTask: on_tokens follows one audio's row, got {n_audio} audios")
         tokens = np.tile(np.asarray(self.initial_tokens, dtype=np.int64), (n_audio, 1))
         languages, language_probs = self._languages(audio_features, tokens)
         if self.options.task == "lang_id":
@@ -185,9 +218,20 @@ class DecodingTask:
             tokens, completed, source = self.decoder.update(tokens, logits, sum_logprobs)
             if source is not None and not np.array_equal(source, np.arange(len(source))):
                 state = self.timed.reorder(state, np.asarray(source, dtype=np.int64))
+            if self.on_tokens is not None and tokens[0, -1] != self.tokenizer.eot:
+                self._show_progress(tokens, no_speech[0])
             if completed or tokens.shape[-1] > self.n_ctx:
                 break
         return tokens, sum_logprobs, no_speech
+
+    def _show_progress(self, tokens: np.ndarray, no_speech_prob: float) -> None:
+        """``on_tokens`` with the only row's sampled tokens (and their log-probabilities)."""
+        kept = self.decoder.token_logprobs if self.token_logprobs else None
+        self.on_tokens(
+            tokens[0, self.sample_begin :].tolist(),
+            no_speech_prob,
+            None if kept is None else kept[0].tolist(),
+        )
 
     def _prompt(self, audio_features: np.ndarray, tokens: np.ndarray):
         """The initial tokens of every row: ``(logits f32[rows, vocab] of the last position,
@@ -212,12 +256,22 @@ class DecodingTask:
         tokens = tokens.reshape(n_audio, self.n_group, -1)
         sum_logprobs = sum_logprobs.reshape(n_audio, self.n_group)
         candidates, scores = self.decoder.finalize(tokens, sum_logprobs)
-        candidates = [[t[self.sample_begin : _first(t, tok.eot)] for t in group] for group in candidates]
+        ends = [[_first(t, tok.eot) for t in group] for group in candidates]
+        candidates = [[t[self.sample_begin : e] for t, e in zip(g, es)] for g, es in zip(candidates, ends)]
         chosen = self.ranker.rank(candidates, scores)
         picked = [[int(x) for x in group[i]] for i, group in zip(chosen, candidates)]
         logprobs = [float(group[i]) for i, group in zip(chosen, scores)]
+        per_token = [None] * n_audio
+        if self.token_logprobs:  # the chosen candidate's, its end of text included
+            kept = self.decoder.final_logprobs
+            per_token = [
+                [float(x) for x in kept[a][i][: ends[a][i] - self.sample_begin + 1]]
+                for a, i in enumerate(chosen)
+            ]
         out = []
-        for features, language, toks, lp, ns in zip(audio_features, languages, picked, logprobs, no_speech):
+        for features, language, toks, lp, ns, lps in zip(
+            audio_features, languages, picked, logprobs, no_speech, per_token
+        ):
             text = tok.decode(toks).strip()
             out.append(
                 DecodingResult(
@@ -229,6 +283,7 @@ class DecodingTask:
                     no_speech_prob=ns,
                     temperature=self.options.temperature,
                     compression_ratio=compression_ratio(text),
+                    token_logprobs=lps,
                 )
             )
         return out

@@ -8,6 +8,11 @@ window starts; with word timestamps the alignment pass times every word and may 
 start, and the hallucination checks may skip silence. openai-whisper's ``transcribe.py`` is
 the map of every rule here (this is kvgraph's code), so a deterministic setting (T = 0)
 gives openai's segments token for token.
+
+Two additions for streaming consumers, neither of which changes the result: ``on_segment``
+hears each segment once it is final, early (before its window's decode ends) when no later
+rule can replace it (:class:`EarlySegments`); ``token_logprobs=True`` adds each segment's
+tokens' log-probabilities (``seg["token_logprobs"]``, aligned with ``seg["tokens"]``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,10 +58,17 @@ class Settings:
     append_punctuations: str = APPEND_PUNCTUATIONS
     clip_timestamps: str | list[float] = "0"
     hallucination_silence_threshold: float | None = None
+    token_logprobs: bool = False  # kvgraph's: seg["token_logprobs"] beside seg["tokens"]
 
 
 def transcribe(
-    backend, audio, *, seed: int | None = None, timings: DecodeTimings | None = None, **options
+    backend,
+    audio,
+    *,
+    seed: int | None = None,
+    timings: DecodeTimings | None = None,
+    on_segment: Callable[[dict], None] | None = None,
+    **options,
 ) -> dict:
     """Transcribe ``audio`` (a path, or float32 16 kHz mono samples) on ``backend``.
 
@@ -65,8 +78,21 @@ def transcribe(
     ``hallucination_silence_threshold``) and its ``DecodingOptions`` (``language``, ``task``,
     ``beam_size``, ``best_of``, ``patience``, ``length_penalty``, ``prefix``,
     ``suppress_tokens``, ``without_timestamps``, ...). ``seed``: the sampling generator's
-    seed at T > 0 (draws are reproducible under it). Returns ``{"text", "segments",
-    "language", "timings"}``."""
+    seed at T > 0 (draws are reproducible under it). ``on_segment``: called with each
+    segment as soon as it is final (in order, from the thread that transcribes; a streaming
+    consumer's hook): at the end of its window's decode, or during it when the decode cannot
+    be replaced (:class:`EarlySegments`; such a segment's ``avg_logprob`` and
+    ``compression_ratio`` are None, the window's being unknown yet). ``token_logprobs=True``:
+    each segment also carries ``token_logprobs``, its tokens' log-probabilities (aligned with
+    ``tokens``); off, the segments are openai's keys alone. ``vad_filter=True`` (with
+    ``vad_parameters``, a dict of :class:`models.whisper.vad.speech.VadOptions` fields, and
+    ``vad_model``, an ONNX file): only the speech that Silero VAD finds is transcribed, its
+    times mapped back to the recording's (faster-whisper's options). Returns ``{"text",
+    "segments", "language", "timings"}``."""
+    if options.get("vad_filter"):
+        return _speech_only(backend, audio, seed, on_segment, options)
+    for key in ("vad_filter", "vad_parameters", "vad_model"):  # off: faster-whisper ignores them
+        options.pop(key, None)
     own = {k: options.pop(k) for k in list(options) if k in Settings.__dataclass_fields__}
     if own.get("word_timestamps") and not hasattr(backend, "alignment"):
         raise ValueError(
@@ -78,10 +104,27 @@ def transcribe(
     t0 = time.perf_counter()
     mel = _windows(audio, backend.dims.n_mels)
     run = LongForm(backend, mel, Settings(**own), options, np.random.default_rng(seed), timings)
+    run.on_segment = on_segment
     result = run.transcribe()
     timings.total_s = time.perf_counter() - t0
     result["timings"] = timings.as_dict()
     return result
+
+
+def _speech_only(backend, audio, seed, on_segment, options: dict) -> dict:
+    """``vad_filter=True``: the speech the detector finds, chunk by chunk, each chunk a
+    transcription of its own (:mod:`models.whisper.vad.run`)."""
+    from models.whisper.vad.run import chunk_options, transcribe_speech, vad_request
+
+    request = vad_request(options)
+
+    def chunk(samples, i: int, hook):
+        return transcribe(backend, samples, on_segment=hook, **chunk_options(options, seed, i))
+
+    language = options.get("language") or (None if is_multilingual(backend.dims) else "en")
+    return transcribe_speech(
+        audio, chunk, request, language=language, verbose=options.get("verbose"), on_segment=on_segment
+    )
 
 
 def _windows(audio, n_mels: int) -> MelWindows:
@@ -100,6 +143,7 @@ class LongForm:
         self.backend, self.mel, self.s = backend, mel, settings
         self.options = dict(decode_options)
         self.rng, self.timings = rng, timings
+        self.on_segment: Callable[[dict], None] | None = None
         self.timed = TimedBackend(backend, timings)
         self._last: tuple[np.ndarray, np.ndarray] | None = None  # (mel, features) last encoded
         self.language = self._language()
@@ -171,7 +215,8 @@ class LongForm:
         segment_size = min(N_FRAMES, self.mel.content_frames - seek, clip_end - seek)
         time_offset = float(seek * HOP_LENGTH / SAMPLE_RATE)
         features = self.encode(self.mel.window(seek, segment_size))
-        result = self.decode_with_fallback(features)
+        early = EarlySegments(self, seek, time_offset) if self.early_ok() else None
+        result = self.decode_with_fallback(features, early)
         if self.is_silent(result):
             return seek + segment_size  # fast-forward to the next window
         tokens = result.tokens
@@ -187,16 +232,36 @@ class LongForm:
         if self.s.verbose:
             for seg in current:
                 _print_safe(f"[{_timestamp(seg['start'])} --> {_timestamp(seg['end'])}] {seg['text']}")
-        self.keep(current, result)
+        self.keep(current, result, early.sent if early is not None else 0)
         if bar is not None:
             bar.update(min(self.mel.content_frames, next_seek) - seek)
         return next_seek
 
-    def decode_with_fallback(self, features: np.ndarray) -> DecodingResult:
-        """The window decoded at the first temperature whose result passes the checks (or the
-        last temperature's result)."""
+    def temperatures(self) -> list[float]:
+        """The temperatures a window may be decoded at, in order (the fallback schedule)."""
         temps = self.s.temperature
-        temps = [temps] if isinstance(temps, (int, float)) else list(temps)
+        return [temps] if isinstance(temps, (int, float)) else list(temps)
+
+    def early_ok(self) -> bool:
+        """Whether a window's segments can be final before its decode ends: someone listens,
+        the first decode is the one kept (one temperature, or no threshold to fall back on),
+        it is one greedy row (no beam search, no ``best_of`` > 1: its tokens are the
+        result's), and no word timing moves or drops segments afterwards. The no-speech
+        check is the one condition left, known after the decode's first step."""
+        s, temps = self.s, self.temperatures()
+        if self.on_segment is None or not temps or s.word_timestamps:
+            return False
+        if len(temps) > 1 and (s.compression_ratio_threshold is not None or s.logprob_threshold is not None):
+            return False
+        group = self.options.get("beam_size") if temps[0] == 0 else self.options.get("best_of")
+        return group is None or (temps[0] > 0 and group == 1)
+
+    def decode_with_fallback(
+        self, features: np.ndarray, early: EarlySegments | None = None
+    ) -> DecodingResult:
+        """The window decoded at the first temperature whose result passes the checks (or the
+        last temperature's result); ``early`` follows the first decode's tokens."""
+        temps = self.temperatures()
         result = None
         for t in temps:
             kwargs = {**self.options, "prompt": self.prompt()}
@@ -206,7 +271,12 @@ class LongForm:
             else:
                 kwargs.pop("best_of", None)
             task = DecodingTask(
-                self.backend, DecodingOptions(**kwargs, temperature=t), rng=self.rng, timings=self.timings
+                self.backend,
+                DecodingOptions(**kwargs, temperature=t),
+                rng=self.rng,
+                timings=self.timings,
+                token_logprobs=self.s.token_logprobs,
+                on_tokens=early if t == temps[0] else None,
             )
             result = task.run(features)[0]
             if not self.needs_fallback(result):
@@ -250,16 +320,16 @@ class LongForm:
         is_ts = [t >= begin for t in tokens]
         single_ending = is_ts[-2:] == [False, True]
         cuts = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]
+        lps = result.token_logprobs or []
         segments = []
         if cuts:
             if single_ending:
                 cuts.append(len(tokens))
             last = 0
             for cut in cuts:
-                piece = tokens[last:cut]
-                start = time_offset + (piece[0] - begin) * self.time_precision
-                end = time_offset + (piece[-1] - begin) * self.time_precision
-                segments.append(self.new_segment(seek, start, end, piece, result))
+                segments.append(
+                    self.closed_segment(seek, time_offset, tokens[last:cut], result, lps[last:cut])
+                )
                 last = cut
             if single_ending:
                 return segments, seek + segment_size, True
@@ -268,12 +338,22 @@ class LongForm:
         stamps = [t for t, ts in zip(tokens, is_ts) if ts]
         if stamps and stamps[-1] != begin:  # no pair, but a last timestamp: the text ends there
             duration = (stamps[-1] - begin) * self.time_precision
-        segments.append(self.new_segment(seek, time_offset, time_offset + duration, tokens, result))
+        piece = self.new_segment(seek, time_offset, time_offset + duration, tokens, result, lps)
+        segments.append(piece)
         return segments, seek + segment_size, single_ending
 
-    def new_segment(self, seek: int, start: float, end: float, tokens: list[int], r: DecodingResult) -> dict:
+    def closed_segment(self, seek: int, time_offset: float, piece: list[int], r, logprobs) -> dict:
+        """The segment of ``piece``, tokens between two cuts (it starts and ends with a
+        timestamp token, which give its times)."""
+        begin = self.tokenizer.timestamp_begin
+        start = time_offset + (piece[0] - begin) * self.time_precision
+        end = time_offset + (piece[-1] - begin) * self.time_precision
+        return self.new_segment(seek, start, end, piece, r, logprobs)
+
+    def new_segment(self, seek: int, start: float, end: float, tokens: list[int], r, logprobs=()) -> dict:
+        """openai's segment dict (``token_logprobs`` added when asked: ``logprobs[:len(tokens)]``)."""
         text_tokens = [t for t in tokens if t < self.tokenizer.eot]
-        return {
+        seg = {
             "seek": seek,
             "start": start,
             "end": end,
@@ -284,14 +364,21 @@ class LongForm:
             "compression_ratio": r.compression_ratio,
             "no_speech_prob": r.no_speech_prob,
         }
+        if self.s.token_logprobs:
+            seg["token_logprobs"] = [float(x) for x in logprobs[: len(tokens)]]
+        return seg
 
-    def keep(self, current: list[dict], result: DecodingResult) -> None:
+    def keep(self, current: list[dict], result: DecodingResult, sent_early: int = 0) -> None:
         """Add the window's segments (an instantaneous or empty one cleared) to the result, and
-        their tokens to the next windows' prompt (reset after a high temperature)."""
+        their tokens to the next windows' prompt (reset after a high temperature); those after
+        the first ``sent_early`` (which :class:`EarlySegments` sent) go to ``on_segment``."""
         for seg in current:
-            if seg["start"] == seg["end"] or seg["text"].strip() == "":
-                seg["text"], seg["tokens"], seg["words"] = "", [], []
-        self.segments.extend({"id": i, **seg} for i, seg in enumerate(current, start=len(self.segments)))
+            clear_if_empty(seg)
+        first = len(self.segments)
+        self.segments.extend({"id": i, **seg} for i, seg in enumerate(current, start=first))
+        if self.on_segment is not None:
+            for seg in self.segments[first + sent_early :]:
+                self.on_segment(seg)
         self.all_tokens.extend(t for seg in current for t in seg["tokens"])
         if not self.s.condition_on_previous_text or result.temperature > 0.5:
             self.prompt_reset_since = len(self.all_tokens)
@@ -381,7 +468,58 @@ class LongForm:
         return next_seek
 
 
+class EarlySegments:
+    """A window's segments handed to ``on_segment`` while it is being decoded
+    (``DecodingTask``'s ``on_tokens`` hook), for a decode that :meth:`LongForm.early_ok`
+    found cannot be replaced. A segment goes out when a pair of consecutive timestamp tokens
+    closes it (openai's rule: every piece before the window's last such pair is kept, cut
+    exactly there) and the window cannot be skipped as silence (its no-speech probability,
+    known from the first step, is not above the threshold). What it sends equals the
+    segments that :meth:`LongForm.keep` adds later (which then sends only the rest), but for
+    ``avg_logprob`` and ``compression_ratio``, unknown until the decode ends: None here."""
+
+    def __init__(self, loop: LongForm, seek: int, time_offset: float):
+        self.loop, self.seek, self.time_offset = loop, seek, time_offset
+        self.sent = 0  # segments handed out
+        self.cut = 0  # tokens they cover
+
+    def __call__(self, tokens: list[int], no_speech_prob: float, logprobs: list[float] | None) -> None:
+        loop = self.loop
+        begin = loop.tokenizer.timestamp_begin
+        if len(tokens) < 2 or tokens[-1] < begin or tokens[-2] < begin:
+            return
+        threshold = loop.s.no_speech_threshold
+        if threshold is not None and no_speech_prob > threshold:
+            return  # the window may yet be skipped as silence
+        cut = len(tokens) - 1
+        result = DecodingResult(
+            audio_features=None,
+            language=loop.language,
+            avg_logprob=None,
+            no_speech_prob=no_speech_prob,
+            temperature=loop.temperatures()[0],
+            compression_ratio=None,
+        )
+        piece = tokens[self.cut : cut]
+        seg = loop.closed_segment(
+            self.seek, self.time_offset, piece, result, (logprobs or [])[self.cut : cut]
+        )
+        clear_if_empty(seg)
+        seg = {"id": len(loop.segments) + self.sent, **seg}
+        self.sent, self.cut = self.sent + 1, cut
+        loop.on_segment(seg)
+
+
 # ---------------------------------------------------------------------- helpers
+
+
+def clear_if_empty(seg: dict) -> None:
+    """openai's rule for a kept segment that is instantaneous or has no text: no text, no
+    tokens, no words (no log-probabilities)."""
+    if seg["start"] == seg["end"] or seg["text"].strip() == "":
+        seg["text"], seg["tokens"], seg["words"] = "", [], []
+        if "token_logprobs" in seg:
+            seg["token_logprobs"] = []
 
 
 def seek_clips(clip_timestamps, content_frames: int) -> list[tuple[int, int]]:

@@ -51,17 +51,25 @@ DECODE_OPTIONS = (
 )
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except a ``None`` one (an option that is off unless given)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """``kvgraph transcribe``'s options: openai-whisper's ``whisper`` command's, both spellings."""
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Transcribe audio files with Whisper on MAX (kvgraph; openai-whisper's options and results).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelp,
     )
     _add_files(p)
     _add_decoding(p)
     _add_fallback(p)
     _add_words(p)
+    _add_vad(p)
     return p
 
 
@@ -315,6 +323,76 @@ def _add_words(p: argparse.ArgumentParser) -> None:
     )
 
 
+#: ``--vad_*`` option -> (VadOptions field, type, faster-whisper's default for the help)
+VAD_PARAMETERS = {
+    "threshold": (float, "0.5", "speech probability at or above which a 32 ms window is speech"),
+    "neg_threshold": (float, "threshold - 0.15", "probability below which speech ends"),
+    "min_speech_duration_ms": (int, "0", "drop speech regions shorter than this"),
+    "max_speech_duration_s": (float, "inf", "split speech regions longer than this"),
+    "min_silence_duration_ms": (int, "2000", "silence that ends a speech region"),
+    "speech_pad_ms": (int, "400", "audio kept on each side of a speech region"),
+}
+
+
+def _add_vad(p: argparse.ArgumentParser) -> None:
+    """Voice activity detection (faster-whisper's ``vad_filter`` and ``vad_parameters``)."""
+    g = p.add_argument_group(
+        "voice activity detection",
+        "transcribe only the speech Silero VAD finds (times stay the recording's); needs the 'vad' extra",
+    )
+    g.add_argument(
+        "--vad",
+        "--vad_filter",
+        "--vad-filter",
+        dest="vad_filter",
+        nargs="?",
+        const=True,
+        default=False,
+        type=str2bool,
+        help="skip silence and noise with Silero VAD (--vad, or --vad_filter True)",
+    )
+    for name, (kind, default, text) in VAD_PARAMETERS.items():
+        g.add_argument(
+            f"--vad_{name}",
+            f"--vad-{name.replace('_', '-')}",
+            dest=f"vad_{name}",
+            type=kind,
+            default=None,
+            help=f"{text} (default: {default}, faster-whisper's)",
+        )
+    g.add_argument(
+        "--vad_model",
+        "--vad-model",
+        dest="vad_model",
+        default=None,
+        help="a Silero VAD ONNX file (default: the one the silero-vad package installs)",
+    )
+
+
+def vad_options(args) -> dict:
+    """``transcribe``'s VAD keywords from the parsed options ({} when --vad is off; a
+    ``--vad_*`` option without --vad is a usage error the caller reports)."""
+    params = {k: getattr(args, f"vad_{k}") for k in VAD_PARAMETERS if getattr(args, f"vad_{k}") is not None}
+    if not args.vad_filter:
+        return {}
+    out: dict = {"vad_filter": True}
+    if params:
+        out["vad_parameters"] = params
+    if args.vad_model is not None:
+        out["vad_model"] = args.vad_model
+    return out
+
+
+def check_vad_options(args) -> str | None:
+    """A usage error's message when a ``--vad_*`` option is given without ``--vad``."""
+    if args.vad_filter:
+        return None
+    for k in (*VAD_PARAMETERS, "model"):
+        if getattr(args, f"vad_{k}") is not None:
+            return f"--vad_{k} requires --vad"
+    return None
+
+
 def normalize_language(parser: argparse.ArgumentParser, language: str | None) -> str | None:
     if language is None or language == "None":
         return None
@@ -379,4 +457,5 @@ def decoding_options(args, language: str | None, progress: bool) -> dict:
     options = {k: getattr(args, k) for k in DECODE_OPTIONS}  # whisper.transcribe's own names
     # verbose=False: openai's tqdm progress bar
     options.update(temperature=temperatures(args), language=language, verbose=False if progress else None)
+    options.update(vad_options(args))
     return options

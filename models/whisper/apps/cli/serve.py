@@ -5,6 +5,7 @@ framework): the server's imports happen once the arguments are parsed."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -13,6 +14,9 @@ from models.whisper.apps.errors import USER_ERRORS, one_line
 from models.whisper.apps.server.app import PROG
 from models.whisper.apps.server.protocol import DEFAULT_MAX_UPLOAD_MB, ServedModel
 from models.whisper.engine.protocol import DEFAULT_BATCH, DEFAULT_MAX_QUEUE
+
+#: the environment variable holding the API key (what ``--api-key`` defaults to)
+API_KEY_ENV = "KVGRAPH_API_KEY"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="upload size limit in MiB; larger requests are answered 413",
     )
     add(
+        "--api-key",
+        "--api_key",
+        dest="api_key",
+        default=argparse.SUPPRESS,
+        metavar="KEY",
+        help=f"require 'Authorization: Bearer KEY' (OpenAI clients' api_key) on every route but "
+        f"/health (default: ${API_KEY_ENV} if set, else no key; prefer the variable: a command "
+        "line is visible to other users of the machine)",
+    )
+    add(
         "--log-level",
         "--log_level",
         dest="log_level",
@@ -60,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="uvicorn's log level (info: one access line per request)",
     )
     return p
+
+
+def api_key_of(args, parser: argparse.ArgumentParser) -> str | None:
+    """``--api-key``, else ``$KVGRAPH_API_KEY`` (empty: unset), else None; an empty or
+    space-padded ``--api-key`` is a usage error."""
+    key = getattr(args, "api_key", None)
+    if key is None:
+        return os.environ.get(API_KEY_ENV, "").strip() or None
+    if not key or key != key.strip():
+        parser.error("argument --api-key: must be non-empty, without surrounding spaces")
+    return key
 
 
 def _default_load_model(name: str):
@@ -88,6 +113,7 @@ def main(
             parser.error("argument --max-upload-mb: must be positive")
         if not 0 <= args.port <= 65535:
             parser.error("argument --port: must be in 0..65535")
+        api_key = api_key_of(args, parser)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     try:
@@ -128,6 +154,7 @@ def main(
             port=args.port,
             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
             log_level=args.log_level,
+            api_key=api_key,
         )
     except OSError as e:  # address in use, permission denied
         print(f"kvgraph: error: cannot listen on {args.host}:{args.port}: {one_line(e)}", file=sys.stderr)

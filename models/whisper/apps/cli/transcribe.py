@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from models.whisper.apps.cli.options import (
     PROG,
     build_parser,
+    check_vad_options,
     check_word_options,
     decoding_options,
     normalize_language,
@@ -69,15 +70,20 @@ def main(
         language = normalize_language(parser, args.language)
     except SystemExit as e:  # --help (0) and usage errors (2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    problem = check_word_options(args)
+    problem = check_word_options(args) or check_vad_options(args)
     if problem:
         return usage_error(parser, problem)
     progress = (args.verbose or sys.stderr.isatty()) and not args.no_progress
     decode_options = decoding_options(args, language, progress)
     writer_args = {k: getattr(args, k) for k in WORD_OPTIONS}
-    batch_size = args.batch_size if args.batch_size is not None else min(DEFAULT_BATCH, len(args.audio))
+    # --vad: a file's speech chunks decode together, as separate streams of the batching engine
+    batch_size = args.batch_size
+    if batch_size is None:
+        batch_size = DEFAULT_BATCH if args.vad_filter else min(DEFAULT_BATCH, len(args.audio))
     if batch_size < 1:
         return usage_error(parser, f"--batch-size must be >= 1, got {batch_size}")
+    if decode_options.get("vad_filter") and not _vad_ready(decode_options.get("vad_model")):
+        return 1
     try:
         os.makedirs(args.output_dir, exist_ok=True)
     except OSError as e:
@@ -94,7 +100,7 @@ def main(
         from models.whisper.engine.batched import batchable
 
         totals = DecodeTimings().as_dict()
-        several = len(args.audio) > 1
+        several = len(args.audio) > 1 or args.vad_filter
         if batch_size > 1 and several and batchable(backend):
             failed = _transcribe_batched(
                 args, backend, batch_size, decode_options, writer_args, progress, totals
@@ -115,6 +121,19 @@ def main(
         wall = time.perf_counter() - wall0
         print(_format_timings(load_s, compile_s, totals, wall), file=sys.stderr, flush=True)
     return 1 if failed else 0
+
+
+def _vad_ready(path: str | None) -> bool:
+    """Loads the voice-activity detector once, before any file (a model that fails to load is
+    one error naming it, not one per file)."""
+    try:
+        from models.whisper.vad.run import vad_model
+
+        vad_model(path)
+    except (ValueError, ImportError, OSError) as e:
+        error(f"--vad: {one_line(e)}")
+        return False
+    return True
 
 
 def _default_load_backend(model_name: str, kv_cache: bool):
@@ -216,7 +235,8 @@ def _transcribe_batched(args, backend, batch_size, decode_options, writer_args, 
                 traceback.print_exception(e)
                 failed, lines[i] = True, (True, f"{path}: {type(e).__name__}: {one_line(e, path)}")
             else:
-                lines[i] = (False, f"{path}: {result['text'].strip()}")
+                text = result["text"].strip()
+                lines[i] = (False, f"{path}: {text}" if len(args.audio) > 1 else text)
                 for k, v in result.get("timings", {}).items():
                     totals[k] = totals.get(k, 0) + v
             bar.done(i, not lines[i][0])

@@ -1,7 +1,8 @@
 """``kvgraph serve``: an OpenAI-compatible transcription server for Whisper on MAX.
 
     kvgraph serve [--model tiny.en|base|PATH] [--host 127.0.0.1] [--port 8000]
-        [--batch-size N] [--max-queue N] [--max-upload-mb MB] [--log-level LEVEL]
+        [--batch-size N] [--max-queue N] [--max-upload-mb MB] [--api-key KEY]
+        [--log-level LEVEL]
 
 Routes (shaped as OpenAI's audio API, so its clients work unchanged with
 ``base_url="http://HOST:PORT/v1"``):
@@ -11,9 +12,14 @@ Routes (shaped as OpenAI's audio API, so its clients work unchanged with
   ``initial_prompt``), ``response_format`` (``json`` | ``text`` | ``srt`` | ``vtt`` |
   ``verbose_json``), ``temperature`` (0 to 1; openai-whisper's fallback schedule from there, as
   ``kvgraph transcribe --temperature``), ``timestamp_granularities[]`` (``segment`` | ``word``;
-  with ``verbose_json``, as OpenAI requires).
-- ``POST /v1/audio/translations``: the same without ``timestamp_granularities[]``, task
-  ``translate`` (speech in any language to English text): multilingual models only.
+  with ``verbose_json``, as OpenAI requires), ``chunking_strategy`` (``auto`` or a
+  ``server_vad`` object: voice activity detection, :mod:`.chunking`), ``stream`` (``true``:
+  Server-Sent Events, a ``transcript.text.delta`` per segment as it is decoded, then
+  ``transcript.text.done``; :mod:`.events`), ``include[]=logprobs`` (with ``json``: each
+  text token's log-probability, on the deltas, the done event and the json answer).
+- ``POST /v1/audio/translations``: the same without ``timestamp_granularities[]``,
+  ``chunking_strategy`` and ``stream``, task ``translate`` (speech in any language to English
+  text): multilingual models only.
 - ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health``.
 
 The served model answers to its own name (``tiny.en``) and to ``whisper-1`` (the name OpenAI's
@@ -23,6 +29,11 @@ decoded (empty, truncated, not audio), 413 for a request body over the upload li
 the engine's queue is full, 404/405 for unknown routes; an internal failure is a 500 with the
 same JSON and no traceback (that goes to the server's log).
 
+With an API key (``--api-key``, ``KVGRAPH_API_KEY``, ``create_app(api_key=)``), every route
+but ``/health`` needs ``Authorization: Bearer KEY`` (what OpenAI's clients send; 401 otherwise,
+:mod:`.auth`). The server listens on loopback by default; listening beyond it without a key
+prints a one-line warning.
+
 Requests are decoded by a :class:`~models.whisper.engine.TranscriptionEngine`: ``submit(audio, **options)`` returns a
 ``concurrent.futures.Future`` of openai-whisper's result dict and raises ``queue.Full`` when
 its queue is full; ``close(wait)`` finishes what was submitted. :func:`make_engine` builds the
@@ -30,7 +41,8 @@ continuous-batching engine (:class:`models.whisper.engine.batched.BatchedTranscr
 decode together, up to ``--batch-size`` of them, 8 by default) and :class:`SequentialEngine` (one
 worker thread, one request at a time) with ``--batch-size 1`` or for a backend that cannot
 batch; :func:`create_app` and :func:`serve` take any engine. A
-client that disconnects while its request waits in the queue has the request cancelled.
+client that disconnects while its request waits in the queue has the request cancelled; one
+that hangs up in the middle of a stream has its transcription stopped at its next segment.
 Shutdown (Ctrl-C, SIGTERM) stops accepting connections, lets the requests in flight finish,
 then closes the engine.
 
@@ -46,7 +58,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from models.whisper.apps.server.protocol import DEFAULT_MAX_UPLOAD_MB, ApiError, ServedModel
+from models.whisper.apps.server.protocol import DEFAULT_MAX_UPLOAD_MB, ApiError, ServedModel, internal_error
 
 PROG = "kvgraph serve"
 
@@ -57,20 +69,28 @@ def create_app(
     *,
     max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024),
     close_engine: bool = True,
+    api_key: str | None = None,
 ):
     """The ASGI app (Starlette) answering OpenAI's audio routes with ``engine`` (a
     :class:`~models.whisper.engine.TranscriptionEngine`): the audio routes are
     :class:`~.serving.TranscriptionServing`'s, the model cards and ``/health`` here, every
     error OpenAI's JSON. ``max_upload_bytes`` bounds a request's body (larger: 413).
-    ``close_engine``: close the engine (waiting for its requests) when the app shuts down."""
+    ``close_engine``: close the engine (waiting for its requests) when the app shuts down.
+    ``api_key``: every route but ``/health`` needs ``Authorization: Bearer api_key`` (None:
+    open to whoever can connect)."""
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
+    from starlette.middleware import Middleware
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
+    from models.whisper.apps.server.auth import ApiKeyCheck
     from models.whisper.apps.server.serving import TranscriptionServing, log
+
+    if api_key is not None and not api_key:
+        raise ValueError("api_key: an empty key would let anyone in; give a key or None")
 
     serving = TranscriptionServing(engine, served, max_upload_bytes)
 
@@ -114,6 +134,9 @@ def create_app(
         ],
         exception_handlers=_error_handlers(log),
         lifespan=lifespan,
+        middleware=[]
+        if api_key is None
+        else [Middleware(ApiKeyCheck, api_key=api_key, drain_limit=serving.body_limit)],
     )
 
 
@@ -135,17 +158,11 @@ def _error_handlers(log) -> dict:
             ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code)
         )
 
-    async def internal_error(request, exc: Exception):
+    async def server_error(request, exc: Exception):
         log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(
-            ApiError(
-                500,
-                f"internal server error ({type(exc).__name__}); see the server's log",
-                code="internal_error",
-            )
-        )
+        return error_response(internal_error(exc))
 
-    return {ApiError: api_error, HTTPException: http_error, Exception: internal_error}
+    return {ApiError: api_error, HTTPException: http_error, Exception: server_error}
 
 
 # ----------------------------------------------------------------------------- running it
@@ -225,37 +242,45 @@ def serve(
     max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024),
     log_level: str = "info",
     announce: Callable[[str], None] | None = None,
+    api_key: str | None = None,
 ) -> None:
     """Serve ``engine`` on ``host:port`` until SIGINT / SIGTERM, then shut down gracefully
     (requests in flight finish; the engine is closed). ``announce(url)`` is called once the
-    socket listens (default: one line on stderr)."""
+    socket listens (default: one line on stderr). ``api_key``: see :func:`create_app`;
+    without one, a ``host`` beyond loopback gets a one-line warning on stderr."""
+    from models.whisper.apps.server.auth import exposure_warning
+
+    warning = exposure_warning(PROG, host, api_key)
+    if warning is not None:
+        print(warning, file=sys.stderr, flush=True)
     sock = bind(host, port)
-    url = url_of(sock)
-    app = create_app(engine, served, max_upload_bytes=max_upload_bytes)
-    server = _uvicorn_server(app, log_level)
-    (
-        announce
-        or (
-            lambda u: print(
-                f"{PROG}: {served.name} on {u}/v1 (POST /v1/audio/transcriptions; OpenAI clients: "
-                f"base_url={u}/v1); Ctrl-C stops",
-                file=sys.stderr,
-                flush=True,
-            )
-        )
-    )(url)
     # uvicorn shuts down gracefully on SIGINT / SIGTERM, then raises the signal again for the
     # process's own handler: a KeyboardInterrupt, or death by SIGTERM. Both are a clean stop here.
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+    previous = None
     try:
+        url = url_of(sock)
+        app = create_app(engine, served, max_upload_bytes=max_upload_bytes, api_key=api_key)
+        server = _uvicorn_server(app, log_level)
+        (announce or (lambda u: _announce(served, u, api_key)))(url)
+        previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
         server.run(sockets=[sock])
     except (KeyboardInterrupt, _Terminated):
         pass
     finally:
         sock.close()
-        if main_thread:
+        if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _announce(served: ServedModel, url: str, api_key: str | None) -> None:
+    access = "API key required" if api_key else "no API key"
+    print(
+        f"{PROG}: {served.name} on {url}/v1 (POST /v1/audio/transcriptions; OpenAI clients: "
+        f"base_url={url}/v1; {access}); Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 class _Terminated(Exception):

@@ -8,6 +8,8 @@ import math
 import time
 from typing import Any
 
+from models.whisper.apps.server.chunking import CHUNKING_PREFIX, ChunkingError, chunking_options
+
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("segment", "word")
 #: names every served model also answers to (OpenAI's examples say ``model="whisper-1"``)
@@ -43,6 +45,18 @@ def bad(message: str, param: str | None = None, code: str | None = "invalid_valu
     return ApiError(400, message, param=param, code=code)
 
 
+def refused(e: Exception) -> ApiError:
+    """The 400 for options or audio the decoder refused (its ValueError / TypeError)."""
+    return bad(" ".join(str(e).split()) or type(e).__name__, None, None)
+
+
+def internal_error(e: BaseException) -> ApiError:
+    """The 500 for a failure of the server's own (its traceback goes to the log only)."""
+    return ApiError(
+        500, f"internal server error ({type(e).__name__}); see the server's log", code="internal_error"
+    )
+
+
 #: fields read from the form; others are refused as OpenAI refuses them
 _TRANSCRIPTION_FIELDS = frozenset(
     {
@@ -55,9 +69,14 @@ _TRANSCRIPTION_FIELDS = frozenset(
         "timestamp_granularities[]",
         "timestamp_granularities",
         "stream",
+        "include[]",
+        "include",
+        "chunking_strategy",
     }
 )
 _TRANSLATION_FIELDS = frozenset({"file", "model", "prompt", "response_format", "temperature", "stream"})
+#: what ``stream=true`` answers in (the events carry the text only)
+STREAM_FORMATS = ("json", "text")
 
 
 def _one(form, name: str) -> str | None:
@@ -114,16 +133,15 @@ class TranscriptionRequest:
         self.task = task
         self.upload = _upload(form, task)
         _check_model(_one(form, "model"), served)
-        stream = _one(form, "stream")
-        if stream is not None and stream.strip().lower() not in ("false", "0", ""):
-            raise bad(
-                "streaming (stream=true) is not supported by this server", "stream", "unsupported_value"
-            )
         self.response_format = _response_format(_one(form, "response_format"))
+        self.stream = _stream(_one(form, "stream"), task, self.response_format)
+        self.logprobs = _logprobs(form, self.response_format)
         self.granularities = _granularities(form, self.response_format)
         language = _language_code(_one(form, "language")) if task == "transcribe" else None
         _check_language(language, task, served)
         options: dict[str, Any] = {"temperature": _temperatures(_one(form, "temperature"))}
+        if self.logprobs:
+            options["token_logprobs"] = True
         if task == "translate":
             options["task"] = "translate"
         if language is not None:
@@ -133,6 +151,11 @@ class TranscriptionRequest:
             options["initial_prompt"] = prompt
         if "word" in self.granularities:
             options["word_timestamps"] = True
+        if task == "transcribe":
+            try:
+                options.update(chunking_options(form))
+            except ChunkingError as e:
+                raise bad(str(e), "chunking_strategy") from None
         self.options = options
 
 
@@ -149,9 +172,48 @@ def _upload(form, task: str):
     if isinstance(files[0], str):
         raise bad("parameter 'file' must be a file upload (multipart/form-data)", "file")
     for key in form.keys():
-        if key not in allowed:
+        if key not in allowed and not (task == "transcribe" and key.startswith(CHUNKING_PREFIX)):
             raise bad(f"unrecognized request argument supplied: {key}", key, "unknown_parameter")
     return files[0]
+
+
+def _stream(value: str | None, task: str, fmt: str) -> bool:
+    """``stream``: true (Server-Sent Events: ``transcript.text.delta`` per segment, then
+    ``transcript.text.done``) for transcriptions in ``json`` or ``text``; translations do not
+    stream (OpenAI's translations take no ``stream``)."""
+    flag = (value or "").strip().lower()
+    if flag in ("", "false", "0"):
+        return False
+    if flag not in ("true", "1"):
+        raise bad(f"stream must be true or false, got {value!r}", "stream")
+    if task != "transcribe":
+        raise bad(
+            "streaming (stream=true) is answered on /v1/audio/transcriptions only",
+            "stream",
+            "unsupported_value",
+        )
+    if fmt not in STREAM_FORMATS:
+        raise bad(
+            f"stream=true sends transcript.text events: response_format must be json or text, got {fmt!r}",
+            "response_format",
+            "unsupported_value",
+        )
+    return True
+
+
+def _logprobs(form, fmt: str) -> bool:
+    """``include[]``: OpenAI's only value is ``logprobs`` (each text token's log-probability,
+    on the stream's events and beside the ``json`` answer's text), which OpenAI answers with
+    ``response_format=json`` only; True when asked."""
+    values = form.getlist("include[]") + form.getlist("include")
+    for value in values:
+        if value != "logprobs":
+            raise bad(f"include[] may only be 'logprobs', got {value!r}", "include")
+    if values and fmt != "json":
+        raise bad(
+            f"include[]=logprobs needs response_format=json, got {fmt!r}", "include", "unsupported_value"
+        )
+    return bool(values)
 
 
 def _check_model(model: str | None, served: ServedModel) -> None:
@@ -244,13 +306,17 @@ def _json_safe(value):
     return value
 
 
-def response_body(result: dict, params: TranscriptionRequest, duration: float):
-    """``(body, media_type)`` for ``result`` in the request's ``response_format``."""
+def response_body(result: dict, params: TranscriptionRequest, duration: float, logprobs=None):
+    """``(body, media_type)`` for ``result`` in the request's ``response_format``;
+    ``logprobs``: the ``json`` answer's list when ``include[]=logprobs`` asked for it."""
     text = result.get("text", "").strip()
     fmt = params.response_format
     usage = {"type": "duration", "seconds": math.ceil(duration)}
     if fmt == "json":
-        return {"text": text, "usage": usage}, None
+        body = {"text": text, "usage": usage}
+        if logprobs is not None:
+            body["logprobs"] = logprobs
+        return body, None
     if fmt == "text":
         return text + "\n", "text/plain; charset=utf-8"
     if fmt in ("srt", "vtt"):

@@ -1,6 +1,8 @@
 """A request through the engine: the body read within its limit, the form checked
 (:mod:`.protocol`), the audio decoded, the engine's future awaited (cancelled when the client
-goes away), the result in the asked format. Starlette is imported on first use."""
+goes away), the result in the asked format; with ``stream=true``, the segments sent as
+OpenAI's ``transcript.text`` events as they are decoded (:mod:`.streaming`, :mod:`.events`).
+Starlette is imported on first use."""
 
 from __future__ import annotations
 
@@ -10,13 +12,26 @@ import queue
 import time
 from concurrent.futures import Future
 
+from models.whisper.apps.server.events import (
+    HEADERS,
+    MEDIA_TYPE,
+    DeltaText,
+    TokenLogprobs,
+    delta_event,
+    done_event,
+    sse,
+    token_usage,
+)
 from models.whisper.apps.server.protocol import (
     ApiError,
     ServedModel,
     TranscriptionRequest,
     bad,
+    internal_error,
+    refused,
     response_body,
 )
+from models.whisper.apps.server.streaming import END, GONE, SEGMENT, SegmentFeed, until_disconnected
 from models.whisper.audio.load import SAMPLE_RATE, AudioError, decode_audio
 from models.whisper.engine.protocol import EngineClosed
 
@@ -78,6 +93,23 @@ class TranscriptionServing:
         self.engine, self.served = engine, served
         self.max_upload_bytes = max_upload_bytes
         self.body_limit = max_upload_bytes + FORM_OVERHEAD_BYTES
+        self._tokenizer = self._token_logprobs = None
+
+    @property
+    def tokenizer(self):
+        """The served model's tokenizer (built on first use)."""
+        if self._tokenizer is None:
+            from models.whisper.decoding.tokenizer import get_tokenizer
+
+            self._tokenizer = get_tokenizer(self.served.multilingual)
+        return self._tokenizer
+
+    @property
+    def token_logprobs(self) -> TokenLogprobs:
+        """``include[]=logprobs``' entries of segments (built on first use)."""
+        if self._token_logprobs is None:
+            self._token_logprobs = TokenLogprobs(self.tokenizer)
+        return self._token_logprobs
 
     def too_large(self) -> ApiError:
         return ApiError(
@@ -168,17 +200,114 @@ class TranscriptionServing:
         except AudioError as e:
             raise bad(str(e), "file", "invalid_audio") from None
         del data
+        if params.stream:
+            return await self.stream(request, audio, params)
         fut = self.submit(audio, params.options)
         try:
             result = await self.wait_result(request, fut)
         except (ValueError, TypeError) as e:  # the options or audio refused by the decoder
-            raise bad(" ".join(str(e).split()) or type(e).__name__, None, None) from None
+            raise refused(e) from None
         duration = len(audio) / SAMPLE_RATE
-        body, media = response_body(result, params, duration)
+        logprobs = self.token_logprobs.of_result(result) if params.logprobs else None
+        body, media = response_body(result, params, duration, logprobs)
         log.debug("%s %.1f s of audio in %.2f s", task, duration, time.perf_counter() - t0)
         if media is None:
             return JSONResponse(body)
         return Response(body, media_type=media)
+
+    async def stream(self, request, audio, params: TranscriptionRequest):
+        """The streamed answer (``stream=true``): submitted with ``on_segment``; the response
+        starts with the first segment (a request that fails before any text is answered with
+        the usual error JSON and status), then one ``transcript.text.delta`` per segment and
+        ``transcript.text.done`` (each with ``logprobs`` when ``include[]=logprobs``). A
+        client that hangs up cancels the transcription."""
+        from starlette.responses import StreamingResponse
+
+        feed = SegmentFeed(asyncio.get_running_loop())
+        feed.attach(self.submit(audio, {**params.options, "on_segment": feed.on_segment}))
+        watcher = asyncio.ensure_future(until_disconnected(request, lambda: self.hang_up(request, feed)))
+        try:
+            first = await feed.next()
+            if first[0] == GONE:
+                raise ClientGone
+            if first[0] == END:
+                self.result_of(feed.future)  # raises the request's failure as its HTTP error
+        except BaseException:
+            watcher.cancel()
+            self.hang_up(request, feed)
+            raise
+        body = self.events(request, feed, first, watcher, params, len(audio) / SAMPLE_RATE)
+        return StreamingResponse(body, media_type=MEDIA_TYPE, headers=HEADERS)
+
+    async def events(self, request, feed: SegmentFeed, item, watcher, params, duration: float):
+        """The stream's Server-Sent Events from ``item`` (the first of ``feed``) on. However
+        it ends (done, failed, the client gone, the server cancelling it), the watcher stops
+        and a transcription still running is cancelled. With ``include[]=logprobs`` a delta
+        carries the text tokens of the segments it sends (one held back as whitespace goes
+        with the next delta); ``done`` carries the whole text's."""
+        deltas = DeltaText()
+        pending: list[dict] = []  # logprob entries not sent yet
+        sent = 0  # logprob entries sent
+        try:
+            while item[0] == SEGMENT:
+                delta = deltas.push(item[1]["text"])
+                if params.logprobs:
+                    pending += self.token_logprobs.entries(item[1])
+                if delta:
+                    yield sse(delta_event(delta, pending if params.logprobs else None))
+                    sent, pending = sent + len(pending), []
+                item = await feed.next()
+            if item[0] == GONE:
+                return
+            try:
+                result = self.result_of(feed.future)
+            except ApiError as e:
+                yield sse(e.body())
+                return
+            except Exception as e:  # noqa: BLE001 - the stream's failure; the server goes on
+                log.error("internal error in a stream on %s", request.url.path, exc_info=e)
+                yield sse(internal_error(e).body())
+                return
+            text = result.get("text", "").strip()
+            logprobs = self.token_logprobs.of_result(result) if params.logprobs else None
+            if text.startswith(deltas.text) and text != deltas.text:  # an engine without on_segment
+                yield sse(
+                    delta_event(text[len(deltas.text) :], None if logprobs is None else logprobs[sent:])
+                )
+            elif text != deltas.text:  # a character split between two segments' tokens
+                log.warning("streamed deltas %r differ from the transcript %r", deltas.text, text)
+            usage = token_usage(duration, self.prompt_tokens(params), self.output_tokens(result))
+            yield sse(done_event(text, usage, logprobs))
+        finally:
+            watcher.cancel()
+            self.hang_up(request, feed)
+
+    @staticmethod
+    def hang_up(request, feed: SegmentFeed) -> None:
+        """Cancel ``feed``'s transcription if it has not ended (the client went away, or the
+        server is cancelling the response); logged once."""
+        if feed.cancel():
+            log.info("%s: the client hung up; its stream's transcription is cancelled", request.url.path)
+
+    @staticmethod
+    def result_of(fut: Future) -> dict:
+        """The finished ``fut``'s result; a failure the request caused as its 400."""
+        try:
+            return fut.result()
+        except (ValueError, TypeError) as e:
+            raise refused(e) from None
+
+    def prompt_tokens(self, params: TranscriptionRequest) -> int:
+        """Tokens of the request's prompt, as ``transcribe`` encodes it."""
+        prompt = params.options.get("initial_prompt")
+        if not prompt:
+            return 0
+        return len(self.tokenizer.encode(" " + prompt.strip()))
+
+    @staticmethod
+    def output_tokens(result: dict) -> int:
+        """Tokens the decoder emitted for the transcript's segments (text and timestamps)."""
+        return sum(len(seg.get("tokens", ())) for seg in result.get("segments", ()))
 
     async def __call__(self, request, task: str):
         """:meth:`answer`, or 499 (nginx's "client closed request") when the client left."""
