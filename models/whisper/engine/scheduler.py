@@ -44,7 +44,7 @@ class Scheduler:
         self.closed = False
         self._released: list[Group] = []
         self.stats = {"rounds": 0, "step_calls": 0, "step_rows": 0, "busy_rows": 0, "encode_calls": 0}
-        self.stats.update(encode_s=0.0, step_s=0.0, prefill_s=0.0, other_s=0.0, wait_s=0.0, full_waits=0)
+        self.stats.update(encode_s=0.0, step_s=0.0, prefill_s=0.0, other_s=0.0)
         self.thread = threading.Thread(target=self._loop, name="kvgraph-scheduler", daemon=True)
         self.thread.start()
 
@@ -94,15 +94,12 @@ class Scheduler:
                         self.pool.release(g)
                     self._released = []
                     return
-                start = time.monotonic()
-                deadline = start + self.max_wait
+                deadline = time.monotonic() + self.max_wait
                 while len(self.pending) < self.live and not self.closed:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        self.stats["full_waits"] += 1
                         break
                     self.cv.wait(left)
-                self.stats["wait_s"] += time.monotonic() - start
                 calls, self.pending = self.pending, []
                 released, self._released = self._released, []
             for g in released:
@@ -126,15 +123,6 @@ class Scheduler:
                 else:
                     steps.append(c)
         if steps:
-            r = max(g.hi for g in self.pool.groups)
-            used = sum(g.size for g in self.pool.groups)
-            self.stats["holes"] = self.stats.get("holes", 0) + (r - used)
-            self.stats["idle_rows"] = self.stats.get("idle_rows", 0) + used - sum(c.args[0].size for c in steps)
-            import os
-            if os.environ.get("KV_COMPACT") and r > used:
-                t1 = time.perf_counter()
-                self.pool.compact()
-                self.stats["compact_s"] = self.stats.get("compact_s", 0) + time.perf_counter() - t1
             t0 = time.perf_counter()
             try:
                 outs = self.pool.step([c.args for c in steps])
