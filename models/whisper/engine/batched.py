@@ -9,7 +9,6 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from models.whisper.decoding.task import is_multilingual
 from models.whisper.engine.protocol import EngineClosed, EngineFull
 from models.whisper.engine.scheduler import Scheduler
 from models.whisper.engine.streams import StreamBackend
@@ -97,7 +96,7 @@ class BatchedTranscriber:
             self._started += 1
         try:
             if options.get("vad_filter"):
-                return self._speech_only(audio, dict(options))
+                return self._speech_only(audio, options)
             return self._stream(audio, options)
         finally:
             with self._lock:
@@ -116,25 +115,9 @@ class BatchedTranscriber:
     def _speech_only(self, audio, options: dict) -> dict:
         """``vad_filter=True``: the detected speech's chunks, up to ``batch_size`` of them at
         once, each a stream of its own (their steps batch with every other stream's)."""
-        from models.whisper.vad.run import chunk_options, transcribe_speech, vad_request
+        from models.whisper.vad.run import transcribe_with_vad
 
-        request = vad_request(options)
-        seed = options.pop("seed", None)
-        on_segment = options.pop("on_segment", None)
-
-        def chunk(samples, i: int, hook):
-            return self._stream(samples, {**chunk_options(options, seed, i), "on_segment": hook})
-
-        language = options.get("language") or (None if is_multilingual(self.backend.dims) else "en")
-        return transcribe_speech(
-            audio,
-            chunk,
-            request,
-            language=language,
-            verbose=options.get("verbose"),
-            on_segment=on_segment,
-            parallel=self.batch_size,
-        )
+        return transcribe_with_vad(audio, options, self._stream, self.backend.dims, self.batch_size)
 
     def stats(self) -> dict:
         """Queue figures (``kvgraph serve``'s ``/health``) and the scheduler's counters."""

@@ -114,16 +114,13 @@ def transcribe(
 def _speech_only(backend, audio, seed, on_segment, options: dict) -> dict:
     """``vad_filter=True``: the speech the detector finds, chunk by chunk, each chunk a
     transcription of its own (:mod:`models.whisper.vad.run`)."""
-    from models.whisper.vad.run import chunk_options, transcribe_speech, vad_request
+    from models.whisper.vad.run import transcribe_with_vad
 
-    request = vad_request(options)
-
-    def chunk(samples, i: int, hook):
-        return transcribe(backend, samples, on_segment=hook, **chunk_options(options, seed, i))
-
-    language = options.get("language") or (None if is_multilingual(backend.dims) else "en")
-    return transcribe_speech(
-        audio, chunk, request, language=language, verbose=options.get("verbose"), on_segment=on_segment
+    return transcribe_with_vad(
+        audio,
+        {**options, "seed": seed, "on_segment": on_segment},
+        lambda samples, chunk: transcribe(backend, samples, **chunk),
+        backend.dims,
     )
 
 

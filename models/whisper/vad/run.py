@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from models.whisper.audio.features import open_samples
+from models.whisper.decoding.task import is_multilingual
 from models.whisper.vad.chunks import Chunk, group, map_segment, merge
 from models.whisper.vad.silero import SileroVad
 from models.whisper.vad.speech import VadOptions, detect_speech
@@ -203,3 +204,30 @@ def chunk_options(options: dict, seed: int | None, index: int) -> dict:
     out = dict(options, verbose=None)
     out["seed"] = None if seed is None else [seed, index]
     return out
+
+
+def transcribe_with_vad(
+    audio, options: dict, transcribe_one: Callable[[object, dict], dict], dims, parallel: int = 1
+) -> dict:
+    """``transcribe``'s keywords ``options`` with ``vad_filter=True``, applied to ``audio``:
+    the VAD keywords, ``seed`` and ``on_segment`` are taken out, each chunk is
+    ``transcribe_one(samples, chunk_keywords)`` (its own seed and ``on_segment`` hook), up to
+    ``parallel`` at once. What ``transcribe`` and the batching engine share."""
+    options = dict(options)
+    request = vad_request(options)
+    seed = options.pop("seed", None)
+    on_segment = options.pop("on_segment", None)
+
+    def chunk(samples, i: int, hook):
+        return transcribe_one(samples, {**chunk_options(options, seed, i), "on_segment": hook})
+
+    language = options.get("language") or (None if is_multilingual(dims) else "en")
+    return transcribe_speech(
+        audio,
+        chunk,
+        request,
+        language=language,
+        verbose=options.get("verbose"),
+        on_segment=on_segment,
+        parallel=parallel,
+    )
