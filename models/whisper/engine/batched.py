@@ -11,7 +11,7 @@ from typing import Any
 
 from models.whisper.engine.protocol import EngineClosed, EngineFull
 from models.whisper.engine.scheduler import Scheduler
-from models.whisper.engine.streams import StreamBackend
+from models.whisper.engine.streams import StreamBackend, Turns
 from models.whisper.transcription.transcribe import transcribe
 
 __all__ = ["BatchedTranscriber", "transcribe_many", "default_rows", "audio_seconds", "batchable"]
@@ -38,7 +38,13 @@ class BatchedTranscriber:
     finishes the submitted files and stops the scheduler; also a context manager.
 
     ``backend``: a :class:`models.whisper.model.backend.MaxWhisperBackend` (``load_backend``).
-    ``rows``: slot-pool rows (default :func:`default_rows` of the first file's options)."""
+    ``rows``: slot-pool rows (default :func:`default_rows` of the first file's options).
+    ``max_queue``: requests in flight beyond ``batch_size`` (more: ``EngineFull``).
+    ``turns``: who decodes when more than ``batch_size`` requests are in flight
+    (:class:`~models.whisper.engine.streams.Turns`): ``"fifo"`` (the default, for batches of
+    files: a file keeps its place until it is done) or ``"round_robin"`` (a server's: every
+    request in flight decodes one 30 s window a turn, so a short request is not stuck behind
+    long ones)."""
 
     def __init__(
         self,
@@ -46,41 +52,47 @@ class BatchedTranscriber:
         batch_size: int = 8,
         rows: int | None = None,
         max_queue: int | None = None,
+        turns: str = "fifo",
         **default_options,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_queue is not None and max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, got {max_queue}")
+        self.turns = Turns(batch_size, turns)
         self.backend = backend
         self.batch_size = batch_size
         self.max_queue = max_queue
         self.default_options = default_options
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified as requests end
         self._submitted = self._started = self._done = 0
+        self._queued: set[concurrent.futures.Future] = set()  # not started yet
         self.scheduler = Scheduler(backend, rows or default_rows(batch_size, default_options))
-        self.executor = concurrent.futures.ThreadPoolExecutor(batch_size, thread_name_prefix="kvgraph-stream")
         self._closed = False
 
     def submit(self, audio, **transcribe_options) -> concurrent.futures.Future:
         """A future of ``transcribe(audio, **options)``'s result dict. Raises
-        ``EngineClosed`` after ``close`` and ``EngineFull`` when
-        ``max_queue`` files are already waiting (what ``kvgraph serve`` answers 503 to)."""
+        ``EngineClosed`` after ``close`` and ``EngineFull`` when ``batch_size + max_queue``
+        requests are already in flight (what ``kvgraph serve`` answers 503 to)."""
         options = {**self.default_options, **transcribe_options}
         need = default_rows(1, options)
         if need > self.scheduler.pool.rows:
             raise ValueError(
                 f"a decode with these options takes {need} rows; the pool has {self.scheduler.pool.rows}"
             )
+        fut: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             if self._closed:
                 raise EngineClosed("the engine is shutting down")
-            waiting = self._submitted - self._started
+            waiting = self._submitted - self._done - self.batch_size
             if self.max_queue is not None and waiting >= self.max_queue:
                 raise EngineFull(f"{waiting} requests are waiting (the queue holds {self.max_queue})")
             self._submitted += 1
-            fut = self.executor.submit(self._run, audio, options)
+            self._queued.add(fut)
+            key = self.turns.ticket()
         fut.add_done_callback(self._settle)
+        self.turns.ask(lambda: self._start(fut, audio, options, key), key)
         return fut
 
     def _settle(self, fut: concurrent.futures.Future) -> None:
@@ -88,36 +100,73 @@ class BatchedTranscriber:
         done, so it stops counting against ``max_queue``."""
         if fut.cancelled():
             with self._lock:
+                self._queued.discard(fut)
                 self._started += 1
                 self._done += 1
+                self._idle.notify_all()
 
-    def _run(self, audio, options: dict) -> dict:
+    def _start(self, fut: concurrent.futures.Future, audio, options: dict, key: int) -> bool:
+        """The request's turn came: its thread starts (False: it was cancelled meanwhile)."""
+        with self._lock:
+            self._queued.discard(fut)
+        if not fut.set_running_or_notify_cancel():
+            return False
         with self._lock:
             self._started += 1
+        threading.Thread(target=self._run, args=(fut, audio, options, key), name="kvgraph-stream").start()
+        return True
+
+    def _run(self, fut: concurrent.futures.Future, audio, options: dict, key: int) -> None:
+        """The request's transcription on its own thread, which holds a turn from the start;
+        its outcome goes to ``fut`` once its turn and its counts are given back."""
+        holding = True
+        result = error = None
         try:
             if options.get("vad_filter"):
-                return self._speech_only(audio, options)
-            return self._stream(audio, options)
+                self.turns.release()  # its chunks take turns of their own
+                holding = False
+                result = self._speech_only(audio, dict(options), key)
+            else:
+                result = self._stream(audio, options)
+        except BaseException as e:  # noqa: BLE001 - the request's failure, not the engine's
+            error = e
         finally:
+            if holding:
+                self.turns.release()
             with self._lock:
                 self._done += 1
+                self._idle.notify_all()
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
 
-    def _stream(self, audio, options: dict) -> dict:
-        """One transcription as a stream of the scheduler."""
+    def _stream(self, audio, options: dict, key: int | None = None) -> dict:
+        """One transcription as a stream of the scheduler. ``key``: the stream has no turn
+        yet: it waits for one at that place in line (a VAD chunk: its request's place) and
+        gives it back when done."""
+        if key is not None:
+            self.turns.wait_turn(key)
         self.scheduler.register()
-        backend = StreamBackend(self.scheduler)
+        backend = StreamBackend(self.scheduler, self.turns)
         try:
             return transcribe(backend, audio, **options)
         finally:
             backend.release()
             self.scheduler.unregister()
+            if key is not None:
+                self.turns.release()
 
-    def _speech_only(self, audio, options: dict) -> dict:
+    def _speech_only(self, audio, options: dict, key: int) -> dict:
         """``vad_filter=True``: the detected speech's chunks, up to ``batch_size`` of them at
-        once, each a stream of its own (their steps batch with every other stream's)."""
+        once, each a stream of its own (their steps batch with every other stream's), each
+        waiting for a turn at the request's place in line."""
         from models.whisper.vad.run import transcribe_with_vad
 
-        return transcribe_with_vad(audio, options, self._stream, self.backend.dims, self.batch_size)
+        def chunk(samples, chunk_options: dict) -> dict:
+            return self._stream(samples, chunk_options, key)
+
+        return transcribe_with_vad(audio, options, chunk, self.backend.dims, self.batch_size)
 
     def stats(self) -> dict:
         """Queue figures (``kvgraph serve``'s ``/health``) and the scheduler's counters."""
@@ -126,6 +175,9 @@ class BatchedTranscriber:
                 "engine": type(self).__name__,
                 "waiting": self._submitted - self._started,
                 "running": self._started - self._done,
+                "paused": self.turns.paused,
+                "turns": self.turns.policy,
+                "turns_passed": self.turns.passes,
                 "max_queue": self.max_queue,
                 "completed": self._done,
                 "batch_size": self.batch_size,
@@ -134,12 +186,20 @@ class BatchedTranscriber:
         return out
 
     def close(self, wait: bool = True) -> None:
+        """Take no more requests. ``wait``: every submitted request finishes, then the
+        scheduler stops; otherwise the requests not started yet are cancelled and those
+        running finish in the background."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        self.executor.shutdown(wait=wait, cancel_futures=not wait)
+            queued = [] if wait else list(self._queued)
+        for fut in queued:
+            fut.cancel()
         if wait:
+            with self._lock:
+                while self._done < self._submitted:
+                    self._idle.wait()
             self.scheduler.close()
 
     def __enter__(self):

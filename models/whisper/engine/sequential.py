@@ -90,11 +90,15 @@ def make_engine(model, *, batch_size: int | None = None, max_queue: int = DEFAUL
     :data:`DEFAULT_BATCH`) of 2 or more and a model whose decoder can step rows at different
     positions, the continuous-batching engine (:class:`models.whisper.engine.batched.BatchedTranscriber`: up
     to ``batch_size`` requests decode at once, their steps batched; each result equals
-    ``transcribe``'s); otherwise :class:`SequentialEngine`, one request at a time."""
+    ``transcribe``'s; with more requests in flight they take turns, one 30 s window each, so
+    a short request is not stuck behind long ones); otherwise :class:`SequentialEngine`, one
+    request at a time."""
     if batch_size is None:
         batch_size = DEFAULT_BATCH
     if batch_size > 1:
         backend = getattr(model, "backend", None)
         if backend is not None and batchable(backend):
-            return BatchedTranscriber(backend, batch_size=batch_size, max_queue=max_queue)
+            return BatchedTranscriber(
+                backend, batch_size=batch_size, max_queue=max_queue, turns="round_robin"
+            )
     return SequentialEngine(model, max_queue=max_queue)
