@@ -58,7 +58,7 @@ def build_revision(rev: str, tmp: Path) -> Path:
         (src / dest).write_text(text)
     out = tmp / "kvgraph_gemv_rev.mojoc"
     subprocess.run(
-        [str(custom._mojo()), "precompile", "-I", str(custom._mojo_libs()), str(src), "-o", str(out)],
+        [str(custom.mojo_compiler()), "precompile", "-I", str(custom._mojo_libs()), str(src), "-o", str(out)],
         check=True,
         capture_output=True,
         text=True,

@@ -48,9 +48,9 @@ def test_source_change_means_a_new_package(fresh, monkeypatch, tmp_path_factory)
     for f in custom.SOURCE.glob("*.mojo"):
         (src / f.name).write_text(f.read_text())
     monkeypatch.setattr(custom, "SOURCE", src)
-    a = custom.source_hash(custom._mojo())
+    a = custom.source_hash(custom.mojo_compiler())
     (src / "gemv.mojo").write_text((src / "gemv.mojo").read_text() + "\n# edited\n")
-    assert custom.source_hash(custom._mojo()) != a
+    assert custom.source_hash(custom.mojo_compiler()) != a
 
 
 def test_off_and_broken_compiler_fall_back_to_max_ops(fresh, monkeypatch, caplog, tmp_path):
@@ -61,7 +61,7 @@ def test_off_and_broken_compiler_fall_back_to_max_ops(fresh, monkeypatch, caplog
     bad = tmp_path / "mojo"
     bad.write_text("#!/bin/sh\necho 'error: broken compiler' >&2\nexit 3\n")
     bad.chmod(0o755)
-    monkeypatch.setattr(custom, "_mojo", lambda: bad)
+    monkeypatch.setattr(custom, "mojo_compiler", lambda: bad)
     with caplog.at_level(logging.WARNING, logger="kvgraph"):
         assert custom.kernel_package() is None
     assert "broken compiler" in caplog.text

@@ -40,7 +40,7 @@ def enabled() -> bool:
     return os.environ.get("KVGRAPH_CUSTOM_KERNELS", "on").strip().lower() not in _OFF
 
 
-def _mojo() -> Path | None:
+def mojo_compiler() -> Path | None:
     """The Mojo compiler: ``$KVGRAPH_MOJO`` when set, else the one the ``max`` wheel installed
     beside this Python, else ``mojo`` on the PATH."""
     env = os.environ.get("KVGRAPH_MOJO")
@@ -74,18 +74,23 @@ def kernel_names() -> list[str]:
     return names
 
 
+@functools.cache
+def compiler_version(mojo: Path) -> str:
+    """The installed compiler's version (read from its package: no process to start)."""
+    try:
+        return importlib.metadata.version("mojo-compiler")
+    except importlib.metadata.PackageNotFoundError:
+        try:
+            return subprocess.run([str(mojo), "--version"], capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            return "unknown"
+
+
 def source_hash(mojo: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(SOURCE.glob("*.mojo")):
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-    try:  # the installed compiler's version (read from its package: no process to start)
-        ver = importlib.metadata.version("mojo-compiler")
-    except importlib.metadata.PackageNotFoundError:
-        try:
-            ver = subprocess.run([str(mojo), "--version"], capture_output=True, text=True, timeout=60).stdout
-        except (OSError, subprocess.SubprocessError):
-            ver = "unknown"
-    h.update(ver.encode())
+    h.update(compiler_version(mojo).encode())
     return h.hexdigest()[:20]
 
 
@@ -107,7 +112,7 @@ def kernel_package() -> Path | None:
     cannot be built (logged once)."""
     if not enabled():
         return None
-    mojo, libs = _mojo(), _mojo_libs()
+    mojo, libs = mojo_compiler(), _mojo_libs()
     if mojo is None or libs is None:
         log.warning("custom kernels unavailable (no mojo compiler or MAX Mojo libraries): using MAX's ops")
         return None

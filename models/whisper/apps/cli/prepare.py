@@ -73,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         progs = {"encoder": backend.encoder, **backend.decoder.loaded}
         how = ", ".join(f"{k} ({p.source})" for k, p in progs.items())
         print(f"{name}: {how} in {time.perf_counter() - t0:.1f} s", flush=True)
+    from models.whisper.decoding.torch_float import native_library
+
+    native = "built (Mojo)" if native_library() is not None else "unavailable: NumPy instead"
+    print(f"{PROG}: the decode loop's float32 statistics library: {native}", file=sys.stderr, flush=True)
     s = store.stats
     print(
         f"{PROG}: store: {s.hits} read back, {s.writes} written, {s.bad} bad artifacts replaced, "

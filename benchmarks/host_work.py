@@ -1,0 +1,158 @@
+"""Host work per decoding step: everything ``transcribe`` does on the CPU besides the MAX
+programs (logit filters, torch-exact log-softmax statistics, the search, Python), measured by
+replaying a recorded decode. A first run records every backend call's outputs; the replays
+answer each call with its recorded output at once, so a replay's time is the host's alone
+(the window's log-mel, timed apart, is subtracted). Issue #26's target: <= 0.2 ms per step
+at one row, <= 0.05 ms per row with more rows.
+
+Both ways of computing torch's float32 statistics are measured in the same run: the Mojo
+twin (``torch_float.mojo``, the default where it builds) and the NumPy emulation.
+
+    python benchmarks/host_work.py [--reps 5] [--out benchmarks/results/host_work.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quiet import machine, write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Recorder:
+    """A backend that keeps every call's output (in order) for :class:`Replay`."""
+
+    def __init__(self, inner):
+        self.inner, self.log = inner, []
+        self.dims, self.alignment_heads = inner.dims, inner.alignment_heads
+
+    def _keep(self, out):
+        self.log.append(out)
+        return out
+
+    def encode(self, mel):
+        return self._keep(np.array(self.inner.encode(mel)))
+
+    def prefill(self, tokens, features):
+        logits, state = self.inner.prefill(tokens, features)
+        return self._keep((np.array(logits), state))
+
+    def step(self, tokens, state):
+        logits, state = self.inner.step(tokens, state)
+        return self._keep((np.array(logits), state))
+
+    def reorder(self, state, indices):
+        return self._keep(self.inner.reorder(state, indices))
+
+    def release(self):
+        getattr(self.inner, "release", lambda: None)()
+
+
+class Replay:
+    """Answers each call with the recorded output (no compute)."""
+
+    def __init__(self, rec: Recorder):
+        self.log, self.at = rec.log, 0
+        self.dims, self.alignment_heads = rec.dims, rec.alignment_heads
+
+    def _next(self, *_):
+        out = self.log[self.at]
+        self.at += 1
+        return out
+
+    encode = prefill = step = reorder = _next
+
+    def release(self):
+        pass
+
+
+def mel_seconds(audio: np.ndarray, n_mels: int, reps: int) -> float:
+    from models.whisper.audio.features import log_mel_spectrogram
+
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        log_mel_spectrogram(audio, n_mels, padding=480000)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def measure(backend, audio, options: dict, reps: int, rows: int) -> dict:
+    """Per-step host milliseconds of ``transcribe(audio, **options)``, replayed."""
+    from models.whisper.decoding import torch_float as tf
+    from models.whisper.transcription.transcribe import transcribe
+
+    rec = Recorder(backend)
+    ref = transcribe(rec, audio, **options)
+    steps = ref["timings"]["step_calls"] + ref["timings"]["prefill_calls"]
+    windows = ref["timings"]["encode_calls"]
+    mel = mel_seconds(audio, backend.dims.n_mels, 3)
+    out = {"text": ref["text"], "steps": steps, "rows": rows, "windows": windows}
+    native = tf.native_library
+    for name, lib in (("mojo", native), ("numpy", lambda: None)):
+        tf.native_library = lib
+        try:
+            times = []
+            for _ in range(reps):
+                replay = Replay(rec)
+                t0 = time.perf_counter()
+                r = transcribe(replay, audio, **options)
+                times.append(time.perf_counter() - t0)
+                assert r["text"] == ref["text"] and replay.at == len(rec.log)
+        finally:
+            tf.native_library = native
+        host = statistics.median(times) - mel  # one mel per transcribe (the audio is <= 30 s)
+        out[name] = {
+            "replay_s": statistics.median(times),
+            "ms_per_step": round(1e3 * host / steps, 4),
+            "ms_per_row_step": round(1e3 * host / steps / rows, 4),
+        }
+    out["mel_s"] = mel
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "host_work.json"))
+    args = ap.parse_args()
+
+    from models.whisper.audio.load import load_audio
+    from models.whisper.decoding import torch_float as tf
+    from models.whisper.model.backend import load_backend
+
+    assert tf.native_library() is not None, "the Mojo twin did not build"
+    backend = load_backend("tiny.en")
+    jfk = load_audio(str(ROOT / "examples" / "jfk.wav"))
+    cases = {
+        "greedy, 1 row (temperature 0)": (dict(temperature=0.0), 1),
+        "beam 5 (5 rows)": (dict(temperature=0.0, beam_size=5), 5),
+        "best_of 5 sampling at T=0.5 (5 rows)": (dict(temperature=0.5, best_of=5, seed=0), 5),
+    }
+    results = {}
+    for name, (options, rows) in cases.items():
+        results[name] = measure(backend, jfk, options, args.reps, rows)
+        print(name, {k: results[name][k] for k in ("mojo", "numpy", "steps")}, flush=True)
+    write_json(
+        {
+            "benchmark": "host_work",
+            "machine": machine(),
+            "audio": "examples/jfk.wav (11 s), tiny.en",
+            "method": "a recorded decode replayed with no compute; the log-mel subtracted",
+            "target_ms": {"1 row": 0.2, "per row, more rows": 0.05},
+            "cases": results,
+        },
+        args.out,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+# torch's CPU float32 exp and log (SLEEF's expf / logf, u10, which Vectorized<float> calls) and
+# its vectorised sums, as a shared library for torch_float.py (built by kvgraph/max/native.py).
+# The same float32 operations in the same order as torch_float.py's NumPy twins, which
+# document the algorithms (after SLEEF's sleefsimdsp.c: xexpf, xlogf_u1); the tests hold the
+# two equal bit for bit. Fused multiply-adds are written as such; every other product passes an
+# arithmetic fence first, so the compiler cannot fuse it into the add that follows (that would
+# round once where SLEEF rounds twice).
+
+from std.memory import UnsafePointer, bitcast
+from std.sys import llvm_intrinsic
+
+comptime F = DType.float32
+comptime Ptr = UnsafePointer[Float32, MutAnyOrigin]
+
+
+@always_inline
+def fence[W: Int](x: SIMD[F, W]) -> SIMD[F, W]:
+    return llvm_intrinsic["llvm.arithmetic.fence", SIMD[F, W]](x)
+
+
+@always_inline
+def expf[W: Int](d_in: SIMD[F, W]) -> SIMD[F, W]:
+    """SLEEF's expf: q = rint(d / ln 2), s = d - q ln 2 (two constants), a degree-6
+    polynomial, times 2**q as two exact-then-rounding scalings; 0 below -104, inf above 100."""
+    var low = d_in.lt(SIMD[F, W](-104.0))
+    var high = d_in.gt(SIMD[F, W](100.0))
+    var nan = d_in.ne(d_in)
+    var d = (low | high | nan).select(SIMD[F, W](0.0), d_in)
+    var q = llvm_intrinsic["llvm.roundeven", SIMD[F, W]](fence(d * SIMD[F, W](1.44269502162933349609375)))
+    var s = q.fma(SIMD[F, W](-0.693145751953125), d)
+    s = q.fma(SIMD[F, W](-1.428606765330187045e-06), s)
+    var u = SIMD[F, W](0.000198527617612853646278381)
+    u = u.fma(s, SIMD[F, W](0.00139304355252534151077271))
+    u = u.fma(s, SIMD[F, W](0.00833336077630519866943359))
+    u = u.fma(s, SIMD[F, W](0.0416664853692054748535156))
+    u = u.fma(s, SIMD[F, W](0.166666671633720397949219))
+    u = u.fma(s, SIMD[F, W](0.5))
+    u = fence(s * s).fma(u, s)
+    u = u + SIMD[F, W](1.0)
+    var qi = q.cast[DType.int32]()
+    var h = qi >> 1
+    u = fence(u * bitcast[F, W]((h + 127) << 23))
+    u = u * bitcast[F, W](((qi - h) + 127) << 23)
+    u = low.select(SIMD[F, W](0.0), u)
+    u = high.select(SIMD[F, W](Float32.MAX) * SIMD[F, W](2.0), u)
+    return nan.select(d_in, u)
+
+
+@always_inline
+def two_sum[W: Int](x: SIMD[F, W], y: SIMD[F, W]) -> Tuple[SIMD[F, W], SIMD[F, W]]:
+    var r = x + y
+    var v = r - x
+    return (r, (x - (r - v)) + (y - v))
+
+
+@always_inline
+def logf[W: Int, GETMANT: Bool](x: SIMD[F, W]) -> SIMD[F, W]:
+    """SLEEF's logf (u10) of positive finite x: x = m 2**e, log m = 2 atanh((m-1)/(m+1)) in
+    double-float arithmetic, plus e ln 2. GETMANT: m as AVX-512's vgetmant gives it."""
+    var xb = bitcast[DType.int32, W](fence(x * SIMD[F, W](1.33333337306976318359375)))
+    var e = (((xb >> 23) & 0xFF) - 127).cast[F]()
+    var m: SIMD[F, W]
+    if GETMANT:
+        var mant = bitcast[F, W]((bitcast[DType.int32, W](x) & 0x007FFFFF) | 0x3F800000)
+        m = mant.ge(SIMD[F, W](1.5)).select(mant * SIMD[F, W](0.5), mant)
+    else:
+        m = x * bitcast[F, W]((127 - e.cast[DType.int32]()) << 23)
+    var s_hi = fence(SIMD[F, W](0.69314718246459960938) * e)
+    var s_lo = SIMD[F, W](-1.904654323148236017e-09).fma(e, SIMD[F, W](0.69314718246459960938).fma(e, -s_hi))
+    var num = two_sum(SIMD[F, W](-1.0), m)
+    var den = two_sum(SIMD[F, W](1.0), m)
+    var t = SIMD[F, W](1.0) / den[0]
+    var q_hi = fence(num[0] * t)
+    var u = t.fma(num[0], -q_hi)
+    var q_lo = (-den[1]).fma(t, (-den[0]).fma(t, SIMD[F, W](1.0)))
+    q_lo = q_hi.fma(q_lo, num[1].fma(t, u))
+    var x2 = fence(q_hi * q_hi)
+    var poly = SIMD[F, W](0.3027294874).fma(x2, SIMD[F, W](0.3996108174)).fma(x2, SIMD[F, W](0.6666694880))
+    var q2 = fence(q_hi * SIMD[F, W](2.0))
+    var r_hi = s_hi + q2
+    var r_lo = (((s_hi - r_hi) + q2) + s_lo) + fence(q_lo * SIMD[F, W](2.0))
+    var tail = fence(fence(x2 * q_hi) * poly)
+    var out_hi = r_hi + tail
+    var out_lo = ((r_hi - out_hi) + tail) + r_lo
+    return out_hi + out_lo
+
+
+@export
+def kv_expf(src: Ptr, dst: Ptr, n: Int):
+    """dst[i] = expf(src[i]), i < n."""
+    comptime W = 16
+    var i = 0
+    while i + W <= n:
+        dst.unsafe_store(i, expf[W](src.unsafe_load[width=W](i)))
+        i += W
+    while i < n:
+        dst.unsafe_store(i, expf[1](src.unsafe_load[width=1](i)))
+        i += 1
+
+
+@export
+def kv_logf(src: Ptr, dst: Ptr, n: Int, getmant: Int):
+    """dst[i] = logf(src[i]), i < n (getmant: AVX-512's mantissa)."""
+    for i in range(n):
+        var x = src.unsafe_load[width=1](i)
+        dst.unsafe_store(i, logf[1, True](x) if getmant != 0 else logf[1, False](x))
+
+
+@always_inline
+def row_sum[L: Int](x: Ptr, n: Int, top: Float32) -> Float32:
+    """The sum of expf(x[i] - top), i < n, in torch's order for L lanes: lane j adds elements
+    j, j + L, ... in turn, the tail joins the first lanes last, then the lanes fold by halves;
+    a row shorter than L adds left to right."""
+    var t = SIMD[F, 1](top)
+    if n < L:
+        var acc = SIMD[F, 1](0.0)
+        for i in range(n):
+            var e = expf[1](x.unsafe_load[width=1](i) - t)
+            acc = e if i == 0 else acc + e
+        return acc[0]
+    var acc = expf[L](x.unsafe_load[width=L](0) - SIMD[F, L](top))
+    var i = L
+    while i + L <= n:
+        acc += expf[L](x.unsafe_load[width=L](i) - SIMD[F, L](top))
+        i += L
+    var j = 0
+    while i < n:
+        acc[j] = acc[j] + expf[1](x.unsafe_load[width=1](i) - t)[0]
+        i += 1
+        j += 1
+    var width = L
+    while width > 1:
+        width //= 2
+        for k in range(width):
+            acc[k] = acc[k] + acc[k + width]
+    return acc[0]
+
+
+@export
+def kv_exp_lane_sums(x: Ptr, rows: Int, n: Int, stride: Int, top: Ptr, lanes: Int, sums: Ptr):
+    """sums[r] = the lane-ordered sum of expf(x[r, i] - top[r]), i < n, for rows r < rows of
+    a row-major x whose rows are stride elements apart; lanes is 16 or 8."""
+    for r in range(rows):
+        var t = top.unsafe_load[width=1](r)[0]
+        var s = row_sum[16](x + r * stride, n, t) if lanes == 16 else row_sum[8](x + r * stride, n, t)
+        sums.unsafe_store(r, s)

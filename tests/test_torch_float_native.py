@@ -1,0 +1,124 @@
+"""The Mojo twin of ``torch_float``'s exp, log and lane sums (``torch_float.mojo``, built by
+``kvgraph.max.native``) equals the NumPy emulation bit for bit — the emulation that the
+torch-oracle tests (test_filters_search.py, test_timing.py) hold equal to torch — on random
+and edge inputs, in both lane widths; and the library is keyed by its source, compiler and
+CPU, and falls back to NumPy when it cannot be built."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kvgraph.max import native
+from models.whisper.decoding import torch_float as tf
+
+F32 = np.float32
+
+
+@pytest.fixture(scope="module")
+def lib():
+    lib = tf.native_library()
+    assert lib is not None, "the Mojo twin of torch_float did not build (see the log)"
+    return lib
+
+
+def numpy_twin(monkeypatch):
+    """Run torch_float's NumPy code from here on (the native library hidden)."""
+    monkeypatch.setattr(tf, "native_library", lambda: None)
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def exp_inputs(rng) -> np.ndarray:
+    edge = [np.nan, np.inf, -np.inf, 0.0, -0.0, -104.0, -104.00001, -103.99999, 100.0, 100.00001]
+    edge += [88.72, 88.73, -87.3, -88.0, -100.0, 1e-30, -1e-30, 1e-45, -1e-45, 2.0**-126]
+    edge += [59.957233, -58.57094, -76.592766, -81.44479]  # d / ln 2 rounds to a half: rint ties
+    parts = [
+        np.array(edge, F32),
+        (rng.standard_normal(200_000) * 30).astype(F32),
+        (-rng.random(200_000) * 110).astype(F32),
+        (rng.random(100_000) * 200 - 100).astype(F32),
+        # every 7th float32 in [-1, 0): where logit gaps of a decoder's top tokens fall
+        (np.arange(0xBF800000, 0x80000000, -7, dtype=np.int64).astype(np.uint32)).view(F32)[:1_500_000],
+    ]
+    return np.concatenate(parts)
+
+
+def test_expf_equals_the_numpy_emulation(lib, monkeypatch):
+    d = exp_inputs(np.random.default_rng(5))
+    fast = tf.sleef_expf(d)
+    numpy_twin(monkeypatch)
+    slow = tf.sleef_expf(d)
+    assert same_bits(fast, slow), d[fast.view(np.uint32) != slow.view(np.uint32)][:8]
+
+
+@pytest.mark.parametrize("lanes", [16, 8])
+def test_logf_equals_the_numpy_emulation_in_both_lane_widths(lib, monkeypatch, lanes):
+    rng = np.random.default_rng(lanes)
+    x = np.concatenate(
+        [
+            (rng.random(300_000) * 60_000 + 1).astype(F32),  # sums of a vocabulary's exps
+            np.exp(rng.random(100_000) * 80 - 40).astype(F32),
+            np.arange(0x3F800000, 0x40000000, 3, dtype=np.uint32).view(F32),  # [1, 2), every 3rd
+            np.array([1.0, 1.5, 0.75, 2.0, 3.0, 1.4999999, 1.5000001, 2.0**-126, 2.0**126], F32),
+        ]
+    )
+    monkeypatch.setattr(tf, "torch_lanes", lambda: lanes)
+    fast = tf.sleef_logf(x)
+    numpy_twin(monkeypatch)
+    slow = tf.sleef_logf(x)
+    assert same_bits(fast, slow), x[fast.view(np.uint32) != slow.view(np.uint32)][:8]
+
+
+def logit_rows(rng, n: int) -> np.ndarray:
+    rows = (rng.standard_normal((6, n)) * 4).astype(F32)
+    rows[1, : n // 2] = -np.inf  # masked like a timestamp rule
+    rows[2, ::3] = -np.inf
+    rows[3] = -np.inf  # every token suppressed
+    rows[4, n // 3] = np.nan
+    rows[5] *= 40  # most exps underflow to 0
+    return rows
+
+
+@pytest.mark.parametrize("lanes", [16, 8])
+@pytest.mark.parametrize("n", [51864, 51865, 1000, 13, 7, 1])
+def test_log_normalizers_equal_the_numpy_emulation(lib, monkeypatch, lanes, n):
+    x = logit_rows(np.random.default_rng(n + lanes), n)
+    monkeypatch.setattr(tf, "torch_lanes", lambda: lanes)
+    for view in (x, x[::-1], x[:, : max(1, n - 1)]):  # reversed rows; rows apart by a stride
+        top, logs = tf.log_normalizers(view)
+        with monkeypatch.context() as m:
+            numpy_twin(m)
+            ref_top, ref_logs = tf.log_normalizers(view)
+        assert same_bits(top, ref_top) and same_bits(logs, ref_logs), (logs, ref_logs)
+
+
+def test_the_library_key_covers_source_compiler_and_cpu(monkeypatch, tmp_path):
+    src = tmp_path / "k.mojo"
+    src.write_text("# a\n")
+    first = native.library_path(src)
+    assert first is not None
+    machine, model, flags = native.cpu_identity().split("|")
+    assert machine and (flags or model)
+    src.write_text("# b\n")
+    assert native.library_path(src)[1] != first[1]  # the source
+    src.write_text("# a\n")
+    assert native.library_path(src)[1] == first[1]
+    monkeypatch.setattr(native, "cpu_identity", lambda: "x86_64|another CPU|avx2 fma")
+    assert native.library_path(src)[1] != first[1]  # built on another kind: never loaded here
+
+
+def test_off_or_unbuildable_means_numpy(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("KVGRAPH_KERNELS_DIR", str(tmp_path / "k"))
+    broken = tmp_path / "broken.mojo"
+    broken.write_text("def nope(:\n")
+    with caplog.at_level("WARNING", logger="kvgraph"):
+        assert native.library(broken) is None
+    assert "broken.mojo did not build" in caplog.text
+    assert not list((tmp_path / "k").rglob("*.so"))  # nothing half-written left behind
+    monkeypatch.setenv("KVGRAPH_NATIVE", "off")
+    ok = tmp_path / "ok.mojo"
+    ok.write_text("@export\ndef kv_one() -> Int:\n    return 1\n")
+    assert native.library(ok) is None
