@@ -30,7 +30,7 @@ from . import custom
 
 log = logging.getLogger("kvgraph")
 
-__all__ = ["enabled", "cpu_identity", "library", "library_path"]
+__all__ = ["enabled", "cpu_id", "library", "library_path"]
 
 _OFF = ("off", "0", "none", "false")
 
@@ -40,23 +40,21 @@ def enabled() -> bool:
 
 
 @functools.cache
-def cpu_identity() -> str:
-    """This CPU as a compiler targeting it sees it: the machine, the model name and the
-    feature flags of ``/proc/cpuinfo`` (the machine alone where that file is missing)."""
-    model = flags = ""
+def cpu_id() -> str:
+    """What code compiled for this CPU depends on: the architecture, the model name and the
+    instruction-set flags (``/proc/cpuinfo`` where there is one). Part of every key of
+    compiled code (these libraries, the program store's programs)."""
+    parts = [platform.machine()]
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name" and not model:
-                model = value.strip()
-            elif key in ("flags", "Features") and not flags:
-                flags = " ".join(sorted(value.split()))
-            if model and flags:
-                break
+        with open("/proc/cpuinfo") as f:
+            info = f.read().split("\n\n", 1)[0]
+        for line in info.splitlines():
+            k, _, v = line.partition(":")
+            if k.strip() in ("model name", "flags", "Features", "CPU part"):
+                parts.append(v.strip())
     except OSError:
-        pass
-    return f"{platform.machine()}|{model}|{flags}"
+        parts.append(platform.processor())
+    return "|".join(parts)
 
 
 def library_path(source: Path) -> tuple[Path, Path] | None:
@@ -64,7 +62,7 @@ def library_path(source: Path) -> tuple[Path, Path] | None:
     mojo = custom.mojo_compiler()
     if mojo is None:
         return None
-    key = make_key(source.read_bytes(), custom.compiler_version(mojo), cpu_identity())[:20]
+    key = make_key(source.read_bytes(), custom.compiler_version(mojo), cpu_id())[:20]
     return mojo, custom.kernels_root() / "native" / key / f"lib{source.stem}.so"
 
 

@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import os
-import platform
 import re
 import sys
 import threading
@@ -44,6 +43,7 @@ from ..printer import format_graph
 from ..store import ProgramStore, default_store, make_key
 from . import custom
 from .lower import LAYOUTS, lower, max_name, weight_array
+from .native import cpu_id
 
 log = logging.getLogger("kvgraph")
 
@@ -538,20 +538,3 @@ def max_version() -> str:
         return importlib.metadata.version("max")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source build
         return getattr(engine, "__version__", "unknown")
-
-
-@functools.cache
-def cpu_id() -> str:
-    """What a compiled CPU program depends on: the architecture, the model name and the
-    instruction-set flags (``/proc/cpuinfo`` where there is one)."""
-    parts = [platform.machine()]
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read().split("\n\n", 1)[0]
-        for line in info.splitlines():
-            k, _, v = line.partition(":")
-            if k.strip() in ("model name", "flags", "Features", "CPU part"):
-                parts.append(v.strip())
-    except OSError:
-        parts.append(platform.processor())
-    return "|".join(parts)
