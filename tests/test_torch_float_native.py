@@ -117,7 +117,11 @@ def test_off_or_unbuildable_means_numpy(monkeypatch, tmp_path, caplog):
         assert native.library(broken) is None
     assert "broken.mojo did not build" in caplog.text
     assert not list((tmp_path / "k").rglob("*.so"))  # nothing half-written left behind
-    monkeypatch.setenv("KVGRAPH_NATIVE", "off")
     ok = tmp_path / "ok.mojo"
-    ok.write_text("@export\ndef kv_one() -> Int:\n    return 1\n")
+    ok.write_text("@export\ndef kv_seven() -> Int:\n    return 7\n")
+    built = native.library(ok)  # a cold build: an empty folder, the compiler run
+    assert built is not None and built.kv_seven() == 7
+    assert [p.name for p in (tmp_path / "k").rglob("*.so")] == ["libok.so"]
+    native.library.cache_clear()
+    monkeypatch.setenv("KVGRAPH_NATIVE", "off")
     assert native.library(ok) is None
