@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from models.whisper.decoding.filters import SHARED_MEMO, NormalizerMemo
-from models.whisper.decoding.torch_float import F32, log_probs_at, logsumexp
+from models.whisper.decoding.torch_float import F32, F64, log_probs_at, sleef_expf
 
 # --------------------------------------------------------------------------
 # torch.topk's order (libstdc++'s std::partial_sort with a NaN-first "greater")
@@ -110,13 +110,25 @@ def torch_topk(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def sampling_probs(logits: np.ndarray, temperature: float) -> np.ndarray:
     """Probabilities f32[rows, vocab] of ``Categorical(logits=logits / temperature)`` as torch
-    forms them: logits divided in float32, normalised by their logsumexp, then softmax."""
+    forms them: logits divided in float32, normalised by their logsumexp, then softmax. The
+    exps are SLEEF's float32 ones (torch's softmax kernel's), the sums float64: sampling is
+    random in openai-whisper too, so the contract here is torch's probabilities within float
+    tolerance (tests/test_filters_search.py, tests/test_whisper_max.py)."""
     z = np.asarray(logits, dtype=F32) / F32(temperature)
-    with np.errstate(invalid="ignore", over="ignore"):
-        z = z - logsumexp(z)[..., None]
-        e = np.exp((z - z.max(axis=-1, keepdims=True)).astype(np.float64)).astype(F32)
-        total = e.astype(np.float64).sum(axis=-1, keepdims=True).astype(F32)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        z = z - _logsumexp_rows(z)[..., None]
+        e = sleef_expf(z - z.max(axis=-1, keepdims=True))
+        total = e.sum(axis=-1, keepdims=True, dtype=F64).astype(F32)
         return e * (F32(1.0) / total)
+
+
+def _logsumexp_rows(z: np.ndarray) -> np.ndarray:
+    """``log(sum(exp(z - m))) + m`` f32 over the last axis, m the row maximum (0 where it is
+    infinite, as torch's logsumexp)."""
+    top = z.max(axis=-1)
+    top = np.where(np.isinf(top), F32(0.0), top).astype(F32)
+    total = sleef_expf(z - top[..., None]).sum(axis=-1, dtype=F64)
+    return np.log(total).astype(F32) + top
 
 
 def sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
