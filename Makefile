@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,base,serve,vad]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,base,serve,vad,ray]'
 	$(BIN)/pip install -q --no-deps -c constraints.txt silero-vad==6.2.0
 	touch $(STAMP)
 
@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(BIN)/kvgraph transcribe examples/jfk.wav --verbose --output-dir out
 
 test: lint
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 # one lint and format standard (ruff, configured in pyproject.toml); `make format` applies it
 lint: $(STAMP)

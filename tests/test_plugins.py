@@ -117,7 +117,7 @@ def test_registry_applies_a_plugin_once_and_all_or_nothing():
     reg.use(models.whisper.plugin.register)
     reg.use(models.whisper.plugin.register)
     assert list(reg.specs()) == ["whisper-tiny.en", "whisper-base", "llama-demo"]
-    assert list(reg.commands()) == ["transcribe", "prepare", "serve", "listen"]
+    assert list(reg.commands()) == ["transcribe", "prepare", "serve", "listen", "transcribe-corpus"]
     assert reg.specs()["whisper-base"].owner == "models.whisper.plugin:register"
     assert isinstance(reg.specs()["whisper-tiny.en"].make(), DecoderSpec)
 

@@ -71,6 +71,12 @@ def _listen(argv: list[str]) -> int:
     return listen.main(argv)
 
 
+def _transcribe_corpus(argv: list[str]) -> int:
+    from models.whisper.apps.cli import corpus
+
+    return corpus.main(argv)
+
+
 def register(registry) -> None:
     """Register the Whisper decoder specs (``whisper-tiny.en``, ``whisper-base``) and the
     ``transcribe`` command (arguments forwarded untouched to ``models.whisper.apps.cli.transcribe.main``)
@@ -94,4 +100,9 @@ def register(registry) -> None:
         "listen",
         _listen,
         help="transcribe a live source (16 kHz mono PCM on stdin or a growing file) as it is spoken",
+    )
+    registry.add_command(
+        "transcribe-corpus",
+        _transcribe_corpus,
+        help="transcribe a corpus (files, directories, globs, URIs) as a Ray Data job; needs the 'ray' extra",
     )
