@@ -49,8 +49,14 @@ class NormalizerMemo:
             self._local.entry = (np.array(logits, dtype=F32), top, logs)
             return top.copy(), logs.copy()
         seen, top, logs = entry
+        if np.array_equal(seen, logits):  # the rule left every row alone
+            return top.copy(), logs.copy()
         stale = [k for k in range(logits.shape[0]) if not np.array_equal(seen[k], logits[k])]
-        if stale:
+        if len(stale) == logits.shape[0]:  # a new step: every row (no gathered copies)
+            top, logs = log_normalizers(logits, self.exact)
+            np.copyto(seen, logits)
+            self._local.entry = (seen, top, logs)
+        elif stale:
             top[stale], logs[stale] = log_normalizers(logits[stale], self.exact)
             seen[stale] = logits[stale]
         return top.copy(), logs.copy()
