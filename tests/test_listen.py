@@ -444,6 +444,10 @@ def test_the_cli_prints_committed_lines_of_a_wav_file(tiny_backend, jfk_offline,
     import json
 
     lines = [json.loads(line) for line in out.splitlines()]
-    assert lines[-1]["final"] and len(lines) >= 2
+    assert len(lines) >= 2
+    # words committed at the end of the stream (none when the last transcription while the
+    # file was read had agreed on all of them: the steps follow the reader thread's timing)
+    finals = [line["final"] for line in lines]
+    assert finals == sorted(finals)  # a final batch, if any, is the last line
     assert words_of(" ".join(line["text"] for line in lines)) == jfk_offline
     assert "listening on" in err and f"{len(jfk_offline)} words" in err
