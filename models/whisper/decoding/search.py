@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from models.whisper.decoding.filters import SHARED_MEMO, NormalizerMemo
-from models.whisper.decoding.torch_float import F32, F64, log_probs_at, sleef_expf
+from models.whisper.decoding.torch_float import F32, F64, log_probs_at, logsumexp, sleef_expf
 
 # --------------------------------------------------------------------------
 # torch.topk's order (libstdc++'s std::partial_sort with a NaN-first "greater")
@@ -116,19 +116,10 @@ def sampling_probs(logits: np.ndarray, temperature: float) -> np.ndarray:
     tolerance (tests/test_filters_search.py, tests/test_whisper_max.py)."""
     z = np.asarray(logits, dtype=F32) / F32(temperature)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        z = z - _logsumexp_rows(z)[..., None]
+        z = z - logsumexp(z, sleef_exps=True)[..., None]
         e = sleef_expf(z - z.max(axis=-1, keepdims=True))
         total = e.sum(axis=-1, keepdims=True, dtype=F64).astype(F32)
         return e * (F32(1.0) / total)
-
-
-def _logsumexp_rows(z: np.ndarray) -> np.ndarray:
-    """``log(sum(exp(z - m))) + m`` f32 over the last axis, m the row maximum (0 where it is
-    infinite, as torch's logsumexp)."""
-    top = z.max(axis=-1)
-    top = np.where(np.isinf(top), F32(0.0), top).astype(F32)
-    total = sleef_expf(z - top[..., None]).sum(axis=-1, dtype=F64)
-    return np.log(total).astype(F32) + top
 
 
 def sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:

@@ -515,15 +515,18 @@ def log_probs_at(logits: np.ndarray, top: np.ndarray, logs: np.ndarray, idx: np.
         return (logits[rows, idx] - top) - logs
 
 
-def logsumexp(x: np.ndarray) -> np.ndarray:
+def logsumexp(x: np.ndarray, sleef_exps: bool = False) -> np.ndarray:
     """``torch.logsumexp(x, dim=-1)`` of float32 ``x``: ``log(sum(exp(x - m))) + m`` with m
     the row maximum (0 where it is infinite). torch's elementwise ``exp`` comes from MKL,
     which is not reproducible here; exp and the sum are correctly rounded instead, which
-    agrees with it but for the last bit now and then."""
+    agrees with it but for the last bit now and then. ``sleef_exps``: SLEEF's float32 exps
+    (:func:`sleef_expf`, fast with the Mojo twin) for a caller that needs torch's value only
+    within float tolerance (sampling), over whole vocabularies."""
     x = np.asarray(x, dtype=F32)
     top = x.max(axis=-1)
     top = np.where(np.isinf(top), F32(0.0), top).astype(F32)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        e = np.exp((x - top[..., None]).astype(F64)).astype(F32)
+        d = x - top[..., None]
+        e = sleef_expf(d) if sleef_exps else np.exp(d.astype(F64)).astype(F32)
         total = e.astype(F64).sum(axis=-1).astype(F32)
         return np.log(total.astype(F64)).astype(F32) + top
