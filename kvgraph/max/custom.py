@@ -148,18 +148,18 @@ def kernel_package() -> Path | None:
 
 def _build(mojo: Path, libs: Path, target: Path) -> None:
     log.info("building kvgraph's custom kernels into %s", target.parent)
-    # the package records its file's name as its module name: build under the final name in
-    # a temporary folder beside the target, then rename into place (atomic)
+    build_into(target, [str(mojo), "precompile", "-I", str(libs), str(SOURCE)])
+
+
+def build_into(target: Path, command: list[str]) -> None:
+    """Run the compiler ``command`` with ``-o`` a file of ``target``'s name in a temporary
+    folder beside it, then rename that into place (atomic: a reader never sees half a file).
+    The built file keeps its final name throughout: a Mojo package records its file's name
+    as its module name. Raises ``subprocess.CalledProcessError`` / ``TimeoutExpired``."""
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
     try:
         out = tmp / target.name
-        subprocess.run(
-            [str(mojo), "precompile", "-I", str(libs), str(SOURCE), "-o", str(out)],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        subprocess.run([*command, "-o", str(out)], check=True, capture_output=True, text=True, timeout=600)
         os.replace(out, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

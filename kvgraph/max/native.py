@@ -20,9 +20,7 @@ import functools
 import logging
 import os
 import platform
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 from ..store import file_lock, make_key
@@ -98,16 +96,4 @@ def library(source: Path) -> ctypes.CDLL | None:
 
 def _build(mojo: Path, source: Path, target: Path) -> None:
     log.info("building %s into %s", source.name, target.parent)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
-    try:
-        out = tmp / target.name
-        subprocess.run(
-            [str(mojo), "build", "--emit", "shared-lib", str(source), "-o", str(out)],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        os.replace(out, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    custom.build_into(target, [str(mojo), "build", "--emit", "shared-lib", str(source)])
