@@ -8,6 +8,7 @@ twice (here and through the entry point) is a no-op.
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -58,12 +59,16 @@ def compile_summary(path: str) -> list[str]:
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The run's MAX compile count and seconds; with KVGRAPH_TOL_REPORT=1 also each scaled
+    """The run's MAX compile count and seconds, the openai-whisper oracle's calls reused from
+    its on-disk memo (tests/oracle.py); with KVGRAPH_TOL_REPORT=1 also each scaled
     comparison's worst measured ratio (tests/tolerance.py)."""
     import tolerance
 
     for line in compile_summary(os.environ.get("KVGRAPH_COMPILE_LOG", "")):
         terminalreporter.write_line(line)
+    oracle = sys.modules.get("oracle")  # tests/oracle.py, once a test used it
+    if oracle is not None and oracle.STATS.summary():
+        terminalreporter.write_line(oracle.STATS.summary())
     for line in pytest_report_header(None):  # the draw, to replay a failure
         terminalreporter.write_line(line)
 

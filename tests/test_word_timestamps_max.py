@@ -14,8 +14,8 @@ import json
 import math
 
 import numpy as np
+import oracle
 import pytest
-import whisper
 from whisper_clips import JFK, SPEECH, SPEECH_CLIPS, assert_same_words, long_clip
 from whisper_fixtures import *  # noqa: F401,F403 - session fixtures
 from whisper_fixtures import fixture_loader
@@ -29,7 +29,7 @@ OPTS = dict(temperature=0.0, word_timestamps=True)
 
 
 def _both(backend, torch_model, audio, **kw):
-    ref = whisper.transcribe(torch_model, audio, fp16=False, **OPTS, **kw)
+    ref = oracle.transcribe(torch_model, audio, fp16=False, **OPTS, **kw)  # memoised on disk
     ours = transcribe(backend, audio, **OPTS, **kw)
     return ours, ref
 
@@ -93,7 +93,7 @@ def test_cli_word_outputs_equal_openai_writers(tmp_path, tiny_backend, torch_tin
     rc = main([str(JFK), "-o", str(out), *_cli_args(opts)], load_backend=fixture_loader)
     assert rc == 0
     temperature = tuple(np.arange(0.0, 1.0 + 1e-6, 0.2))  # the CLI's default schedule
-    ref = whisper.transcribe(
+    ref = oracle.transcribe(
         torch_tiny,
         jfk_audio,
         fp16=False,
