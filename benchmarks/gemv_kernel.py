@@ -69,6 +69,11 @@ def build_revision(rev: str, tmp: Path) -> Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--against", default=None, help="a git revision whose kernel to compare with")
+    ap.add_argument(
+        "--against-parameters",
+        action="store_true",
+        help="the revision's kernel takes the instruction-set class's parameters (lanes, regs)",
+    )
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 2, 5, 8, 16])
     ap.add_argument("--calls", type=int, default=40)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gemv_kernel.json"))
@@ -78,7 +83,7 @@ def main(argv=None) -> int:
     from max.dtype import DType
     from max.graph import DeviceRef, Graph, TensorType, ops
 
-    from kvgraph.max import custom
+    from kvgraph.max import custom, isa
     from kvgraph.max import kernels as K
     from kvgraph.max.runtime import session
 
@@ -95,16 +100,23 @@ def main(argv=None) -> int:
             TensorType(DType.float16, ["n", "k"], device=cpu),
         ]
 
-        def custom_op(name):
+        def custom_op(name, parameters=None):
             def fn(x, w):
                 out = TensorType(DType.float32, [x.shape[0], w.shape[0]], device=cpu)
-                return ops.custom(name, device=cpu, values=[x, w], out_types=[out])[0].tensor
+                res = ops.custom(name, device=cpu, values=[x, w], out_types=[out], parameters=parameters)
+                return res[0].tensor
 
             return fn
 
-        fns = {"kvgraph": custom_op(KERNEL), "max_gemv": lambda x, w: K.linear_gemv(x, w)}
+        # this tree's kernel with this machine's class (KVGRAPH_ISA forces another), a
+        # revision's with the parameters it declares (none before the classes)
+        fns = {
+            "kvgraph": custom_op(KERNEL, isa.host().gemv_parameters()),
+            "max_gemv": lambda x, w: K.linear_gemv(x, w),
+        }
         if args.against:
-            fns[args.against] = custom_op(KERNEL + "_rev")
+            rev = isa.host().gemv_parameters() if args.against_parameters else None
+            fns[args.against] = custom_op(KERNEL + "_rev", rev)
         models = {}
         for name, fn in fns.items():
             with Graph(f"gemv_bench_{len(models)}", input_types=types, custom_extensions=pkgs) as g:

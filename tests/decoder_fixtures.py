@@ -11,12 +11,13 @@ then find it in MAX's own cache), then the rest (full sequence, per-row step, th
 layout). The program store links each program's own key to its Module's artifact, so a test
 that compiles one of these programs alone, in this process or another, loads it instead.
 
-``drawn()`` is a spec of gpt_cross_gqa's family whose vocabulary and context sizes are
-**drawn anew each run**, with float16-exact weights: no compile cache (MAX's own, the program
-store) can hold its programs, and its ``prefill`` + ``step_rows`` Module uses every custom
-kernel. A fault in how kvgraph's kernel package reaches MAX fails the suite on any machine,
-warm or cold, at the cost of one small compile per run. ``KVGRAPH_TEST_SEED`` replays a run's
-draw (printed at the end of the run).
+``f16_cross_gqa()`` is a spec of gpt_cross_gqa's family with float16-exact weights: its
+``prefill`` + ``step_rows`` Module uses every custom kernel (the slot-pool tests run it). The
+program no compile cache can hold — sizes drawn anew each run (``SEED``, replayed with
+``KVGRAPH_TEST_SEED``, printed at the end of the run) — is a smaller step program in
+``tests/test_custom_kernels.py`` lowered the same way, so a fault in how kvgraph's kernel
+package reaches MAX fails the suite on any machine, warm or cold, for ~30 s of compile a run
+(this spec's two programs took ~140 s).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import kvgraph.specs
 SEED = int(os.environ.get("KVGRAPH_TEST_SEED") or secrets.randbelow(2**31))
 
 
-def drawn_cross_gqa(seed: int) -> kvgraph.DecoderSpec:
+def cross_gqa_sized(seed: int, name: str = "f16_cross_gqa") -> kvgraph.DecoderSpec:
     """gpt_cross_gqa's family and head size (64: the attention kernels' size) with vocabulary
     and context sizes drawn from ``seed``."""
     rng = np.random.default_rng(seed)
@@ -44,7 +45,7 @@ def drawn_cross_gqa(seed: int) -> kvgraph.DecoderSpec:
         cross_attention=kvgraph.CrossAttention(
             context_len=int(rng.integers(5, 40)), context_dim=int(rng.integers(8, 64))
         ),
-        name="drawn_cross_gqa",
+        name=name,
     )
 
 
@@ -177,11 +178,12 @@ def f16_exact(weights: dict) -> dict:
 
 
 @functools.cache
-def drawn():
-    """``(spec, weights, model)`` of this run's drawn spec, ``prefill`` and ``step_rows``
-    compiled as one MAX Module (the custom kernels all run in it)."""
-    spec = drawn_cross_gqa(SEED)
-    weights = f16_exact(kvgraph.init_weights(spec, seed=SEED % 1000))
+def f16_cross_gqa():
+    """``(spec, weights, model)`` of a gpt_cross_gqa-family spec with float16-exact weights,
+    ``prefill`` and ``step_rows`` compiled as one MAX Module (the custom kernels all run in
+    it); fixed sizes, so MAX's cache holds it between runs."""
+    spec = cross_gqa_sized(7)
+    weights = f16_exact(kvgraph.init_weights(spec, seed=7))
     model = kvgraph.compile(spec, weights, eager=False)
     model.load(["prefill", "step_rows"])
     return spec, weights, model

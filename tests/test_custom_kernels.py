@@ -144,20 +144,23 @@ def test_a_kernel_that_max_refuses_is_one_line_naming_it_and_the_way_out(monkeyp
 
 @pytest.mark.max
 def test_gemv_once_equals_matmul_for_any_rows():
+    """The float16 GEMV of every instruction-set class's tiles (AVX-512, AVX2, NEON, SSE: the
+    code targets this machine whatever the class, so every class runs here) equals ``x @ w.T``
+    for row counts across the tile heights (6 rows a tile on AVX-512 and NEON, 2 on AVX2)."""
     from max.driver import Buffer
     from max.dtype import DType
-    from max.graph import DeviceRef, Graph, TensorType
+    from max.graph import DeviceRef, Graph, Module, TensorType
 
+    from kvgraph.max import isa as I
     from kvgraph.max import kernels as K
-    from kvgraph.max.runtime import load_graph
+    from kvgraph.max.runtime import load_graphs
 
     pkg = custom.kernel_package()
     assert pkg is not None
     from decoder_fixtures import SEED
 
-    # n drawn per run (no compile cache holds this graph: the package reaches MAX through a
-    # cold compile of a lone Graph every run), never a multiple of the 4-row blocks: the
-    # tail path runs too
+    # n drawn per run (no compile cache holds these graphs: the package reaches MAX through a
+    # cold compile every run), never a multiple of the 4-row blocks: the tail path runs too
     rng = np.random.default_rng(SEED)
     n, k = 4 * int(rng.integers(20, 80)) + int(rng.integers(1, 4)), 48
     cpu = DeviceRef.CPU()
@@ -166,10 +169,13 @@ def test_gemv_once_equals_matmul_for_any_rows():
         TensorType(DType.float16, [n, k], device=cpu),
         TensorType(DType.float32, [n], device=cpu),
     ]
-    with Graph("gemv_once_test", input_types=types, custom_extensions=[pkg]) as g:
-        x, w, b = (v.tensor for v in g.inputs)
-        g.output(K.linear_gemv_once(x, w, b))
-    model = load_graph(g)
+    module, graphs = Module(), []
+    for name in I.CLASSES:  # one Module: one compile for the four
+        with Graph(f"gemv_once_test_{name}", input_types=types, custom_extensions=[pkg], module=module) as g:
+            x, w, b = (v.tensor for v in g.inputs)
+            g.output(K.linear_gemv_once(x, w, b, isa=I.make(name)))
+        graphs.append(g)
+    models = load_graphs(module, graphs, "gemv tests")
     rng = np.random.default_rng(0)
     w16 = rng.standard_normal((n, k)).astype(np.float16)
     bias = rng.standard_normal(n).astype(np.float32)
@@ -189,9 +195,10 @@ def test_gemv_once_equals_matmul_for_any_rows():
         (3, 2),
     ]:
         x = rng.standard_normal((rows, seq, k)).astype(np.float32)
-        got = model.execute(Buffer.from_numpy(x), Buffer.from_numpy(w16), Buffer.from_numpy(bias))[0]
         ref = x.astype(np.float64) @ w16.astype(np.float64).T + bias
-        assert_close(got.to_numpy(), ref, F32_PASS, what=f"gemv_once rows={rows}x{seq}")
+        for name in I.CLASSES:
+            got = models[f"gemv_once_test_{name}"].execute(*(Buffer.from_numpy(a) for a in (x, w16, bias)))[0]
+            assert_close(got.to_numpy(), ref, F32_PASS, what=f"gemv_once {name} rows={rows}x{seq}")
 
 
 def _attention_reference(q, k, v, heads, kv_heads, scale):
@@ -214,12 +221,14 @@ def _attention_reference(q, k, v, heads, kv_heads, scale):
 @pytest.mark.max
 def test_attend_equals_softmax_attention():
     """The few-row context attention against a float64 reference: row counts across its
-    tile sizes (1 .. 9 rows; tiles of 4 rows at head size 64, 2 at 128), several contexts,
-    grouped-query heads, a context length that is not a multiple of 16."""
+    tile sizes (1 .. 9 rows; tiles of up to 6 rows at head size 64, 3 at 128), several
+    contexts, grouped-query heads, a context length that is not a multiple of 16; the tiles of
+    every instruction-set class (:mod:`kvgraph.max.isa`)."""
     from max.driver import Buffer
     from max.dtype import DType
     from max.graph import DeviceRef, Graph, Module, TensorType
 
+    from kvgraph.max import isa as I
     from kvgraph.max import kernels as K
     from kvgraph.max.runtime import load_graphs
 
@@ -227,31 +236,47 @@ def test_attend_equals_softmax_attention():
     assert pkg is not None
     cpu = DeviceRef.CPU()
     rng = np.random.default_rng(1)
-    cases = [(6, 6, 64, 0.125), (4, 2, 128, 0.09), (2, 1, 64, 0.3)]
+    # every instruction-set class's tiles (one of them with Zen 3's 32 KB L1d: fewer rows a
+    # tile over 1500 keys), on one head size each and all on the grouped case
+    cases = [
+        (6, 6, 64, 0.125, "avx512"),
+        (6, 6, 64, 0.125, "neon"),
+        (4, 2, 128, 0.09, "avx2"),
+        (4, 2, 128, 0.09, "sse"),
+        (2, 1, 64, 0.3, "avx512"),
+        (2, 1, 64, 0.3, "avx2"),
+    ]
     module, graphs = Module(), []
-    for heads, kv_heads, dh, scale in cases:  # one Module: one compile for the three
+    for heads, kv_heads, dh, scale, cls in cases:  # one Module: one compile for them all
         types = [
             TensorType(DType.float32, ["c", "r", heads * dh], device=cpu),
             TensorType(DType.float32, ["c", "t", kv_heads * dh], device=cpu),
             TensorType(DType.float32, ["c", "t", kv_heads * dh], device=cpu),
         ]
-        name = f"attend_test_{heads}_{kv_heads}_{dh}"
+        name = f"attend_test_{heads}_{kv_heads}_{dh}_{cls}"
+        isa = I.make(cls, 32 * 1024 if cls == "avx2" else 48 * 1024)
         with Graph(name, input_types=types, custom_extensions=[pkg], module=module) as g:
             q, k, v = (x.tensor for x in g.inputs)
-            g.output(K.attention_context(q, k, v, heads, kv_heads, False, None, scale))
+            g.output(K.attention_context(q, k, v, heads, kv_heads, False, None, scale, isa=isa))
         graphs.append(g)
     models = load_graphs(module, graphs, "attend tests")
-    for (heads, kv_heads, dh, scale), g in zip(cases, graphs):
+    for (heads, kv_heads, dh, scale, _), g in zip(cases, graphs):
         model = models[g.name]
-        for c, rows, sk in [(1, 1, 1500), (1, 5, 37), (3, 2, 100), (2, 9, 7), (1, 4, 16), (2, 3, 1)]:
+        for c, rows, sk in [
+            (1, 1, 1500),
+            (1, 5, 1500),
+            (1, 5, 37),
+            (3, 2, 100),
+            (2, 9, 7),
+            (1, 4, 16),
+            (2, 3, 1),
+        ]:
             q = rng.standard_normal((c, rows, heads * dh)).astype(np.float32)
             k = rng.standard_normal((c, sk, kv_heads * dh)).astype(np.float32)
             v = rng.standard_normal((c, sk, kv_heads * dh)).astype(np.float32)
             got = model.execute(*(Buffer.from_numpy(a) for a in (q, k, v)))[0].to_numpy()
             ref = _attention_reference(q, k, v, heads, kv_heads, scale)
-            assert_close(
-                got, ref, F32_PASS, what=f"attend heads={heads}/{kv_heads} dh={dh} c={c} rows={rows} sk={sk}"
-            )
+            assert_close(got, ref, F32_PASS, what=f"{g.name} c={c} rows={rows} sk={sk}")
 
 
 @pytest.mark.max
@@ -265,6 +290,7 @@ def test_cache_attend_and_store_rows_equal_the_reference():
     from max.dtype import DType
     from max.graph import BufferType, DeviceRef, Graph, Module, TensorType, ops
 
+    from kvgraph.max import isa as I
     from kvgraph.max import kernels as K
     from kvgraph.max.runtime import load_graphs
 
@@ -273,9 +299,15 @@ def test_cache_attend_and_store_rows_equal_the_reference():
     cpu = DeviceRef.CPU()
     rng = np.random.default_rng(2)
     cap = 40
-    cases = [(6, 6, 64, 0.125, True), (4, 2, 128, 0.09, True), (2, 1, 64, 0.3, False)]
+    cases = [
+        (6, 6, 64, 0.125, True, "avx512"),
+        (6, 6, 64, 0.125, True, "avx2"),
+        (4, 2, 128, 0.09, True, "avx512"),
+        (4, 2, 128, 0.09, True, "neon"),
+        (2, 1, 64, 0.3, False, "sse"),
+    ]
     module, graphs = Module(), []
-    for heads, kv_heads, dh, scale, per_row in cases:  # one Module: one compile for the three
+    for heads, kv_heads, dh, scale, per_row, cls in cases:  # one Module: one compile for them all
         w, kw = heads * dh, kv_heads * dh
         types = [
             TensorType(DType.float32, ["b", "s", w], device=cpu),
@@ -285,7 +317,7 @@ def test_cache_attend_and_store_rows_equal_the_reference():
             BufferType(DType.float32, ["b", cap, kw], device=cpu),
             BufferType(DType.float32, ["b", cap, kw], device=cpu),
         ]
-        name = f"cache_attend_test_{heads}_{kv_heads}_{dh}_{per_row}"
+        name = f"cache_attend_test_{heads}_{kv_heads}_{dh}_{per_row}_{cls}"
         with Graph(name, input_types=types, custom_extensions=[pkg], module=module) as g:
             q, kn, vn, past = (x.tensor for x in g.inputs[:4])
             kc, vc = g.inputs[4].buffer, g.inputs[5].buffer
@@ -299,10 +331,10 @@ def test_cache_attend_and_store_rows_equal_the_reference():
                 ops.buffer_store_slice(kc, kn, sl)
                 ops.buffer_store_slice(vc, vn, sl)
                 end = past + s
-            g.output(K.attention_cache(q, kc, vc, heads, kv_heads, past, end, scale))
+            g.output(K.attention_cache(q, kc, vc, heads, kv_heads, past, end, scale, isa=I.make(cls)))
         graphs.append(g)
     models = load_graphs(module, graphs, "cache attend tests")
-    for (heads, kv_heads, dh, scale, per_row), g in zip(cases, graphs):
+    for (heads, kv_heads, dh, scale, per_row, _), g in zip(cases, graphs):
         w, kw, name = heads * dh, kv_heads * dh, g.name
         model = models[name]
         for pasts, sq in [([0], 1), ([5, 0, 17], 1), ([3, 9], 3), ([12, 12, 12, 12, 12], 1), ([36], 4)]:
@@ -377,3 +409,73 @@ def test_a_cache_view_read_before_a_later_store_keeps_its_values():
         got["attn"].to_numpy(), ref["attn"], F32_PASS, what="attention over the view taken before the store"
     )
     np.testing.assert_array_equal(arrays["cache.k"][:, p], args["k2"][:, 0])  # the late store landed
+
+
+@pytest.mark.max
+def test_a_drawn_step_program_runs_every_kernel_through_the_lowering():
+    """A step program built in the IR and lowered the way ``kvgraph.compile`` lowers one, whose
+    sizes are drawn anew each run (``KVGRAPH_TEST_SEED``): no compile cache (MAX's own, the
+    program store) can hold it, so a fault in how the kernel package reaches MAX (twice in one
+    compile, a stale package) fails the suite on any machine, warm or cold. It runs every
+    custom kernel — float16 GEMVs, rows stored at their own positions, causal attention over
+    the cache buffers in place, grouped cross-attention over a context — and equals the NumPy
+    reference interpreter."""
+    import re
+
+    from decoder_fixtures import SEED
+
+    import kvgraph.reference
+    from kvgraph import ir
+    from kvgraph.max.lower import lower
+    from kvgraph.max.runtime import load_program
+    from kvgraph.types import TensorType as T
+    from kvgraph.types import sym
+
+    draw = np.random.default_rng(SEED + 1)
+    n_out, t_ctx, cap = int(draw.integers(40, 400)), int(draw.integers(3, 60)), 24
+    d, heads, dh = 64, 2, 64  # grouped: 2 query heads on 1 KV head
+    b = sym("b")
+    gb = ir.GraphBuilder("drawn_step")
+    x = gb.input("x", T("f32", (b, 1, d)))
+    past = gb.input("past", T("i64", (b,)))
+    kc = gb.input("cache.k", T("f32", (b, cap, dh)))
+    vc = gb.input("cache.v", T("f32", (b, cap, dh)))
+    ck = gb.input("ctx.k", T("f32", (b, t_ctx, dh)))
+    cv = gb.input("ctx.v", T("f32", (b, t_ctx, dh)))
+    lin = {n: gb.weight(n, shape) for n, shape in (("wq", (heads * dh, d)), ("wk", (dh, d)), ("wv", (dh, d)))}
+    lin["wo"] = gb.weight("wo", (n_out, heads * dh))
+    q = gb.add(ir.Linear(x, lin["wq"]), "q")
+    kn = gb.add(ir.Linear(x, lin["wk"]), "k")
+    vn = gb.add(ir.Linear(x, lin["wv"]), "v")
+    ks = gb.add(ir.CacheStore(kc, kn, past), "k_store")
+    vs = gb.add(ir.CacheStore(vc, vn, past), "v_store")
+    kview = gb.add(ir.CacheView(ks, kn, past), "k_all")
+    vview = gb.add(ir.CacheView(vs, vn, past), "v_all")
+    att = gb.add(ir.Attention(q, kview, vview, heads, 1, True, 0.125, past), "attn")
+    cross = gb.add(ir.Attention(att, ck, cv, heads, 1, False, 0.125), "cross")
+    out = gb.add(ir.Linear(cross, lin["wo"]), "out")
+    g = gb.finish([("out", out), ("cache.k", ks), ("cache.v", vs)])
+    rng = np.random.default_rng(SEED)
+    weights = {  # float16-exact: the lowering keeps float16 copies for the GEMVs
+        n: (rng.standard_normal(w.type.shape) * 0.2).astype(np.float16).astype(np.float32)
+        for n, w in lin.items()
+    }
+    lowered, _ = lower(g, weights, few_dims={"b"}, always_few=True)
+    assert set(re.findall(r'"(kvgraph_\w+)"', str(lowered))) == set(custom.kernel_names()), f"seed {SEED}"
+    prog = load_program(g, weights, few_dims={"b"}, always_few=True)
+    for pasts in ([0], [5, 0, 17], [cap - 1, 3]):
+        rows = len(pasts)
+        args = {"x": rng.standard_normal((rows, 1, d)).astype(np.float32), "past": np.array(pasts, np.int64)}
+        for n in ("cache.k", "cache.v"):  # stale values past each row's position: masked
+            args[n] = rng.standard_normal((rows, cap, dh)).astype(np.float32)
+        for n in ("ctx.k", "ctx.v"):
+            args[n] = rng.standard_normal((rows, t_ctx, dh)).astype(np.float32)
+        ref = kvgraph.reference.run(g, weights, np.float64, **args)
+        arrays = {n: a.copy() for n, a in args.items()}
+        got = prog.results(
+            [arrays[n] for n in prog.input_names], prog(*[arrays[n] for n in prog.input_names])
+        )
+        what = f"drawn step (seed {SEED}: {n_out} outputs, context {t_ctx}) pasts={pasts}"
+        assert_close(got["out"].to_numpy(), ref["out"], F32_PASS, what=what)
+        for n in ("cache.k", "cache.v"):  # each row's new K/V at its position, the rest as it was
+            assert_close(arrays[n], ref[n], F32_PASS, what=f"{what}: {n}")

@@ -5,9 +5,8 @@ out some steps), one leaves and a new one reuses its rows (stale keys behind the
 multi-token step checks the in-graph per-row masks with seq > 1 (MAX_NOTES' trap). Both
 families: learned positions + cross-attention + GQA, and rope + GQA + SwiGLU.
 
-The first family's spec is drawn anew each run, with float16-exact weights
-(tests/decoder_fixtures.py): its ``prefill`` + ``step_rows`` Module runs every custom kernel,
-and no compile cache can hold it.
+The first family's spec has float16-exact weights (tests/decoder_fixtures.py): its
+``prefill`` + ``step_rows`` Module runs every custom kernel.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import re
 
 import numpy as np
 import pytest
-from decoder_fixtures import SEED, compiled, drawn
+from decoder_fixtures import compiled, f16_cross_gqa
 from tolerance import MAX_VS_REF, assert_close
 
 from kvgraph.max import custom
@@ -27,9 +26,9 @@ from kvgraph.slots import SlotPool
 pytestmark = pytest.mark.max
 
 
-@pytest.fixture(scope="module", params=["drawn_cross_gqa", "llama_gqa"])
+@pytest.fixture(scope="module", params=["f16_cross_gqa", "llama_gqa"])
 def case(request):
-    spec, weights, dec = drawn() if request.param == "drawn_cross_gqa" else compiled(request.param)
+    spec, weights, dec = f16_cross_gqa() if request.param == "f16_cross_gqa" else compiled(request.param)
     return spec, weights, dec, ReferenceDecoder(spec, weights)
 
 
@@ -91,10 +90,10 @@ def test_pool_reorder_matches_reference(case):
     assert_close(got, ref.logits(hist, ctx)[:, -1:], MAX_VS_REF, what="after reorder")
 
 
-def test_drawn_spec_runs_every_custom_kernel():
-    """The drawn spec's Module uses each of kvgraph's custom kernels, so the pool tests above
-    run them all in a program no compile cache holds."""
-    spec, weights, dec = drawn()
+def test_the_pool_runs_every_custom_kernel():
+    """The float16 spec's Module uses each of kvgraph's custom kernels, so the pool tests above
+    run them all."""
+    spec, weights, dec = f16_cross_gqa()
     if custom.kernel_package() is None:
         pytest.skip("custom kernels unavailable on this machine (their fallback is tested elsewhere)")
     used = set()
@@ -105,5 +104,5 @@ def test_drawn_spec_runs_every_custom_kernel():
             few_attention=r.few_attention,
         )  # fmt: skip
         used |= set(re.findall(r'"(kvgraph_\w+)"', str(mg)))
-    assert used == set(custom.kernel_names()), f"KVGRAPH_TEST_SEED={SEED}"
+    assert used == set(custom.kernel_names())
     assert set(dec.loaded) == {"prefill", "step_rows"}

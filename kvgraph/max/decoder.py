@@ -22,7 +22,7 @@ from ..errors import InputError, KvgraphError
 from ..ir import Graph
 from ..names import BATCH, CACHE_PREFIX, CONTEXT, LOGITS, SCORES_PREFIX, SEQ, STEP_ARGS
 from ..passes import ExposeAttention, PassResult, default_pipeline, run_passes
-from . import custom
+from . import custom, isa
 from .runtime import CompiledProgram, ProgramRequest, load_programs
 
 log = logging.getLogger("kvgraph")
@@ -77,7 +77,9 @@ class CompiledDecoder:
         )
         #: steps of at most this many rows run "step_few" (see STEP_FEW_ROWS)
         self.step_few_rows = (
-            STEP_FEW_ROWS_CUSTOM if self.few_steps and custom.kernel_package() else STEP_FEW_ROWS
+            isa.thresholds().step_few_rows_custom
+            if self.few_steps and custom.kernel_package()
+            else STEP_FEW_ROWS
         )
         if eager:
             self.load(self.eager_programs)
@@ -316,10 +318,10 @@ class CompiledDecoder:
 #: on a par with the float32 GEMM there), while compiling the GEMM program "step" takes
 #: minutes cold: so a prompt's few-token step or a beam of 5 stays on "step_few", and only
 #: larger batches compile "step".
+#: With kvgraph's custom GEMV (``kernels.linear_gemv_once``), which reads each weight once
+#: for all rows, the limit is a table keyed by the CPU's class
+#: (:func:`kvgraph.max.isa.thresholds`: 16 rows cost about what the GEMM program does).
 STEP_FEW_ROWS = 8
-#: ... with kvgraph's custom GEMV (``kernels.linear_gemv_once``), which reads each weight once
-#: for all rows: 16 rows cost about what the GEMM program does.
-STEP_FEW_ROWS_CUSTOM = 16
 
 _BATCH_DIM = frozenset({BATCH})  # kvgraph.build's batch dim
 _TOKEN_DIMS = frozenset({BATCH, SEQ})  # ... and its new-tokens dim

@@ -34,6 +34,7 @@ from max.dtype import DType
 from max.graph import BufferValue, DeviceRef, Dim, TensorType, TensorValue, ops
 
 from ..errors import InputError
+from . import isa as _isa
 
 __all__ = [
     "embed",
@@ -208,12 +209,15 @@ def linear_gemv(x: TensorValue, w16: TensorValue, b: TensorValue | None = None) 
     return y if b is None else y + b
 
 
-def linear_gemv_once(x: TensorValue, w16: TensorValue, b: TensorValue | None = None) -> TensorValue:
+def linear_gemv_once(
+    x: TensorValue, w16: TensorValue, b: TensorValue | None = None, isa: _isa.Isa | None = None
+) -> TensorValue:
     """:func:`linear_gemv` as kvgraph's custom kernel ``kvgraph_gemv_f16``
     (``kvgraph/max/mojo/kvgraph_kernels/gemv.mojo``): the float16 weight is read once for
     all rows of ``x`` instead of once per row, float32 arithmetic. The graph must be built
     with the kernel package in its ``custom_extensions`` (see :mod:`kvgraph.max.custom`);
-    ``x``'s last dim a multiple of 16. Measured for the 51864x384 projection, weight from
+    ``x``'s last dim a multiple of the vector width (``isa.lanes``, this machine's class by
+    default: :mod:`kvgraph.max.isa`). Measured for the 51864x384 projection, weight from
     DRAM (2 cores, AMD EPYC, ``benchmarks/gemv_kernel.py``): 0.94 / 1.01 / 1.15 / 1.42 ms at
     1 / 2 / 5 / 8 rows, where :func:`linear_gemv` takes 0.94 / 1.73 / 4.51 / 6.65 ms."""
     lead = list(x.shape[:-1])
@@ -223,6 +227,7 @@ def linear_gemv_once(x: TensorValue, w16: TensorValue, b: TensorValue | None = N
         device=_cpu(),
         values=[x2, w16],
         out_types=[TensorType(F32, [x2.shape[0], w16.shape[0]], device=_cpu())],
+        parameters=(isa or _isa.host()).gemv_parameters(),
     )[0].tensor
     y = ops.reshape(out, [*lead, w16.shape[0]])
     return y if b is None else y + b
@@ -444,6 +449,7 @@ def attention_context(
     causal: bool,
     q_offset: TensorValue | None,
     scale: float,
+    isa: _isa.Isa | None = None,
 ) -> TensorValue:
     """Unmasked :func:`attention` for a few query rows as kvgraph's custom kernel
     ``kvgraph_attend_f32`` (``kvgraph/max/mojo/kvgraph_kernels/attend.mojo``): per (row block,
@@ -460,7 +466,7 @@ def attention_context(
         device=_cpu(),
         values=[q, k, v, _f32_arg(scale)],
         out_types=[TensorType(F32, list(q.shape), device=_cpu())],
-        parameters={"heads": n_heads},
+        parameters={"heads": n_heads, **(isa or _isa.host()).attend_parameters()},
     )[0].tensor
 
 
@@ -473,6 +479,7 @@ def attention_cache(
     q_offset: TensorValue | None,
     end: TensorValue,
     scale: float,
+    isa: _isa.Isa | None = None,
 ) -> TensorValue:
     """Causal :func:`attention` of a step's query rows over cache **buffers** read in place,
     as kvgraph's custom kernel ``kvgraph_cache_attend_f32`` (``attend.mojo``): no
@@ -495,7 +502,7 @@ def attention_cache(
         device=cpu,
         values=[q, k, v, past, ops.reshape(end, [1]), _f32_arg(scale)],
         out_types=[TensorType(F32, list(q.shape), device=cpu)],
-        parameters={"heads": n_heads},
+        parameters={"heads": n_heads, **(isa or _isa.host()).attend_parameters()},
     )[0].tensor
 
 

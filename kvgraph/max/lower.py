@@ -35,7 +35,7 @@ from ..analysis import buffer_values, f16_exact
 from ..errors import LoweringError
 from ..printer import format_node, window
 from ..types import TensorType
-from . import custom
+from . import custom, isa
 from . import kernels as K
 
 WEIGHT_MODES = ("registry", "constant")
@@ -44,10 +44,10 @@ WEIGHT_MODES = ("registry", "constant")
 #: reads the weight once per row and beats the float32 GEMM up to about 3 rows (see
 #: ``kernels.linear_gemv``); kvgraph's custom kernel reads it once for all rows and beats the
 #: GEMM up to about 16 (``kernels.linear_gemv_once``).
+#: (The custom kernel's limit is a table keyed by the CPU's instruction-set class,
+#: :func:`kvgraph.max.isa.thresholds`; its inner dim must be a multiple of the class's
+#: vector width, ``isa.host().lanes``.)
 FEW_ROWS = 2
-FEW_ROWS_CUSTOM = 16
-#: The custom GEMV's inner dim must be a multiple of this (its SIMD width).
-CUSTOM_GEMV_MULTIPLE = 16
 
 # layout name -> host transform of a torch-layout array
 LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -180,12 +180,12 @@ def _rule_linear(op, env, ctx):
         # branch widening the float16 weight was folded by MAX into such a copy at load).
         # kvgraph's custom GEMV reads the weight once for all rows; MAX's own, once per row.
         w16 = ctx.weight(op.w, "plain", f16=True)
-        once = ctx.kernels is not None and op.w.type.shape[1] % CUSTOM_GEMV_MULTIPLE == 0
+        once = ctx.kernels is not None and op.w.type.shape[1] % isa.host().lanes == 0
         gemv = K.linear_gemv_once if once else K.linear_gemv
         if not ctx.few_attention or ctx.always_few:
             return gemv(x, w16, b)
         # step_rows: as many rows as a pool holds; the GEMM beyond what the GEMV serves well
-        few = FEW_ROWS_CUSTOM if once else FEW_ROWS
+        few = isa.thresholds().few_rows_custom if once else FEW_ROWS
         return K.linear_few_rows(x, w16, _arg(ctx, env, op.w, "T"), b, few, gemv)
     return K.linear(x, _arg(ctx, env, op.w, "T"), b, w_transposed=True)
 

@@ -41,7 +41,7 @@ from ..errors import KernelError, LoweringError
 from ..ir import Graph
 from ..printer import format_graph
 from ..store import ProgramStore, default_store, make_key
-from . import custom
+from . import custom, isa
 from .lower import LAYOUTS, lower, max_name, weight_array
 from .native import cpu_id
 
@@ -391,6 +391,7 @@ _LOWERING_MODULES = (
     "kvgraph.printer",
     "kvgraph.names",
     "kvgraph.max.custom",
+    "kvgraph.max.isa",
 )
 
 
@@ -423,10 +424,14 @@ def weights_signature(r: ProgramRequest) -> str:
 
 
 def kernels_id() -> str:
-    """Which custom kernel package the lowering uses: its content hash (the folder it was
-    built into is named by it, see :mod:`kvgraph.max.custom`), or "none"."""
+    """Which custom kernels the lowering uses: the package's content hash (the folder it was
+    built into is named by it, see :mod:`kvgraph.max.custom`) and the instruction-set class
+    their tiles are instantiated for (:mod:`kvgraph.max.isa`), or "none"."""
     pkg = custom.kernel_package()
-    return "none" if pkg is None else pkg.parent.name
+    if pkg is None:
+        return "none"
+    k = isa.host()
+    return f"{pkg.parent.name}/{k.name}/{k.l1d}"
 
 
 def store_key(batch: list[ProgramRequest], memo: list[tuple] | None = None) -> str:

@@ -17,6 +17,17 @@
 # (``buffer_load``) copies the whole buffer every call. float32 throughout; the sum order
 # differs from a matmul's, so results agree to float32 rounding, not bit for bit. dh must be
 # 64 or 128 (the lowering checks).
+#
+# Per instruction-set class (the lowering passes `lanes`, `regs` and `l1`, the L1d bytes; see
+# kvgraph/max/isa.py): a row is NC = dh / lanes vectors. A tile has up to RT_MAX rows (6 at
+# head size 64, 3 at 128: the rows that share one read of K and V), fewer when its scores
+# (rows x keys x 4 bytes) would not leave 8 KB of L1d for the K/V rows in flight (36 KB of
+# scores for 6 rows over 1500 keys: 6 rows in Sapphire Rapids' or Zen 5's 48 KB, 4 in Zen 3's
+# 32 KB). The outputs accumulate in registers in column chunks of CH vectors, CH the widest
+# divisor of NC with RT x CH accumulators + CH V vectors within the register file: AVX-512
+# (16 lanes, 32 zmm) one chunk at both head sizes; AVX2 (8 lanes, 16 ymm) chunks of 2
+# vectors at 64, 4 at 128; NEON (4 lanes, 32 v) chunks of 4 and 8. The scores' query vectors
+# are read from L1 where the registers do not hold them.
 
 from std.collections import Array
 from std.math import exp
@@ -27,14 +38,14 @@ from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 from std.memory import alloc
 
-comptime W = 16
 comptime NEG = Float32(-3.0e38)
 
 
-# Rows r0 .. r0+RT of one (context, head): NC = dh / W vectors per row. Row r sees keys
-# t < min(lim0 + r * grow, sk_all) (grow 0: unmasked, 1: causal).
+# Rows r0 .. r0+RT of one (context, head): NC = dh / W vectors per row, outputs in column
+# chunks of CH vectors. Row r sees keys t < min(lim0 + r * grow, sk_all) (grow 0: unmasked,
+# 1: causal).
 @always_inline
-def attend_tile[RT: Int, NC: Int](
+def attend_tile[W: Int, RT: Int, NC: Int, CH: Int](
     op: UnsafePointer[Float32, MutAnyOrigin],
     qp: UnsafePointer[Float32, MutAnyOrigin],
     kp: UnsafePointer[Float32, MutAnyOrigin],
@@ -78,25 +89,40 @@ def attend_tile[RT: Int, NC: Int](
             sp.unsafe_store(r * skp + t, e)
             sm += e
         inv[r] = Float32(1) / sm.reduce_add()
-    # outputs, V read once for the tile's rows
-    var ov = Array[SIMD[DType.float32, W], RT * NC](fill=SIMD[DType.float32, W](0))
-    for t in range(sk):
-        var vv = Array[SIMD[DType.float32, W], NC](fill=SIMD[DType.float32, W](0))
-        comptime for c in range(NC):
-            vv[c] = vp.unsafe_load[width=W](t * ks + c * W)
+    # outputs, V read once for the tile's rows (a chunk of CH vectors of each V row per pass)
+    comptime for c0 in range(0, NC, CH):
+        var ov = Array[SIMD[DType.float32, W], RT * CH](fill=SIMD[DType.float32, W](0))
+        for t in range(sk):
+            var vv = Array[SIMD[DType.float32, W], CH](fill=SIMD[DType.float32, W](0))
+            comptime for c in range(CH):
+                vv[c] = vp.unsafe_load[width=W](t * ks + (c0 + c) * W)
+            comptime for r in range(RT):
+                var p = SIMD[DType.float32, W](sp[r * skp + t])
+                comptime for c in range(CH):
+                    ov[r * CH + c] += p * vv[c]
         comptime for r in range(RT):
-            var p = SIMD[DType.float32, W](sp[r * skp + t])
-            comptime for c in range(NC):
-                ov[r * NC + c] += p * vv[c]
-    comptime for r in range(RT):
-        comptime for c in range(NC):
-            op.unsafe_store(r * qs + c * W, ov[r * NC + c] * inv[r])
+            comptime for c in range(CH):
+                op.unsafe_store(r * qs + (c0 + c) * W, ov[r * CH + c] * inv[r])
 
 
-# All rows of one (context, head), in tiles of RT_MAX then one of the rows left; row r sees
-# keys t < min(lim0 + r * grow, sk). The scores buffer (RT_MAX rows of skp) is its own.
+def tile_rows(dh: Int) -> Int:
+    """Rows sharing one read of a head's K and V: 6 at head size 64, 3 at 128."""
+    return 6 if dh <= 64 else 3
+
+
+def out_chunk(nc: Int, rt: Int, regs: Int) -> Int:
+    """The widest divisor of nc with rt x chunk accumulators + chunk V vectors in regs."""
+    var ch = nc
+    while ch > 1 and (nc % ch != 0 or (rt + 1) * ch > regs):
+        ch -= 1
+    return ch
+
+
+# All rows of one (context, head), in tiles of up to RT_MAX rows (fewer when the scores would
+# crowd L1d, see the top), then one of the rows left; row r sees keys
+# t < min(lim0 + r * grow, sk). The scores buffer (rt rows of skp) is its own.
 @always_inline
-def attend_head[NC: Int](
+def attend_head[W: Int, DH: Int, REGS: Int, L1: Int](
     op: UnsafePointer[Float32, MutAnyOrigin],
     qp: UnsafePointer[Float32, MutAnyOrigin],
     kp: UnsafePointer[Float32, MutAnyOrigin],
@@ -109,24 +135,31 @@ def attend_head[NC: Int](
     grow: Int,
     scale: Float32,
 ):
-    # rows per tile: one phase holds RT_MAX * NC query (or output) vectors and NC of K (or V):
-    # 6 rows at head size 64, 3 at 128 within 32 vector registers (5 beams read K and V once)
-    comptime RT_MAX = 24 // NC
+    comptime NC = DH // W
+    comptime RT_MAX = tile_rows(DH)
+    comptime assert NC >= 1 and NC * W == DH, "attend: head size is not a multiple of the lanes"
     var skp = (sk + W - 1) // W * W
-    var sp = rebind[UnsafePointer[Float32, MutAnyOrigin]](alloc[Float32](RT_MAX * skp))
+    var rt = min(RT_MAX, max(1, (L1 - 8192) // (skp * 4)))  # the tile's scores in L1d
+    var sp = rebind[UnsafePointer[Float32, MutAnyOrigin]](alloc[Float32](rt * skp))
     var r = 0
-    while r + RT_MAX <= rows:
-        attend_tile[RT_MAX, NC](op + r * qs, qp + r * qs, kp, vp, sp, qs, ks, sk, skp, lim0 + r * grow, grow, scale)
-        r += RT_MAX
-    comptime for h in range(1, RT_MAX):
-        if rows - r == h:
-            attend_tile[h, NC](op + r * qs, qp + r * qs, kp, vp, sp, qs, ks, sk, skp, lim0 + r * grow, grow, scale)
+    comptime for h in range(RT_MAX, 0, -1):  # tiles of rt rows, then the rows left
+        if h == rt:
+            while r + h <= rows:
+                comptime CH = out_chunk(NC, h, REGS)
+                attend_tile[W, h, NC, CH](
+                    op + r * qs, qp + r * qs, kp, vp, sp, qs, ks, sk, skp, lim0 + r * grow, grow, scale
+                )
+                r += h
+        if h < rt and rows - r == h:
+            comptime CH = out_chunk(NC, h, REGS)
+            attend_tile[W, h, NC, CH](op + r * qs, qp + r * qs, kp, vp, sp, qs, ks, sk, skp, lim0 + r * grow, grow, scale)
+            r += h
     sp.unsafe_free()
 
 
 # attend_head for head size dh (64 or 128: the kernels check), its vectors per row unrolled.
 @always_inline
-def attend_head_dh(
+def attend_head_dh[W: Int, REGS: Int, L1: Int](
     dh: Int,
     op: UnsafePointer[Float32, MutAnyOrigin],
     qp: UnsafePointer[Float32, MutAnyOrigin],
@@ -141,15 +174,23 @@ def attend_head_dh(
     scale: Float32,
 ):
     if dh == 64:
-        attend_head[64 // W](op, qp, kp, vp, rows, qs, ks, sk, lim0, grow, scale)
+        attend_head[W, 64, REGS, L1](op, qp, kp, vp, rows, qs, ks, sk, lim0, grow, scale)
     else:
-        attend_head[128 // W](op, qp, kp, vp, rows, qs, ks, sk, lim0, grow, scale)
+        attend_head[W, 128, REGS, L1](op, qp, kp, vp, rows, qs, ks, sk, lim0, grow, scale)
+
+
+def check_isa[target: StaticString, lanes: Int, regs: Int, l1: Int](name: StaticString) raises:
+    comptime assert lanes == 4 or lanes == 8 or lanes == 16, "attend: lanes must be 4, 8 or 16"
+    comptime assert regs >= 8, "attend: fewer than 8 vector registers"
+    comptime assert l1 >= 16384, "attend: an L1d under 16 KB"
+    if target != "cpu":
+        raise Error(String(name, " runs on the CPU only (it reads host memory)"))
 
 
 @register("kvgraph_attend_f32")
 struct AttendF32:
     @staticmethod
-    def execute[target: StaticString, heads: Int](
+    def execute[target: StaticString, heads: Int, lanes: Int, regs: Int, l1: Int](
         output: OutputTensor[dtype=DType.float32, rank=3, static_spec=_],
         q: InputTensor[dtype=DType.float32, rank=3, static_spec=_],
         k: InputTensor[dtype=DType.float32, rank=3, static_spec=_],
@@ -157,6 +198,7 @@ struct AttendF32:
         scale_t: InputTensor[dtype=DType.float32, rank=1, static_spec=_],
         ctx: DeviceContext,
     ) raises:
+        check_isa[target, lanes, regs, l1]("kvgraph_attend_f32")
         var nctx = q.dim_size(0)
         var rows = q.dim_size(1)
         var qs = q.dim_size(2)
@@ -180,7 +222,7 @@ struct AttendF32:
             var h = task % heads
             var qo = c * rows * qs + h * dh
             var ko = c * sk * ks + (h // group) * dh
-            attend_head_dh(dh, op + qo, qp + qo, kp + ko, vp + ko, rows, qs, ks, sk, sk, 0, scale)
+            attend_head_dh[lanes, regs, l1](dh, op + qo, qp + qo, kp + ko, vp + ko, rows, qs, ks, sk, sk, 0, scale)
 
         sync_parallelize(work, num_work_items=nctx * heads)
 
@@ -192,7 +234,7 @@ struct AttendF32:
 @register("kvgraph_cache_attend_f32")
 struct CacheAttendF32:
     @staticmethod
-    def execute[target: StaticString, heads: Int](
+    def execute[target: StaticString, heads: Int, lanes: Int, regs: Int, l1: Int](
         output: OutputTensor[dtype=DType.float32, rank=3, static_spec=_],
         q: InputTensor[dtype=DType.float32, rank=3, static_spec=_],
         k: MutableInputTensor[dtype=DType.float32, rank=3, static_spec=_],
@@ -202,6 +244,7 @@ struct CacheAttendF32:
         scale_t: InputTensor[dtype=DType.float32, rank=1, static_spec=_],
         ctx: DeviceContext,
     ) raises:
+        check_isa[target, lanes, regs, l1]("kvgraph_cache_attend_f32")
         var nctx = q.dim_size(0)
         var rows = q.dim_size(1)
         var qs = q.dim_size(2)
@@ -237,7 +280,7 @@ struct CacheAttendF32:
             var sk = min(p + rows, end)  # keys this context's last row sees
             var qo = c * rows * qs + h * dh
             var ko = c * cap * ks + (h // group) * dh
-            attend_head_dh(dh, op + qo, qp + qo, kp + ko, vp + ko, rows, qs, ks, sk, p + 1, 1, scale)
+            attend_head_dh[lanes, regs, l1](dh, op + qo, qp + qo, kp + ko, vp + ko, rows, qs, ks, sk, p + 1, 1, scale)
 
         sync_parallelize(work, num_work_items=nctx * heads)
 
@@ -254,6 +297,8 @@ struct StoreRowsF32:
         past_t: InputTensor[dtype=DType.int64, rank=1, static_spec=_],
         ctx: DeviceContext,
     ) raises:
+        if target != "cpu":
+            raise Error("kvgraph_store_rows_f32 runs on the CPU only (it reads host memory)")
         var b = new.dim_size(0)
         var s = new.dim_size(1)
         var w = new.dim_size(2)

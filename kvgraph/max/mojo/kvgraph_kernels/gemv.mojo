@@ -7,12 +7,18 @@
 # weight once per row; here each task takes blocks of 4 weight rows (outputs) and runs the
 # input rows against each block in register tiles of up to R_MAX rows x 4 outputs, so the
 # weight crosses the memory bus once whatever m is. The block is widened to float32 into a
-# small buffer (L1) that the tiles read: up to 2 tiles (m <= 12) in a streaming pass of its
-# own first; with more rows, by the first tile as it computes, so that the block's memory
-# traffic overlaps arithmetic (measured faster each way on the 2-core AMD EPYC, Zen 5).
+# small buffer (L1) that the tiles read: up to 2 tiles in a streaming pass of its own first;
+# with more tiles, by the first tile as it computes, so that the block's memory traffic
+# overlaps arithmetic (measured faster each way on the 2-core AMD EPYC, Zen 5).
 # Tiles have balanced heights and no zero padding: 5 beams cost 5 rows of arithmetic.
 # The sum order over k differs from a GEMM's: results agree to float32 rounding, not bit
-# for bit. k must be a multiple of W (the lowering checks).
+# for bit. k must be a multiple of the vector width (the lowering checks).
+#
+# Per instruction-set class (the lowering passes `lanes` and `regs`, see kvgraph/max/isa.py):
+# a tile holds R x 4 accumulators, 4 weight vectors and 1 row vector, so
+# R_MAX = min(6, (regs - 5) // 4): AVX-512 (16 lanes, 32 zmm) 6 rows (29 registers),
+# AVX2 (8 lanes, 16 ymm) 2 rows (13), NEON (4 lanes, 32 v) 6 rows. A register file too
+# small for one row is refused when the kernel compiles (never a zero tile).
 # The tile is unrolled by hand (6 x 4 named accumulators, rows past R dropped at compile
 # time): this Mojo has no register array a loop can index.
 
@@ -22,15 +28,19 @@ from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 from std.memory import alloc
 
-comptime W = 16
-comptime R_MAX = 6  # 6x4 accumulators + 4 weight vectors + 1 row vector: 29 of 32 zmm
 comptime TASKS = 64  # at most, of at least MIN_PER outputs each
 comptime MIN_PER = 96  # a 384-output projection in 4 tasks (a task costs a few us to start)
+
+
+def tile_rows[regs: Int]() -> Int:
+    """Rows of a register tile: R x 4 accumulators + 4 weight vectors + 1 row vector."""
+    return min(6, (regs - 5) // 4)
+
 
 # One R x 4 tile: rows r .. r+R of x against outputs j .. j+4. WIDEN: read the float16
 # block and keep its float32 values in wf as it goes; otherwise read wf.
 @always_inline
-def tile[R: Int, WIDEN: Bool](
+def tile[W: Int, R: Int, WIDEN: Bool](
     op: UnsafePointer[Float32, MutAnyOrigin],
     xp: UnsafePointer[Float32, MutAnyOrigin],
     wp: UnsafePointer[Float16, MutAnyOrigin],
@@ -151,7 +161,7 @@ def tile[R: Int, WIDEN: Bool](
 
 # A tile of `rows` (1 .. R_MAX) rows, dispatched to its compile-time height.
 @always_inline
-def tiles[WIDEN: Bool](
+def tiles[W: Int, R_MAX: Int, WIDEN: Bool](
     op: UnsafePointer[Float32, MutAnyOrigin],
     xp: UnsafePointer[Float32, MutAnyOrigin],
     wp: UnsafePointer[Float16, MutAnyOrigin],
@@ -164,23 +174,29 @@ def tiles[WIDEN: Bool](
 ):
     comptime for h in range(1, R_MAX + 1):
         if rows == h:
-            tile[h, WIDEN](op, xp, wp, wf, r, j, n, k)
+            tile[W, h, WIDEN](op, xp, wp, wf, r, j, n, k)
 
 
 @register("kvgraph_gemv_f16")
 struct GemvF16:
     @staticmethod
-    def execute[target: StaticString](
+    def execute[target: StaticString, lanes: Int, regs: Int](
         output: OutputTensor[dtype=DType.float32, rank=2, static_spec=_],
         x: InputTensor[dtype=DType.float32, rank=2, static_spec=_],
         w: InputTensor[dtype=DType.float16, rank=2, static_spec=_],
         ctx: DeviceContext,
     ) raises:
+        comptime W = lanes
+        comptime R_MAX = tile_rows[regs]()
+        comptime assert R_MAX >= 1, "kvgraph_gemv_f16: fewer than 9 vector registers hold no tile"
+        comptime assert W == 4 or W == 8 or W == 16, "kvgraph_gemv_f16: lanes must be 4, 8 or 16"
+        if target != "cpu":
+            raise Error("kvgraph_gemv_f16 runs on the CPU only (it reads host memory)")
         var m = x.dim_size(0)
         var k = x.dim_size(1)
         var n = w.dim_size(0)
         if k % W != 0 or w.dim_size(1) != k:
-            raise Error("kvgraph_gemv_f16: the inner dim must match and be a multiple of 16")
+            raise Error("kvgraph_gemv_f16: the inner dim must match and be a multiple of the vector width")
         var xp = rebind[UnsafePointer[Float32, MutAnyOrigin]](x.unsafe_ptr())
         var wp = rebind[UnsafePointer[Float16, MutAnyOrigin]](w.unsafe_ptr())
         var op = rebind[UnsafePointer[Float32, MutAnyOrigin]](output.unsafe_ptr())
@@ -198,18 +214,18 @@ struct GemvF16:
                     for i in range(0, 4 * k, W):
                         wf.unsafe_store(i, wp.unsafe_load[width=W](j * k + i).cast[DType.float32]())
                     var h0 = (m + 1) // 2 if tall == 2 else m
-                    tiles[False](op, xp, wp, wf, 0, h0, j, n, k)
+                    tiles[W, R_MAX, False](op, xp, wp, wf, 0, h0, j, n, k)
                     if h0 < m:
-                        tiles[False](op, xp, wp, wf, h0, m - h0, j, n, k)
+                        tiles[W, R_MAX, False](op, xp, wp, wf, h0, m - h0, j, n, k)
                 else:  # many rows: the first tile widens as it computes (the block's memory
                     # traffic overlaps that tile's arithmetic); the others read the widened block
                     var r = 0
                     for t in range(tall):
                         var h = (m + tall - 1 - t) // tall  # balanced heights, tallest first
                         if t == 0:
-                            tiles[True](op, xp, wp, wf, r, h, j, n, k)
+                            tiles[W, R_MAX, True](op, xp, wp, wf, r, h, j, n, k)
                         else:
-                            tiles[False](op, xp, wp, wf, r, h, j, n, k)
+                            tiles[W, R_MAX, False](op, xp, wp, wf, r, h, j, n, k)
                         r += h
                 j += 4
             while j < j1:

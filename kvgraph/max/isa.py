@@ -1,0 +1,150 @@
+"""The instruction-set class kvgraph's custom kernels are instantiated for.
+
+The kernels (``kvgraph/max/mojo/kvgraph_kernels``) take their vector width, register count
+and L1d size as compile-time parameters, passed by the lowering through ``ops.custom``; this
+module says which values this machine gets. One documented choice per class:
+
+========  =====  =========  ================================================
+class     lanes  registers  machines
+========  =====  =========  ================================================
+avx512      16     32 zmm   Intel Skylake-SP .. Sapphire Rapids, AMD Zen 4/5
+avx2         8     16 ymm   AMD Zen 1-3, Intel Haswell .. Alder Lake
+neon         4     32 v     AArch64 (Graviton, Apple silicon, Ampere)
+sse          4     16 xmm   any other x86-64
+========  =====  =========  ================================================
+
+The L1d size is read from ``/sys/devices/system/cpu/cpu0/cache`` (32 KiB when it cannot be).
+The code the Mojo compiler emits always targets the machine it runs on, so every class runs
+correctly on every machine (a 16-lane vector is two 8-lane ones on AVX2): the class only
+shapes the tiles. ``KVGRAPH_ISA=avx2`` (etc.) forces a class — for tests, and to measure one
+class's tiles on another machine.
+
+The row-count thresholds of the lowering (up to how many rows the few-row programs and the
+float16 GEMV run) are a table keyed by class too (:func:`thresholds`): measured on AVX-512
+machines (``benchmarks/gemv_kernel.py`` and ``benchmarks/step_rows.py``: AMD EPYC Zen 5 and
+Intel Sapphire Rapids); the other classes start from the same values until measured there.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from pathlib import Path
+
+import attrs
+
+__all__ = ["Isa", "CLASSES", "classify", "host", "l1d_bytes", "thresholds", "ENV"]
+
+ENV = "KVGRAPH_ISA"
+
+
+@attrs.frozen
+class Isa:
+    name: str
+    lanes: int  # float32 lanes per vector register
+    registers: int  # vector registers the code may use
+    l1d: int = 32 * 1024  # L1 data cache of one core, bytes
+
+    def gemv_parameters(self) -> dict[str, int]:
+        return {"lanes": self.lanes, "regs": self.registers}
+
+    def attend_parameters(self) -> dict[str, int]:
+        return {"lanes": self.lanes, "regs": self.registers, "l1": self.l1d}
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.lanes} float32 lanes, {self.registers} registers, L1d {self.l1d // 1024} KiB)"
+
+
+CLASSES: dict[str, tuple[int, int]] = {
+    "avx512": (16, 32),
+    "avx2": (8, 16),
+    "neon": (4, 32),
+    "sse": (4, 16),
+}
+
+
+@attrs.frozen
+class Thresholds:
+    #: GEMVs of at most this many rows read the float16 weight with kvgraph's kernel (beyond:
+    #: MAX's float32 GEMM)
+    few_rows_custom: int
+    #: steps of at most this many rows run the few-row step program
+    step_few_rows_custom: int
+
+
+# AVX-512: kvgraph_gemv_f16 beat MAX's float32 GEMM up to 16 rows for the 51864x384 projection
+# (benchmarks/gemv_kernel.py, AMD EPYC Zen 5, 2026-11-30), and the few-row step program the
+# per-row one up to 16 rows (benchmarks/step_rows.py). Not measured on the other classes.
+_THRESHOLDS = {
+    "avx512": Thresholds(16, 16),
+    "avx2": Thresholds(16, 16),
+    "neon": Thresholds(16, 16),
+    "sse": Thresholds(16, 16),
+}
+
+
+def classify(machine: str, flags: set[str] | frozenset[str]) -> str:
+    """The class of a CPU from its architecture and its ``/proc/cpuinfo`` flags."""
+    m = machine.lower()
+    if m in ("aarch64", "arm64"):
+        return "neon"
+    if "avx512f" in flags:
+        return "avx512"
+    if "avx2" in flags and "fma" in flags:
+        return "avx2"
+    return "sse"
+
+
+def _flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k.strip() in ("flags", "Features"):
+                    return frozenset(v.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def l1d_bytes(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
+    """One core's L1 data cache in bytes (32 KiB where the system does not say)."""
+    try:
+        for d in sorted(root.glob("index*")):
+            level = (d / "level").read_text().strip()
+            kind = (d / "type").read_text().strip()
+            if level == "1" and kind in ("Data", "Unified"):
+                size = (d / "size").read_text().strip().upper()
+                mult = {"K": 1024, "M": 1024 * 1024}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * mult
+    except (OSError, ValueError):
+        pass
+    return 32 * 1024
+
+
+def make(name: str, l1d: int = 32 * 1024) -> Isa:
+    lanes, regs = CLASSES[name]
+    return Isa(name, lanes, regs, l1d)
+
+
+@functools.cache
+def _detected() -> Isa:
+    return make(classify(platform.machine(), _flags()), l1d_bytes())
+
+
+def host() -> Isa:
+    """This machine's class (``KVGRAPH_ISA`` forces one, keeping the machine's L1d)."""
+    det = _detected()
+    forced = os.environ.get(ENV, "").strip().lower()
+    if not forced or forced == det.name:
+        return det
+    if forced not in CLASSES:
+        from ..errors import InputError
+
+        raise InputError(f"{ENV}={forced!r} is not an instruction-set class: one of {', '.join(CLASSES)}")
+    return make(forced, det.l1d)
+
+
+def thresholds(isa: Isa | None = None) -> Thresholds:
+    return _THRESHOLDS[(isa or host()).name]

@@ -1,0 +1,122 @@
+"""The instruction-set class the custom kernels are instantiated for (:mod:`kvgraph.max.isa`):
+which class a CPU gets, its L1d, the forced class, and that programs built for one class or
+one CPU are never the programs another loads (the store and memo keys say which)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kvgraph.errors import InputError
+from kvgraph.max import isa as I
+
+# /proc/cpuinfo flags of the kinds this project runs on (abridged to what matters)
+ZEN3 = {"fpu", "sse4_2", "avx", "avx2", "fma", "bmi2"}
+ZEN5 = ZEN3 | {"avx512f", "avx512bw", "avx512_bf16", "avx512_vnni"}
+SPR = ZEN5 | {"amx_tile", "amx_bf16", "amx_int8"}
+OLD = {"fpu", "sse2", "sse4_2", "avx"}  # AVX without AVX2/FMA
+
+
+@pytest.mark.parametrize(
+    "machine, flags, cls",
+    [
+        ("x86_64", ZEN3, "avx2"),
+        ("x86_64", ZEN5, "avx512"),
+        ("x86_64", SPR, "avx512"),
+        ("x86_64", OLD, "sse"),
+        ("x86_64", {"avx2"}, "sse"),  # AVX2 without FMA: the tiles' arithmetic is FMAs
+        ("aarch64", {"fp", "asimd"}, "neon"),
+        ("arm64", set(), "neon"),
+    ],
+)
+def test_each_cpu_kind_gets_its_class(machine, flags, cls):
+    assert I.classify(machine, frozenset(flags)) == cls
+
+
+def test_each_class_has_a_tile_of_at_least_one_row():
+    """What the kernels derive from a class at compile time (gemv's rows a tile, attend's
+    output chunk), recomputed here: never a zero tile, never a chunk that does not divide."""
+    for name, (lanes, regs) in I.CLASSES.items():
+        assert lanes in (4, 8, 16) and regs >= 9, name
+        assert min(6, (regs - 5) // 4) >= 1, name  # gemv.mojo tile_rows
+        for dh in (64, 128):
+            nc, rt = dh // lanes, (6 if dh <= 64 else 3)
+            ch = nc
+            while ch > 1 and (nc % ch or (rt + 1) * ch > regs):  # attend.mojo out_chunk
+                ch -= 1
+            assert ch >= 1 and nc % ch == 0 and (rt + 1) * ch <= regs, (name, dh)
+
+
+def _cache_dir(root, entries):
+    for i, (level, kind, size) in enumerate(entries):
+        d = root / f"index{i}"
+        d.mkdir(parents=True)
+        (d / "level").write_text(f"{level}\n")
+        (d / "type").write_text(f"{kind}\n")
+        (d / "size").write_text(f"{size}\n")
+    return root
+
+
+def test_l1d_is_read_from_sysfs(tmp_path):
+    spr = _cache_dir(tmp_path / "a", [(1, "Data", "48K"), (1, "Instruction", "32K"), (2, "Unified", "2048K")])
+    zen3 = _cache_dir(tmp_path / "b", [(1, "Instruction", "32K"), (1, "Data", "32K")])
+    assert I.l1d_bytes(spr) == 48 * 1024 and I.l1d_bytes(zen3) == 32 * 1024
+    assert I.l1d_bytes(tmp_path / "missing") == 32 * 1024
+    bad = _cache_dir(tmp_path / "c", [(1, "Data", "lots")])
+    assert I.l1d_bytes(bad) == 32 * 1024
+
+
+def test_a_class_can_be_forced_and_a_bad_one_is_one_line(monkeypatch):
+    here = I.host()
+    for name in I.CLASSES:
+        monkeypatch.setenv(I.ENV, name)
+        got = I.host()
+        assert got.name == name and got.lanes == I.CLASSES[name][0] and got.l1d == here.l1d
+    monkeypatch.setenv(I.ENV, "avx1024")
+    with pytest.raises(InputError) as e:
+        I.host()
+    assert "KVGRAPH_ISA" in str(e.value) and "avx2" in str(e.value) and "\n" not in str(e.value)
+    monkeypatch.delenv(I.ENV)
+    assert I.host() == here
+
+
+def _request():
+    import kvgraph
+    import kvgraph.specs
+    from kvgraph.max.runtime import ProgramRequest
+
+    spec = kvgraph.specs.get("llama-demo")
+    return ProgramRequest(kvgraph.build(spec), kvgraph.init_weights(spec, seed=0))
+
+
+@pytest.mark.max
+def test_a_program_of_another_class_or_cpu_is_a_store_miss(monkeypatch, tmp_path):
+    """The store key covers the CPU (its model and flags) and the kernels' class: a key forged
+    for another class or another CPU finds nothing where this machine's program is stored."""
+    from kvgraph.max import custom, runtime
+    from kvgraph.store import ProgramStore
+
+    if custom.kernel_package() is None:
+        pytest.skip("custom kernels unavailable here: the class is not part of the key")
+    r = _request()
+    monkeypatch.delenv(I.ENV, raising=False)
+    mine = runtime.store_key([r])
+    assert runtime.store_key([r]) == mine  # stable
+    others = {}
+    for name in I.CLASSES:
+        monkeypatch.setenv(I.ENV, name)
+        others[name] = runtime.store_key([r])
+        assert r.memo_key()[-1] == runtime.kernels_id() and name in runtime.kernels_id()
+    monkeypatch.delenv(I.ENV)
+    assert others[I.host().name] == mine
+    assert len(set(others.values())) == len(I.CLASSES)  # one program per class
+    monkeypatch.setattr(runtime, "cpu_id", lambda: "x86_64|AMD EPYC 7B13|fpu avx2 fma")
+    foreign_cpu = runtime.store_key([r])
+    assert foreign_cpu != mine
+
+    store = ProgramStore(tmp_path / "store")
+    assert store.put(mine, lambda path: Path(path).write_bytes(b"a program"))
+    assert store.target(mine) is not None
+    for key in [*(k for n, k in others.items() if n != I.host().name), foreign_cpu]:
+        assert store.target(key) is None  # a miss: compiled anew, never this machine's program
