@@ -41,6 +41,9 @@ def test_prepare_then_a_new_process_starts_from_the_store(tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     assert "tiny.en: encoder (compiled), prefill (compiled), step_few (compiled)" in first.stdout
     assert "0 read back, 1 written" in first.stderr
+    from kvgraph.max import isa
+
+    assert f"custom kernels: built, tiles for {isa.host().name}" in first.stderr  # this machine's class
     again = _kvgraph(store, "prepare", "--model", "tiny.en")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "tiny.en: encoder (store), prefill (store), step_few (store)" in again.stdout

@@ -59,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = default_store()
     where = store.root if store.enabled else "nowhere: the store is off (KVGRAPH_CACHE_DIR)"
     print(f"{PROG}: programs are stored in {where}", file=sys.stderr, flush=True)
+    print(f"{PROG}: custom kernels: {kernels_line()}", file=sys.stderr, flush=True)
     failed = False
     for name in args.model or ["tiny.en"]:
         t0 = time.perf_counter()
@@ -85,6 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     return 1 if failed else 0
+
+
+def kernels_line() -> str:
+    """The custom kernels this machine's programs use: built or not, and the instruction-set
+    class their tiles are shaped for."""
+    from kvgraph.max import custom, isa
+
+    if custom.kernel_package() is None:
+        return "unavailable: MAX's own ops instead (same transcripts)"
+    return f"built, tiles for {isa.host().describe()}"
 
 
 if __name__ == "__main__":  # pragma: no cover
