@@ -34,6 +34,8 @@ from pathlib import Path
 
 import attrs
 
+from . import native
+
 __all__ = ["Isa", "CLASSES", "classify", "host", "l1d_bytes", "thresholds", "ENV"]
 
 ENV = "KVGRAPH_ISA"
@@ -96,18 +98,6 @@ def classify(machine: str, flags: set[str] | frozenset[str]) -> str:
     return "sse"
 
 
-def _flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k.strip() in ("flags", "Features"):
-                    return frozenset(v.split())
-    except OSError:
-        pass
-    return frozenset()
-
-
 def l1d_bytes(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
     """One core's L1 data cache in bytes (32 KiB where the system does not say)."""
     try:
@@ -130,7 +120,11 @@ def make(name: str, l1d: int = 32 * 1024) -> Isa:
 
 @functools.cache
 def _detected() -> Isa:
-    return make(classify(platform.machine(), _flags()), l1d_bytes())
+    info = native.cpuinfo()
+    return make(
+        classify(platform.machine(), frozenset(info.get("flags", info.get("Features", "")).split())),
+        l1d_bytes(),
+    )
 
 
 def host() -> Isa:

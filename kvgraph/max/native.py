@@ -28,7 +28,7 @@ from . import custom
 
 log = logging.getLogger("kvgraph")
 
-__all__ = ["enabled", "cpu_id", "library", "library_path"]
+__all__ = ["enabled", "cpuinfo", "cpu_id", "library", "library_path"]
 
 _OFF = ("off", "0", "none", "false")
 
@@ -38,21 +38,30 @@ def enabled() -> bool:
 
 
 @functools.cache
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields in ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read().split("\n\n", 1)[0]
+    except OSError:
+        return {}
+    fields = {}
+    for line in info.splitlines():
+        k, _, v = line.partition(":")
+        fields.setdefault(k.strip(), v.strip())
+    return fields
+
+
+@functools.cache
 def cpu_id() -> str:
     """What code compiled for this CPU depends on: the architecture, the model name and the
     instruction-set flags (``/proc/cpuinfo`` where there is one). Part of every key of
     compiled code (these libraries, the program store's programs)."""
-    parts = [platform.machine()]
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read().split("\n\n", 1)[0]
-        for line in info.splitlines():
-            k, _, v = line.partition(":")
-            if k.strip() in ("model name", "flags", "Features", "CPU part"):
-                parts.append(v.strip())
-    except OSError:
-        parts.append(platform.processor())
-    return "|".join(parts)
+    info = cpuinfo()
+    if not info:
+        return "|".join([platform.machine(), platform.processor()])
+    keys = ("model name", "flags", "Features", "CPU part")
+    return "|".join([platform.machine(), *(info[k] for k in keys if k in info)])
 
 
 def library_path(source: Path) -> tuple[Path, Path] | None:
