@@ -123,7 +123,7 @@ def test_float16_copies_only_where_lossless(case):
         before = dict(model._progs)
         model.step(tokens[:, 2:], state)
         assert "step_few" in before and model._progs == before  # compiled eagerly; nothing new ran
-        # a step of more rows than step_few serves (STEP_FEW_ROWS, or STEP_FEW_ROWS_CUSTOM with
+        # a step of more rows than step_few serves (STEP_FEW_ROWS, or the class's threshold with
         # kvgraph's custom GEMV) runs the float32 GEMM program "step"
         b, n = 2, model.step_few_rows // 2 + 1
         tokens, ctx = _inputs(spec, b, 3 + n, seed=8)

@@ -87,7 +87,7 @@ class LowerCtx:
     rows, or MAX's own ``kernels.linear_gemv``). ``always_few`` (a program only run with few
     rows) lowers causal attention to ``kernels.attention_few``; so does ``few_attention``
     alone (a step of one token per row over many rows, ``step_rows``: there a run-time
-    ``cond`` picks the GEMV up to ``FEW_ROWS_CUSTOM`` rows and the float32 GEMM beyond)."""
+    ``cond`` picks the GEMV up to ``isa.thresholds().few_rows_custom`` rows and the float32 GEMM beyond)."""
 
     def __init__(
         self,
