@@ -20,9 +20,9 @@ shapes the tiles. ``KVGRAPH_ISA=avx2`` (etc.) forces a class — for tests, and 
 class's tiles on another machine.
 
 The row-count thresholds of the lowering (up to how many rows the few-row programs and the
-float16 GEMV run) are a table keyed by class too (:func:`thresholds`): measured on AVX-512
-machines (``benchmarks/gemv_kernel.py`` and ``benchmarks/step_rows.py``: AMD EPYC Zen 5 and
-Intel Sapphire Rapids); the other classes start from the same values until measured there.
+float16 GEMV run) are a table keyed by class too (:func:`thresholds`): measured on one AVX-512
+machine (``benchmarks/gemv_kernel.py`` and ``benchmarks/step_rows.py``, AMD EPYC Zen 5); the
+other classes start from the same values until measured there.
 """
 
 from __future__ import annotations
