@@ -11,6 +11,8 @@ from .analysis import limits
 from .build import build
 from .errors import InputError, InputTypeError, LoweringError
 from .ir import Graph
+from .numerics import check_compute_type
+from .passes import compute_type as with_compute_type
 from .passes import default_pipeline
 from .spec import DecoderSpec
 
@@ -30,6 +32,7 @@ def compile(
     cache_layout: str = "auto",
     capacity: int | None = None,
     f16_weights: bool = True,
+    compute_type: str = "float32",
 ) -> CompiledDecoder:
     """Compile a decoder spec (or a full-sequence graph from ``kvgraph.build``) for MAX.
 
@@ -47,7 +50,12 @@ def compile(
     (the default): ``"buffer"`` whenever a capacity is known, else ``"concat"``. The
     buffer layout was measured faster (README, Design notes); its states are written in
     place, so two branches stepped from one state need ``reorder`` (a stale state is
-    refused). Ignored when ``passes`` is given."""
+    refused). Ignored when ``passes`` is given.
+
+    ``compute_type``: ``"float32"`` (exact) or ``"bfloat16"``: every weight linear with
+    bfloat16 operands and float32 sums (:class:`kvgraph.passes.ComputeType`, run before the
+    pipeline; AMX tiles where the CPU has them, else emulated on the float32 GEMM). It pays
+    for many-row products (a prefill, an encoder); one-token steps read the weights either way."""
     if device != "cpu":
         raise LoweringError(f"device={device!r}: this build lowers for 'cpu' only")
     if isinstance(spec_or_graph, DecoderSpec):
@@ -56,6 +64,8 @@ def compile(
         g = spec_or_graph
     else:
         raise InputTypeError(f"compile() takes a DecoderSpec or Graph, got {type(spec_or_graph).__name__}")
+    if check_compute_type(compute_type) != "float32":
+        g = with_compute_type(g, compute_type)
     if cache_layout not in ("auto", "concat", "buffer"):
         raise InputError(f"cache_layout={cache_layout!r}: expected 'auto', 'buffer' or 'concat'")
     if capacity is not None and cache_layout == "concat":

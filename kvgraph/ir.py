@@ -99,13 +99,19 @@ class Op:
     NAME: ClassVar[str] = "?"
     OPERANDS: ClassVar[tuple[str, ...]] = ()
     POSITIONWISE: ClassVar[bool] = False
+    #: attributes left out of the printed IR while they hold their default (added after the
+    #: IR's text was fixed: graphs that do not use them print as before)
+    QUIET: ClassVar[tuple[str, ...]] = ()
 
     def operands(self) -> tuple[Value, ...]:
         return tuple(v for f in self.OPERANDS if (v := getattr(self, f)) is not None)
 
     def attributes(self) -> dict:
         return {
-            f.name: getattr(self, f.name) for f in attrs.fields(type(self)) if f.name not in self.OPERANDS
+            f.name: getattr(self, f.name)
+            for f in attrs.fields(type(self))
+            if f.name not in self.OPERANDS
+            and not (f.name in self.QUIET and getattr(self, f.name) == f.default)
         }
 
     def replace_operands(self, mapping: dict) -> Op:
@@ -278,13 +284,25 @@ class Mul(Op):
 
 @op("linear", ("x", "w", "bias"), positionwise=True)
 class Linear(Op):
-    """``x @ w.T + bias``: x f32[..., in], w f32[out, in] (PyTorch layout), bias f32[out] or absent."""
+    """``x @ w.T + bias``: x f32[..., in], w f32[out, in] (PyTorch layout), bias f32[out] or absent.
+
+    ``compute``: the product's arithmetic (:data:`kvgraph.numerics.COMPUTE_TYPES`): ``float32``
+    (exact, the default, not printed), or ``bfloat16``: x and w rounded to bfloat16, the sums in
+    float32 (set by :class:`kvgraph.passes.ComputeType`); the bias is added in float32."""
+
+    QUIET: ClassVar[tuple[str, ...]] = ("compute",)
 
     x: Value
     w: Value
     bias: Value | None = None
+    compute: str = "float32"
 
     def infer_type(self):
+        from .numerics import COMPUTE_TYPES
+
+        _need(
+            self.compute in COMPUTE_TYPES, f"linear: compute {self.compute!r} is not one of {COMPUTE_TYPES}"
+        )
         x, w = _t(self.x), _t(self.w)
         _need(w.rank == 2, f"linear: weight must be f32[out, in], got {w}")
         _need(x.shape[-1] == w.shape[1], f"linear: input width {x.shape[-1]} != weight in-dim {w.shape[1]}")
@@ -366,7 +384,14 @@ class Attention(Op):
     batch dim ``c`` than q's ``b``: the rows are grouped contiguously, ``b = c x g``, and q
     row ``i`` reads k/v row ``i // g`` (``ShareContexts`` makes beams of one audio read one
     copy of its cross-attention K/V this way). ``b`` must be a multiple of ``c`` at run time.
+
+    ``compute`` (:data:`kvgraph.numerics.COMPUTE_TYPES`; ``float32`` by default, not printed):
+    with ``bfloat16`` q, k and v are rounded to bfloat16, the scores summed in float32, the
+    softmax's numerators ``e = exp(scores - max)`` kept in float32 for their sum and rounded to
+    bfloat16 for the product with v: ``out = (bf16(e) @ bf16(v)) / sum(e)``.
     """
+
+    QUIET: ClassVar[tuple[str, ...]] = ("compute",)
 
     q: Value
     k: Value
@@ -376,8 +401,15 @@ class Attention(Op):
     causal: bool
     scale: float
     q_offset: Value | None = None
+    compute: str = "float32"
 
     def infer_type(self):
+        from .numerics import COMPUTE_TYPES
+
+        _need(
+            self.compute in COMPUTE_TYPES,
+            f"attention: compute {self.compute!r} is not one of {COMPUTE_TYPES}",
+        )
         q, k, v = _t(self.q), _t(self.k), _t(self.v)
         _need(q.rank == k.rank == v.rank == 3, f"attention: q, k, v must be rank 3, got {q}, {k}, {v}")
         _need(k.shape == v.shape, f"attention: k {k} and v {v} differ")

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import ir
 from .errors import ReferenceRunError
+from .numerics import round_bf16
 from .printer import window
 
 
@@ -99,14 +100,20 @@ def _attention(op, a, ctx):
             raise ReferenceRunError(f"attention: {b} rows cannot be grouped over {c} contexts")
         grouped = dict(a, q=q.reshape(c, (b // c) * sq, w))
         return _attention(op, grouped, ctx).reshape(b, sq, w)
+    bf16 = op.compute == "bfloat16"
+    if bf16:  # q, k, v rounded to bfloat16
+        a = dict(a, **{n: round_bf16(a[n]).astype(a[n].dtype) for n in ("q", "k", "v")})
     v = a["v"]
     b, sq, w = a["q"].shape
     scores, kv_of = _scores(op, a)
     vh = v.reshape(b, v.shape[1], op.kv_heads, w // op.heads).transpose(0, 2, 1, 3)[:, kv_of]
     scores = scores - scores.max(-1, keepdims=True)
     p = np.exp(scores)
-    p = p / p.sum(-1, keepdims=True)
-    return (p @ vh).transpose(0, 2, 1, 3).reshape(b, sq, w)
+    if bf16:  # the numerators rounded to bfloat16 for the product, their sum not
+        out = (round_bf16(p).astype(p.dtype) @ vh) / p.sum(-1, keepdims=True)
+    else:
+        out = (p / p.sum(-1, keepdims=True)) @ vh
+    return out.transpose(0, 2, 1, 3).reshape(b, sq, w)
 
 
 def _attention_scores(op, a, ctx):
@@ -147,6 +154,13 @@ def _conv1d(op, a, ctx):
     return np.einsum("btck,ock->bto", cols, w) + bias
 
 
+def _linear(op, a, ctx):
+    x, w = a["x"], a["w"]
+    if op.compute == "bfloat16":  # both operands rounded to bfloat16 (as float32 values)
+        x, w = round_bf16(x).astype(x.dtype), round_bf16(w).astype(w.dtype)
+    return x @ w.T + (0 if a["bias"] is None else a["bias"])
+
+
 RULES = {
     ir.Embed: lambda op, a, ctx: a["table"][a["tokens"]],
     ir.Positions: _positions,
@@ -155,7 +169,7 @@ RULES = {
     ir.Rope: _rope,
     ir.Add: lambda op, a, ctx: a["a"] + a["b"],
     ir.Mul: lambda op, a, ctx: a["a"] * a["b"],
-    ir.Linear: lambda op, a, ctx: a["x"] @ a["w"].T + (0 if a["bias"] is None else a["bias"]),
+    ir.Linear: _linear,
     ir.LayerNorm: _layer_norm,
     ir.RMSNorm: _rms_norm,
     ir.Gelu: lambda op, a, ctx: 0.5 * a["x"] * (1.0 + _erf(a["x"] / np.sqrt(2.0))),

@@ -24,6 +24,7 @@ __all__ = [
     "base_model",
     "torch_base",
     "fixture_loader",
+    "tiny_backend_bf16",
 ]
 
 
@@ -114,6 +115,25 @@ def _needs(name: str):
 def tiny_backend():
     _needs("tiny.en")
     return _max_backend("tiny.en", True)
+
+
+@functools.cache
+def _bf16_backend(name: str):
+    from models.whisper import MaxWhisperBackend
+    from models.whisper.weights.alignment_heads import load_alignment_heads
+
+    dims, weights = _backend_checkpoint(name)
+    return MaxWhisperBackend(
+        dims, weights, alignment_heads=load_alignment_heads(name, dims), compute_type="bfloat16"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_backend_bf16():
+    """tiny.en with ``compute_type="bfloat16"``: its own encoder program (compiled once), the
+    decoder's programs those of :func:`tiny_backend` (the same store keys)."""
+    _needs("tiny.en")
+    return _bf16_backend("tiny.en")
 
 
 @pytest.fixture(scope="session")

@@ -36,9 +36,10 @@ import attrs
 
 from . import native
 
-__all__ = ["Isa", "CLASSES", "classify", "host", "l1d_bytes", "thresholds", "ENV"]
+__all__ = ["Isa", "CLASSES", "classify", "host", "l1d_bytes", "thresholds", "ENV", "amx", "AMX_ENV"]
 
 ENV = "KVGRAPH_ISA"
+AMX_ENV = "KVGRAPH_AMX"
 
 
 @attrs.frozen
@@ -142,3 +143,30 @@ def host() -> Isa:
 
 def thresholds(isa: Isa | None = None) -> Thresholds:
     return _THRESHOLDS[(isa or host()).name]
+
+
+@functools.cache
+def _amx_granted() -> bool:
+    """Does this CPU list AMX tiles with bfloat16 (``amx_tile``, ``amx_bf16``), and does Linux
+    grant this process the tile state? (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA,
+    Linux's Documentation/arch/x86/xstate.rst; a process must ask before its first tile
+    instruction. The kernel asks again on each call: processes that never ran this.)"""
+    flags = set(native.cpuinfo().get("flags", "").split())
+    if not {"amx_tile", "amx_bf16"} <= flags or platform.machine() != "x86_64":
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(158, 0x1023, 18) == 0  # arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)
+    except (OSError, AttributeError):
+        return False
+
+
+def amx() -> bool:
+    """Do ``bfloat16`` linears run on AMX tiles here (``kvgraph_matmul_bf16_amx``)? Elsewhere
+    they run emulated: operands rounded to bfloat16, float32 GEMM (the same rounding, float32
+    speed). ``KVGRAPH_AMX=off`` forces the emulation (tests, measurements)."""
+    if os.environ.get(AMX_ENV, "on").strip().lower() in ("off", "0", "no", "false"):
+        return False
+    return _amx_granted()

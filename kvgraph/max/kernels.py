@@ -45,6 +45,9 @@ __all__ = [
     "linear_gemv",
     "linear_few_rows",
     "linear_gemv_once",
+    "linear_bf16_amx",
+    "linear_bf16_emulated",
+    "attention_bf16_amx",
     "leading_dims",
     "linear_weight_constant",
     "layer_norm",
@@ -233,6 +236,39 @@ def linear_gemv_once(
     return y if b is None else y + b
 
 
+def linear_bf16_amx(
+    x: TensorValue, panels: TensorValue, out_dim: int, b: TensorValue | None = None
+) -> TensorValue:
+    """``x @ w.T + b`` in bfloat16 with float32 sums on Intel AMX tiles: kvgraph's custom
+    kernel ``kvgraph_matmul_bf16_amx`` (``kvgraph/max/mojo/kvgraph_kernels/matmul_bf16.mojo``),
+    ``x`` rounded to bfloat16 inside it; ``panels`` is the weight ``f32[out_dim, in]`` packed by
+    :func:`kvgraph.numerics.bf16_panels` (``uint16[out_p / 16, in_p / 2, 32]``). The graph
+    must be built with the kernel package (see :mod:`kvgraph.max.custom`)."""
+    lead, n = list(x.shape[:-1]), x.shape[-1]
+    if int(panels.shape[1]) * 2 < int(n):
+        raise InputError(f"linear_bf16_amx: weight panels hold {int(panels.shape[1]) * 2} inputs, x has {n}")
+    x2 = ops.reshape(x, [-1, n])
+    out = ops.custom(
+        "kvgraph_matmul_bf16_amx",
+        device=_cpu(),
+        values=[x2, panels],
+        out_types=[TensorType(F32, [x2.shape[0], out_dim], device=_cpu())],
+    )[0].tensor
+    y = ops.reshape(out, [*lead, out_dim])
+    return y if b is None else y + b
+
+
+def linear_bf16_emulated(
+    x: TensorValue, wt_rounded: TensorValue, b: TensorValue | None = None
+) -> TensorValue:
+    """``x @ w.T + b`` with bfloat16 operands on MAX's float32 GEMM: ``x`` rounded to
+    bfloat16 in the graph (MAX's cast rounds to nearest, ties to even), ``wt_rounded`` the
+    weight already rounded, ``[in, out]``. The bfloat16 arithmetic of
+    :func:`linear_bf16_amx` at float32 speed: for CPUs without AMX."""
+    xr = ops.cast(ops.cast(x, DType.bfloat16), F32)
+    return linear(xr, wt_rounded, b, w_transposed=True)
+
+
 def linear_few_rows(
     x: TensorValue,
     w16: TensorValue,
@@ -393,13 +429,19 @@ def attention(
     causal: bool,
     q_offset: TensorValue | None,
     scale: float,
+    bf16: bool = False,
 ) -> TensorValue:
     """Multi-head / grouped-query scaled dot-product attention.
 
     ``q`` ``[b, sq, H*dh]``, ``k``/``v`` ``[b, sk, KVH*dh]`` -> ``[b, sq, H*dh]``.
     Query head ``h`` uses KV head ``h // (H // KVH)``.  With ``causal`` query row
     ``i`` sees key ``j`` iff ``j <= q_offset + i`` (``q_offset=None`` means 0).
+    ``bf16``: the ``bfloat16`` compute type emulated on float32 ops (``ir.Attention``'s
+    definition: rounded q, k, v and numerators; slower than the float32 form, which MAX
+    fuses into its flash attention): where :func:`attention_bf16_amx` cannot serve.
     """
+    if bf16:
+        q, k, v = (ops.cast(ops.cast(x, DType.bfloat16), F32) for x in (q, k, v))
     H, KVH = n_heads, n_kv_heads
     G, dh = _head_dims(q, k, v, H, KVH)
     b, sq, hd = q.shape
@@ -424,10 +466,30 @@ def attention(
         # always visible (q_offset >= 0), so no row is ever fully masked.
         fill = -65504.0 if scores.dtype == DType.float16 else MASK_FILL
         scores = ops.where(allowed, scores, ops.constant(fill, scores.dtype, scores.device))
-    out = ops.softmax(scores) @ vh  # [b, KVH, G*sq, dh]
+    if bf16:
+        e = ops.exp(scores - ops.max(scores, axis=-1))
+        out = (ops.cast(ops.cast(e, DType.bfloat16), F32) @ vh) / ops.sum(e, axis=-1)
+    else:
+        out = ops.softmax(scores) @ vh  # [b, KVH, G*sq, dh]
     if G > 1:
         out = ops.reshape(out, [b, H, sq, dh])
     return ops.reshape(ops.transpose(out, 1, 2), [b, sq, hd])
+
+
+def attention_bf16_amx(
+    q: TensorValue, k: TensorValue, v: TensorValue, n_heads: int, scale: float
+) -> TensorValue:
+    """Unmasked attention in the ``bfloat16`` compute type on Intel AMX tiles: kvgraph's
+    custom kernel ``kvgraph_attend_bf16_amx`` (``kvgraph/max/mojo/kvgraph_kernels/amx_bf16.mojo``;
+    ``ir.Attention``'s bfloat16 definition). ``q`` ``[b, sq, H*dh]``, ``k``/``v``
+    ``[b, sk, KVH*dh]``, ``dh`` a multiple of 32. The graph must be built with the kernel package."""
+    return ops.custom(
+        "kvgraph_attend_bf16_amx",
+        device=_cpu(),
+        values=[q, k, v, _f32_arg(scale)],
+        out_types=[TensorType(F32, list(q.shape), device=_cpu())],
+        parameters={"heads": n_heads},
+    )[0].tensor
 
 
 def _f32_arg(x: float) -> TensorValue:

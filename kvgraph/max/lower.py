@@ -33,6 +33,7 @@ from max.graph import Weight as MaxWeight
 from .. import ir
 from ..analysis import buffer_values, f16_exact
 from ..errors import LoweringError
+from ..numerics import bf16_panels, round_bf16
 from ..printer import format_node, window
 from ..types import TensorType
 from . import custom, isa
@@ -54,6 +55,15 @@ LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "plain": lambda a: a,
     "T": lambda a: a.T,  # Linear: [out, in] -> [in, out]
     "rscf": lambda a: a.transpose(2, 1, 0)[None],  # Conv1d: [cout, cin, k] -> [1, k, cin, cout]
+    # bfloat16 linears: the AMX kernel's packed panels (uint16 bits), or the values rounded
+    # to bfloat16 as float32 [in, out] for the emulation on MAX's float32 GEMM
+    "bf16_panels": bf16_panels,
+    "bf16_T": lambda a: round_bf16(a).T,
+}
+_MAX_DTYPES = {
+    np.dtype(np.float32): DType.float32,
+    np.dtype(np.float16): DType.float16,
+    np.dtype(np.uint16): DType.uint16,
 }
 
 
@@ -97,6 +107,7 @@ class LowerCtx:
         few_dims=frozenset(),
         always_few: bool = False,
         few_attention: bool = False,
+        bf16_amx: bool = False,
     ):
         if mode not in WEIGHT_MODES:
             raise LoweringError(f"weights mode {mode!r}: expected one of {WEIGHT_MODES}")
@@ -105,7 +116,10 @@ class LowerCtx:
         self.few_attention = few_attention
         self.f16_weights = f16_weights and mode == "registry"
         # kvgraph's custom kernels (a built Mojo package), for programs with few-row linears
-        self.kernels = custom.kernel_package() if (self.f16_weights and (few_dims or always_few)) else None
+        wanted = (self.f16_weights and (few_dims or always_few)) or (bf16_amx and mode == "registry")
+        self.kernels = custom.kernel_package() if wanted else None
+        #: bfloat16 linears on the AMX kernel (else emulated on the float32 GEMM)
+        self.bf16_amx = bf16_amx and self.kernels is not None
         self.registry: dict[str, np.ndarray] = {}
         self.recipe: dict[str, tuple] = {}  # registry name -> (weight name, layout, f16)
         self._emitted: dict[str, object] = {}
@@ -137,21 +151,20 @@ class LowerCtx:
         if key not in self._emitted:
             arr = weight_array(self._source(w), layout, f16)
             if self.mode == "constant":
-                self._emitted[key] = ops.constant(arr, DType.float32, DeviceRef.CPU())
+                self._emitted[key] = ops.constant(arr, _MAX_DTYPES[arr.dtype], DeviceRef.CPU())
             else:
                 self.registry[key] = arr
                 self.recipe[key] = (w.name, layout, f16)
-                self._emitted[key] = MaxWeight(
-                    key, DType.float16 if f16 else DType.float32, list(arr.shape), DeviceRef.CPU()
-                )
+                self._emitted[key] = MaxWeight(key, _MAX_DTYPES[arr.dtype], list(arr.shape), DeviceRef.CPU())
         return self._emitted[key]
 
 
 def weight_array(src: np.ndarray, layout: str = "plain", f16: bool = False) -> np.ndarray:
     """The host array MAX binds for weight ``src`` in ``layout`` (:data:`LAYOUTS`), as
-    float16 or float32: made in one pass, or ``src`` itself when it already is that."""
-    dt = np.float16 if f16 else np.float32
+    float16 or float32 (or the bits a layout makes itself: bfloat16 panels are uint16): made
+    in one pass, or ``src`` itself when it already is that."""
     view = LAYOUTS[layout](src)
+    dt = view.dtype if view.dtype == np.uint16 else (np.float16 if f16 else np.float32)
     if view.dtype == dt and view.flags.c_contiguous:
         arr = view  # e.g. a float16 weight read by a float16 kernel: shared, not copied
     else:  # layout and dtype in one pass (no intermediate converted copy)
@@ -172,6 +185,12 @@ def _arg(ctx, env, v, layout="plain"):
 
 def _rule_linear(op, env, ctx):
     x, b = _arg(ctx, env, op.x), _arg(ctx, env, op.bias)
+    if op.compute == "bfloat16":
+        if not isinstance(op.w, ir.Weight):
+            raise LoweringError("a bfloat16 linear needs a weight parameter (@name) as its matrix")
+        if ctx.bf16_amx:
+            return K.linear_bf16_amx(x, ctx.weight(op.w, "bf16_panels"), int(op.w.type.shape[0]), b)
+        return K.linear_bf16_emulated(x, ctx.weight(op.w, "bf16_T"), b)
     static, sym = K.leading_dims(x)
     if static <= FEW_ROWS and set(sym) <= ctx.few_dims and ctx.half(op.w):
         # rows only over dims declared few (a step's tokens; prefill's last row per batch
@@ -224,6 +243,8 @@ def _rule_attention(op, env, ctx):
     # when the custom kernels are loaded; otherwise (and in full-sequence programs) the
     # matmul form, which MAX fuses into its flash-attention kernel (measured: faster than
     # ``attention_few``'s broadcast form over 1500 audio frames).
+    if op.compute == "bfloat16":
+        return _bf16_attention(op, env, ctx)
     few = ctx.step_attention
     q = _arg(ctx, env, op.q)
     kv = [env.raw(x) if not isinstance(x, ir.Weight) else None for x in (op.k, op.v)]
@@ -259,6 +280,23 @@ def _rule_attention(op, env, ctx):
     if op.grouped:
         out = ops.reshape(out, [c * g, sq, w]).rebind([b, sq, w])
     return out
+
+
+def _bf16_attention(op, env, ctx):
+    """Attention in the bfloat16 compute type: the AMX kernel for an unmasked attention of
+    one context per row (an encoder's), else the definition on float32 ops."""
+    q, k, v = (_arg(ctx, env, x) for x in (op.q, op.k, op.v))
+    try:
+        dh = int(q.shape[-1]) // op.heads
+    except (TypeError, ValueError):
+        dh = 0
+    if ctx.bf16_amx and not op.causal and not op.grouped and op.q_offset is None and dh % 32 == 0 and dh:
+        return K.attention_bf16_amx(q, k, v, op.heads, op.scale)
+    if op.grouped:
+        raise LoweringError("bfloat16 attention over shared contexts is not lowered")
+    return K.attention(
+        q, k, v, op.heads, op.kv_heads, op.causal, _arg(ctx, env, op.q_offset), op.scale, bf16=True
+    )
 
 
 def _rule_attention_scores(op, env, ctx):
@@ -434,7 +472,10 @@ def lower(
     ``f16_weights``, ``few_dims``, ``always_few``: see :class:`LowerCtx`. ``module``: a MAX
     ``Module`` to emit the graph into (programs compiled together); ``name``: the MAX graph's
     name (default :func:`max_name`; unique within a Module)."""
-    ctx = LowerCtx(weights, mode, f16_weights, few_dims, always_few, few_attention)
+    bf16 = any(getattr(n.op, "compute", "float32") == "bfloat16" for n in g.nodes)
+    ctx = LowerCtx(
+        weights, mode, f16_weights, few_dims, always_few, few_attention, bf16_amx=bf16 and isa.amx()
+    )
     bufs = buffer_values(g)
     try:
         in_types = [max_type(v.type, v in bufs) for v in g.inputs]

@@ -392,6 +392,7 @@ _LOWERING_MODULES = (
     "kvgraph.names",
     "kvgraph.max.custom",
     "kvgraph.max.isa",
+    "kvgraph.numerics",
 )
 
 
@@ -426,12 +427,13 @@ def weights_signature(r: ProgramRequest) -> str:
 def kernels_id() -> str:
     """Which custom kernels the lowering uses: the package's content hash (the folder it was
     built into is named by it, see :mod:`kvgraph.max.custom`) and the instruction-set class
-    their tiles are instantiated for (:mod:`kvgraph.max.isa`), or "none"."""
+    their tiles are instantiated for (:mod:`kvgraph.max.isa`) and whether bfloat16 linears
+    run on AMX tiles, or "none"."""
     pkg = custom.kernel_package()
     if pkg is None:
         return "none"
     k = isa.host()
-    return f"{pkg.parent.name}/{k.name}/{k.l1d}"
+    return f"{pkg.parent.name}/{k.name}/{k.l1d}" + ("/amx" if isa.amx() else "")
 
 
 def store_key(batch: list[ProgramRequest], memo: list[tuple] | None = None) -> str:

@@ -1,5 +1,6 @@
 """Rewrite passes over kvgraph programs. Each pass is a frozen value with ``apply``."""
 
+from .compute import ComputeType, compute_type
 from .dce import DCE
 from .expose import ExposeAttention
 from .hoist import HoistInvariant
@@ -25,6 +26,7 @@ def default_pipeline(cache_layout: str = "concat", capacity=None, per_row: bool 
 
 
 __all__ = [
+    "ComputeType",
     "DCE",
     "DEFAULT_PASSES",
     "ExposeAttention",
@@ -36,6 +38,7 @@ __all__ = [
     "ShareContexts",
     "SinkTakeLast",
     "Stage",
+    "compute_type",
     "default_pipeline",
     "run_passes",
 ]

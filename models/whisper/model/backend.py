@@ -26,6 +26,14 @@ class MaxWhisperBackend:
     ``preload``: decoder programs to compile (or read from the store) together with the first
     ones rather than on first use, e.g. ``("step_rows", "alignment")`` for batching and word
     timestamps; one MAX compile for all of them costs little more than for the first ones.
+
+    ``compute_type``: the encoder's linears' arithmetic (faster-whisper's option name):
+    ``"float32"`` (default: exact, token for token openai-whisper's float32) or
+    ``"bfloat16"``: the encoder's weight GEMMs and self-attention with bfloat16 operands and
+    float32 sums (:class:`kvgraph.passes.ComputeType`), on AMX tiles where the CPU has them,
+    else emulated on float32 ops (the same arithmetic, slower than float32). The decoder stays float32 in every mode: its steps read each weight once
+    (float16 as stored) and are bound by memory, not arithmetic. Accuracy against float32:
+    ``docs/compute_types.md``.
     """
 
     def __init__(
@@ -37,13 +45,17 @@ class MaxWhisperBackend:
         cache_layout: str = "buffer",
         alignment_heads=None,
         preload=(),
+        compute_type: str = "float32",
     ):
         import time
 
-        from kvgraph.max.runtime import ProgramRequest
+        from kvgraph.max.runtime import ProgramRequest, load_programs
+        from kvgraph.numerics import check_compute_type
+        from kvgraph.passes import compute_type as with_compute_type
         from models.whisper.weights.alignment_heads import default_alignment_heads, heads_from
 
         self.dims, self.kv_cache = dims, kv_cache
+        self.compute_type = check_compute_type(compute_type)
         #: the cross-attention heads ``((layer, head), ...)`` word timestamps read
         #: (``models.whisper.weights.alignment_heads``); openai's default when the checkpoint names none
         self.alignment_heads = (
@@ -57,11 +69,18 @@ class MaxWhisperBackend:
         )
         # encoder + the decoder's first programs (+ ``preload``: more decoder programs, and
         # "alignment" for word timestamps' program) in one go: one stored artifact, or one compile
-        extra = [ProgramRequest(build_encoder(dims), weights)]
+        encoder = ProgramRequest(
+            with_compute_type(build_encoder(dims), compute_type, attention=True), weights
+        )
+        extra = [encoder] if compute_type == "float32" else []
         if "alignment" in preload:
             extra.append(self.decoder.exposed_request(self.alignment_scores()))
         names = [*self.decoder.eager_programs, *(n for n in preload if n != "alignment")]
-        (self.encoder, *_) = self.decoder.load(names, extra=extra)
+        loaded = self.decoder.load(names, extra=extra)
+        if compute_type == "float32":
+            self.encoder = loaded[0]
+        else:  # an encoder of its own: the decoder's programs stay the float32 mode's (stored once)
+            (self.encoder,) = load_programs([encoder])
         self.compile_s = time.perf_counter() - t0
 
     def encode(self, mel):
@@ -104,14 +123,24 @@ class MaxWhisperBackend:
         return which
 
 
-def load_backend(name_or_path="tiny.en", *, kv_cache: bool = True) -> MaxWhisperBackend:
-    """The MAX backend of checkpoint ``name_or_path``, ready to decode. ``dims`` is a plain
-    namespace of openai's ``ModelDimensions`` fields (no torch import)."""
+def load_backend(
+    name_or_path="tiny.en", *, kv_cache: bool = True, compute_type: str = "float32"
+) -> MaxWhisperBackend:
+    """The MAX backend of checkpoint ``name_or_path``, ready to decode (``compute_type``: see
+    :class:`MaxWhisperBackend`). ``dims`` is a plain namespace of openai's ``ModelDimensions``
+    fields (no torch import)."""
+    from kvgraph.numerics import check_compute_type
+
+    check_compute_type(compute_type)  # before minutes of loading
     from models.whisper.weights.alignment_heads import load_alignment_heads
 
     # float16 weights as stored: the lowering reads them for its float16 kernels as they are
     # and widens copies only where a kernel wants float32 (no float32 copy of every weight)
     dims, weights = load_checkpoint(name_or_path, keep_float16=True, dims_class=types.SimpleNamespace)
     return MaxWhisperBackend(
-        dims, weights, kv_cache=kv_cache, alignment_heads=load_alignment_heads(name_or_path, dims)
+        dims,
+        weights,
+        kv_cache=kv_cache,
+        alignment_heads=load_alignment_heads(name_or_path, dims),
+        compute_type=compute_type,
     )

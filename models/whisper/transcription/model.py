@@ -40,6 +40,10 @@ class WhisperModel:
         return BatchedTranscriber(self.backend, batch_size=batch_size, **default_options)
 
 
-def load_model(name_or_path="tiny.en", *, kv_cache: bool = True) -> WhisperModel:
-    """Load weights and compile encoder + decoder on MAX (cold compiles take minutes)."""
-    return WhisperModel(load_backend(name_or_path, kv_cache=kv_cache))
+def load_model(
+    name_or_path="tiny.en", *, kv_cache: bool = True, compute_type: str = "float32"
+) -> WhisperModel:
+    """Load weights and compile encoder + decoder on MAX (cold compiles take minutes).
+    ``compute_type``: ``"float32"`` (exact) or ``"bfloat16"`` (the encoder's GEMMs, see
+    :class:`models.whisper.model.backend.MaxWhisperBackend`)."""
+    return WhisperModel(load_backend(name_or_path, kv_cache=kv_cache, compute_type=compute_type))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from kvgraph.numerics import COMPUTE_TYPES
 from models.whisper.transcription.outputs import OUTPUT_FORMATS, WORD_OPTIONS
 
 PROG = "kvgraph transcribe"
@@ -123,6 +124,17 @@ def _add_files(p: argparse.ArgumentParser) -> None:
         dest="no_kv_cache",
         action="store_true",
         help="use the backend without a KV cache (recompute the prefix every step)",
+    )
+    add(
+        "--compute-type",
+        "--compute_type",
+        dest="compute_type",
+        default="float32",
+        choices=COMPUTE_TYPES,
+        help="arithmetic of the encoder's matrix products (faster-whisper's option): float32 "
+        "(default, exact: openai-whisper's float32 output) or bfloat16 (bfloat16 operands, "
+        "float32 sums; AMX tiles on Intel Xeon 4th gen and later, else emulated at float32 "
+        "speed; accuracy in docs/compute_types.md)",
     )
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from kvgraph.numerics import COMPUTE_TYPES
 from models.whisper.apps.errors import USER_ERRORS, one_line
 from models.whisper.apps.server.app import PROG
 from models.whisper.apps.server.protocol import DEFAULT_MAX_UPLOAD_MB, ServedModel
@@ -28,6 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = p.add_argument
     add("--model", default="tiny.en", help="'tiny.en', 'base', or a path to a checkpoint")
+    add(
+        "--compute-type",
+        "--compute_type",
+        dest="compute_type",
+        default="float32",
+        choices=COMPUTE_TYPES,
+        help="arithmetic of the encoder's matrix products, as `kvgraph transcribe --compute_type`: "
+        "float32 (exact) or bfloat16 (docs/compute_types.md)",
+    )
     add("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     add("--port", type=int, default=8000, help="TCP port (0: a free one)")
     add(
@@ -87,10 +97,10 @@ def api_key_of(args, parser: argparse.ArgumentParser) -> str | None:
     return key
 
 
-def _default_load_model(name: str):
+def _default_load_model(name: str, compute_type: str = "float32"):
     from models.whisper.transcription.model import load_model  # lazy: imports MAX
 
-    return load_model(name)
+    return load_model(name, compute_type=compute_type)
 
 
 def main(
@@ -99,7 +109,7 @@ def main(
     engine_factory: Callable[..., object] | None = None,
 ) -> int:
     """Entry point of ``kvgraph serve``; ``argv`` excludes the subcommand. ``load_model(name)``
-    defaults to ``models.whisper.load_model``, ``engine_factory(model, batch_size=,
+    (``load_model(name, compute_type=...)`` with ``--compute_type`` other than float32) defaults to ``models.whisper.load_model``, ``engine_factory(model, batch_size=,
     max_queue=)`` to :func:`make_engine`. Exit status: 0 after a clean shutdown, 1 when the
     model cannot be loaded or the address is taken, 2 for usage errors."""
     parser = build_parser()
@@ -133,7 +143,13 @@ def main(
     )
     t0 = time.perf_counter()
     try:
-        model = (load_model or _default_load_model)(args.model)
+        load = load_model or _default_load_model
+        # the default mode's loaders need not know the option
+        model = (
+            load(args.model)
+            if args.compute_type == "float32"
+            else load(args.model, compute_type=args.compute_type)
+        )
     except KeyboardInterrupt:
         print("kvgraph: error: interrupted", file=sys.stderr)
         return 130

@@ -3,7 +3,8 @@
     kvgraph transcribe AUDIO [AUDIO ...] [--model tiny.en|base|PATH]
         [--output-format txt|vtt|srt|tsv|json|all] [--output-dir DIR]
         [--language LANG] [--task transcribe|translate] [--temperature T]
-        [--best_of N] [--beam_size N] [--batch-size N] [--no-kv-cache] [--verbose] ...
+        [--best_of N] [--beam_size N] [--batch-size N] [--no-kv-cache]
+        [--compute_type float32|bfloat16] [--verbose] ...
 
 Decoding options mirror openai-whisper's ``whisper`` command (same flag names,
 ``--snake_case`` and ``--kebab-case`` both accepted); decoding is greedy unless
@@ -136,10 +137,10 @@ def _vad_ready(path: str | None) -> bool:
     return True
 
 
-def _default_load_backend(model_name: str, kv_cache: bool):
+def _default_load_backend(model_name: str, kv_cache: bool, compute_type: str = "float32"):
     from models.whisper.model.backend import load_backend  # lazy: imports MAX
 
-    return load_backend(model_name, kv_cache=kv_cache)
+    return load_backend(model_name, kv_cache=kv_cache, compute_type=compute_type)
 
 
 def _load(load_backend, args, progress: bool):
@@ -153,7 +154,10 @@ def _load(load_backend, args, progress: bool):
         )
         _log_compiles()
     try:
-        return load_backend(args.model, kv_cache=not args.no_kv_cache)
+        kwargs = {"kv_cache": not args.no_kv_cache}
+        if args.compute_type != "float32":  # the default mode's loaders need not know the option
+            kwargs["compute_type"] = args.compute_type
+        return load_backend(args.model, **kwargs)
     except (*USER_ERRORS, ImportError) as e:
         error(f"model {args.model!r}: {one_line(e)}")
     except Exception as e:  # noqa: BLE001 - internal failure: keep the traceback

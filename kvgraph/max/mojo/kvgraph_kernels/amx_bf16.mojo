@@ -1,0 +1,431 @@
+# bfloat16 products with float32 accumulation on Intel AMX tiles (Sapphire Rapids and later):
+# a GEMM against a packed weight (kvgraph_matmul_bf16_amx) and unmasked attention
+# (kvgraph_attend_bf16_amx, below).
+#
+#   out[r, j] = sum_k bf16(x[r, k]) * bf16(w[j, k])       x f32[m, k], out f32[m, n]
+#
+# bf16(v) rounds float32 to bfloat16, to nearest with ties to even (what the NumPy reference
+# emulates: kvgraph/reference.py). Products of two bfloat16 values are exact in float32; the
+# tile instruction (TDPBF16PS) adds them in pairs into float32 accumulators. The sum order is
+# not a GEMM's: results agree with the reference to float32 rounding of the sums, not bit for bit.
+#
+# The weight comes packed by the lowering (kvgraph/max/lower.py, layout "bf16_panels"): panels
+# of 16 outputs, each [kp / 2, 16, 2] bfloat16 bits (uint16), k zero-padded to kp (a multiple
+# of 32) and the outputs to a multiple of 32 — the layout a B tile loads as 1 KB contiguous.
+# Each task takes 32 rows of x, rounds them to bfloat16 into a zero-padded [32, kp] buffer (the
+# A tiles), and runs them against every pair of panels with a 2 x 2 block of 16 x 16 float32
+# accumulator tiles (tiles 0-3; A in 4-5, B in 6-7): each loaded tile is used twice.
+#
+# The tile instructions are emitted as bytes: MAX compiles kernels for the host CPU as LLVM
+# names it, and LLVM names this VM's Sapphire Rapids "rocketlake" (no AMX features), so the
+# AMX intrinsics do not select. The encodings (VEX, operands fixed: config address in rdi,
+# tile memory as (rsi + rdx * 1)) come from the Intel SDM's AMX chapter, checked with GNU as.
+# Linux grants a process the AMX tile state on request (arch_prctl ARCH_REQ_XCOMP_PERM with
+# XFEATURE_XTILEDATA = 18, see the kernel's Documentation/arch/x86/xstate.rst); the kernel asks
+# on every call (a syscall: microseconds) so that any process running it holds the right.
+# The lowering uses this kernel only where /proc/cpuinfo lists amx_tile and amx_bf16.
+
+from extensibility import register
+from extensibility.managed_tensor_slice import InputTensor, OutputTensor
+from max.algorithm import sync_parallelize
+from max.gpu.host import DeviceContext
+from std.math import exp
+from std.memory import alloc, bitcast
+from std.sys._assembly import inlined_assembly
+from std.ffi import external_call
+
+comptime BLOCK = 32  # rows (and outputs) of one 2 x 2 block of 16 x 16 tiles
+comptime CHUNKS = 16  # attention: tasks per call at most (each allocates its scratch once)
+
+
+@always_inline
+def _at_rdi[code: StaticString](p: Int):
+    inlined_assembly[code, NoneType, constraints="{rdi},~{memory}", has_side_effect=True](p)
+
+
+@always_inline
+def _at_rsi_rdx[code: StaticString](p: Int, stride: Int):
+    inlined_assembly[code, NoneType, constraints="{rsi},{rdx},~{memory}", has_side_effect=True](p, stride)
+
+
+@always_inline
+def _op[code: StaticString]():
+    inlined_assembly[code, NoneType, constraints="~{memory}", has_side_effect=True]()
+
+
+comptime LDTILECFG_RDI = ".byte 0xc4,0xe2,0x78,0x49,0x07"  # ldtilecfg (%rdi)
+comptime TILERELEASE = ".byte 0xc4,0xe2,0x78,0x49,0xc0"
+comptime TILEZERO_0 = ".byte 0xc4,0xe2,0x7b,0x49,0xc0"
+comptime TILEZERO_1 = ".byte 0xc4,0xe2,0x7b,0x49,0xc8"
+comptime TILEZERO_2 = ".byte 0xc4,0xe2,0x7b,0x49,0xd0"
+comptime TILEZERO_3 = ".byte 0xc4,0xe2,0x7b,0x49,0xd8"
+comptime TILELOADD_4 = ".byte 0xc4,0xe2,0x7b,0x4b,0x24,0x16"  # tileloadd (%rsi,%rdx,1), %tmm4
+comptime TILELOADD_5 = ".byte 0xc4,0xe2,0x7b,0x4b,0x2c,0x16"
+comptime TILELOADD_6 = ".byte 0xc4,0xe2,0x7b,0x4b,0x34,0x16"
+comptime TILELOADD_7 = ".byte 0xc4,0xe2,0x7b,0x4b,0x3c,0x16"
+comptime TDPBF16PS_0_4_6 = ".byte 0xc4,0xe2,0x4a,0x5c,0xc4"  # tmm0 += tmm4 . tmm6
+comptime TDPBF16PS_1_4_7 = ".byte 0xc4,0xe2,0x42,0x5c,0xcc"
+comptime TDPBF16PS_2_5_6 = ".byte 0xc4,0xe2,0x4a,0x5c,0xd5"
+comptime TDPBF16PS_3_5_7 = ".byte 0xc4,0xe2,0x42,0x5c,0xdd"
+comptime TILESTORED_0 = ".byte 0xc4,0xe2,0x7a,0x4b,0x04,0x16"  # tilestored %tmm0, (%rsi,%rdx,1)
+comptime TILESTORED_1 = ".byte 0xc4,0xe2,0x7a,0x4b,0x0c,0x16"
+comptime TILESTORED_2 = ".byte 0xc4,0xe2,0x7a,0x4b,0x14,0x16"
+comptime TILESTORED_3 = ".byte 0xc4,0xe2,0x7a,0x4b,0x1c,0x16"
+
+
+def request_amx() -> Bool:
+    """Ask Linux for the AMX tile state (a no-op once granted)."""
+    # arch_prctl is syscall 158 on x86-64; ARCH_REQ_XCOMP_PERM = 0x1023; XFEATURE_XTILEDATA = 18
+    return external_call["syscall", Int](Int(158), Int(0x1023), Int(18)) == 0
+
+
+@always_inline
+def to_bf16[W: Int](v: SIMD[DType.float32, W]) -> SIMD[DType.uint16, W]:
+    """Float32 to bfloat16 bits, to nearest, ties to even (finite inputs)."""
+    var u = bitcast[DType.uint32, W](v)
+    var r = u + SIMD[DType.uint32, W](0x7FFF) + ((u >> 16) & SIMD[DType.uint32, W](1))
+    return (r >> 16).cast[DType.uint16]()
+
+
+@register("kvgraph_matmul_bf16_amx")
+struct MatmulBf16Amx:
+    @staticmethod
+    def execute[target: StaticString](
+        output: OutputTensor[dtype=DType.float32, rank=2, static_spec=_],
+        x: InputTensor[dtype=DType.float32, rank=2, static_spec=_],
+        w: InputTensor[dtype=DType.uint16, rank=3, static_spec=_],
+        ctx: DeviceContext,
+    ) raises:
+        if target != "cpu":
+            raise Error("kvgraph_matmul_bf16_amx runs on the CPU only (Intel AMX)")
+        var m = x.dim_size(0)
+        var k = x.dim_size(1)
+        var n = output.dim_size(1)
+        var kp = w.dim_size(1) * 2
+        var np_ = w.dim_size(0) * 16
+        if w.dim_size(2) != 32 or kp % BLOCK != 0 or kp < k or kp >= k + BLOCK or np_ % BLOCK != 0:
+            raise Error("kvgraph_matmul_bf16_amx: the weight is not in bf16 panels of this inner dim")
+        if np_ < n or np_ >= n + BLOCK:
+            raise Error("kvgraph_matmul_bf16_amx: the weight's panels do not hold the outputs")
+        if not request_amx():
+            raise Error("kvgraph_matmul_bf16_amx: Linux refused this process the AMX tile state")
+        var xp = rebind[UnsafePointer[Float32, MutAnyOrigin]](x.unsafe_ptr())
+        var wp = rebind[UnsafePointer[UInt16, MutAnyOrigin]](w.unsafe_ptr())
+        var op = rebind[UnsafePointer[Float32, MutAnyOrigin]](output.unsafe_ptr())
+        var blocks = (m + BLOCK - 1) // BLOCK
+
+        def work(blk: Int) {imm}:
+            var i0 = blk * BLOCK
+            var rows = min(BLOCK, m - i0)
+            var cfg = alloc[UInt8](64)
+            var a = alloc[UInt16](BLOCK * kp)
+            var scratch = alloc[Float32](BLOCK * BLOCK)
+            # palette 1; every tile 16 rows of 64 bytes
+            for q in range(64):
+                cfg.unsafe_store(q, UInt8(0))
+            cfg.unsafe_store(0, UInt8(1))
+            for t in range(8):
+                cfg.unsafe_store(16 + 2 * t, UInt8(64))
+                cfg.unsafe_store(48 + t, UInt8(16))
+            # A: this block's rows of x in bfloat16, zero-padded to [BLOCK, kp]
+            for r in range(BLOCK):
+                var kk = 0
+                if r < rows:
+                    var src = xp + (i0 + r) * k
+                    while kk + 16 <= k:
+                        a.unsafe_store(r * kp + kk, to_bf16[16](src.unsafe_load[width=16](kk)))
+                        kk += 16
+                    while kk < k:
+                        a.unsafe_store(r * kp + kk, to_bf16[1](src.unsafe_load[width=1](kk)))
+                        kk += 1
+                while kk < kp:
+                    a.unsafe_store(r * kp + kk, UInt16(0))
+                    kk += 1
+            _at_rdi[LDTILECFG_RDI](Int(cfg))
+            var a0 = Int(a)
+            var a1 = Int(a + 16 * kp)
+            var panel = kp * 16  # uint16 elements of one 16-output panel
+            for j in range(0, np_, BLOCK):
+                var b0 = Int(wp + (j // 16) * panel)
+                var b1 = Int(wp + (j // 16 + 1) * panel)
+                _op[TILEZERO_0]()
+                _op[TILEZERO_1]()
+                _op[TILEZERO_2]()
+                _op[TILEZERO_3]()
+                for kk in range(0, kp, BLOCK):
+                    _at_rsi_rdx[TILELOADD_4](a0 + kk * 2, kp * 2)
+                    _at_rsi_rdx[TILELOADD_6](b0 + kk * 32, 64)
+                    _op[TDPBF16PS_0_4_6]()
+                    _at_rsi_rdx[TILELOADD_7](b1 + kk * 32, 64)
+                    _op[TDPBF16PS_1_4_7]()
+                    _at_rsi_rdx[TILELOADD_5](a1 + kk * 2, kp * 2)
+                    _op[TDPBF16PS_2_5_6]()
+                    _op[TDPBF16PS_3_5_7]()
+                if rows == BLOCK and j + BLOCK <= n:  # a whole block: straight into the output
+                    var c = op + i0 * n + j
+                    _at_rsi_rdx[TILESTORED_0](Int(c), n * 4)
+                    _at_rsi_rdx[TILESTORED_1](Int(c + 16), n * 4)
+                    _at_rsi_rdx[TILESTORED_2](Int(c + 16 * n), n * 4)
+                    _at_rsi_rdx[TILESTORED_3](Int(c + 16 * n + 16), n * 4)
+                else:  # an edge block: through the scratch, its valid part copied
+                    var s = Int(scratch)
+                    _at_rsi_rdx[TILESTORED_0](s, BLOCK * 4)
+                    _at_rsi_rdx[TILESTORED_1](s + 64, BLOCK * 4)
+                    _at_rsi_rdx[TILESTORED_2](s + 16 * BLOCK * 4, BLOCK * 4)
+                    _at_rsi_rdx[TILESTORED_3](s + 16 * BLOCK * 4 + 64, BLOCK * 4)
+                    var cols = min(BLOCK, n - j)
+                    for r in range(rows):
+                        for c in range(cols):
+                            op.unsafe_store((i0 + r) * n + j + c, scratch.unsafe_load[width=1](r * BLOCK + c))
+            _op[TILERELEASE]()
+            cfg.unsafe_free()
+            a.unsafe_free()
+            scratch.unsafe_free()
+
+        sync_parallelize(work, num_work_items=blocks)
+
+
+# ---------------------------------------------------------------------------------- attention
+# Unmasked multi-head attention (an encoder's self-attention) with bfloat16 products:
+#
+#   S = bf16(q_h) . bf16(k_h)^T           (float32 sums, per head h)
+#   e = exp((S - rowmax(S)) * scale)      (float32)
+#   out_h = (bf16(e) . bf16(v_h)) / rowsum(e)
+#
+# which the NumPy reference emulates (kvgraph/reference.py, attention with compute=bfloat16).
+# q f32[b, s, heads * dh], k and v f32[b, t, kv_heads * dh] (heads a multiple of kv_heads,
+# dh a multiple of 32). First every (batch row, kv head)'s K and V are rounded and packed as
+# B tiles load them (K: panels of 16 keys [tp / 16, dh / 2, 32]; V: panels of 16 dims
+# [dh / 16, tp / 2, 32]; keys zero-padded to tp, a multiple of 32). Then each task takes 32
+# query rows of one head: S in 2 x 2 tile blocks into a [32, tp] float32 buffer (L2), the
+# softmax row by row in float32 vectors (e rounded into a [32, tp] bfloat16 A operand, padded
+# keys 0), then e . V in tile blocks, each row scaled by 1 / rowsum on the way out.
+
+
+@always_inline
+def _pack_k(kb: UnsafePointer[UInt16, MutAnyOrigin], src: UnsafePointer[Float32, MutAnyOrigin], t: Int, tp: Int, dh: Int, stride: Int):
+    """K rows (t keys of dh, `stride` floats apart) as panels of 16 keys: the pair of dims
+    (2i, 2i + 1) of key 16p + c at uint32 word (p * dh / 2 + i) * 16 + c."""
+    var words = kb.bitcast[UInt32]()
+    for j in range(tp):
+        var p = j // 16
+        var c = j % 16
+        for i in range(dh // 2):
+            var wd = UInt32(0)
+            if j < t:
+                var lo = to_bf16[1](src.unsafe_load[width=1](j * stride + 2 * i)).cast[DType.uint32]()
+                var hi = to_bf16[1](src.unsafe_load[width=1](j * stride + 2 * i + 1)).cast[DType.uint32]()
+                wd = (lo | (hi << 16))[0]
+            words.unsafe_store((p * (dh // 2) + i) * 16 + c, wd)
+
+
+@always_inline
+def _pack_v(vb: UnsafePointer[UInt16, MutAnyOrigin], src: UnsafePointer[Float32, MutAnyOrigin], t: Int, tp: Int, dh: Int, stride: Int):
+    """V rows as panels of 16 dims: keys (2i, 2i + 1) of dims 16p .. 16p + 15 at uint32
+    words (p * tp / 2 + i) * 16 + c."""
+    var words = vb.bitcast[UInt32]()
+    for i in range(tp // 2):
+        for p in range(dh // 16):
+            var lo = SIMD[DType.uint32, 16](0)
+            var hi = SIMD[DType.uint32, 16](0)
+            if 2 * i < t:
+                lo = to_bf16[16](src.unsafe_load[width=16](2 * i * stride + 16 * p)).cast[DType.uint32]()
+            if 2 * i + 1 < t:
+                hi = to_bf16[16](src.unsafe_load[width=16]((2 * i + 1) * stride + 16 * p)).cast[DType.uint32]()
+            words.unsafe_store((p * (tp // 2) + i) * 16, lo | (hi << 16))
+
+
+@always_inline
+def _attend_block(
+    task: Int, qblocks: Int, heads: Int, group: Int, kvh: Int, s: Int, t: Int, w: Int, dh: Int, tp: Int, per: Int,
+    scale: Float32,
+    qp: UnsafePointer[Float32, MutAnyOrigin],
+    op: UnsafePointer[Float32, MutAnyOrigin],
+    kbuf: UnsafePointer[UInt16, MutAnyOrigin],
+    vbuf: UnsafePointer[UInt16, MutAnyOrigin],
+    aq: UnsafePointer[UInt16, MutAnyOrigin],
+    sc: UnsafePointer[Float32, MutAnyOrigin],
+    pe: UnsafePointer[UInt16, MutAnyOrigin],
+    ob: UnsafePointer[Float32, MutAnyOrigin],
+    linv: UnsafePointer[Float32, MutAnyOrigin],
+):
+    """One task: 32 query rows of one head (the tile configuration already loaded)."""
+    var qb = task % qblocks
+    var h = (task // qblocks) % heads
+    var bi = task // (qblocks * heads)
+    var i0 = qb * BLOCK
+    var rows = min(BLOCK, s - i0)
+    var kv = bi * kvh + h // group
+    var kb = Int(kbuf + kv * per)
+    var vb = Int(vbuf + kv * per)
+    for r in range(BLOCK):  # this block's query rows of head h in bfloat16
+        for d in range(0, dh, 16):
+            var val = SIMD[DType.uint16, 16](0)
+            if r < rows:
+                val = to_bf16[16](qp.unsafe_load[width=16](((bi * s) + i0 + r) * w + h * dh + d))
+            aq.unsafe_store(r * dh + d, val)
+    var a0 = Int(aq)
+    var a1 = Int(aq + 16 * dh)
+    var half = dh // 2
+    for j in range(0, tp, BLOCK):  # S = Q K^T
+        _op[TILEZERO_0]()
+        _op[TILEZERO_1]()
+        _op[TILEZERO_2]()
+        _op[TILEZERO_3]()
+        for kk in range(0, dh, BLOCK):
+            _at_rsi_rdx[TILELOADD_4](a0 + kk * 2, dh * 2)
+            _at_rsi_rdx[TILELOADD_6](kb + ((j // 16) * half + kk // 2) * 64, 64)
+            _op[TDPBF16PS_0_4_6]()
+            _at_rsi_rdx[TILELOADD_7](kb + ((j // 16 + 1) * half + kk // 2) * 64, 64)
+            _op[TDPBF16PS_1_4_7]()
+            _at_rsi_rdx[TILELOADD_5](a1 + kk * 2, dh * 2)
+            _op[TDPBF16PS_2_5_6]()
+            _op[TDPBF16PS_3_5_7]()
+        var c = Int(sc + j)
+        _at_rsi_rdx[TILESTORED_0](c, tp * 4)
+        _at_rsi_rdx[TILESTORED_1](c + 64, tp * 4)
+        _at_rsi_rdx[TILESTORED_2](c + 16 * tp * 4, tp * 4)
+        _at_rsi_rdx[TILESTORED_3](c + 16 * tp * 4 + 64, tp * 4)
+    for r in range(BLOCK):  # the softmax's numerators (bfloat16) and 1 / rowsum
+        var row = sc + r * tp
+        var prow = pe + r * tp
+        if r >= rows:
+            for j in range(0, tp, 16):
+                prow.unsafe_store(j, SIMD[DType.uint16, 16](0))
+            continue
+        var mv = SIMD[DType.float32, 16](row.unsafe_load[width=1](0)[0])
+        var j = 0
+        while j + 16 <= t:
+            mv = max(mv, row.unsafe_load[width=16](j))
+            j += 16
+        var m = mv.reduce_max()
+        while j < t:
+            m = max(m, row.unsafe_load[width=1](j)[0])
+            j += 1
+        var sv = SIMD[DType.float32, 16](0)
+        var ssum = Float32(0)
+        j = 0
+        while j + 16 <= t:
+            var e = exp((row.unsafe_load[width=16](j) - m) * scale)
+            sv += e
+            prow.unsafe_store(j, to_bf16[16](e))
+            j += 16
+        while j < t:
+            var e1 = exp((row.unsafe_load[width=1](j) - m) * scale)
+            ssum += e1[0]
+            prow.unsafe_store(j, to_bf16[1](e1))
+            j += 1
+        while j < tp:
+            prow.unsafe_store(j, UInt16(0))
+            j += 1
+        linv.unsafe_store(r, 1.0 / (sv.reduce_add() + ssum))
+    var p0 = Int(pe)
+    var p1 = Int(pe + 16 * tp)
+    var vhalf = tp // 2
+    for jd in range(0, dh, BLOCK):  # out = e V
+        _op[TILEZERO_0]()
+        _op[TILEZERO_1]()
+        _op[TILEZERO_2]()
+        _op[TILEZERO_3]()
+        for kk in range(0, tp, BLOCK):
+            _at_rsi_rdx[TILELOADD_4](p0 + kk * 2, tp * 2)
+            _at_rsi_rdx[TILELOADD_6](vb + ((jd // 16) * vhalf + kk // 2) * 64, 64)
+            _op[TDPBF16PS_0_4_6]()
+            _at_rsi_rdx[TILELOADD_7](vb + ((jd // 16 + 1) * vhalf + kk // 2) * 64, 64)
+            _op[TDPBF16PS_1_4_7]()
+            _at_rsi_rdx[TILELOADD_5](p1 + kk * 2, tp * 2)
+            _op[TDPBF16PS_2_5_6]()
+            _op[TDPBF16PS_3_5_7]()
+        var c = Int(ob + jd)
+        _at_rsi_rdx[TILESTORED_0](c, dh * 4)
+        _at_rsi_rdx[TILESTORED_1](c + 64, dh * 4)
+        _at_rsi_rdx[TILESTORED_2](c + 16 * dh * 4, dh * 4)
+        _at_rsi_rdx[TILESTORED_3](c + 16 * dh * 4 + 64, dh * 4)
+    for r in range(rows):
+        var f = linv.unsafe_load[width=1](r)[0]
+        var dst = op + ((bi * s) + i0 + r) * w + h * dh
+        for d in range(0, dh, 16):
+            dst.unsafe_store(d, ob.unsafe_load[width=16](r * dh + d) * f)
+
+
+@register("kvgraph_attend_bf16_amx")
+struct AttendBf16Amx:
+    @staticmethod
+    def execute[target: StaticString, heads: Int](
+        output: OutputTensor[dtype=DType.float32, rank=3, static_spec=_],
+        q: InputTensor[dtype=DType.float32, rank=3, static_spec=_],
+        k: InputTensor[dtype=DType.float32, rank=3, static_spec=_],
+        v: InputTensor[dtype=DType.float32, rank=3, static_spec=_],
+        scale_t: InputTensor[dtype=DType.float32, rank=1, static_spec=_],
+        ctx: DeviceContext,
+    ) raises:
+        if target != "cpu":
+            raise Error("kvgraph_attend_bf16_amx runs on the CPU only (Intel AMX)")
+        var nb = q.dim_size(0)
+        var s = q.dim_size(1)
+        var w = q.dim_size(2)
+        var t = k.dim_size(1)
+        var kw = k.dim_size(2)
+        var dh = w // heads
+        if w % heads != 0 or dh % BLOCK != 0 or kw % dh != 0:
+            raise Error("kvgraph_attend_bf16_amx: the head size must be a multiple of 32")
+        var kvh = kw // dh
+        if heads % kvh != 0 or k.dim_size(0) != nb or v.dim_size(0) != nb or v.dim_size(1) != t or v.dim_size(2) != kw:
+            raise Error("kvgraph_attend_bf16_amx: q, k and v do not match")
+        if t < 1:
+            raise Error("kvgraph_attend_bf16_amx: no keys")
+        if not request_amx():
+            raise Error("kvgraph_attend_bf16_amx: Linux refused this process the AMX tile state")
+        var group = heads // kvh
+        var scale = scale_t.unsafe_ptr().unsafe_load[width=1](0)[0]
+        var qp = rebind[UnsafePointer[Float32, MutAnyOrigin]](q.unsafe_ptr())
+        var kp = rebind[UnsafePointer[Float32, MutAnyOrigin]](k.unsafe_ptr())
+        var vp = rebind[UnsafePointer[Float32, MutAnyOrigin]](v.unsafe_ptr())
+        var op = rebind[UnsafePointer[Float32, MutAnyOrigin]](output.unsafe_ptr())
+        var tp = (t + BLOCK - 1) // BLOCK * BLOCK
+        var per = tp * dh  # uint16 elements of one head's packed K (and of its V)
+        var kbuf = rebind[UnsafePointer[UInt16, MutAnyOrigin]](alloc[UInt16](nb * kvh * per))
+        var vbuf = rebind[UnsafePointer[UInt16, MutAnyOrigin]](alloc[UInt16](nb * kvh * per))
+
+        def pack(task: Int) {imm}:
+            var bi = task // kvh
+            var g = task % kvh
+            var src = bi * t * kw + g * dh
+            _pack_k(kbuf + task * per, kp + src, t, tp, dh, kw)
+            _pack_v(vbuf + task * per, vp + src, t, tp, dh, kw)
+
+        sync_parallelize(pack, num_work_items=nb * kvh)
+        var qblocks = (s + BLOCK - 1) // BLOCK
+
+        var items = nb * heads * qblocks
+        var chunks = min(items, CHUNKS)
+
+        def work(chunk: Int) {imm}:
+            # scratch allocated once per chunk of tasks (the score rows are 192 KB at 1,500
+            # keys: an allocation that size is an mmap, its pages faulted in anew each time)
+            var cfg = alloc[UInt8](64)
+            var aq = rebind[UnsafePointer[UInt16, MutAnyOrigin]](alloc[UInt16](BLOCK * dh))
+            var sc = rebind[UnsafePointer[Float32, MutAnyOrigin]](alloc[Float32](BLOCK * tp))
+            var pe = rebind[UnsafePointer[UInt16, MutAnyOrigin]](alloc[UInt16](BLOCK * tp))
+            var ob = rebind[UnsafePointer[Float32, MutAnyOrigin]](alloc[Float32](BLOCK * dh))
+            var linv = rebind[UnsafePointer[Float32, MutAnyOrigin]](alloc[Float32](BLOCK))
+            for z in range(64):
+                cfg.unsafe_store(z, UInt8(0))
+            cfg.unsafe_store(0, UInt8(1))
+            for z in range(8):
+                cfg.unsafe_store(16 + 2 * z, UInt8(64))
+                cfg.unsafe_store(48 + z, UInt8(16))
+            _at_rdi[LDTILECFG_RDI](Int(cfg))
+            for task in range(chunk * items // chunks, (chunk + 1) * items // chunks):
+                _attend_block(task, qblocks, heads, group, kvh, s, t, w, dh, tp, per, scale, qp, op, kbuf, vbuf, aq, sc, pe, ob, linv)
+            _op[TILERELEASE]()
+            cfg.unsafe_free()
+            aq.unsafe_free()
+            sc.unsafe_free()
+            pe.unsafe_free()
+            ob.unsafe_free()
+            linv.unsafe_free()
+
+        sync_parallelize(work, num_work_items=chunks)
+        kbuf.unsafe_free()
+        vbuf.unsafe_free()

@@ -1,0 +1,66 @@
+"""Compute types: the arithmetic a ``linear`` runs in (``ir.Linear.compute``), and their host
+emulation — bfloat16 rounding and the packed weight layout of the bfloat16 kernel.
+
+``float32`` is the default and exact. ``bfloat16`` rounds both operands of the product to
+bfloat16 (to nearest, ties to even: what Intel's VCVTNEPS2BF16 and AMX users, MAX's own
+float32 -> bfloat16 cast and PyTorch do for finite values) and accumulates in float32. The
+NumPy reference applies the same rounding (:func:`round_bf16`), so the reference of a graph
+with bfloat16 linears is the arithmetic the device runs, to float32 rounding of the sums.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+
+#: every compute type a linear may name; the first is the default
+COMPUTE_TYPES = ("float32", "bfloat16")
+
+
+def check_compute_type(name: str, what: str = "compute_type") -> str:
+    """``name`` if it is a compute type kvgraph runs, else a one-line :class:`InputError`."""
+    if name not in COMPUTE_TYPES:
+        raise InputError(
+            f"{what}={name!r} is not a compute type kvgraph runs: one of {', '.join(COMPUTE_TYPES)}"
+        )
+    return name
+
+
+def bf16_bits(a) -> np.ndarray:
+    """The bfloat16 bit patterns (uint16) of ``a`` rounded from float32 to nearest, ties to even."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    return ((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
+
+
+def from_bf16_bits(bits: np.ndarray) -> np.ndarray:
+    """The float32 values of bfloat16 bit patterns."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def round_bf16(a) -> np.ndarray:
+    """``a`` (as float32) rounded to the nearest bfloat16, as float32 values."""
+    a = np.asarray(a)
+    return from_bf16_bits(bf16_bits(a)).reshape(a.shape)
+
+
+#: the bfloat16 kernel's unit: k is padded to a multiple of this, and the outputs too
+PANEL_BLOCK = 32
+
+
+def bf16_panels(w: np.ndarray) -> np.ndarray:
+    """A linear's weight ``w`` f32[out, in] (PyTorch layout) as the AMX kernel reads it
+    (``kvgraph/max/mojo/kvgraph_kernels/matmul_bf16.mojo``): bfloat16 bits in panels of 16
+    outputs, ``uint16[out_p / 16, in_p / 2, 32]`` with ``[p, i, 2 c + e] = w[16 p + c, 2 i + e]``;
+    ``in`` and ``out`` zero-padded to multiples of 32 (``in_p``, ``out_p``)."""
+    w = np.asarray(w)
+    if w.ndim != 2:
+        raise InputError(f"bf16_panels: weight must be [out, in], got shape {list(w.shape)}")
+    n, k = w.shape
+    pad = lambda v: -(-v // PANEL_BLOCK) * PANEL_BLOCK  # noqa: E731
+    bits = np.zeros((pad(n), pad(k)), np.uint16)
+    bits[:n, :k] = bf16_bits(w).reshape(n, k)
+    np_, kp = bits.shape
+    return np.ascontiguousarray(bits.reshape(np_ // 16, 16, kp // 2, 2).transpose(0, 2, 1, 3)).reshape(
+        np_ // 16, kp // 2, 32
+    )

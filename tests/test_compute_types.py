@@ -1,0 +1,231 @@
+"""Compute types (``compute_type="bfloat16"``): the IR attribute and its pass, the NumPy
+reference's bfloat16 emulation (against torch's rounding), the MAX lowering — the AMX kernels
+where this CPU has them and the float32 emulation everywhere — against the reference, and the
+option on the Python API, the CLI and the server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kvgraph import ir, reference
+from kvgraph.errors import InputError, IRTypeError
+from kvgraph.ir import GraphBuilder
+from kvgraph.numerics import COMPUTE_TYPES, bf16_bits, bf16_panels, from_bf16_bits, round_bf16
+from kvgraph.passes import ComputeType, Programs, compute_type
+from kvgraph.printer import format_graph
+from kvgraph.types import f32, sym
+
+
+def _graph(seq=37, keys=45, width=128, heads=4, kv_heads=2, out=70, causal=False):
+    """A linear (odd sizes: padding on every side of the tiles), an attention over another
+    input's keys (grouped heads, keys not a multiple of 32) and a linear without bias."""
+    g = GraphBuilder("mix")
+    x = g.input("x", f32(sym("b"), seq, 100))
+    kv = g.input("kv", f32(sym("b"), keys, kv_heads * (width // heads)))
+    q = g.add(ir.Linear(x, g.weight("wq", (width, 100)), g.weight("bq", (width,))), "q")
+    a = g.add(ir.Attention(q, kv, kv, heads, kv_heads, causal, ir.scale_for(width // heads)), "a")
+    y = g.add(ir.Linear(a, g.weight("wo", (out, width))), "y")
+    return g.finish([("y", y)])
+
+
+def _weights(rng, width=128, out=70):
+    return {
+        "wq": rng.standard_normal((width, 100)).astype(np.float32) * 0.2,
+        "bq": rng.standard_normal(width).astype(np.float32),
+        "wo": rng.standard_normal((out, width)).astype(np.float32) * 0.2,
+    }
+
+
+# ------------------------------------------------------------------------------- IR and pass
+
+
+def test_the_default_compute_type_prints_as_before_and_bfloat16_shows():
+    g = _graph()
+    text = format_graph(g)
+    assert "compute" not in text  # float32 graphs print as they always did (store keys too)
+    b = compute_type(g, "bfloat16", attention=True)
+    lines = [
+        ln for ln in format_graph(b).splitlines() if "{compute=bfloat16}" in ln or "compute=bfloat16" in ln
+    ]
+    assert len(lines) == 3, format_graph(b)
+    assert format_graph(g) == text  # the pass is pure: the input graph is unchanged
+
+
+def test_the_pass_takes_weight_linears_and_only_unmasked_attention_when_asked():
+    g = _graph(causal=True)
+    lin = compute_type(g, "bfloat16")
+    kinds = {type(n.op).__name__: n.op.compute for n in lin.nodes}
+    assert kinds == {"Linear": "bfloat16", "Attention": "float32"}
+    causal = compute_type(g, "bfloat16", attention=True)
+    assert [n.op.compute for n in causal.nodes if isinstance(n.op, ir.Attention)] == ["float32"]
+    both = ComputeType("bfloat16", attention=True).apply(Programs.of(full=_graph()))["full"]
+    assert all(n.op.compute == "bfloat16" for n in both.nodes)
+    assert format_graph(compute_type(both, "float32", attention=True)) == format_graph(_graph())
+
+
+def test_unknown_compute_types_are_one_line_errors():
+    with pytest.raises(InputError, match="int8"):
+        compute_type(_graph(), "int8")
+    g = GraphBuilder("bad")
+    x = g.input("x", f32(2, 4))
+    with pytest.raises(IRTypeError, match="compute 'fp8'"):
+        g.add(ir.Linear(x, g.weight("w", (3, 4)), compute="fp8"), "y")
+
+
+# ------------------------------------------------------------------- numerics and reference
+
+
+def test_bfloat16_rounding_is_torchs():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
+    bits[:2000] = (bits[:2000] & 0xFFFF0000) | 0x8000  # exact ties: to even
+    x = bits.view(np.float32)
+    x = x[np.isfinite(x)]
+    want = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(bf16_bits(x), want)
+    np.testing.assert_array_equal(round_bf16(x), from_bf16_bits(want))
+
+
+def test_panels_hold_every_weight_once_where_the_kernel_reads_it():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((70, 100)).astype(np.float32)
+    p = bf16_panels(w)
+    assert p.shape == (96 // 16, 128 // 2, 32) and p.dtype == np.uint16
+    # [panel, pair, 2 c + e] = w[16 panel + c, 2 pair + e]
+    back = p.reshape(6, 64, 16, 2).transpose(0, 2, 1, 3).reshape(96, 128)
+    np.testing.assert_array_equal(back[:70, :100], bf16_bits(w).reshape(70, 100))
+    assert not back[70:].any() and not back[:, 100:].any()
+
+
+def test_the_reference_rounds_operands_and_numerators():
+    rng = np.random.default_rng(2)
+    g, w = compute_type(_graph(), "bfloat16", attention=True), _weights(rng)
+    x = rng.standard_normal((2, 37, 100)).astype(np.float32)
+    kv = rng.standard_normal((2, 45, 64)).astype(np.float32)
+    got = reference.run(g, w, dtype=np.float64, x=x, kv=kv)["y"]
+    # the definition, written out
+    q = round_bf16(x).astype(np.float64) @ round_bf16(w["wq"]).T.astype(np.float64) + w["bq"]
+    qh = round_bf16(q).reshape(2, 37, 4, 32).transpose(0, 2, 1, 3).astype(np.float64)
+    kh = round_bf16(kv).reshape(2, 45, 2, 32).transpose(0, 2, 1, 3)[:, [0, 0, 1, 1]].astype(np.float64)
+    s = qh @ kh.transpose(0, 1, 3, 2) / np.sqrt(32)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    a = (round_bf16(e).astype(np.float64) @ kh) / e.sum(-1, keepdims=True)
+    a = a.transpose(0, 2, 1, 3).reshape(2, 37, 128)
+    want = round_bf16(a).astype(np.float64) @ round_bf16(w["wo"]).T.astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    exact = reference.run(_graph(), w, dtype=np.float64, x=x, kv=kv)["y"]
+    assert 1e-4 < np.abs(got - exact).max() < 0.1  # bfloat16 differs from float32, a little
+
+
+# ---------------------------------------------------------------------------------- on MAX
+
+
+@pytest.mark.parametrize("amx", ["on", "off"])
+def test_max_runs_the_reference_arithmetic(amx, monkeypatch):
+    """The AMX kernels (where this CPU has AMX) and the float32-op emulation (everywhere)
+    against the reference's bfloat16 arithmetic: to float32 rounding of the sums and the
+    occasional numerator that rounds the other way — far inside bfloat16's own error."""
+    from kvgraph.max import isa
+    from kvgraph.max.runtime import kernels_id, load_program
+
+    monkeypatch.setenv(isa.AMX_ENV, amx)
+    if amx == "on" and not isa.amx():
+        pytest.skip("no AMX tiles with bfloat16 on this CPU (amx_tile, amx_bf16)")
+    assert kernels_id().endswith("/amx") == (amx == "on") or kernels_id() == "none"
+    rng = np.random.default_rng(3)
+    g, w = compute_type(_graph(), "bfloat16", attention=True), _weights(rng)
+    x = rng.standard_normal((3, 37, 100)).astype(np.float32)
+    kv = rng.standard_normal((3, 45, 64)).astype(np.float32)
+    got = load_program(g, w)(x, kv)[0].to_numpy()
+    want = reference.run(g, w, dtype=np.float64, x=x, kv=kv)["y"]
+    exact = reference.run(_graph(), w, dtype=np.float64, x=x, kv=kv)["y"]
+    err, gap = np.abs(got - want).max(), np.abs(exact - want).max()
+    assert err < 0.05 * gap, (err, gap)
+
+
+def test_compile_runs_the_pass_before_its_pipeline():
+    import kvgraph
+    from kvgraph.spec import DecoderSpec
+    from kvgraph.weights import init_weights
+
+    spec = DecoderSpec(vocab_size=50, d_model=32, n_heads=2, n_layers=1, max_seq_len=16, mlp_hidden=64)
+    dec = kvgraph.compile(spec, init_weights(spec), eager=False, compute_type="bfloat16")
+    step = dec.passes.step
+    linears = [n.op for n in step.nodes if isinstance(n.op, ir.Linear)]
+    assert linears and all(op.compute == "bfloat16" for op in linears)
+    assert format_graph(step).count("compute=bfloat16") == len(linears)
+    with pytest.raises(InputError, match="compute_type='int8'"):
+        kvgraph.compile(spec, {}, eager=False, compute_type="int8")
+
+
+# -------------------------------------------------------------------------- the option
+
+
+def test_the_cli_passes_compute_type_and_refuses_unknown_ones(tmp_path, capsys):
+    import soundfile as sf
+
+    from models.whisper.apps.cli.transcribe import main
+
+    calls = []
+
+    def load(name, kv_cache=True, compute_type="float32"):
+        calls.append(compute_type)
+        raise ValueError("stop here")
+
+    wav = tmp_path / "a.wav"
+    sf.write(str(wav), np.zeros(1600, np.float32), 16000)
+    assert main([str(wav), "--compute_type", "int8", "-o", str(tmp_path)], load_backend=load) == 2
+    assert "invalid choice: 'int8'" in capsys.readouterr().err and calls == []
+    assert main([str(wav), "--compute-type", "bfloat16", "-o", str(tmp_path)], load_backend=load) == 1
+    assert calls == ["bfloat16"]
+
+
+def test_the_server_passes_compute_type():
+    from models.whisper.apps.cli import serve as serve_cli
+
+    seen = []
+
+    def load(name, **kw):
+        seen.append(kw)
+        raise ValueError("stop here")
+
+    assert serve_cli.main(["--compute_type", "bfloat16"], load_model=load) == 1
+    assert serve_cli.main([], load_model=load) == 1
+    assert seen == [{"compute_type": "bfloat16"}, {}]
+    assert serve_cli.main(["--compute_type", "float16"], load_model=load) == 2
+
+
+def test_whisper_refuses_an_unknown_compute_type_before_loading():
+    from models.whisper import load_backend
+
+    with pytest.raises(InputError, match="one of float32, bfloat16"):
+        load_backend("tiny.en", compute_type="int8")
+    assert COMPUTE_TYPES[0] == "float32"
+
+
+# ------------------------------------------------------------------------------ on Whisper
+
+from whisper_fixtures import *  # noqa: E402,F401,F403
+
+
+def test_whisper_bfloat16_encoder_is_close_to_openai_whisper_and_jfk_reads_the_same(
+    tiny_backend_bf16, tiny_model, torch_tiny, jfk_mel, jfk_audio
+):
+    """The documented bound on the bundled clip (docs/compute_types.md): the bfloat16 encoder's
+    features within 2 % (relative RMS) of openai-whisper's float32 encoder, and JFK's
+    transcription word for word the float32 one (itself openai-whisper's)."""
+    import torch
+
+    from models.whisper import WhisperModel
+
+    with torch.no_grad():
+        want = torch_tiny.encoder(jfk_mel[None]).numpy()
+    got = tiny_backend_bf16.encode(jfk_mel[None].numpy())
+    rel = np.sqrt(((got - want) ** 2).mean() / (want**2).mean())
+    assert 1e-4 < rel < 0.02, rel  # bfloat16 (not float32), and close
+    assert tiny_backend_bf16.decoder is not tiny_model.backend.decoder
+    bf16 = WhisperModel(tiny_backend_bf16).transcribe(jfk_audio, language="en")
+    f32 = tiny_model.transcribe(jfk_audio, language="en")
+    assert bf16["text"] == f32["text"]
