@@ -596,15 +596,24 @@ class Transpose(Op):
 @op("conv1d", ("x", "w", "bias"))
 class Conv1d(Op):
     """1-D convolution, channels last: x f32[b, t, cin], w f32[cout, cin, k] (PyTorch layout),
-    bias f32[cout] -> f32[b, (t + 2*padding - k) // stride + 1, cout]; zero padding."""
+    bias f32[cout] -> f32[b, (t + 2*padding - k) // stride + 1, cout]; zero padding.
+    ``compute``: as :class:`Linear`'s (``bfloat16``: x and w rounded, float32 sums)."""
+
+    QUIET: ClassVar[tuple[str, ...]] = ("compute",)
 
     x: Value
     w: Value
     bias: Value
     stride: int = 1
     padding: int = 0
+    compute: str = "float32"
 
     def infer_type(self):
+        from .numerics import COMPUTE_TYPES
+
+        _need(
+            self.compute in COMPUTE_TYPES, f"conv1d: compute {self.compute!r} is not one of {COMPUTE_TYPES}"
+        )
         x, w = _t(self.x), _t(self.w)
         _need(
             x.rank == 3 and w.rank == 3, f"conv1d: x must be [b, t, cin] and w [cout, cin, k], got {x}, {w}"

@@ -147,6 +147,8 @@ def _cache_view(op, a, ctx):
 
 def _conv1d(op, a, ctx):
     x, w, bias = a["x"], a["w"], a["bias"]  # x [b, t, cin], w [cout, cin, k]
+    if op.compute == "bfloat16":
+        x, w = round_bf16(x).astype(x.dtype), round_bf16(w).astype(w.dtype)
     k = w.shape[2]
     xp = np.pad(x, ((0, 0), (op.padding, op.padding), (0, 0)))
     t_out = (xp.shape[1] - k) // op.stride + 1

@@ -47,6 +47,7 @@ __all__ = [
     "linear_gemv_once",
     "linear_bf16_amx",
     "linear_bf16_emulated",
+    "conv1d_columns",
     "attention_bf16_amx",
     "leading_dims",
     "linear_weight_constant",
@@ -681,6 +682,22 @@ def conv1d_weight_constant(w: np.ndarray, device: DeviceRef | None = None) -> Te
     return _f32_const(np.ascontiguousarray(w.transpose(2, 1, 0)[None]), device)
 
 
+def conv1d_columns(x: TensorValue, k: int, stride: int = 1, padding: int = 0) -> TensorValue:
+    """The im2col form of a 1-D convolution's input: ``x`` ``[b, t, c_in]`` -> ``[b, t_out,
+    k * c_in]``, column ``j * c_in + c`` holding tap ``j`` of channel ``c``, so that a conv is
+    this times its weight ``[c_out, c_in, k]`` laid out as ``[c_out, k * c_in]``."""
+    bsz, t, c_in = x.shape
+    # Same algebraic form as MAX conv2d shape inference, so both methods agree.
+    t_out = (t + 2 * padding - k + stride) // stride
+    xp = ops.pad(x, [0, 0, padding, padding, 0, 0]) if padding else x
+    cols = []
+    for j in range(k):
+        # Symbolic slice bounds must be tensors: turn the Dim into a scalar.
+        end = ops.reshape(ops.shape_to_tensor([j + stride * (t_out - 1) + 1]), [])
+        cols.append(ops.slice_tensor(xp, [slice(None), (slice(j, end, stride), t_out), slice(None)]))
+    return ops.concat(cols, axis=2) if k > 1 else cols[0]
+
+
 def conv1d(
     x: TensorValue,
     w: TensorValue,
@@ -710,21 +727,12 @@ def conv1d(
     bsz, t, cx = x.shape
     if int(cx) != c_in:
         raise InputError(f"x channels {cx} != weight c_in {c_in}")
-    # Same algebraic form as MAX conv2d shape inference, so both methods agree.
-    t_out = (t + 2 * padding - k + stride) // stride
-
     if method == "conv2d":
         x4 = ops.reshape(x, [bsz, 1, t, c_in])
         y = ops.conv2d(x4, w_rscf, stride=(1, stride), padding=(0, 0, padding, padding), bias=b)
         return ops.squeeze(y, 1)
     if method == "im2col":
-        xp = ops.pad(x, [0, 0, padding, padding, 0, 0]) if padding else x
-        cols = []
-        for j in range(k):
-            # Symbolic slice bounds must be tensors: turn the Dim into a scalar.
-            end = ops.reshape(ops.shape_to_tensor([j + stride * (t_out - 1) + 1]), [])
-            cols.append(ops.slice_tensor(xp, [slice(None), (slice(j, end, stride), t_out), slice(None)]))
-        xc = ops.concat(cols, axis=2) if k > 1 else cols[0]  # [b, t_out, k*c_in]
+        xc = conv1d_columns(x, k, stride, padding)
         w2 = ops.reshape(ops.squeeze(w_rscf, 0), [k * c_in, c_out])
         y = xc @ w2
         if b is not None:

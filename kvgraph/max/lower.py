@@ -59,6 +59,10 @@ LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     # to bfloat16 as float32 [in, out] for the emulation on MAX's float32 GEMM
     "bf16_panels": bf16_panels,
     "bf16_T": lambda a: round_bf16(a).T,
+    # bfloat16 conv1d: its weight as the linear of the im2col form ([cout, k * cin]), packed;
+    # or rounded, in RSCF
+    "bf16_conv_panels": lambda a: bf16_panels(a.transpose(0, 2, 1).reshape(a.shape[0], -1)),
+    "bf16_rscf": lambda a: round_bf16(a).transpose(2, 1, 0)[None],
 }
 _MAX_DTYPES = {
     np.dtype(np.float32): DType.float32,
@@ -407,6 +411,20 @@ def _rule_cache_view(op, env, ctx):
 
 
 def _rule_conv1d(op, env, ctx):
+    if op.compute == "bfloat16":
+        if not isinstance(op.w, ir.Weight):
+            raise LoweringError("a bfloat16 conv1d needs a weight parameter (@name) as its kernel")
+        cout, _, k = op.w.type.shape
+        x = _arg(ctx, env, op.x)
+        if ctx.bf16_amx:  # im2col, then the AMX GEMM against the weight as [cout, k * cin]
+            cols = K.conv1d_columns(x, k, op.stride, op.padding)
+            return K.linear_bf16_amx(
+                cols, ctx.weight(op.w, "bf16_conv_panels"), cout, _arg(ctx, env, op.bias)
+            )
+        xr = ops.cast(ops.cast(x, DType.bfloat16), DType.float32)
+        return K.conv1d(
+            xr, ctx.weight(op.w, "bf16_rscf"), _arg(ctx, env, op.bias), op.stride, op.padding, w_layout="rscf"
+        )
     return K.conv1d(
         _arg(ctx, env, op.x),
         _arg(ctx, env, op.w, "rscf"),

@@ -1,7 +1,7 @@
 """ComputeType: run a graph's linears in a reduced-precision compute type.
 
-A lowering choice of the same IR: the pass sets ``compute`` on every ``linear`` whose weight
-is a parameter (``@name``, a matrix the lowering can convert once) and, with
+A lowering choice of the same IR: the pass sets ``compute`` on every ``linear`` and ``conv1d``
+whose weight is a parameter (``@name``, a matrix the lowering can convert once) and, with
 ``attention=True``, on every unmasked ``attention`` (an encoder's: its two products are the
 largest GEMMs there); every other op stays float32. The printed IR shows it
 (``linear %x, @w, @b {compute=bfloat16}``), the NumPy reference runs it (bfloat16 rounding
@@ -19,14 +19,14 @@ from .manager import Programs
 
 
 def _takes(op, attention: bool) -> bool:
-    if isinstance(op, ir.Linear):
+    if isinstance(op, (ir.Linear, ir.Conv1d)):
         return isinstance(op.w, ir.Weight)
     return attention and isinstance(op, ir.Attention) and not op.causal
 
 
 def compute_type(g: Graph, compute: str, attention: bool = False) -> Graph:
-    """``g`` with its weight linears (and unmasked attentions, with ``attention``) computed in
-    ``compute``; types unchanged."""
+    """``g`` with its weight linears and convolutions (and unmasked attentions, with
+    ``attention``) computed in ``compute``; types unchanged."""
     check_compute_type(compute)
     nodes = tuple(
         Node(attrs.evolve(n.op, compute=compute), n.out) if _takes(n.op, attention) else n for n in g.nodes
@@ -36,8 +36,8 @@ def compute_type(g: Graph, compute: str, attention: bool = False) -> Graph:
 
 @attrs.frozen
 class ComputeType:
-    """Set the compute type of every weight linear (and unmasked attention, with
-    ``attention``) in every program (``float32``: all exact)."""
+    """Set the compute type of every weight linear and convolution (and unmasked attention,
+    with ``attention``) in every program (``float32``: all exact)."""
 
     compute: str = "bfloat16"
     attention: bool = False
