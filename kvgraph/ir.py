@@ -287,8 +287,10 @@ class Linear(Op):
     """``x @ w.T + bias``: x f32[..., in], w f32[out, in] (PyTorch layout), bias f32[out] or absent.
 
     ``compute``: the product's arithmetic (:data:`kvgraph.numerics.COMPUTE_TYPES`): ``float32``
-    (exact, the default, not printed), or ``bfloat16``: x and w rounded to bfloat16, the sums in
-    float32 (set by :class:`kvgraph.passes.ComputeType`); the bias is added in float32."""
+    (exact, the default, not printed); ``bfloat16``: x and w rounded to bfloat16, the sums in
+    float32; ``int8``: w quantized per output row (:func:`kvgraph.numerics.quantize_int8`), x
+    float32, the sums scaled (set by :class:`kvgraph.passes.ComputeType`); the bias is added
+    in float32."""
 
     QUIET: ClassVar[tuple[str, ...]] = ("compute",)
 

@@ -6,6 +6,9 @@ bfloat16 (to nearest, ties to even: what Intel's VCVTNEPS2BF16 and AMX users, MA
 float32 -> bfloat16 cast and PyTorch do for finite values) and accumulates in float32. The
 NumPy reference applies the same rounding (:func:`round_bf16`), so the reference of a graph
 with bfloat16 linears is the arithmetic the device runs, to float32 rounding of the sums.
+``int8`` (linears only) quantizes the weight per output row: ``s = max|w[j]| / 127``,
+``q = round(w / s)`` (ties to even, in [-127, 127]); the activations stay float32 and
+``y[j] = s[j] * sum_k x[k] q[j, k] + bias[j]`` (:func:`quantize_int8`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 from .errors import InputError
 
 #: every compute type a linear may name; the first is the default
-COMPUTE_TYPES = ("float32", "bfloat16")
+COMPUTE_TYPES = ("float32", "bfloat16", "int8")
 
 
 def check_compute_type(name: str, what: str = "compute_type") -> str:
@@ -64,3 +67,15 @@ def bf16_panels(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(bits.reshape(np_ // 16, 16, kp // 2, 2).transpose(0, 2, 1, 3)).reshape(
         np_ // 16, kp // 2, 32
     )
+
+
+def quantize_int8(w) -> tuple[np.ndarray, np.ndarray]:
+    """``(q int8[out, in], s float32[out])``: each row of ``w`` f32[out, in] quantized with its
+    own scale ``s = max|row| / 127`` (1 for a row of zeros), ``q = round(row / s)``."""
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 2:
+        raise InputError(f"quantize_int8: weight must be [out, in], got shape {list(w.shape)}")
+    top = np.abs(w).max(axis=1)
+    s = np.where(top > 0, top / np.float32(127), np.float32(1)).astype(np.float32)
+    q = np.clip(np.rint(w / s[:, None]), -127, 127).astype(np.int8)
+    return q, s

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import ir
 from .errors import ReferenceRunError
-from .numerics import round_bf16
+from .numerics import quantize_int8, round_bf16
 from .printer import window
 
 
@@ -158,9 +158,13 @@ def _conv1d(op, a, ctx):
 
 def _linear(op, a, ctx):
     x, w = a["x"], a["w"]
+    bias = 0 if a["bias"] is None else a["bias"]
+    if op.compute == "int8":  # per-row int8 weights, float32 activations, the scale last
+        q, s = quantize_int8(w)
+        return (x @ q.T.astype(x.dtype)) * s.astype(x.dtype) + bias
     if op.compute == "bfloat16":  # both operands rounded to bfloat16 (as float32 values)
         x, w = round_bf16(x).astype(x.dtype), round_bf16(w).astype(w.dtype)
-    return x @ w.T + (0 if a["bias"] is None else a["bias"])
+    return x @ w.T + bias
 
 
 RULES = {

@@ -25,6 +25,7 @@ __all__ = [
     "torch_base",
     "fixture_loader",
     "tiny_backend_bf16",
+    "bf16_int8_backend",
 ]
 
 
@@ -118,14 +119,21 @@ def tiny_backend():
 
 
 @functools.cache
-def _bf16_backend(name: str):
+def _bf16_backend(name: str, mode: str = "bfloat16"):
     from models.whisper import MaxWhisperBackend
     from models.whisper.weights.alignment_heads import load_alignment_heads
 
+    _needs(name)
     dims, weights = _backend_checkpoint(name)
     return MaxWhisperBackend(
-        dims, weights, alignment_heads=load_alignment_heads(name, dims), compute_type="bfloat16"
+        dims, weights, alignment_heads=load_alignment_heads(name, dims), compute_type=mode
     )
+
+
+def bf16_int8_backend(name: str):
+    """``name`` with ``compute_type="int8_bfloat16"`` (its encoder the bfloat16 backend's
+    program, its decoder programs compiled for int8 linears), once per session."""
+    return _bf16_backend(name, "int8_bfloat16")
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,7 @@ __all__ = [
     "linear_bf16_amx",
     "linear_bf16_emulated",
     "conv1d_columns",
+    "gemv_i8",
     "attention_bf16_amx",
     "leading_dims",
     "linear_weight_constant",
@@ -268,6 +269,23 @@ def linear_bf16_emulated(
     :func:`linear_bf16_amx` at float32 speed: for CPUs without AMX."""
     xr = ops.cast(ops.cast(x, DType.bfloat16), F32)
     return linear(xr, wt_rounded, b, w_transposed=True)
+
+
+def gemv_i8(x: TensorValue, q: TensorValue, isa: _isa.Isa | None = None) -> TensorValue:
+    """``x @ q.T`` for a few rows of ``x`` and an int8 weight ``q`` ``[out, in]`` (the
+    ``int8`` compute type's sums, before its per-row scales): kvgraph's custom kernel
+    ``kvgraph_gemv_i8`` (``gemv.mojo``, :func:`linear_gemv_once`'s over int8), float32
+    arithmetic, half the bytes of the float16 weight to read."""
+    lead = list(x.shape[:-1])
+    x2 = ops.reshape(x, [-1, x.shape[-1]])
+    out = ops.custom(
+        "kvgraph_gemv_i8",
+        device=_cpu(),
+        values=[x2, q],
+        out_types=[TensorType(F32, [x2.shape[0], q.shape[0]], device=_cpu())],
+        parameters=(isa or _isa.host()).gemv_parameters(),
+    )[0].tensor
+    return ops.reshape(out, [*lead, q.shape[0]])
 
 
 def linear_few_rows(

@@ -33,7 +33,7 @@ from max.graph import Weight as MaxWeight
 from .. import ir
 from ..analysis import buffer_values, f16_exact
 from ..errors import LoweringError
-from ..numerics import bf16_panels, round_bf16
+from ..numerics import bf16_panels, quantize_int8, round_bf16
 from ..printer import format_node, window
 from ..types import TensorType
 from . import custom, isa
@@ -63,12 +63,20 @@ LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     # or rounded, in RSCF
     "bf16_conv_panels": lambda a: bf16_panels(a.transpose(0, 2, 1).reshape(a.shape[0], -1)),
     "bf16_rscf": lambda a: round_bf16(a).transpose(2, 1, 0)[None],
+    # int8 linears: the quantized weight (int8, [out, in]) and its per-row scales; the same
+    # integers as float32 [in, out] for the GEMM of many rows
+    "int8": lambda a: quantize_int8(a)[0],
+    "int8_scale": lambda a: quantize_int8(a)[1],
+    "int8_T": lambda a: quantize_int8(a)[0].T,
 }
 _MAX_DTYPES = {
     np.dtype(np.float32): DType.float32,
     np.dtype(np.float16): DType.float16,
     np.dtype(np.uint16): DType.uint16,
+    np.dtype(np.int8): DType.int8,
 }
+#: layouts whose arrays keep their own dtype (packed bits, quantized integers)
+_OWN_DTYPES = (np.dtype(np.uint16), np.dtype(np.int8))
 
 
 def max_dim(d):
@@ -168,7 +176,7 @@ def weight_array(src: np.ndarray, layout: str = "plain", f16: bool = False) -> n
     float16 or float32 (or the bits a layout makes itself: bfloat16 panels are uint16): made
     in one pass, or ``src`` itself when it already is that."""
     view = LAYOUTS[layout](src)
-    dt = view.dtype if view.dtype == np.uint16 else (np.float16 if f16 else np.float32)
+    dt = view.dtype if view.dtype in _OWN_DTYPES else (np.float16 if f16 else np.float32)
     if view.dtype == dt and view.flags.c_contiguous:
         arr = view  # e.g. a float16 weight read by a float16 kernel: shared, not copied
     else:  # layout and dtype in one pass (no intermediate converted copy)
@@ -187,8 +195,31 @@ def _arg(ctx, env, v, layout="plain"):
     return env[v]
 
 
+def _int8_linear(op, x, b, ctx):
+    """``s * (x @ q.T) + b``: the int8 GEMV (kvgraph's kernel) for a few rows, the float32
+    GEMM over the same integers beyond (exact emulation: the integers are float32 values)."""
+    if not isinstance(op.w, ir.Weight):
+        raise LoweringError("an int8 linear needs a weight parameter (@name) as its matrix")
+    scale = ctx.weight(op.w, "int8_scale")
+    static, sym = K.leading_dims(x)
+    few = static <= FEW_ROWS and set(sym) <= ctx.few_dims
+    if not few or ctx.kernels is None or op.w.type.shape[1] % isa.host().lanes:
+        y = K.linear(x, ctx.weight(op.w, "int8_T"), None, w_transposed=True)
+    elif not ctx.few_attention or ctx.always_few:
+        y = K.gemv_i8(x, ctx.weight(op.w, "int8"))
+    else:  # step_rows: the GEMV up to the class's few rows, the GEMM beyond
+        few_rows = isa.thresholds().few_rows_custom
+        y = K.linear_few_rows(
+            x, ctx.weight(op.w, "int8"), ctx.weight(op.w, "int8_T"), None, few_rows, K.gemv_i8
+        )
+    y = y * scale
+    return y if b is None else y + b
+
+
 def _rule_linear(op, env, ctx):
     x, b = _arg(ctx, env, op.x), _arg(ctx, env, op.bias)
+    if op.compute == "int8":
+        return _int8_linear(op, x, b, ctx)
     if op.compute == "bfloat16":
         if not isinstance(op.w, ir.Weight):
             raise LoweringError("a bfloat16 linear needs a weight parameter (@name) as its matrix")

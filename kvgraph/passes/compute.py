@@ -3,7 +3,8 @@
 A lowering choice of the same IR: the pass sets ``compute`` on every ``linear`` and ``conv1d``
 whose weight is a parameter (``@name``, a matrix the lowering can convert once) and, with
 ``attention=True``, on every unmasked ``attention`` (an encoder's: its two products are the
-largest GEMMs there); every other op stays float32. The printed IR shows it
+largest GEMMs there); every other op stays float32. ``int8`` is for linears only (per-row
+int8 weights, float32 activations: a step's GEMVs read half the bytes of float16). The printed IR shows it
 (``linear %x, @w, @b {compute=bfloat16}``), the NumPy reference runs it (bfloat16 rounding
 emulated, :mod:`kvgraph.numerics`), the MAX lowering picks a kernel for it.
 """
@@ -18,10 +19,10 @@ from ..numerics import check_compute_type
 from .manager import Programs
 
 
-def _takes(op, attention: bool) -> bool:
-    if isinstance(op, (ir.Linear, ir.Conv1d)):
+def _takes(op, compute: str, attention: bool) -> bool:
+    if isinstance(op, ir.Linear) or (isinstance(op, ir.Conv1d) and compute != "int8"):
         return isinstance(op.w, ir.Weight)
-    return attention and isinstance(op, ir.Attention) and not op.causal
+    return attention and compute != "int8" and isinstance(op, ir.Attention) and not op.causal
 
 
 def compute_type(g: Graph, compute: str, attention: bool = False) -> Graph:
@@ -29,7 +30,8 @@ def compute_type(g: Graph, compute: str, attention: bool = False) -> Graph:
     ``attention``) computed in ``compute``; types unchanged."""
     check_compute_type(compute)
     nodes = tuple(
-        Node(attrs.evolve(n.op, compute=compute), n.out) if _takes(n.op, attention) else n for n in g.nodes
+        Node(attrs.evolve(n.op, compute=compute), n.out) if _takes(n.op, compute, attention) else n
+        for n in g.nodes
     )
     return Graph(g.name, g.inputs, nodes, g.outputs)
 

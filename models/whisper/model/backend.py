@@ -27,12 +27,12 @@ class MaxWhisperBackend:
     ones rather than on first use, e.g. ``("step_rows", "alignment")`` for batching and word
     timestamps; one MAX compile for all of them costs little more than for the first ones.
 
-    ``compute_type``: the encoder's linears' arithmetic (faster-whisper's option name):
-    ``"float32"`` (default: exact, token for token openai-whisper's float32) or
-    ``"bfloat16"``: the encoder's weight GEMMs and self-attention with bfloat16 operands and
-    float32 sums (:class:`kvgraph.passes.ComputeType`), on AMX tiles where the CPU has them,
-    else emulated on float32 ops (the same arithmetic, slower than float32). The decoder stays float32 in every mode: its steps read each weight once
-    (float16 as stored) and are bound by memory, not arithmetic. Accuracy against float32:
+    ``compute_type``: the arithmetic of the encoder and the decoder, by faster-whisper's names
+    (:mod:`models.whisper.model.compute`): ``"float32"`` (default: exact, token for token
+    openai-whisper's float32), ``"bfloat16"`` (the encoder's products on bfloat16 operands
+    with float32 sums: AMX tiles where the CPU has them, else emulated on float32 ops, the
+    same arithmetic, slower), ``"int8"`` / ``"int8_float32"`` (the decoder's linears on int8
+    weights with per-row scales) and ``"int8_bfloat16"`` (both). Accuracy against float32:
     ``docs/compute_types.md``.
     """
 
@@ -50,12 +50,13 @@ class MaxWhisperBackend:
         import time
 
         from kvgraph.max.runtime import ProgramRequest, load_programs
-        from kvgraph.numerics import check_compute_type
         from kvgraph.passes import compute_type as with_compute_type
+        from models.whisper.model.compute import split_compute_type
         from models.whisper.weights.alignment_heads import default_alignment_heads, heads_from
 
         self.dims, self.kv_cache = dims, kv_cache
-        self.compute_type = check_compute_type(compute_type)
+        enc_type, dec_type = split_compute_type(compute_type)
+        self.compute_type = compute_type
         #: the cross-attention heads ``((layer, head), ...)`` word timestamps read
         #: (``models.whisper.weights.alignment_heads``); openai's default when the checkpoint names none
         self.alignment_heads = (
@@ -65,21 +66,25 @@ class MaxWhisperBackend:
         )
         t0 = time.perf_counter()
         self.decoder = kvgraph.compile(
-            spec_from_dims(dims), weights, kv_cache=kv_cache, cache_layout=cache_layout, eager=False
+            spec_from_dims(dims),
+            weights,
+            kv_cache=kv_cache,
+            cache_layout=cache_layout,
+            eager=False,
+            compute_type=dec_type,
         )
         # encoder + the decoder's first programs (+ ``preload``: more decoder programs, and
         # "alignment" for word timestamps' program) in one go: one stored artifact, or one compile
-        encoder = ProgramRequest(
-            with_compute_type(build_encoder(dims), compute_type, attention=True), weights
-        )
-        extra = [encoder] if compute_type == "float32" else []
+        encoder = ProgramRequest(with_compute_type(build_encoder(dims), enc_type, attention=True), weights)
+        together = compute_type == "float32"  # else: the float32 mode's stored programs serve the rest
+        extra = [encoder] if together else []
         if "alignment" in preload:
             extra.append(self.decoder.exposed_request(self.alignment_scores()))
         names = [*self.decoder.eager_programs, *(n for n in preload if n != "alignment")]
         loaded = self.decoder.load(names, extra=extra)
-        if compute_type == "float32":
+        if together:
             self.encoder = loaded[0]
-        else:  # an encoder of its own: the decoder's programs stay the float32 mode's (stored once)
+        else:  # loaded alone: a float32 encoder is found in the float32 mode's stored Module
             (self.encoder,) = load_programs([encoder])
         self.compile_s = time.perf_counter() - t0
 
@@ -129,9 +134,9 @@ def load_backend(
     """The MAX backend of checkpoint ``name_or_path``, ready to decode (``compute_type``: see
     :class:`MaxWhisperBackend`). ``dims`` is a plain namespace of openai's ``ModelDimensions``
     fields (no torch import)."""
-    from kvgraph.numerics import check_compute_type
+    from models.whisper.model.compute import split_compute_type
 
-    check_compute_type(compute_type)  # before minutes of loading
+    split_compute_type(compute_type)  # before minutes of loading
     from models.whisper.weights.alignment_heads import load_alignment_heads
 
     # float16 weights as stored: the lowering reads them for its float16 kernels as they are

@@ -44,6 +44,6 @@ def load_model(
     name_or_path="tiny.en", *, kv_cache: bool = True, compute_type: str = "float32"
 ) -> WhisperModel:
     """Load weights and compile encoder + decoder on MAX (cold compiles take minutes).
-    ``compute_type``: ``"float32"`` (exact) or ``"bfloat16"`` (the encoder's GEMMs, see
-    :class:`models.whisper.model.backend.MaxWhisperBackend`)."""
+    ``compute_type``: ``"float32"`` (exact), ``"bfloat16"``, ``"int8"``, ``"int8_float32"``,
+    ``"int8_bfloat16"`` (:mod:`models.whisper.model.compute`)."""
     return WhisperModel(load_backend(name_or_path, kv_cache=kv_cache, compute_type=compute_type))

@@ -40,10 +40,10 @@ def tile_rows[regs: Int]() -> Int:
 # One R x 4 tile: rows r .. r+R of x against outputs j .. j+4. WIDEN: read the float16
 # block and keep its float32 values in wf as it goes; otherwise read wf.
 @always_inline
-def tile[W: Int, R: Int, WIDEN: Bool](
+def tile[WT: DType, W: Int, R: Int, WIDEN: Bool](
     op: UnsafePointer[Float32, MutAnyOrigin],
     xp: UnsafePointer[Float32, MutAnyOrigin],
-    wp: UnsafePointer[Float16, MutAnyOrigin],
+    wp: UnsafePointer[Scalar[WT], MutAnyOrigin],
     wf: UnsafePointer[Float32, MutAnyOrigin],
     r: Int,
     j: Int,
@@ -161,10 +161,10 @@ def tile[W: Int, R: Int, WIDEN: Bool](
 
 # A tile of `rows` (1 .. R_MAX) rows, dispatched to its compile-time height.
 @always_inline
-def tiles[W: Int, R_MAX: Int, WIDEN: Bool](
+def tiles[WT: DType, W: Int, R_MAX: Int, WIDEN: Bool](
     op: UnsafePointer[Float32, MutAnyOrigin],
     xp: UnsafePointer[Float32, MutAnyOrigin],
-    wp: UnsafePointer[Float16, MutAnyOrigin],
+    wp: UnsafePointer[Scalar[WT], MutAnyOrigin],
     wf: UnsafePointer[Float32, MutAnyOrigin],
     r: Int,
     rows: Int,
@@ -174,7 +174,65 @@ def tiles[W: Int, R_MAX: Int, WIDEN: Bool](
 ):
     comptime for h in range(1, R_MAX + 1):
         if rows == h:
-            tile[W, h, WIDEN](op, xp, wp, wf, r, j, n, k)
+            tile[WT, W, h, WIDEN](op, xp, wp, wf, r, j, n, k)
+
+
+def gemv[WT: DType, lanes: Int, regs: Int, name: StaticString](
+    output: OutputTensor[dtype=DType.float32, rank=2, static_spec=_],
+    x: InputTensor[dtype=DType.float32, rank=2, static_spec=_],
+    w: InputTensor[dtype=WT, rank=2, static_spec=_],
+) raises:
+    comptime W = lanes
+    comptime R_MAX = tile_rows[regs]()
+    comptime assert R_MAX >= 1, name + ": fewer than 9 vector registers hold no tile"
+    comptime assert W == 4 or W == 8 or W == 16, name + ": lanes must be 4, 8 or 16"
+    var m = x.dim_size(0)
+    var k = x.dim_size(1)
+    var n = w.dim_size(0)
+    if k % W != 0 or w.dim_size(1) != k:
+        raise Error(String(name) + ": the inner dim must match and be a multiple of the vector width")
+    var xp = rebind[UnsafePointer[Float32, MutAnyOrigin]](x.unsafe_ptr())
+    var wp = rebind[UnsafePointer[Scalar[WT], MutAnyOrigin]](w.unsafe_ptr())
+    var op = rebind[UnsafePointer[Float32, MutAnyOrigin]](output.unsafe_ptr())
+    var per = max(MIN_PER, ((n + TASKS - 1) // TASKS + 3) // 4 * 4)
+    var tasks = (n + per - 1) // per
+    var tall = (m + R_MAX - 1) // R_MAX  # row tiles per block
+
+    def work(c: Int) {imm}:
+        var j0 = c * per
+        var j1 = min(n, j0 + per)
+        var wf = rebind[UnsafePointer[Float32, MutAnyOrigin]](alloc[Float32](4 * k))
+        var j = j0
+        while j + 4 <= j1:
+            if tall <= 2:  # widen the block first (a streaming pass), then compute from L1
+                for i in range(0, 4 * k, W):
+                    wf.unsafe_store(i, wp.unsafe_load[width=W](j * k + i).cast[DType.float32]())
+                var h0 = (m + 1) // 2 if tall == 2 else m
+                tiles[WT, W, R_MAX, False](op, xp, wp, wf, 0, h0, j, n, k)
+                if h0 < m:
+                    tiles[WT, W, R_MAX, False](op, xp, wp, wf, h0, m - h0, j, n, k)
+            else:  # many rows: the first tile widens as it computes (the block's memory
+                # traffic overlaps that tile's arithmetic); the others read the widened block
+                var r = 0
+                for t in range(tall):
+                    var h = (m + tall - 1 - t) // tall  # balanced heights, tallest first
+                    if t == 0:
+                        tiles[WT, W, R_MAX, True](op, xp, wp, wf, r, h, j, n, k)
+                    else:
+                        tiles[WT, W, R_MAX, False](op, xp, wp, wf, r, h, j, n, k)
+                    r += h
+            j += 4
+        while j < j1:
+            for r in range(m):
+                var acc = SIMD[DType.float32, W](0)
+                for kk in range(0, k, W):
+                    var wv = wp.unsafe_load[width=W](j * k + kk).cast[DType.float32]()
+                    acc += xp.unsafe_load[width=W](r * k + kk) * wv
+                op.unsafe_store(r * n + j, acc.reduce_add())
+            j += 1
+        wf.unsafe_free()
+
+    sync_parallelize(work, num_work_items=tasks)
 
 
 @register("kvgraph_gemv_f16")
@@ -186,56 +244,22 @@ struct GemvF16:
         w: InputTensor[dtype=DType.float16, rank=2, static_spec=_],
         ctx: DeviceContext,
     ) raises:
-        comptime W = lanes
-        comptime R_MAX = tile_rows[regs]()
-        comptime assert R_MAX >= 1, "kvgraph_gemv_f16: fewer than 9 vector registers hold no tile"
-        comptime assert W == 4 or W == 8 or W == 16, "kvgraph_gemv_f16: lanes must be 4, 8 or 16"
         if target != "cpu":
             raise Error("kvgraph_gemv_f16 runs on the CPU only (it reads host memory)")
-        var m = x.dim_size(0)
-        var k = x.dim_size(1)
-        var n = w.dim_size(0)
-        if k % W != 0 or w.dim_size(1) != k:
-            raise Error("kvgraph_gemv_f16: the inner dim must match and be a multiple of the vector width")
-        var xp = rebind[UnsafePointer[Float32, MutAnyOrigin]](x.unsafe_ptr())
-        var wp = rebind[UnsafePointer[Float16, MutAnyOrigin]](w.unsafe_ptr())
-        var op = rebind[UnsafePointer[Float32, MutAnyOrigin]](output.unsafe_ptr())
-        var per = max(MIN_PER, ((n + TASKS - 1) // TASKS + 3) // 4 * 4)
-        var tasks = (n + per - 1) // per
-        var tall = (m + R_MAX - 1) // R_MAX  # row tiles per block
+        gemv[DType.float16, lanes, regs, "kvgraph_gemv_f16"](output, x, w)
 
-        def work(c: Int) {imm}:
-            var j0 = c * per
-            var j1 = min(n, j0 + per)
-            var wf = rebind[UnsafePointer[Float32, MutAnyOrigin]](alloc[Float32](4 * k))
-            var j = j0
-            while j + 4 <= j1:
-                if tall <= 2:  # widen the block first (a streaming pass), then compute from L1
-                    for i in range(0, 4 * k, W):
-                        wf.unsafe_store(i, wp.unsafe_load[width=W](j * k + i).cast[DType.float32]())
-                    var h0 = (m + 1) // 2 if tall == 2 else m
-                    tiles[W, R_MAX, False](op, xp, wp, wf, 0, h0, j, n, k)
-                    if h0 < m:
-                        tiles[W, R_MAX, False](op, xp, wp, wf, h0, m - h0, j, n, k)
-                else:  # many rows: the first tile widens as it computes (the block's memory
-                    # traffic overlaps that tile's arithmetic); the others read the widened block
-                    var r = 0
-                    for t in range(tall):
-                        var h = (m + tall - 1 - t) // tall  # balanced heights, tallest first
-                        if t == 0:
-                            tiles[W, R_MAX, True](op, xp, wp, wf, r, h, j, n, k)
-                        else:
-                            tiles[W, R_MAX, False](op, xp, wp, wf, r, h, j, n, k)
-                        r += h
-                j += 4
-            while j < j1:
-                for r in range(m):
-                    var acc = SIMD[DType.float32, W](0)
-                    for kk in range(0, k, W):
-                        var wv = wp.unsafe_load[width=W](j * k + kk).cast[DType.float32]()
-                        acc += xp.unsafe_load[width=W](r * k + kk) * wv
-                    op.unsafe_store(r * n + j, acc.reduce_add())
-                j += 1
-            wf.unsafe_free()
 
-        sync_parallelize(work, num_work_items=tasks)
+# The same GEMV over int8 weights (compute_type int8: a weight's rows quantized with one scale
+# each; the lowering multiplies the sums by the scales): half the bytes of float16 to read.
+@register("kvgraph_gemv_i8")
+struct GemvI8:
+    @staticmethod
+    def execute[target: StaticString, lanes: Int, regs: Int](
+        output: OutputTensor[dtype=DType.float32, rank=2, static_spec=_],
+        x: InputTensor[dtype=DType.float32, rank=2, static_spec=_],
+        w: InputTensor[dtype=DType.int8, rank=2, static_spec=_],
+        ctx: DeviceContext,
+    ) raises:
+        if target != "cpu":
+            raise Error("kvgraph_gemv_i8 runs on the CPU only (it reads host memory)")
+        gemv[DType.int8, lanes, regs, "kvgraph_gemv_i8"](output, x, w)

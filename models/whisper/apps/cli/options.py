@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from kvgraph.numerics import COMPUTE_TYPES
+from models.whisper.model.compute import COMPUTE_TYPES
 from models.whisper.transcription.outputs import OUTPUT_FORMATS, WORD_OPTIONS
 
 PROG = "kvgraph transcribe"
@@ -131,10 +131,11 @@ def _add_files(p: argparse.ArgumentParser) -> None:
         dest="compute_type",
         default="float32",
         choices=COMPUTE_TYPES,
-        help="arithmetic of the encoder's matrix products (faster-whisper's option): float32 "
-        "(default, exact: openai-whisper's float32 output) or bfloat16 (bfloat16 operands, "
-        "float32 sums; AMX tiles on Intel Xeon 4th gen and later, else emulated at float32 "
-        "speed; accuracy in docs/compute_types.md)",
+        help="arithmetic of the encoder and decoder (faster-whisper's option): float32 (default, "
+        "exact: openai-whisper's float32 output); bfloat16: the encoder's products on bfloat16 "
+        "operands, float32 sums (AMX tiles on Intel Xeon 4th gen and later, else emulated, "
+        "slower); int8 (= int8_float32): the decoder's linears on int8 weights; int8_bfloat16: "
+        "both. Accuracy and speed: docs/compute_types.md",
     )
 
 
