@@ -1,14 +1,15 @@
 """kvgraph's ``compute_type`` modes side by side: speed, memory and accuracy of Whisper
-(default tiny.en) with the encoder's weight GEMMs in float32 or bfloat16, beside
-faster-whisper (CTranslate2) int8 and float32 on the same weights and audio.
+(default tiny.en) in each mode of ``models.whisper.model.compute`` (the encoder in float32 or
+bfloat16, the decoder's linears in float32 or int8), beside faster-whisper (CTranslate2) int8
+and float32 on the same weights and audio.
 
 Per kvgraph mode, each in its own process (``load_model(name, compute_type=mode)``):
 
 1. encoder: one 30 s mel window (JFK's), best and median of ``--repeats`` calls;
 2. decoder steps: the 1-row step and the 8-row step (8 distinct audios), ``backend.decoder``
    after a prefill of 48 tokens (``step_floor.few_cases``); each repetition is the mean of
-   ``--calls`` calls after one untimed call. The decoder is the same float32 program in every
-   mode: these show it unchanged;
+   ``--calls`` calls after one untimed call (the float32 decoder in float32 and bfloat16, the
+   int8 one in the int8 modes);
 3. corpus: every clip of ../shared/data/speech/*.wav and examples/jfk.wav transcribed one
    after the other (greedy, temperature 0, language "en", no timestamp tokens), total wall
    time after the model is loaded (fastest of ``--corpus-reps`` passes), each clip's text and
@@ -36,7 +37,7 @@ processes kept ``--threshold`` cores or more busy is discarded and run again (at
 offline); the JSON says what was checked. JSON (default benchmarks/results/compute_types.json)
 with lscpu's model name and the date; a table on stdout.
 
-    python benchmarks/compute_types.py [--model tiny.en] [--modes float32,bfloat16]
+    python benchmarks/compute_types.py [--model tiny.en] [--modes float32,bfloat16,int8,int8_bfloat16]
         [--repeats 10] [--corpus-reps 2] [--faster-python PATH] [--out PATH]
 """
 
@@ -372,7 +373,11 @@ def print_table(report: dict) -> None:
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny.en")
-    ap.add_argument("--modes", default="float32,bfloat16", help="kvgraph compute types, comma-separated")
+    ap.add_argument(
+        "--modes",
+        default="float32,bfloat16,int8,int8_bfloat16",
+        help="kvgraph compute types, comma-separated",
+    )
     ap.add_argument("--repeats", type=int, default=10, help="timed encoder calls and step repetitions")
     ap.add_argument("--calls", type=int, default=5, help="step calls averaged per repetition")
     ap.add_argument("--corpus-reps", type=int, default=2, help="timed passes over the corpus (fastest kept)")

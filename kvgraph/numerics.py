@@ -69,13 +69,42 @@ def bf16_panels(w: np.ndarray) -> np.ndarray:
     )
 
 
+#: rows quantized at a time: bounds the float32 temporaries (a vocabulary projection's would
+#: be hundreds of MB at once, and a whole process's peak memory with them)
+QUANTIZE_ROWS = 4096
+_QUANTIZED: dict[int, tuple] = {}  # id(source) -> (weak reference, q, s): one quantization per array
+
+
+def _forget(key: int):
+    return lambda _ref: _QUANTIZED.pop(key, None)
+
+
 def quantize_int8(w) -> tuple[np.ndarray, np.ndarray]:
     """``(q int8[out, in], s float32[out])``: each row of ``w`` f32[out, in] quantized with its
-    own scale ``s = max|row| / 127`` (1 for a row of zeros), ``q = round(row / s)``."""
-    w = np.asarray(w, dtype=np.float32)
-    if w.ndim != 2:
-        raise InputError(f"quantize_int8: weight must be [out, in], got shape {list(w.shape)}")
-    top = np.abs(w).max(axis=1)
-    s = np.where(top > 0, top / np.float32(127), np.float32(1)).astype(np.float32)
-    q = np.clip(np.rint(w / s[:, None]), -127, 127).astype(np.int8)
+    own scale ``s = max|row| / 127`` (1 for a row of zeros), ``q = round(row / s)``. Computed
+    by blocks of rows; an array's result is kept while the array lives (a lowering asks for
+    the integers, the scales and the integers' float32 form of one weight)."""
+    import weakref
+
+    if isinstance(w, np.ndarray):
+        hit = _QUANTIZED.get(id(w))
+        if hit is not None and hit[0]() is w:
+            return hit[1], hit[2]
+    a = np.asarray(w)
+    if a.ndim != 2:
+        raise InputError(f"quantize_int8: weight must be [out, in], got shape {list(a.shape)}")
+    q = np.empty(a.shape, np.int8)
+    s = np.empty(a.shape[0], np.float32)
+    for r in range(0, a.shape[0], QUANTIZE_ROWS):
+        block = np.asarray(a[r : r + QUANTIZE_ROWS], dtype=np.float32)
+        top = np.abs(block).max(axis=1) if block.size else np.zeros(len(block), np.float32)
+        sb = np.where(top > 0, top / np.float32(127), np.float32(1)).astype(np.float32)
+        q[r : r + QUANTIZE_ROWS] = np.clip(np.rint(block / sb[:, None]), -127, 127)
+        s[r : r + QUANTIZE_ROWS] = sb
+    if isinstance(w, np.ndarray):
+        try:
+            ref = weakref.ref(w, _forget(id(w)))
+        except TypeError:  # an array that takes no weak reference: not kept
+            return q, s
+        _QUANTIZED[id(w)] = (ref, q, s)
     return q, s

@@ -205,18 +205,24 @@ struct MatmulBf16Amx:
 @always_inline
 def _pack_k(kb: UnsafePointer[UInt16, MutAnyOrigin], src: UnsafePointer[Float32, MutAnyOrigin], t: Int, tp: Int, dh: Int, stride: Int):
     """K rows (t keys of dh, `stride` floats apart) as panels of 16 keys: the pair of dims
-    (2i, 2i + 1) of key 16p + c at uint32 word (p * dh / 2 + i) * 16 + c."""
+    (2i, 2i + 1) of key 16p + c at uint32 word (p * dh / 2 + i) * 16 + c. A panel's 16 rows
+    are rounded in vectors into a [16, dh] buffer, whose pairs are then transposed."""
     var words = kb.bitcast[UInt32]()
-    for j in range(tp):
-        var p = j // 16
-        var c = j % 16
-        for i in range(dh // 2):
-            var wd = UInt32(0)
-            if j < t:
-                var lo = to_bf16[1](src.unsafe_load[width=1](j * stride + 2 * i)).cast[DType.uint32]()
-                var hi = to_bf16[1](src.unsafe_load[width=1](j * stride + 2 * i + 1)).cast[DType.uint32]()
-                wd = (lo | (hi << 16))[0]
-            words.unsafe_store((p * (dh // 2) + i) * 16 + c, wd)
+    var rows = alloc[UInt16](16 * dh)
+    var rw = rows.bitcast[UInt32]()
+    var half = dh // 2
+    for p in range(tp // 16):
+        for c in range(16):
+            var j = 16 * p + c
+            for d in range(0, dh, 16):
+                var v = SIMD[DType.uint16, 16](0)
+                if j < t:
+                    v = to_bf16[16](src.unsafe_load[width=16](j * stride + d))
+                rows.unsafe_store(c * dh + d, v)
+        for i in range(half):
+            for c in range(16):
+                words.unsafe_store((p * half + i) * 16 + c, rw.unsafe_load[width=1](c * half + i))
+    rows.unsafe_free()
 
 
 @always_inline
