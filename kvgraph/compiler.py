@@ -66,6 +66,10 @@ def compile(
         raise InputTypeError(f"compile() takes a DecoderSpec or Graph, got {type(spec_or_graph).__name__}")
     if check_compute_type(compute_type) != "float32":
         g = with_compute_type(g, compute_type)
+        if compute_type == "bfloat16":
+            from .max.isa import note_bfloat16
+
+            note_bfloat16()
     if cache_layout not in ("auto", "concat", "buffer"):
         raise InputError(f"cache_layout={cache_layout!r}: expected 'auto', 'buffer' or 'concat'")
     if capacity is not None and cache_layout == "concat":

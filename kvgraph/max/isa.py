@@ -36,7 +36,18 @@ import attrs
 
 from . import native
 
-__all__ = ["Isa", "CLASSES", "classify", "host", "l1d_bytes", "thresholds", "ENV", "amx", "AMX_ENV"]
+__all__ = [
+    "Isa",
+    "CLASSES",
+    "classify",
+    "host",
+    "l1d_bytes",
+    "thresholds",
+    "ENV",
+    "amx",
+    "AMX_ENV",
+    "note_bfloat16",
+]
 
 ENV = "KVGRAPH_ISA"
 AMX_ENV = "KVGRAPH_AMX"
@@ -170,3 +181,20 @@ def amx() -> bool:
     if os.environ.get(AMX_ENV, "on").strip().lower() in ("off", "0", "no", "false"):
         return False
     return _amx_granted()
+
+
+@functools.cache
+def note_bfloat16() -> bool:
+    """Say once per process, where bfloat16 products will be emulated (no AMX here), that they
+    run slower than float32; True where they run on AMX tiles."""
+    if amx():
+        return True
+    import logging
+
+    logging.getLogger("kvgraph").warning(
+        "compute_type bfloat16: this CPU offers no AMX tiles with bfloat16 (amx_tile, amx_bf16 in "
+        "/proc/cpuinfo, or %s=off): its products run emulated on float32 ops, the same arithmetic "
+        "but slower than float32",
+        AMX_ENV,
+    )
+    return False

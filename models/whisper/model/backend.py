@@ -57,6 +57,10 @@ class MaxWhisperBackend:
         self.dims, self.kv_cache = dims, kv_cache
         enc_type, dec_type = split_compute_type(compute_type)
         self.compute_type = compute_type
+        if enc_type == "bfloat16":
+            from kvgraph.max.isa import note_bfloat16
+
+            note_bfloat16()  # one warning where bfloat16 runs emulated (no AMX)
         #: the cross-attention heads ``((layer, head), ...)`` word timestamps read
         #: (``models.whisper.weights.alignment_heads``); openai's default when the checkpoint names none
         self.alignment_heads = (
