@@ -25,6 +25,7 @@ PROG = "kvgraph"
 
 def _parser() -> argparse.ArgumentParser:
     from . import plugins, specs
+    from .numerics import COMPUTE_TYPES
 
     p = argparse.ArgumentParser(
         prog=PROG, description="Declare transformer decoders, rewrite them for KV caching, run them on MAX."
@@ -56,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="cache with KVCache(layout='buffer', per_row=True): a step whose rows are at "
         "different positions (past: i64[b]), capacity the spec's max_seq_len",
+    )
+    show.add_argument(
+        "--compute-type",
+        "--compute_type",
+        dest="compute_type",
+        choices=COMPUTE_TYPES,
+        default="float32",
+        help="run ComputeType first: the weight products in this arithmetic (printed as "
+        "{compute=...} on each; float32 prints nothing)",
     )
     sub.add_parser("list", help="list the built-in specs")
     for cmd in plugins.REGISTRY.commands().values():  # listed in --help; main() runs them
@@ -90,6 +100,8 @@ def _show(args) -> int:
                 except ValueError:
                     return _error(f"--expose {item!r}: heads must be comma-separated ints")
             pipeline = [passes.ExposeAttention(which)]
+        if args.compute_type != "float32":
+            pipeline = [passes.ComputeType(args.compute_type), *pipeline]
         result = run_passes(build(spec), pipeline)
     except KvgraphError as e:
         return _error(str(e).splitlines()[0], 1)

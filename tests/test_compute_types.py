@@ -69,6 +69,23 @@ def test_the_pass_takes_weight_linears_and_only_unmasked_attention_when_asked():
     assert format_graph(compute_type(both, "float32", attention=True)) == format_graph(_graph())
 
 
+def test_kvgraph_show_prints_a_mode(capsys):
+    from kvgraph.cli import main
+
+    assert (
+        main(["show", "whisper-tiny.en", "--compute_type", "int8", "--stage", "dce", "--program", "step"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    linears = [ln for ln in out.splitlines() if " = linear " in ln]
+    assert linears and all(
+        ln.endswith("} : " + ln.rsplit(" : ", 1)[1]) and "{compute=int8}" in ln for ln in linears
+    )
+    assert main(["show", "whisper-tiny.en", "--stage", "dce", "--program", "step"]) == 0
+    assert "compute=" not in capsys.readouterr().out
+    assert main(["show", "whisper-tiny.en", "--compute_type", "fp8"]) == 2
+
+
 def test_unknown_compute_types_are_one_line_errors():
     with pytest.raises(InputError, match="fp8"):
         compute_type(_graph(), "fp8")

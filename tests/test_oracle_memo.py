@@ -262,8 +262,15 @@ def test_a_real_openai_result_round_trips(memo):
     model = random_model(51864, seed=2)
     audio = np.sin(np.arange(3 * 16000, dtype=np.float32) / 40).astype(np.float32) * 0.1
     opts = dict(fp16=False, temperature=0.0, sample_len=6, word_timestamps=True, language="en")
+    import torch
+
+    threads = torch.get_num_threads()
     ran = oracle.transcribe(model, audio, **opts)
     reused = oracle.transcribe(model, audio, **opts)
+    if torch.get_num_threads() != threads:  # part of the key: set by something else meanwhile
+        pytest.skip(
+            f"torch's thread count changed from {threads} to {torch.get_num_threads()} between the calls"
+        )
     assert (oracle.STATS.ran, oracle.STATS.reused) == (1, 1)
     assert oracle.identical(reused, ran) and ran["segments"]
     assert any("words" in s for s in reused["segments"])

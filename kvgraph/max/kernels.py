@@ -49,6 +49,7 @@ __all__ = [
     "linear_bf16_emulated",
     "conv1d_columns",
     "gemv_i8",
+    "COMPUTE_TYPE_KERNELS",
     "attention_bf16_amx",
     "leading_dims",
     "linear_weight_constant",
@@ -269,6 +270,11 @@ def linear_bf16_emulated(
     :func:`linear_bf16_amx` at float32 speed: for CPUs without AMX."""
     xr = ops.cast(ops.cast(x, DType.bfloat16), F32)
     return linear(xr, wt_rounded, b, w_transposed=True)
+
+
+#: the custom kernels of the reduced-precision compute types (``compute_type``: bfloat16 on AMX,
+#: int8), which float32 programs never call (tests/test_compute_types.py runs them)
+COMPUTE_TYPE_KERNELS = frozenset({"kvgraph_matmul_bf16_amx", "kvgraph_attend_bf16_amx", "kvgraph_gemv_i8"})
 
 
 def gemv_i8(x: TensorValue, q: TensorValue, isa: _isa.Isa | None = None) -> TensorValue:
