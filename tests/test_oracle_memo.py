@@ -266,11 +266,10 @@ def test_a_real_openai_result_round_trips(memo):
 
     threads = torch.get_num_threads()
     ran = oracle.transcribe(model, audio, **opts)
+    # openai's first word-timestamp run in a process can raise torch's thread count (1 -> 2,
+    # seen in the suite); the count is part of the key: the second call gets the first's back
+    torch.set_num_threads(threads)
     reused = oracle.transcribe(model, audio, **opts)
-    if torch.get_num_threads() != threads:  # part of the key: set by something else meanwhile
-        pytest.skip(
-            f"torch's thread count changed from {threads} to {torch.get_num_threads()} between the calls"
-        )
     assert (oracle.STATS.ran, oracle.STATS.reused) == (1, 1)
     assert oracle.identical(reused, ran) and ran["segments"]
     assert any("words" in s for s in reused["segments"])

@@ -31,6 +31,7 @@ from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 from std.math import exp
 from std.memory import alloc, bitcast
+from std.sys import CompilationTarget
 from std.sys._assembly import inlined_assembly
 from std.ffi import external_call
 
@@ -38,19 +39,23 @@ comptime BLOCK = 32  # rows (and outputs) of one 2 x 2 block of 16 x 16 tiles
 comptime CHUNKS = 16  # attention: tasks per call at most (each allocates its scratch once)
 
 
+# (x86 only: elsewhere they compile to nothing, and the kernels refuse to run before any.)
 @always_inline
 def _at_rdi[code: StaticString](p: Int):
-    inlined_assembly[code, NoneType, constraints="{rdi},~{memory}", has_side_effect=True](p)
+    comptime if CompilationTarget.is_x86():
+        inlined_assembly[code, NoneType, constraints="{rdi},~{memory}", has_side_effect=True](p)
 
 
 @always_inline
 def _at_rsi_rdx[code: StaticString](p: Int, stride: Int):
-    inlined_assembly[code, NoneType, constraints="{rsi},{rdx},~{memory}", has_side_effect=True](p, stride)
+    comptime if CompilationTarget.is_x86():
+        inlined_assembly[code, NoneType, constraints="{rsi},{rdx},~{memory}", has_side_effect=True](p, stride)
 
 
 @always_inline
 def _op[code: StaticString]():
-    inlined_assembly[code, NoneType, constraints="~{memory}", has_side_effect=True]()
+    comptime if CompilationTarget.is_x86():
+        inlined_assembly[code, NoneType, constraints="~{memory}", has_side_effect=True]()
 
 
 comptime LDTILECFG_RDI = ".byte 0xc4,0xe2,0x78,0x49,0x07"  # ldtilecfg (%rdi)
@@ -74,7 +79,9 @@ comptime TILESTORED_3 = ".byte 0xc4,0xe2,0x7a,0x4b,0x1c,0x16"
 
 
 def request_amx() -> Bool:
-    """Ask Linux for the AMX tile state (a no-op once granted)."""
+    """Ask Linux for the AMX tile state (a no-op once granted); False off x86."""
+    comptime if not CompilationTarget.is_x86():
+        return False
     # arch_prctl is syscall 158 on x86-64; ARCH_REQ_XCOMP_PERM = 0x1023; XFEATURE_XTILEDATA = 18
     return external_call["syscall", Int](Int(158), Int(0x1023), Int(18)) == 0
 
