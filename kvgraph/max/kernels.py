@@ -226,38 +226,37 @@ def linear_gemv_once(
     default: :mod:`kvgraph.max.isa`). Measured for the 51864x384 projection, weight from
     DRAM (2 cores, AMD EPYC, ``benchmarks/gemv_kernel.py``): 0.94 / 1.01 / 1.15 / 1.42 ms at
     1 / 2 / 5 / 8 rows, where :func:`linear_gemv` takes 0.94 / 1.73 / 4.51 / 6.65 ms."""
+    y = _by_rows("kvgraph_gemv_f16", x, w16, w16.shape[0], (isa or _isa.host()).gemv_parameters())
+    return y if b is None else y + b
+
+
+def _by_rows(kernel: str, x: TensorValue, w: TensorValue, out_dim, parameters=None) -> TensorValue:
+    """Custom kernel ``kernel`` of ``x``'s rows (its leading dims flattened) and weight ``w``:
+    ``[..., in]`` -> ``[..., out_dim]``."""
     lead = list(x.shape[:-1])
     x2 = ops.reshape(x, [-1, x.shape[-1]])
     out = ops.custom(
-        "kvgraph_gemv_f16",
+        kernel,
         device=_cpu(),
-        values=[x2, w16],
-        out_types=[TensorType(F32, [x2.shape[0], w16.shape[0]], device=_cpu())],
-        parameters=(isa or _isa.host()).gemv_parameters(),
+        values=[x2, w],
+        out_types=[TensorType(F32, [x2.shape[0], out_dim], device=_cpu())],
+        parameters=parameters,
     )[0].tensor
-    y = ops.reshape(out, [*lead, w16.shape[0]])
-    return y if b is None else y + b
+    return ops.reshape(out, [*lead, out_dim])
 
 
 def linear_bf16_amx(
     x: TensorValue, panels: TensorValue, out_dim: int, b: TensorValue | None = None
 ) -> TensorValue:
     """``x @ w.T + b`` in bfloat16 with float32 sums on Intel AMX tiles: kvgraph's custom
-    kernel ``kvgraph_matmul_bf16_amx`` (``kvgraph/max/mojo/kvgraph_kernels/matmul_bf16.mojo``),
+    kernel ``kvgraph_matmul_bf16_amx`` (``kvgraph/max/mojo/kvgraph_kernels/amx_bf16.mojo``),
     ``x`` rounded to bfloat16 inside it; ``panels`` is the weight ``f32[out_dim, in]`` packed by
     :func:`kvgraph.numerics.bf16_panels` (``uint16[out_p / 16, in_p / 2, 32]``). The graph
     must be built with the kernel package (see :mod:`kvgraph.max.custom`)."""
-    lead, n = list(x.shape[:-1]), x.shape[-1]
+    n = x.shape[-1]
     if int(panels.shape[1]) * 2 < int(n):
         raise InputError(f"linear_bf16_amx: weight panels hold {int(panels.shape[1]) * 2} inputs, x has {n}")
-    x2 = ops.reshape(x, [-1, n])
-    out = ops.custom(
-        "kvgraph_matmul_bf16_amx",
-        device=_cpu(),
-        values=[x2, panels],
-        out_types=[TensorType(F32, [x2.shape[0], out_dim], device=_cpu())],
-    )[0].tensor
-    y = ops.reshape(out, [*lead, out_dim])
+    y = _by_rows("kvgraph_matmul_bf16_amx", x, panels, out_dim)
     return y if b is None else y + b
 
 
@@ -282,16 +281,7 @@ def gemv_i8(x: TensorValue, q: TensorValue, isa: _isa.Isa | None = None) -> Tens
     ``int8`` compute type's sums, before its per-row scales): kvgraph's custom kernel
     ``kvgraph_gemv_i8`` (``gemv.mojo``, :func:`linear_gemv_once`'s over int8), float32
     arithmetic, half the bytes of the float16 weight to read."""
-    lead = list(x.shape[:-1])
-    x2 = ops.reshape(x, [-1, x.shape[-1]])
-    out = ops.custom(
-        "kvgraph_gemv_i8",
-        device=_cpu(),
-        values=[x2, q],
-        out_types=[TensorType(F32, [x2.shape[0], q.shape[0]], device=_cpu())],
-        parameters=(isa or _isa.host()).gemv_parameters(),
-    )[0].tensor
-    return ops.reshape(out, [*lead, q.shape[0]])
+    return _by_rows("kvgraph_gemv_i8", x, q, q.shape[0], (isa or _isa.host()).gemv_parameters())
 
 
 def linear_few_rows(

@@ -74,6 +74,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_compute_type(add) -> None:
+    """``--compute_type`` (``transcribe``'s and ``serve``'s), through ``add`` (a parser's or
+    a group's ``add_argument``)."""
+    add(
+        "--compute-type",
+        "--compute_type",
+        dest="compute_type",
+        default="float32",
+        choices=COMPUTE_TYPES,
+        help="arithmetic of the encoder and decoder (faster-whisper's option): float32 (default, "
+        "exact: openai-whisper's float32 output); bfloat16: the encoder's products on bfloat16 "
+        "operands, float32 sums (AMX tiles on Intel Xeon 4th gen and later, else emulated, "
+        "slower); int8 (= int8_float32): the decoder's linears on int8 weights; int8_bfloat16: "
+        "both. Accuracy and speed: docs/compute_types.md",
+    )
+
+
 def _add_files(p: argparse.ArgumentParser) -> None:
     """The audio in, the outputs out, the model, progress and batching."""
     add = p.add_argument
@@ -125,18 +142,7 @@ def _add_files(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use the backend without a KV cache (recompute the prefix every step)",
     )
-    add(
-        "--compute-type",
-        "--compute_type",
-        dest="compute_type",
-        default="float32",
-        choices=COMPUTE_TYPES,
-        help="arithmetic of the encoder and decoder (faster-whisper's option): float32 (default, "
-        "exact: openai-whisper's float32 output); bfloat16: the encoder's products on bfloat16 "
-        "operands, float32 sums (AMX tiles on Intel Xeon 4th gen and later, else emulated, "
-        "slower); int8 (= int8_float32): the decoder's linears on int8 weights; int8_bfloat16: "
-        "both. Accuracy and speed: docs/compute_types.md",
-    )
+    add_compute_type(add)
 
 
 def _add_decoding(p: argparse.ArgumentParser) -> None:

@@ -10,11 +10,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from models.whisper.apps.cli.options import add_compute_type
 from models.whisper.apps.errors import USER_ERRORS, one_line
 from models.whisper.apps.server.app import PROG
 from models.whisper.apps.server.protocol import DEFAULT_MAX_UPLOAD_MB, ServedModel
 from models.whisper.engine.protocol import DEFAULT_BATCH, DEFAULT_MAX_QUEUE
-from models.whisper.model.compute import COMPUTE_TYPES
 
 #: the environment variable holding the API key (what ``--api-key`` defaults to)
 API_KEY_ENV = "KVGRAPH_API_KEY"
@@ -29,15 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = p.add_argument
     add("--model", default="tiny.en", help="'tiny.en', 'base', or a path to a checkpoint")
-    add(
-        "--compute-type",
-        "--compute_type",
-        dest="compute_type",
-        default="float32",
-        choices=COMPUTE_TYPES,
-        help="arithmetic of the encoder and decoder, as `kvgraph transcribe --compute_type`: "
-        "float32 (exact), bfloat16, int8, int8_float32, int8_bfloat16 (docs/compute_types.md)",
-    )
+    add_compute_type(add)
     add("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     add("--port", type=int, default=8000, help="TCP port (0: a free one)")
     add(
