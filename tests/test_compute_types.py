@@ -165,11 +165,9 @@ def test_int8_quantizes_each_row_with_its_own_scale():
 # ---------------------------------------------------------------------------------- on MAX
 
 
-def test_int8_linears_on_max_are_the_reference():
+def _int8_program():
     """A few-row linear (kvgraph's int8 GEMV) and a many-row one (the float32 GEMM over the
-    integers) in one program, against the reference's int8 arithmetic."""
-    from kvgraph.max.runtime import ProgramRequest, load_programs
-
+    integers) in one int8 program, its weights and inputs."""
     g = GraphBuilder("i8")
     xa = g.input("xa", f32(sym("b"), 1, 96))
     xb = g.input("xb", f32(sym("c"), 37, 96))
@@ -186,6 +184,14 @@ def test_int8_linears_on_max_are_the_reference():
         "xa": rng.standard_normal((5, 1, 96)).astype(np.float32),
         "xb": rng.standard_normal((2, 37, 96)).astype(np.float32),
     }
+    return g, w, xs
+
+
+def test_int8_linears_on_max_are_the_reference():
+    """Both int8 linears of :func:`_int8_program` against the reference's int8 arithmetic."""
+    from kvgraph.max.runtime import ProgramRequest, load_programs
+
+    g, w, xs = _int8_program()
     (prog,) = load_programs([ProgramRequest(g, w, few_dims={"b"})])
     got = [o.to_numpy() for o in prog(xs["xa"], xs["xb"])]
     want = reference.run(g, w, dtype=np.float32, **xs)
@@ -193,6 +199,31 @@ def test_int8_linears_on_max_are_the_reference():
     for out, name in zip(got, ("ya", "yb")):
         err, gap = np.abs(out - want[name]).max(), np.abs(exact[name] - want[name]).max()
         assert err < 0.01 * gap, (name, err, gap)
+
+
+def test_a_stored_int8_program_loads_without_quantizing(monkeypatch):
+    """The program store's hit path: the registry, rebuilt from the stored recipe, reads the
+    int8 weights, their transposes and scales from the store (``kvgraph.max.converted``:
+    nothing is quantized), and the program computes what it did."""
+    import kvgraph.max.lower as lower
+    from kvgraph.max.runtime import ProgramRequest, load_programs
+    from kvgraph.store import default_store
+
+    if not default_store().enabled:
+        pytest.skip("the program store is turned off")
+    g, w, xs = _int8_program()
+    (first,) = load_programs([ProgramRequest(g, w, few_dims={"b"})])  # the test above's program
+    want = [o.to_numpy() for o in first(xs["xa"], xs["xb"])]
+
+    def refuse(*a, **k):
+        raise AssertionError("quantized again")
+
+    monkeypatch.setattr(lower, "quantize_int8", refuse)
+    again = {k: v.copy() for k, v in w.items()}  # another weights dict: loaded anew, from the store
+    (second,) = load_programs([ProgramRequest(g, again, few_dims={"b"})])
+    assert second.source == "store"
+    for out, ref in zip(second(xs["xa"], xs["xb"]), want):
+        np.testing.assert_array_equal(out.to_numpy(), ref)
 
 
 @pytest.mark.parametrize("amx", ["on", "off"])

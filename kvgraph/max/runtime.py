@@ -41,8 +41,8 @@ from ..errors import KernelError, LoweringError
 from ..ir import Graph
 from ..printer import format_graph
 from ..store import ProgramStore, default_store, make_key
-from . import custom, isa
-from .lower import LAYOUTS, lower, max_name, weight_array
+from . import converted, custom, isa
+from .lower import LAYOUTS, lower, max_name
 from .native import cpu_id
 
 log = logging.getLogger("kvgraph")
@@ -189,7 +189,7 @@ def _load_group(batch: list[ProgramRequest], memo: list[tuple], store: ProgramSt
         # constants are baked into the program: its text does not identify it, no store
         names = [max_name(r.graph) for r in batch]
         prog, hit = _lower(batch, names).compile(what), False
-        models = prog.init(names, batch[0].weights, what)
+        models = prog.init(names, batch[0].weights, what, None)
     else:
         key = store_key(batch, memo)
         # each program's own key: its link to a Module's artifact, and its name in a Module
@@ -200,7 +200,7 @@ def _load_group(batch: list[ProgramRequest], memo: list[tuple], store: ProgramSt
         prog, hit = _stored_or_compiled(batch, names, key, own if len(batch) > 1 else [], store, what)
         try:
             # a program alone can be served by a Module holding it (found through its link)
-            models = prog.init(names if len(prog.names) == 1 else in_module, batch[0].weights, what)
+            models = prog.init(names if len(prog.names) == 1 else in_module, batch[0].weights, what, store)
         except StaleRecipe as e:
             if not hit:
                 raise
@@ -210,7 +210,7 @@ def _load_group(batch: list[ProgramRequest], memo: list[tuple], store: ProgramSt
             log.warning("kvgraph store: ignoring the stored %s: %s; compiling instead", what, e)
             prog, hit = _lower(batch, names).compile(what), False
             store.put(key, lambda path: _write_stored(prog, path))
-            models = prog.init(names, batch[0].weights, what)
+            models = prog.init(names, batch[0].weights, what, store)
     seconds = time.perf_counter() - t0
     log.info("%s %s in %.2f s", "loaded stored" if hit else "compiled", what, seconds)
     return [
@@ -280,9 +280,13 @@ class _Program:
         self.unit = None  # the MAX graphs are not needed once compiled
         return self
 
-    def weights_registry(self, weights: dict) -> dict:
-        """The registry MAX binds: as lowered, or rebuilt from the recipe."""
+    def weights_registry(self, weights: dict, store: ProgramStore | None = None) -> dict:
+        """The registry MAX binds: as lowered, or rebuilt from the recipe. With ``store``,
+        weights converted for a compute type are read from it, or kept in it once made
+        (:mod:`kvgraph.max.converted`)."""
         if self.registry is not None:
+            for key, (name, layout, f16, _shape, _dtype) in self.recipe.items():
+                converted.keep(np.asarray(weights[name]), layout, f16, self.registry[key], store)
             return self.registry
         reg = {}
         for key, (name, layout, f16, shape, dtype) in self.recipe.items():
@@ -297,17 +301,17 @@ class _Program:
                 )
             if layout not in LAYOUTS:
                 raise StaleRecipe(f"it asks for an unknown weight layout {layout!r}")
-            reg[key] = weight_array(src, layout, f16)
+            reg[key] = converted.weight_array(src, layout, f16, store)
         return reg
 
-    def init(self, want: list[str], weights: dict, what: str) -> list:
+    def init(self, want: list[str], weights: dict, what: str, store: ProgramStore | None = None) -> list:
         """The MAX models of the programs named ``want``, bound to ``weights``. The artifact
         may hold more programs (a Module found through its programs' own keys)."""
         if len(self.names) > 1:
             missing = [n for n in want if n not in self.names]
             if missing:
                 raise StaleRecipe(f"it lacks programs {missing}")
-        registry = self.weights_registry(weights)
+        registry = self.weights_registry(weights, store)
         try:
             if len(self.names) == 1:
                 return [session().init(self.compiled, weights_registry=registry)]

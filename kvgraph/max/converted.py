@@ -1,0 +1,147 @@
+"""Weights converted for a compute type, made once and kept beside the stored programs.
+
+A bfloat16 or int8 program binds weights in layouts made from the model's float weights
+(:data:`CONVERTED`: AMX panels, int8 rows and their scales, ...). Making them is NumPy work
+at every load (a third of a second for tiny.en's int8 decoder, more for larger models); kept
+in the program store they are read back instead: under ``<store root>/weights``, one entry
+per (source tensor, layout), keyed by the source's bytes (SHA-256), dtype and shape, the layout,
+and the source code that converts (:mod:`kvgraph.numerics` and the layouts of
+:mod:`kvgraph.max.lower`). An entry is written atomically and checked against its checksum
+when read (:class:`kvgraph.store.ProgramStore`); a refused or unreadable one is converted again.
+With the store turned off (``KVGRAPH_CACHE_DIR=off``) every load converts.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import logging
+import weakref
+from pathlib import Path
+
+import numpy as np
+
+from .. import numerics
+from ..store import ProgramStore, make_key
+from . import lower
+
+log = logging.getLogger("kvgraph.store")
+
+#: layouts that convert a weight's values (the rest are views, transposes and casts: cheaper
+#: to make than to read back)
+CONVERTED = frozenset(
+    {"bf16_panels", "bf16_T", "bf16_conv_panels", "bf16_rscf", "int8", "int8_scale", "int8_T"}
+)
+#: bumped when the entries' meaning changes
+FORMAT = "kvgraph-converted-weight/1"
+_STORES: dict[Path, ProgramStore] = {}
+
+
+@functools.cache
+def conversion_digest() -> str:
+    """SHA-256 of the code that converts weights: a change to it changes every key."""
+    h = hashlib.sha256()
+    for mod in (numerics, lower):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()
+
+
+def weights_store(store: ProgramStore | None) -> ProgramStore | None:
+    """The store of converted weights beside program store ``store`` (None when it is off)."""
+    if store is None or not store.enabled:
+        return None
+    root = store.root / "weights"
+    if root not in _STORES:
+        _STORES[root] = ProgramStore(root)
+    return _STORES[root]
+
+
+_DIGESTS: dict[int, tuple] = {}  # id(source) -> (weak reference, digest): hashed once per array
+
+
+def _forget(key: int):
+    return lambda _ref: _DIGESTS.pop(key, None)
+
+
+def _digest(src: np.ndarray) -> str:
+    hit = _DIGESTS.get(id(src))
+    if hit is not None and hit[0]() is src:
+        return hit[1]
+    data = np.ascontiguousarray(src)
+    digest = hashlib.sha256(memoryview(data).cast("B")).hexdigest()
+    try:
+        _DIGESTS[id(src)] = (weakref.ref(src, _forget(id(src))), digest)
+    except TypeError:  # takes no weak reference: hashed again next time
+        pass
+    return digest
+
+
+def converted_key(src: np.ndarray, layout: str, f16: bool) -> str:
+    """The key of ``src`` converted to ``layout``: its bytes, dtype and shape, the layout and
+    the conversion's code."""
+    src = np.asarray(src)
+    return make_key(
+        FORMAT, conversion_digest(), layout, int(f16), src.dtype.str, list(src.shape), _digest(src)
+    )
+
+
+def _read(payload: bytes) -> np.ndarray | None:
+    """The array of an ``.npy`` payload, copied out of it in one pass (``np.load`` of a byte
+    stream reads by small chunks: ten times slower); None for a payload it does not read."""
+    f = io.BytesIO(payload)
+    version = np.lib.format.read_magic(f)
+    header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in header:
+        return None
+    shape, fortran, dtype = header[version](f)
+    if dtype.hasobject:
+        return None
+    count = int(np.prod(shape, dtype=np.int64))
+    flat = np.frombuffer(payload, dtype, count, f.tell())
+    return np.ascontiguousarray(flat.reshape(shape, order="F" if fortran else "C")).copy()
+
+
+def _write(arr: np.ndarray):
+    def write(path: str) -> None:
+        with open(path, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+
+    return write
+
+
+def weight_array(src: np.ndarray, layout: str, f16: bool, store: ProgramStore | None) -> np.ndarray:
+    """:func:`kvgraph.max.lower.weight_array`, read from the store when ``layout`` converts
+    and an entry is there, else made (and stored when it converts)."""
+    ws = weights_store(store) if layout in CONVERTED else None
+    if ws is None:
+        return lower.weight_array(src, layout, f16)
+    key = converted_key(src, layout, f16)
+    data = ws.load_bytes(key)  # None on a miss, or a refused entry (one log line)
+    if data is not None:
+        try:
+            arr = _read(data)
+        except ValueError as e:  # a malformed header or a short payload
+            arr, why = None, str(e)
+        else:
+            why = "not a plain .npy array"
+        if arr is not None:
+            return arr
+        log.warning("kvgraph store: converted weight %s unreadable (%s); converting again", key[:12], why)
+    arr = lower.weight_array(src, layout, f16)
+    keep(src, layout, f16, arr, store, key)
+    return arr
+
+
+def keep(
+    src: np.ndarray, layout: str, f16: bool, arr: np.ndarray, store: ProgramStore | None, key=None
+) -> bool:
+    """Store ``arr``, ``src`` converted to ``layout``, unless the layout does not convert or
+    the store is off or already holds it. Returns whether it was written."""
+    ws = weights_store(store) if layout in CONVERTED else None
+    if ws is None:
+        return False
+    key = key or converted_key(src, layout, f16)
+    if ws.path(key).exists():
+        return False
+    return ws.put(key, _write(arr))
