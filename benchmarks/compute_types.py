@@ -25,7 +25,10 @@ reads the same decoded 16 kHz arrays (kvgraph's ``load_audio``, saved to a tempo
 Accuracy, against the reference engine (kvgraph float32, else the first mode): the share of
 clips whose token sequence is identical; ``prefix_agreement`` = sum over clips of the common
 prefix length / sum of the longer sequence's length; ``position_agreement`` = sum over clips
-of the positions i where both sequences hold the same token / sum of the longer length. WER
+of the positions i where both sequences hold the same token / sum of the longer length (one
+inserted token shifts every later position: a lower bound); ``aligned_agreement`` = 1 - token
+edits (Levenshtein over token ids, as WER over words) summed over clips / reference tokens
+summed, i.e. 1 - the token error rate. WER
 (word-level Levenshtein, ``models.whisper.streaming.agreement``): edits summed over clips /
 reference words summed, words lower-cased with punctuation dropped (numbers are not
 normalised: "1" and "one" differ), against the read scripts (speech/transcripts.txt; JFK's
@@ -76,6 +79,7 @@ DEFINITIONS = {
     "identical_clips": "share of clips whose token sequence equals the reference engine's",
     "prefix_agreement": "sum over clips of the common prefix length / sum of max(len(ref), len(hyp))",
     "position_agreement": "sum over clips of #{i: ref[i] == hyp[i]} / sum of max(len(ref), len(hyp))",
+    "aligned_agreement": "1 - sum over clips of token edits (Levenshtein) / sum of len(ref): 1 - token error rate",
     "wer": "word-level Levenshtein edits summed over clips / reference words summed; words "
     "lower-cased, punctuation dropped (models.whisper.streaming.agreement.words_of), "
     "numbers not normalised",
@@ -279,10 +283,14 @@ def whisper_cpp(python: str | None) -> dict:
 # ---------------------------------------------------------------- accuracy
 def token_agreement(ref: dict, hyp: dict) -> dict:
     """Token agreement of ``hyp`` with ``ref`` (``{clip: [token, ...]}``): see DEFINITIONS."""
-    identical = prefix = same = longest = 0
+    from models.whisper.streaming.agreement import word_error_rate
+
+    identical = prefix = same = longest = edits = total = 0
     for name, r in ref.items():
         h = hyp.get(name, [])
         identical += r == h
+        edits += round(word_error_rate(r, h) * len(r)) if r else len(h)
+        total += len(r)
         n = 0
         while n < min(len(r), len(h)) and r[n] == h[n]:
             n += 1
@@ -294,6 +302,8 @@ def token_agreement(ref: dict, hyp: dict) -> dict:
         "identical_count": f"{identical}/{len(ref)}",
         "prefix_agreement": prefix / longest if longest else 1.0,
         "position_agreement": same / longest if longest else 1.0,
+        "aligned_agreement": 1.0 - edits / total if total else 1.0,
+        "token_edits": edits,
         "tokens_compared": longest,
     }
 
@@ -327,6 +337,10 @@ def accuracy(engines: dict, reference: str, script_texts: dict) -> dict:
         texts = {n: v["text"] for n, v in c.items()}
         out[name] = {
             "tokens_vs_reference": token_agreement(ref_tokens, {n: v["tokens"] for n, v in c.items()}),
+            # the clips whose text differs from the reference engine's, both texts
+            "differing_texts": {
+                n: [ref_texts[n], t] for n, t in texts.items() if n in ref_texts and t != ref_texts[n]
+            },
             "wer_vs_scripts": corpus_wer(script_texts, texts),
             "wer_vs_reference_text": corpus_wer(ref_texts, texts),
         }
@@ -342,7 +356,7 @@ def print_table(report: dict) -> None:
     )
     print(f"corpus: {len(report['corpus']['clips'])} clips, {report['corpus']['audio_s']:.1f} s of audio")
     head = f"{'engine':24s} {'enc ms':>8s} {'1-row ms':>9s} {'8-row ms':>9s} {'corpus s':>9s} {'RSS MB':>7s}"
-    print(f"\n{head} {'same clips':>10s} {'pos agr':>8s} {'WER scr':>8s} {'WER ref':>8s}")
+    print(f"\n{head} {'same clips':>10s} {'pos agr':>8s} {'aligned':>8s} {'WER scr':>8s} {'WER ref':>8s}")
     for name, e in report["engines"].items():
         if "error" in e and "corpus" not in e:
             print(f"{name:24s} failed: {e['error'].splitlines()[-1:]}")
@@ -361,6 +375,7 @@ def print_table(report: dict) -> None:
             cells += [
                 f"{t['identical_count']:>10s}",
                 f"{t['position_agreement']:8.4f}",
+                f"{t['aligned_agreement']:8.4f}",
                 f"{a['wer_vs_scripts']['wer']:8.4f}",
                 f"{a['wer_vs_reference_text']['wer']:8.4f}",
             ]
