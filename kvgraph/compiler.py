@@ -33,6 +33,7 @@ def compile(
     capacity: int | None = None,
     f16_weights: bool = True,
     compute_type: str = "float32",
+    output_compute_type: str | None = None,
 ) -> CompiledDecoder:
     """Compile a decoder spec (or a full-sequence graph from ``kvgraph.build``) for MAX.
 
@@ -55,7 +56,12 @@ def compile(
     ``compute_type``: ``"float32"`` (exact) or ``"bfloat16"``: every weight linear with
     bfloat16 operands and float32 sums (:class:`kvgraph.passes.ComputeType`, run before the
     pipeline; AMX tiles where the CPU has them, else emulated on the float32 GEMM). It pays
-    for many-row products (a prefill, an encoder); one-token steps read the weights either way."""
+    for many-row products (a prefill, an encoder); one-token steps read the weights either way.
+    ``"int8"``: weights int8 with a scale per output row, activations float32 (a step reads
+    half the bytes). ``output_compute_type``: the compute type of the linears whose value is
+    an output (the logits; default ``compute_type``): ``"int8"`` there recomputes every
+    output that may rank among a row's 16 largest in float32 (``ir.Linear.exact_top``), so
+    the logits' argmax is float32's while the vocabulary projection reads int8."""
     if device != "cpu":
         raise LoweringError(f"device={device!r}: this build lowers for 'cpu' only")
     if isinstance(spec_or_graph, DecoderSpec):
@@ -64,8 +70,9 @@ def compile(
         g = spec_or_graph
     else:
         raise InputTypeError(f"compile() takes a DecoderSpec or Graph, got {type(spec_or_graph).__name__}")
-    if check_compute_type(compute_type) != "float32":
-        g = with_compute_type(g, compute_type)
+    outputs = check_compute_type(output_compute_type or compute_type, "output_compute_type")
+    if check_compute_type(compute_type) != "float32" or outputs != "float32":
+        g = with_compute_type(g, compute_type, outputs=outputs)
         if compute_type == "bfloat16":
             from .max.isa import note_bfloat16
 

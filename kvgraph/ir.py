@@ -290,20 +290,31 @@ class Linear(Op):
     (exact, the default, not printed); ``bfloat16``: x and w rounded to bfloat16, the sums in
     float32; ``int8``: w quantized per output row (:func:`kvgraph.numerics.quantize_int8`), x
     float32, the sums scaled (set by :class:`kvgraph.passes.ComputeType`); the bias is added
-    in float32."""
+    in float32.
 
-    QUIET: ClassVar[tuple[str, ...]] = ("compute",)
+    ``exact_top`` (int8 only; 0, the default, is not printed): every output that may rank
+    among the ``exact_top`` largest of its row, by the int8 error bound, is computed again in
+    float32 from the float weight (:func:`kvgraph.numerics.exact_top`): the largest outputs
+    are the float32 ones, so an argmax — after masking up to ``exact_top - 1`` of them — is
+    float32's (a vocabulary projection on int8 weights with float32's greedy tokens)."""
+
+    QUIET: ClassVar[tuple[str, ...]] = ("compute", "exact_top")
 
     x: Value
     w: Value
     bias: Value | None = None
     compute: str = "float32"
+    exact_top: int = 0
 
     def infer_type(self):
         from .numerics import COMPUTE_TYPES
 
         _need(
             self.compute in COMPUTE_TYPES, f"linear: compute {self.compute!r} is not one of {COMPUTE_TYPES}"
+        )
+        _need(
+            self.exact_top == 0 or (self.compute == "int8" and self.exact_top > 0),
+            f"linear: exact_top={self.exact_top} needs compute int8 and a positive count",
         )
         x, w = _t(self.x), _t(self.w)
         _need(w.rank == 2, f"linear: weight must be f32[out, in], got {w}")

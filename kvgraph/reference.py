@@ -12,7 +12,7 @@ import numpy as np
 
 from . import ir
 from .errors import ReferenceRunError
-from .numerics import quantize_int8, round_bf16
+from .numerics import exact_top, quantize_int8, round_bf16
 from .printer import window
 
 
@@ -161,7 +161,8 @@ def _linear(op, a, ctx):
     bias = 0 if a["bias"] is None else a["bias"]
     if op.compute == "int8":  # per-row int8 weights, float32 activations, the scale last
         q, s = quantize_int8(w)
-        return (x @ q.T.astype(x.dtype)) * s.astype(x.dtype) + bias
+        y = (x @ q.T.astype(x.dtype)) * s.astype(x.dtype) + bias
+        return exact_top(y, x, w, s, a["bias"], op.exact_top) if op.exact_top else y
     if op.compute == "bfloat16":  # both operands rounded to bfloat16 (as float32 values)
         x, w = round_bf16(x).astype(x.dtype), round_bf16(w).astype(w.dtype)
     return x @ w.T + bias

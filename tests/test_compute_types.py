@@ -78,9 +78,12 @@ def test_kvgraph_show_prints_a_mode(capsys):
     )
     out = capsys.readouterr().out
     linears = [ln for ln in out.splitlines() if " = linear " in ln]
-    assert linears and all(
-        ln.endswith("} : " + ln.rsplit(" : ", 1)[1]) and "{compute=int8}" in ln for ln in linears
-    )
+    assert linears and all(ln.endswith("} : " + ln.rsplit(" : ", 1)[1]) for ln in linears)
+    # every decoder linear int8; the logits' (the program's output) with its exact top
+    assert all("{compute=int8}" in ln for ln in linears if "%logits" not in ln)
+    assert [ln for ln in linears if "{compute=int8, exact_top=16}" in ln] == [
+        ln for ln in linears if "%logits = " in ln
+    ]
     assert main(["show", "whisper-tiny.en", "--stage", "dce", "--program", "step"]) == 0
     assert "compute=" not in capsys.readouterr().out
     assert main(["show", "whisper-tiny.en", "--compute_type", "fp8"]) == 2
@@ -162,6 +165,63 @@ def test_int8_quantizes_each_row_with_its_own_scale():
     np.testing.assert_allclose(got, (xs @ q.T.astype(np.float64)) * s, rtol=1e-12)
 
 
+def _exact_top_graph(out=3001, din=96):
+    """Two output linears (a bias and a float16-exact weight; no bias and a float32 one) after
+    a hidden linear: ``compute_type(..., outputs="int8")`` makes both int8 with exact_top."""
+    g = GraphBuilder("et")
+    x = g.input("x", f32(sym("b"), 1, din))
+    h = g.add(ir.Linear(x, g.weight("w1", (din, din)), g.weight("b1", (din,))), "h")
+    ya = g.add(ir.Linear(h, g.weight("wa", (out, din)), g.weight("ba", (out,))), "ya")
+    yb = g.add(ir.Linear(h, g.weight("wb", (out // 2, din))), "yb")
+    return g.finish([("ya", ya), ("yb", yb)])
+
+
+def _exact_top_weights(rng, out=3001, din=96):
+    return {
+        "w1": rng.standard_normal((din, din)).astype(np.float32) * 0.2,
+        "b1": rng.standard_normal(din).astype(np.float32),
+        "wa": rng.standard_normal((out, din)).astype(np.float16).astype(np.float32),
+        "ba": rng.standard_normal(out).astype(np.float32),
+        "wb": rng.standard_normal((out // 2, din)).astype(np.float32),
+    }
+
+
+def test_outputs_take_their_own_compute_type_and_int8_ones_an_exact_top():
+    g = compute_type(_exact_top_graph(), "float32", outputs="int8")
+    ops = {n.out.name: n.op for n in g.nodes if isinstance(n.op, ir.Linear)}
+    assert ops["h"].compute == "float32" and ops["h"].exact_top == 0
+    assert all(ops[k].compute == "int8" and ops[k].exact_top == 16 for k in ("ya", "yb"))
+    assert "exact_top=16" in format_graph(g) and "exact_top" not in format_graph(_exact_top_graph())
+    every = compute_type(_exact_top_graph(), "int8", exact_top=3)
+    ops = {n.out.name: n.op for n in every.nodes if isinstance(n.op, ir.Linear)}
+    assert ops["h"].compute == "int8" and ops["h"].exact_top == 0 and ops["ya"].exact_top == 3
+    with pytest.raises(IRTypeError, match="exact_top"):
+        ir.Linear(ops["h"].x, ops["h"].w, compute="float32", exact_top=4).infer_type()
+
+
+def test_exact_top_makes_the_largest_outputs_float32s_where_int8_moves_them():
+    """Rows built with near-ties at the top: int8's argmax differs from float32's in some, the
+    exact_top result's top k equal float32's outputs in every row, and the rest stay within
+    the int8 bound of float32's."""
+    from kvgraph.numerics import exact_top, int8_bound
+
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((500, 64)).astype(np.float32)
+    x = rng.standard_normal((400, 64)).astype(np.float32)
+    w[:8] = w[8] + rng.standard_normal((8, 64)).astype(np.float32) * 1e-3  # rows 0-8 nearly tie
+    q, s = quantize_int8(w)
+    approx = (x @ q.T.astype(np.float32)) * s
+    exact = x @ w.T
+    assert (approx.argmax(-1) != exact.argmax(-1)).sum() >= 3  # int8 moves argmaxes here
+    got = exact_top(approx, x, w, s, None, 4)
+    top = np.argsort(exact, axis=-1)[:, -4:]
+    np.testing.assert_allclose(
+        np.take_along_axis(got, top, -1), np.take_along_axis(exact, top, -1), rtol=1e-5, atol=1e-5
+    )
+    assert (got.argmax(-1) == exact.argmax(-1)).all()
+    assert (np.abs(got - exact) <= int8_bound(x, s) + 1e-4).all()
+
+
 # ---------------------------------------------------------------------------------- on MAX
 
 
@@ -224,6 +284,28 @@ def test_a_stored_int8_program_loads_without_quantizing(monkeypatch):
     assert second.source == "store"
     for out, ref in zip(second(xs["xa"], xs["xb"]), want):
         np.testing.assert_array_equal(out.to_numpy(), ref)
+
+
+def test_exact_top_on_max_is_the_reference():
+    """kvgraph_exact_top_f16 (a bias) and _f32 (none) after the int8 GEMV: the reference's
+    outputs — float32's on every row's top 16, int8's elsewhere."""
+    from kvgraph.max.runtime import ProgramRequest, load_programs
+
+    rng = np.random.default_rng(12)
+    g0, w = _exact_top_graph(), _exact_top_weights(rng)
+    g = compute_type(g0, "float32", outputs="int8")
+    x = rng.standard_normal((5, 1, 96)).astype(np.float32)
+    (prog,) = load_programs([ProgramRequest(g, w, few_dims={"b"})])
+    got = [o.to_numpy() for o in prog(x)]
+    want = reference.run(g, w, dtype=np.float32, x=x)
+    exact = reference.run(g0, w, dtype=np.float32, x=x)
+    for out, name in zip(got, ("ya", "yb")):
+        assert np.abs(out - want[name]).max() < 1e-4, name
+        top = np.argsort(exact[name], axis=-1)[..., -16:]
+        np.testing.assert_allclose(
+            np.take_along_axis(out, top, -1), np.take_along_axis(exact[name], top, -1), rtol=1e-5, atol=1e-5
+        )
+        assert np.abs(out - exact[name]).max() > 1e-3  # the rest int8's, not float32's
 
 
 @pytest.mark.parametrize("amx", ["on", "off"])
@@ -308,7 +390,7 @@ def test_the_server_passes_compute_type():
 def test_whisper_refuses_an_unknown_compute_type_before_loading():
     from models.whisper import load_backend
 
-    with pytest.raises(InputError, match="one of float32, bfloat16, int8, int8_float32, int8_bfloat16"):
+    with pytest.raises(InputError, match="one of float32, bfloat16, int8vocab, int8vocab_bfloat16, int8, int8_float32"):
         load_backend("tiny.en", compute_type="float16")
     assert COMPUTE_TYPES[0] == "float32"
 
@@ -318,17 +400,23 @@ def test_whisper_refuses_an_unknown_compute_type_before_loading():
 from whisper_fixtures import *  # noqa: E402,F401,F403
 
 
-def test_whisper_int8_bfloat16_reads_jfk_the_same(tiny_model, jfk_audio):
-    """int8 decoder linears and the bfloat16 encoder: JFK word for word the float32 text (the
-    documented bound on the bundled clip; the corpus figures are in docs/compute_types.md)."""
-    from whisper_fixtures import bf16_int8_backend
+@pytest.mark.parametrize("mode", ["int8_bfloat16", "int8vocab_bfloat16"])
+def test_whisper_int8_modes_read_jfk_the_same(tiny_model, jfk_audio, mode):
+    """The bfloat16 encoder with int8 decoder linears (int8_bfloat16), or with only the
+    vocabulary projection int8 and its top logits float32 (int8vocab_bfloat16): JFK word for
+    word the float32 text (the documented bound on the bundled clip; the corpus figures are in
+    docs/compute_types.md) — and, for int8vocab_bfloat16, token for token."""
+    from whisper_fixtures import _bf16_backend
 
     from models.whisper import WhisperModel
 
-    backend = bf16_int8_backend("tiny.en")
-    assert backend.compute_type == "int8_bfloat16"
+    backend = _bf16_backend("tiny.en", mode)
+    assert backend.compute_type == mode
     got = WhisperModel(backend).transcribe(jfk_audio, language="en")
-    assert got["text"] == tiny_model.transcribe(jfk_audio, language="en")["text"]
+    want = tiny_model.transcribe(jfk_audio, language="en")
+    assert got["text"] == want["text"]
+    if mode == "int8vocab_bfloat16":
+        assert [s["tokens"] for s in got["segments"]] == [s["tokens"] for s in want["segments"]]
 
 
 def test_whisper_bfloat16_encoder_is_close_to_openai_whisper_and_jfk_reads_the_same(

@@ -273,7 +273,43 @@ def linear_bf16_emulated(
 
 #: the custom kernels of the reduced-precision compute types (``compute_type``: bfloat16 on AMX,
 #: int8), which float32 programs never call (tests/test_compute_types.py runs them)
-COMPUTE_TYPE_KERNELS = frozenset({"kvgraph_matmul_bf16_amx", "kvgraph_attend_bf16_amx", "kvgraph_gemv_i8"})
+COMPUTE_TYPE_KERNELS = frozenset(
+    {
+        "kvgraph_matmul_bf16_amx",
+        "kvgraph_attend_bf16_amx",
+        "kvgraph_gemv_i8",
+        "kvgraph_exact_top_f16",
+        "kvgraph_exact_top_f32",
+    }
+)
+
+
+def exact_top(
+    y: TensorValue,
+    x: TensorValue,
+    w: TensorValue,
+    scale: TensorValue,
+    b: TensorValue | None,
+    k: int,
+    c: float,
+) -> TensorValue:
+    """``y`` (an int8 linear's outputs ``[..., out]`` for inputs ``x`` ``[..., in]``) with
+    every output that may rank among its row's ``k`` largest recomputed in float32 from ``w``
+    (the float weight ``[out, in]``, float16 or float32), ``scale`` the int8 row scales, ``c``
+    the bound's factor (:func:`kvgraph.numerics.int8_bound`): kvgraph's custom kernel
+    ``kvgraph_exact_top_f16`` / ``_f32`` (``exact_top.mojo``; ``ir.Linear``'s ``exact_top``)."""
+    lead = list(y.shape[:-1])
+    y2 = ops.reshape(y, [-1, y.shape[-1]])
+    x2 = ops.reshape(x, [-1, x.shape[-1]])
+    kernel = "kvgraph_exact_top_f16" if w.dtype == DType.float16 else "kvgraph_exact_top_f32"
+    out = ops.custom(
+        kernel,
+        device=_cpu(),
+        values=[y2, x2, w, scale, scale if b is None else b, _f32_arg(c)],
+        out_types=[TensorType(F32, list(y2.shape), device=_cpu())],
+        parameters={"k": int(k), "has_bias": int(b is not None)},
+    )[0].tensor
+    return ops.reshape(out, [*lead, y.shape[-1]])
 
 
 def gemv_i8(x: TensorValue, q: TensorValue, isa: _isa.Isa | None = None) -> TensorValue:

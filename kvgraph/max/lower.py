@@ -33,7 +33,7 @@ from max.graph import Weight as MaxWeight
 from .. import ir
 from ..analysis import buffer_values, f16_exact
 from ..errors import LoweringError
-from ..numerics import bf16_panels, quantize_int8, round_bf16
+from ..numerics import EXACT_TOP_SLACK, bf16_panels, quantize_int8, round_bf16
 from ..printer import format_node, window
 from ..types import TensorType
 from . import custom, isa
@@ -120,6 +120,7 @@ class LowerCtx:
         always_few: bool = False,
         few_attention: bool = False,
         bf16_amx: bool = False,
+        exact_top: bool = False,
     ):
         if mode not in WEIGHT_MODES:
             raise LoweringError(f"weights mode {mode!r}: expected one of {WEIGHT_MODES}")
@@ -128,7 +129,9 @@ class LowerCtx:
         self.few_attention = few_attention
         self.f16_weights = f16_weights and mode == "registry"
         # kvgraph's custom kernels (a built Mojo package), for programs with few-row linears
-        wanted = (self.f16_weights and (few_dims or always_few)) or (bf16_amx and mode == "registry")
+        wanted = (self.f16_weights and (few_dims or always_few)) or (
+            (bf16_amx or exact_top) and mode == "registry"
+        )
         self.kernels = custom.kernel_package() if wanted else None
         #: bfloat16 linears on the AMX kernel (else emulated on the float32 GEMM)
         self.bf16_amx = bf16_amx and self.kernels is not None
@@ -200,6 +203,10 @@ def _int8_linear(op, x, b, ctx):
     GEMM over the same integers beyond (exact emulation: the integers are float32 values)."""
     if not isinstance(op.w, ir.Weight):
         raise LoweringError("an int8 linear needs a weight parameter (@name) as its matrix")
+    if op.exact_top and ctx.kernels is None:
+        # no kernel package (custom kernels off, or it did not build): every output in float32,
+        # the top ones among them (what exact_top promises; the rest exact too)
+        return K.linear(x, ctx.weight(op.w, "T"), b, w_transposed=True)
     scale = ctx.weight(op.w, "int8_scale")
     static, sym = K.leading_dims(x)
     few = static <= FEW_ROWS and set(sym) <= ctx.few_dims
@@ -213,7 +220,12 @@ def _int8_linear(op, x, b, ctx):
             x, ctx.weight(op.w, "int8"), ctx.weight(op.w, "int8_T"), None, few_rows, K.gemv_i8
         )
     y = y * scale
-    return y if b is None else y + b
+    y = y if b is None else y + b
+    if op.exact_top:  # the largest outputs again in float32, from the float weight
+        w = ctx.weight(op.w, "plain", f16=ctx.half(op.w))
+        c = 0.5 * (1 + EXACT_TOP_SLACK)
+        y = K.exact_top(y, x, w, scale, b, op.exact_top, c)
+    return y
 
 
 def _rule_linear(op, env, ctx):
@@ -522,8 +534,16 @@ def lower(
     ``Module`` to emit the graph into (programs compiled together); ``name``: the MAX graph's
     name (default :func:`max_name`; unique within a Module)."""
     bf16 = any(getattr(n.op, "compute", "float32") == "bfloat16" for n in g.nodes)
+    exact = any(getattr(n.op, "exact_top", 0) for n in g.nodes)
     ctx = LowerCtx(
-        weights, mode, f16_weights, few_dims, always_few, few_attention, bf16_amx=bf16 and isa.amx()
+        weights,
+        mode,
+        f16_weights,
+        few_dims,
+        always_few,
+        few_attention,
+        bf16_amx=bf16 and isa.amx(),
+        exact_top=exact,
     )
     bufs = buffer_values(g)
     try:

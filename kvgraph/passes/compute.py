@@ -18,6 +18,9 @@ from ..ir import Graph, Node
 from ..numerics import check_compute_type
 from .manager import Programs
 
+#: outputs an int8 output linear recomputes exactly by default (:attr:`kvgraph.ir.Linear.exact_top`)
+EXACT_TOP = 16
+
 
 def _takes(op, compute: str, attention: bool) -> bool:
     if isinstance(op, ir.Linear) or (isinstance(op, ir.Conv1d) and compute != "int8"):
@@ -25,27 +28,48 @@ def _takes(op, compute: str, attention: bool) -> bool:
     return attention and compute != "int8" and isinstance(op, ir.Attention) and not op.causal
 
 
-def compute_type(g: Graph, compute: str, attention: bool = False) -> Graph:
+def _set(op, compute: str, exact: int):
+    if isinstance(op, ir.Linear):
+        return attrs.evolve(op, compute=compute, exact_top=exact if compute == "int8" else 0)
+    return attrs.evolve(op, compute=compute)
+
+
+def compute_type(
+    g: Graph, compute: str, attention: bool = False, outputs: str | None = None, exact_top: int = EXACT_TOP
+) -> Graph:
     """``g`` with its weight linears and convolutions (and unmasked attentions, with
-    ``attention``) computed in ``compute``; types unchanged."""
+    ``attention``) computed in ``compute``; types unchanged. ``outputs``: the compute type of
+    the linears whose value is a graph output (a decoder's logits; default ``compute``); an
+    int8 one recomputes its ``exact_top`` largest outputs in float32 (0: none)."""
     check_compute_type(compute)
-    nodes = tuple(
-        Node(attrs.evolve(n.op, compute=compute), n.out) if _takes(n.op, compute, attention) else n
-        for n in g.nodes
-    )
-    return Graph(g.name, g.inputs, nodes, g.outputs)
+    outputs = check_compute_type(outputs, "outputs") if outputs is not None else compute
+    out_values = {v for _name, v in g.outputs}
+    nodes = []
+    for n in g.nodes:
+        final = isinstance(n.op, ir.Linear) and n.out in out_values
+        want = outputs if final else compute
+        nodes.append(
+            Node(_set(n.op, want, exact_top if final else 0), n.out) if _takes(n.op, want, attention) else n
+        )
+    return Graph(g.name, g.inputs, tuple(nodes), g.outputs)
 
 
 @attrs.frozen
 class ComputeType:
     """Set the compute type of every weight linear and convolution (and unmasked attention,
-    with ``attention``) in every program (``float32``: all exact)."""
+    with ``attention``) in every program (``float32``: all exact); ``outputs`` for the linears
+    that are a program's outputs (see :func:`compute_type`)."""
 
     compute: str = "bfloat16"
     attention: bool = False
+    outputs: str | None = None
+    exact_top: int = EXACT_TOP
     name: str = "compute_type"
 
     def apply(self, programs: Programs) -> Programs:
         return Programs(
-            tuple((k, compute_type(g, self.compute, self.attention)) for k, g in programs.items())
+            tuple(
+                (k, compute_type(g, self.compute, self.attention, self.outputs, self.exact_top))
+                for k, g in programs.items()
+            )
         )

@@ -31,8 +31,10 @@ class MaxWhisperBackend:
     (:mod:`models.whisper.model.compute`): ``"float32"`` (default: exact, token for token
     openai-whisper's float32), ``"bfloat16"`` (the encoder's products on bfloat16 operands
     with float32 sums: AMX tiles where the CPU has them, else emulated on float32 ops, the
-    same arithmetic, slower), ``"int8"`` / ``"int8_float32"`` (the decoder's linears on int8
-    weights with per-row scales) and ``"int8_bfloat16"`` (both). Accuracy against float32:
+    same arithmetic, slower), ``"int8vocab"`` (the vocabulary projection on int8 weights, the
+    logits that may be a row's 16 largest recomputed in float32), ``"int8vocab_bfloat16"``,
+    ``"int8"`` / ``"int8_float32"`` (every decoder linear on int8 weights with per-row scales,
+    the vocabulary's as int8vocab's) and ``"int8_bfloat16"``. Accuracy against float32:
     ``docs/compute_types.md``.
     """
 
@@ -55,7 +57,7 @@ class MaxWhisperBackend:
         from models.whisper.weights.alignment_heads import default_alignment_heads, heads_from
 
         self.dims, self.kv_cache = dims, kv_cache
-        enc_type, dec_type = split_compute_type(compute_type)
+        enc_type, dec_type, vocab_type = split_compute_type(compute_type)
         self.compute_type = compute_type
         if enc_type == "bfloat16":
             from kvgraph.max.isa import note_bfloat16
@@ -76,6 +78,7 @@ class MaxWhisperBackend:
             cache_layout=cache_layout,
             eager=False,
             compute_type=dec_type,
+            output_compute_type=vocab_type,
         )
         # encoder + the decoder's first programs (+ ``preload``: more decoder programs, and
         # "alignment" for word timestamps' program) in one go: one stored artifact, or one compile

@@ -45,5 +45,5 @@ def load_model(
 ) -> WhisperModel:
     """Load weights and compile encoder + decoder on MAX (cold compiles take minutes).
     ``compute_type``: ``"float32"`` (exact), ``"bfloat16"``, ``"int8"``, ``"int8_float32"``,
-    ``"int8_bfloat16"`` (:mod:`models.whisper.model.compute`)."""
+    ``"int8_bfloat16"``, ``"int8vocab"``, ``"int8vocab_bfloat16"`` (:mod:`models.whisper.model.compute`)."""
     return WhisperModel(load_backend(name_or_path, kv_cache=kv_cache, compute_type=compute_type))
