@@ -390,7 +390,9 @@ def test_the_server_passes_compute_type():
 def test_whisper_refuses_an_unknown_compute_type_before_loading():
     from models.whisper import load_backend
 
-    with pytest.raises(InputError, match="one of float32, bfloat16, int8vocab, int8vocab_bfloat16, int8, int8_float32"):
+    with pytest.raises(
+        InputError, match="one of float32, bfloat16, int8vocab, int8vocab_bfloat16, int8, int8_float32"
+    ):
         load_backend("tiny.en", compute_type="float16")
     assert COMPUTE_TYPES[0] == "float32"
 
