@@ -34,6 +34,7 @@ def compile(
     f16_weights: bool = True,
     compute_type: str = "float32",
     output_compute_type: str | None = None,
+    exact_top_splits=(),
 ) -> CompiledDecoder:
     """Compile a decoder spec (or a full-sequence graph from ``kvgraph.build``) for MAX.
 
@@ -61,7 +62,8 @@ def compile(
     half the bytes). ``output_compute_type``: the compute type of the linears whose value is
     an output (the logits; default ``compute_type``): ``"int8"`` there recomputes every
     output that may rank among a row's 16 largest in float32 (``ir.Linear.exact_top``), so
-    the logits' argmax is float32's while the vocabulary projection reads int8."""
+    the logits' argmax is float32's while the vocabulary projection reads int8 (in each group
+    of logits ``exact_top_splits`` starts, e.g. Whisper's timestamp tokens)."""
     if device != "cpu":
         raise LoweringError(f"device={device!r}: this build lowers for 'cpu' only")
     if isinstance(spec_or_graph, DecoderSpec):
@@ -72,7 +74,7 @@ def compile(
         raise InputTypeError(f"compile() takes a DecoderSpec or Graph, got {type(spec_or_graph).__name__}")
     outputs = check_compute_type(output_compute_type or compute_type, "output_compute_type")
     if check_compute_type(compute_type) != "float32" or outputs != "float32":
-        g = with_compute_type(g, compute_type, outputs=outputs)
+        g = with_compute_type(g, compute_type, outputs=outputs, exact_top_splits=exact_top_splits)
         if compute_type == "bfloat16":
             from .max.isa import note_bfloat16
 

@@ -296,15 +296,19 @@ class Linear(Op):
     among the ``exact_top`` largest of its row, by the int8 error bound, is computed again in
     float32 from the float weight (:func:`kvgraph.numerics.exact_top`): the largest outputs
     are the float32 ones, so an argmax — after masking up to ``exact_top - 1`` of them — is
-    float32's (a vocabulary projection on int8 weights with float32's greedy tokens)."""
+    float32's (a vocabulary projection on int8 weights with float32's greedy tokens).
+    ``exact_top_splits``: outputs where a new group starts (increasing, inside ``(0, out)``):
+    the top ``exact_top`` of each group are float32's (Whisper's timestamp tokens, whose argmax
+    is taken alone when its rules mask the text tokens)."""
 
-    QUIET: ClassVar[tuple[str, ...]] = ("compute", "exact_top")
+    QUIET: ClassVar[tuple[str, ...]] = ("compute", "exact_top", "exact_top_splits")
 
     x: Value
     w: Value
     bias: Value | None = None
     compute: str = "float32"
     exact_top: int = 0
+    exact_top_splits: tuple[int, ...] = attrs.field(default=(), converter=tuple)
 
     def infer_type(self):
         from .numerics import COMPUTE_TYPES
@@ -315,6 +319,17 @@ class Linear(Op):
         _need(
             self.exact_top == 0 or (self.compute == "int8" and self.exact_top > 0),
             f"linear: exact_top={self.exact_top} needs compute int8 and a positive count",
+        )
+        sp = self.exact_top_splits
+        _need(
+            not sp
+            or (
+                self.exact_top > 0
+                and list(sp) == sorted(set(sp))
+                and 0 < sp[0]
+                and sp[-1] < _t(self.w).shape[0]
+            ),
+            f"linear: exact_top_splits={list(sp)} must increase inside (0, {_t(self.w).shape[0]}) with exact_top",
         )
         x, w = _t(self.x), _t(self.w)
         _need(w.rank == 2, f"linear: weight must be f32[out, in], got {w}")

@@ -125,23 +125,29 @@ def int8_bound(x: np.ndarray, s: np.ndarray) -> np.ndarray:
     return (np.float32(0.5 * (1 + EXACT_TOP_SLACK)) * xa) * np.asarray(s, np.float32)
 
 
-def exact_top(y: np.ndarray, x: np.ndarray, w: np.ndarray, s: np.ndarray, bias, k: int) -> np.ndarray:
+def exact_top(
+    y: np.ndarray, x: np.ndarray, w: np.ndarray, s: np.ndarray, bias, k: int, splits=()
+) -> np.ndarray:
     """``y`` (an int8 linear's outputs ``[..., out]`` for inputs ``x`` ``[..., in]``; ``w`` the
     float weight ``[out, in]``, ``s`` its int8 row scales) with every output that may rank among
     the ``k`` largest of its row recomputed as ``x @ w.T + bias``: those whose upper bound
     ``y + B`` reaches the ``k``-th largest lower bound ``y - B`` (:func:`int8_bound`). The
     ``k`` largest float32 outputs are all among them, so the row's top ``k`` (and its
-    argmax) are float32's."""
+    argmax) are float32's. ``splits``: outputs where a new group starts; the top ``k`` of
+    each group are float32's."""
     y = np.array(y, copy=True)
     bound = int8_bound(x, s).astype(y.dtype)
     lo, hi = y - bound, y + bound
-    kk = min(k, y.shape[-1])
-    kth = np.partition(lo, -kk, axis=-1)[..., -kk : -kk + 1]
     flat_y, flat_x = y.reshape(-1, y.shape[-1]), np.asarray(x).reshape(-1, x.shape[-1])
-    pick = (hi >= kth).reshape(flat_y.shape)
-    b = 0 if bias is None else np.asarray(bias)
-    for r in range(flat_y.shape[0]):
-        (cols,) = np.nonzero(pick[r])
-        exact = w[cols].astype(y.dtype) @ flat_x[r].astype(y.dtype)
-        flat_y[r, cols] = exact + (b[cols] if bias is not None else 0)
+    lo, hi = lo.reshape(flat_y.shape), hi.reshape(flat_y.shape)
+    b = None if bias is None else np.asarray(bias)
+    edges = [0, *splits, y.shape[-1]]
+    for g0, g1 in zip(edges[:-1], edges[1:]):
+        kk = min(k, g1 - g0)
+        kth = np.partition(lo[:, g0:g1], -kk, axis=-1)[:, -kk : -kk + 1]
+        pick = hi[:, g0:g1] >= kth
+        for r in range(flat_y.shape[0]):
+            cols = g0 + np.nonzero(pick[r])[0]
+            exact = w[cols].astype(y.dtype) @ flat_x[r].astype(y.dtype)
+            flat_y[r, cols] = exact + (b[cols] if b is not None else 0)
     return flat_y.reshape(y.shape)

@@ -162,7 +162,9 @@ def _linear(op, a, ctx):
     if op.compute == "int8":  # per-row int8 weights, float32 activations, the scale last
         q, s = quantize_int8(w)
         y = (x @ q.T.astype(x.dtype)) * s.astype(x.dtype) + bias
-        return exact_top(y, x, w, s, a["bias"], op.exact_top) if op.exact_top else y
+        if op.exact_top:
+            return exact_top(y, x, w, s, a["bias"], op.exact_top, op.exact_top_splits)
+        return y
     if op.compute == "bfloat16":  # both operands rounded to bfloat16 (as float32 values)
         x, w = round_bf16(x).astype(x.dtype), round_bf16(w).astype(w.dtype)
     return x @ w.T + bias

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from kvgraph import ir, reference
-from kvgraph.errors import InputError, IRTypeError
+from kvgraph.errors import InputError, IRTypeError, VerifyError
 from kvgraph.ir import GraphBuilder
 from kvgraph.numerics import bf16_bits, bf16_panels, from_bf16_bits, quantize_int8, round_bf16
 from kvgraph.passes import ComputeType, Programs, compute_type
 from kvgraph.printer import format_graph
 from kvgraph.types import f32, sym
+from kvgraph.verify import verify
 from models.whisper.model.compute import COMPUTE_TYPES
 
 
@@ -192,6 +193,10 @@ def test_outputs_take_their_own_compute_type_and_int8_ones_an_exact_top():
     assert ops["h"].compute == "float32" and ops["h"].exact_top == 0
     assert all(ops[k].compute == "int8" and ops[k].exact_top == 16 for k in ("ya", "yb"))
     assert "exact_top=16" in format_graph(g) and "exact_top" not in format_graph(_exact_top_graph())
+    split = compute_type(_exact_top_graph(), "float32", outputs="int8", exact_top_splits=(1000,))
+    assert "exact_top=16, exact_top_splits=[1000]" in format_graph(split)
+    with pytest.raises(VerifyError, match="exact_top_splits"):
+        verify(compute_type(_exact_top_graph(), "float32", outputs="int8", exact_top_splits=(2000,)))
     every = compute_type(_exact_top_graph(), "int8", exact_top=3)
     ops = {n.out.name: n.op for n in every.nodes if isinstance(n.op, ir.Linear)}
     assert ops["h"].compute == "int8" and ops["h"].exact_top == 0 and ops["ya"].exact_top == 3
@@ -220,6 +225,11 @@ def test_exact_top_makes_the_largest_outputs_float32s_where_int8_moves_them():
     )
     assert (got.argmax(-1) == exact.argmax(-1)).all()
     assert (np.abs(got - exact) <= int8_bound(x, s) + 1e-4).all()
+    # in groups: each group's argmax float32's (the last group's, 300 .. 499, alone too)
+    grouped = exact_top(approx, x, w, s, None, 4, splits=(300,))
+    for part in (slice(0, 300), slice(300, None)):
+        assert (grouped[:, part].argmax(-1) == exact[:, part].argmax(-1)).all()
+    assert (exact_top(approx, x, w, s, None, 4)[:, 300:].argmax(-1) != exact[:, 300:].argmax(-1)).any()
 
 
 # ---------------------------------------------------------------------------------- on MAX
@@ -293,7 +303,7 @@ def test_exact_top_on_max_is_the_reference():
 
     rng = np.random.default_rng(12)
     g0, w = _exact_top_graph(), _exact_top_weights(rng)
-    g = compute_type(g0, "float32", outputs="int8")
+    g = compute_type(g0, "float32", outputs="int8", exact_top_splits=(1400,))
     x = rng.standard_normal((5, 1, 96)).astype(np.float32)
     (prog,) = load_programs([ProgramRequest(g, w, few_dims={"b"})])
     got = [o.to_numpy() for o in prog(x)]
@@ -301,10 +311,12 @@ def test_exact_top_on_max_is_the_reference():
     exact = reference.run(g0, w, dtype=np.float32, x=x)
     for out, name in zip(got, ("ya", "yb")):
         assert np.abs(out - want[name]).max() < 1e-4, name
-        top = np.argsort(exact[name], axis=-1)[..., -16:]
-        np.testing.assert_allclose(
-            np.take_along_axis(out, top, -1), np.take_along_axis(exact[name], top, -1), rtol=1e-5, atol=1e-5
-        )
+        for part in (slice(0, 1400), slice(1400, None)):  # each group's top 16
+            e, o = exact[name][..., part], out[..., part]
+            top = np.argsort(e, axis=-1)[..., -16:]
+            np.testing.assert_allclose(
+                np.take_along_axis(o, top, -1), np.take_along_axis(e, top, -1), rtol=1e-5, atol=1e-5
+            )
         assert np.abs(out - exact[name]).max() > 1e-3  # the rest int8's, not float32's
 
 

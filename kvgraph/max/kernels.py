@@ -292,12 +292,14 @@ def exact_top(
     b: TensorValue | None,
     k: int,
     c: float,
+    splits=(),
 ) -> TensorValue:
     """``y`` (an int8 linear's outputs ``[..., out]`` for inputs ``x`` ``[..., in]``) with
     every output that may rank among its row's ``k`` largest recomputed in float32 from ``w``
     (the float weight ``[out, in]``, float16 or float32), ``scale`` the int8 row scales, ``c``
-    the bound's factor (:func:`kvgraph.numerics.int8_bound`): kvgraph's custom kernel
-    ``kvgraph_exact_top_f16`` / ``_f32`` (``exact_top.mojo``; ``ir.Linear``'s ``exact_top``)."""
+    the bound's factor (:func:`kvgraph.numerics.int8_bound`), per group of outputs (``splits``:
+    where each group after the first starts): kvgraph's custom kernel ``kvgraph_exact_top_f16``
+    / ``_f32`` (``exact_top.mojo``; ``ir.Linear``'s ``exact_top``)."""
     lead = list(y.shape[:-1])
     y2 = ops.reshape(y, [-1, y.shape[-1]])
     x2 = ops.reshape(x, [-1, x.shape[-1]])
@@ -305,7 +307,15 @@ def exact_top(
     out = ops.custom(
         kernel,
         device=_cpu(),
-        values=[y2, x2, w, scale, scale if b is None else b, _f32_arg(c)],
+        values=[
+            y2,
+            x2,
+            w,
+            scale,
+            scale if b is None else b,
+            _f32_arg(c),
+            ops.constant(np.array([0, *splits, int(y.shape[-1])], np.int64), I64, device=_cpu()),
+        ],
         out_types=[TensorType(F32, list(y2.shape), device=_cpu())],
         parameters={"k": int(k), "has_bias": int(b is not None)},
     )[0].tensor

@@ -224,7 +224,7 @@ def _int8_linear(op, x, b, ctx):
     if op.exact_top:  # the largest outputs again in float32, from the float weight
         w = ctx.weight(op.w, "plain", f16=ctx.half(op.w))
         c = 0.5 * (1 + EXACT_TOP_SLACK)
-        y = K.exact_top(y, x, w, scale, b, op.exact_top, c)
+        y = K.exact_top(y, x, w, scale, b, op.exact_top, c, op.exact_top_splits)
     return y
 
 

@@ -28,19 +28,28 @@ def _takes(op, compute: str, attention: bool) -> bool:
     return attention and compute != "int8" and isinstance(op, ir.Attention) and not op.causal
 
 
-def _set(op, compute: str, exact: int):
+def _set(op, compute: str, exact: int, splits=()):
     if isinstance(op, ir.Linear):
-        return attrs.evolve(op, compute=compute, exact_top=exact if compute == "int8" else 0)
+        on = compute == "int8" and exact > 0
+        return attrs.evolve(
+            op, compute=compute, exact_top=exact if on else 0, exact_top_splits=splits if on else ()
+        )
     return attrs.evolve(op, compute=compute)
 
 
 def compute_type(
-    g: Graph, compute: str, attention: bool = False, outputs: str | None = None, exact_top: int = EXACT_TOP
+    g: Graph,
+    compute: str,
+    attention: bool = False,
+    outputs: str | None = None,
+    exact_top: int = EXACT_TOP,
+    exact_top_splits=(),
 ) -> Graph:
     """``g`` with its weight linears and convolutions (and unmasked attentions, with
     ``attention``) computed in ``compute``; types unchanged. ``outputs``: the compute type of
     the linears whose value is a graph output (a decoder's logits; default ``compute``); an
-    int8 one recomputes its ``exact_top`` largest outputs in float32 (0: none)."""
+    int8 one recomputes its ``exact_top`` largest outputs in float32 (0: none), in each group
+    of outputs ``exact_top_splits`` starts (``ir.Linear.exact_top_splits``)."""
     check_compute_type(compute)
     outputs = check_compute_type(outputs, "outputs") if outputs is not None else compute
     out_values = {v for _name, v in g.outputs}
@@ -48,9 +57,8 @@ def compute_type(
     for n in g.nodes:
         final = isinstance(n.op, ir.Linear) and n.out in out_values
         want = outputs if final else compute
-        nodes.append(
-            Node(_set(n.op, want, exact_top if final else 0), n.out) if _takes(n.op, want, attention) else n
-        )
+        exact = (exact_top, exact_top_splits) if final else (0, ())
+        nodes.append(Node(_set(n.op, want, *exact), n.out) if _takes(n.op, want, attention) else n)
     return Graph(g.name, g.inputs, tuple(nodes), g.outputs)
 
 
@@ -64,12 +72,18 @@ class ComputeType:
     attention: bool = False
     outputs: str | None = None
     exact_top: int = EXACT_TOP
+    exact_top_splits: tuple = ()
     name: str = "compute_type"
 
     def apply(self, programs: Programs) -> Programs:
         return Programs(
             tuple(
-                (k, compute_type(g, self.compute, self.attention, self.outputs, self.exact_top))
+                (
+                    k,
+                    compute_type(
+                        g, self.compute, self.attention, self.outputs, self.exact_top, self.exact_top_splits
+                    ),
+                )
                 for k, g in programs.items()
             )
         )

@@ -79,6 +79,10 @@ class MaxWhisperBackend:
             eager=False,
             compute_type=dec_type,
             output_compute_type=vocab_type,
+            # the timestamp tokens are the vocabulary's last 1,501 (<|0.00|> .. <|30.00|>, openai-
+            # whisper's tokenizer): their top logits float32's too (the timestamp rules take an
+            # argmax over them alone)
+            exact_top_splits=(dims.n_vocab - 1501,),
         )
         # encoder + the decoder's first programs (+ ``preload``: more decoder programs, and
         # "alignment" for word timestamps' program) in one go: one stored artifact, or one compile

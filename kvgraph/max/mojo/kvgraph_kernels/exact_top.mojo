@@ -9,7 +9,7 @@
 # Rounding moves each weight by at most s[j] / 2, so |y[j] - exact[j]| <= B[j] with
 # B[j] = c * s[j] * sum_i |x[i]|, c = (1 + slack) / 2 (the slack covers the float32 rounding of
 # the int8 sums). An output may rank among the k largest exact ones only if its upper bound
-# y + B reaches the k-th largest lower bound y - B: those outputs are recomputed as
+# y + B reaches the k-th largest lower bound y - B (per group of outputs, `edges`): those are recomputed as
 # x . w[j] + bias[j] in float32 (a few per row), the rest copied. The NumPy reference does the
 # same (kvgraph/numerics.py exact_top; c is passed by the lowering from there).
 
@@ -26,6 +26,8 @@ comptime W = 16  # float32 lanes of the loops (AVX-512 one register, AVX2 two, N
 @always_inline
 def _row[WT: DType, k: Int, has_bias: Bool](
     r: Int, n_out: Int, n_in: Int, c: Float32,
+    ep: UnsafePointer[Int64, MutAnyOrigin],
+    groups: Int,
     yp: UnsafePointer[Float32, MutAnyOrigin],
     xp: UnsafePointer[Float32, MutAnyOrigin],
     wp: UnsafePointer[Scalar[WT], MutAnyOrigin],
@@ -40,13 +42,31 @@ def _row[WT: DType, k: Int, has_bias: Bool](
     for i in range(n_in):
         xa += abs(x.unsafe_load[width=1](i)[0])
     var cb = c * xa  # B[j] = cb * s[j]
+    for g in range(groups):
+        var g0 = Int(ep.unsafe_load[width=1](g)[0])
+        var g1 = Int(ep.unsafe_load[width=1](g + 1)[0])
+        _group[WT, k, has_bias](g0, g1, n_in, cb, x, y, wp, sp, bp, o)
+
+
+@always_inline
+def _group[WT: DType, k: Int, has_bias: Bool](
+    g0: Int, g1: Int, n_in: Int, cb: Float32,
+    x: UnsafePointer[Float32, MutAnyOrigin],
+    y: UnsafePointer[Float32, MutAnyOrigin],
+    wp: UnsafePointer[Scalar[WT], MutAnyOrigin],
+    sp: UnsafePointer[Float32, MutAnyOrigin],
+    bp: UnsafePointer[Float32, MutAnyOrigin],
+    o: UnsafePointer[Float32, MutAnyOrigin],
+):
+    """Outputs g0 .. g1 - 1 of one row: copied, those that may rank among the group's k
+    largest recomputed."""
     # the k largest lower bounds, best[0] the smallest of them (kept sorted ascending); a
     # vector of W outputs is looked at one by one only when one of them beats best[0]
     var best = alloc[Float32](k)
     var have = 0
-    var j0 = 0
-    while j0 < n_out:
-        var m = min(W, n_out - j0)
+    var j0 = g0
+    while j0 < g1:
+        var m = min(W, g1 - j0)
         if m == W:
             var yv = y.unsafe_load[width=W](j0)
             o.unsafe_store(j0, yv)
@@ -76,9 +96,9 @@ def _row[WT: DType, k: Int, has_bias: Bool](
         j0 += W
     var kth = best.unsafe_load[width=1](0)[0]
     best.unsafe_free()
-    j0 = 0
-    while j0 < n_out:
-        var m = min(W, n_out - j0)
+    j0 = g0
+    while j0 < g1:
+        var m = min(W, g1 - j0)
         if m == W:
             var hiv = y.unsafe_load[width=W](j0) + sp.unsafe_load[width=W](j0) * cb
             if not hiv.ge(SIMD[DType.float32, W](kth)).reduce_or():
@@ -122,6 +142,7 @@ def exact_top[WT: DType, k: Int, has_bias: Int](
     s: InputTensor[dtype=DType.float32, rank=1, static_spec=_],
     bias: InputTensor[dtype=DType.float32, rank=1, static_spec=_],
     c_t: InputTensor[dtype=DType.float32, rank=1, static_spec=_],
+    edges: InputTensor[dtype=DType.int64, rank=1, static_spec=_],
 ) raises:
     comptime assert k >= 1, "exact_top: k must be positive"
     var n = y.dim_size(0)
@@ -132,6 +153,13 @@ def exact_top[WT: DType, k: Int, has_bias: Int](
     if has_bias != 0 and bias.dim_size(0) != n_out:
         raise Error("kvgraph_exact_top: the bias does not match")
     var c = c_t.unsafe_ptr().unsafe_load[width=1](0)[0]
+    var groups = edges.dim_size(0) - 1
+    var ep = rebind[UnsafePointer[Int64, MutAnyOrigin]](edges.unsafe_ptr())
+    if groups < 1 or Int(ep.unsafe_load[width=1](0)[0]) != 0 or Int(ep.unsafe_load[width=1](groups)[0]) != n_out:
+        raise Error("kvgraph_exact_top: the groups do not cover the outputs")
+    for g in range(groups):
+        if ep.unsafe_load[width=1](g)[0] >= ep.unsafe_load[width=1](g + 1)[0]:
+            raise Error("kvgraph_exact_top: empty or unordered groups")
     var yp = rebind[UnsafePointer[Float32, MutAnyOrigin]](y.unsafe_ptr())
     var xp = rebind[UnsafePointer[Float32, MutAnyOrigin]](x.unsafe_ptr())
     var wp = rebind[UnsafePointer[Scalar[WT], MutAnyOrigin]](w.unsafe_ptr())
@@ -140,7 +168,7 @@ def exact_top[WT: DType, k: Int, has_bias: Int](
     var op = rebind[UnsafePointer[Float32, MutAnyOrigin]](output.unsafe_ptr())
 
     def work(r: Int) {imm}:
-        _row[WT, k, has_bias != 0](r, n_out, n_in, c, yp, xp, wp, sp, bp, op)
+        _row[WT, k, has_bias != 0](r, n_out, n_in, c, ep, groups, yp, xp, wp, sp, bp, op)
 
     sync_parallelize(work, num_work_items=n)
 
@@ -156,11 +184,12 @@ struct ExactTopF16:
         s: InputTensor[dtype=DType.float32, rank=1, static_spec=_],
         bias: InputTensor[dtype=DType.float32, rank=1, static_spec=_],
         c: InputTensor[dtype=DType.float32, rank=1, static_spec=_],
+        edges: InputTensor[dtype=DType.int64, rank=1, static_spec=_],
         ctx: DeviceContext,
     ) raises:
         if target != "cpu":
             raise Error("kvgraph_exact_top_f16 runs on the CPU only")
-        exact_top[DType.float16, k, has_bias](output, y, x, w, s, bias, c)
+        exact_top[DType.float16, k, has_bias](output, y, x, w, s, bias, c, edges)
 
 
 @register("kvgraph_exact_top_f32")
@@ -174,8 +203,9 @@ struct ExactTopF32:
         s: InputTensor[dtype=DType.float32, rank=1, static_spec=_],
         bias: InputTensor[dtype=DType.float32, rank=1, static_spec=_],
         c: InputTensor[dtype=DType.float32, rank=1, static_spec=_],
+        edges: InputTensor[dtype=DType.int64, rank=1, static_spec=_],
         ctx: DeviceContext,
     ) raises:
         if target != "cpu":
             raise Error("kvgraph_exact_top_f32 runs on the CPU only")
-        exact_top[DType.float32, k, has_bias](output, y, x, w, s, bias, c)
+        exact_top[DType.float32, k, has_bias](output, y, x, w, s, bias, c, edges)
