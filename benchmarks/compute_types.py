@@ -77,6 +77,9 @@ FW_OPTIONS = {
 FW_TYPES = ("int8", "float32")
 DEFINITIONS = {
     "identical_clips": "share of clips whose token sequence equals the reference engine's",
+    "steps_speech": "decoder.step at JFK's state (its features from this mode's encoder, the SOT sequence "
+    "and its transcript but the last token in the cache, stepping that token), 1 row and 8 copies; "
+    "each repetition the mean of --calls calls after one untimed call",
     "prefix_agreement": "sum over clips of the common prefix length / sum of max(len(ref), len(hyp))",
     "position_agreement": "sum over clips of #{i: ref[i] == hyp[i]} / sum of max(len(ref), len(hyp))",
     "aligned_agreement": "1 - sum over clips of token edits (Levenshtein) / sum of len(ref): 1 - token error rate",
@@ -170,12 +173,43 @@ def kvgraph_child(args, clips: dict) -> dict:
         ours: quiet_times(cases[theirs][0], args.repeats, args.threshold, args.retries, args.calls, 1)
         for ours, theirs in STEP_CASES.items()
     }
+    speech = speech_cases(model, mel)
+    out["steps_speech"] = {
+        name: quiet_times(fn, args.repeats, args.threshold, args.retries, args.calls, 1)
+        for name, fn in speech.items()
+    }
 
     def transcribe(audio):
         r = model.transcribe(audio, **KV_OPTIONS)
         return r["text"], [t for s in r["segments"] for t in s["tokens"]]
 
     out["corpus"] = corpus_pass(transcribe, clips, args)
+    return out
+
+
+def speech_cases(model, mel) -> dict:
+    """``{name: step callable}`` at a real decoding state: JFK's features (this mode's
+    encoder) and the SOT sequence + JFK's transcript in the cache, in 1 and 8 rows (8 copies).
+    The random state of ``few_cases`` suits float32 (its cost does not depend on values); an
+    int8 vocabulary with a float32 top recomputes the logits its bound cannot rule out, few on
+    speech's peaked logits, many on the flat ones of random states."""
+    import numpy as np
+
+    from models.whisper.decoding.task import is_multilingual, num_languages
+    from models.whisper.decoding.tokenizer import get_tokenizer
+
+    be = model.backend
+    tok = get_tokenizer(
+        is_multilingual(be.dims), num_languages=num_languages(be.dims), language="en", task="transcribe"
+    )
+    text = [t for s in model.transcribe(str(JFK), **KV_OPTIONS)["segments"] for t in s["tokens"]]
+    prompt = np.array([[*tok.sot_sequence_including_notimestamps, *text[:-1]]], np.int64)
+    feats = be.encode(mel)
+    out = {}
+    for rows in (1, 8):
+        _, st = be.decoder.prefill(np.repeat(prompt, rows, 0), np.repeat(feats, rows, 0))
+        new = np.full((rows, 1), text[-1], np.int64)
+        out[f"{rows} row" + ("s" if rows > 1 else "")] = lambda new=new, st=st: be.decoder.step(new, st)
     return out
 
 
@@ -355,7 +389,10 @@ def print_table(report: dict) -> None:
         f"\n{m['lscpu'].get('Model name', m['cpu'])}, {m['cores']} cores, {m['date']}; model {report['model']}"
     )
     print(f"corpus: {len(report['corpus']['clips'])} clips, {report['corpus']['audio_s']:.1f} s of audio")
-    head = f"{'engine':24s} {'enc ms':>8s} {'1-row ms':>9s} {'8-row ms':>9s} {'corpus s':>9s} {'RSS MB':>7s}"
+    head = (
+        f"{'engine':24s} {'enc ms':>8s} {'1-row ms':>9s} {'8-row ms':>9s} {'1 speech':>9s} {'8 speech':>9s}"
+        f" {'corpus s':>9s} {'RSS MB':>7s}"
+    )
     print(f"\n{head} {'same clips':>10s} {'pos agr':>8s} {'aligned':>8s} {'WER scr':>8s} {'WER ref':>8s}")
     for name, e in report["engines"].items():
         if "error" in e and "corpus" not in e:
@@ -366,6 +403,12 @@ def print_table(report: dict) -> None:
         cells = [
             f"{enc * 1e3:8.1f}" if enc else f"{'-':>8s}",
             *(f"{steps[k]['median_s'] * 1e3:9.3f}" if k in steps else f"{'-':>9s}" for k in STEP_CASES),
+            *(
+                f"{e['steps_speech'][k]['median_s'] * 1e3:9.3f}"
+                if k in e.get("steps_speech", {})
+                else f"{'-':>9s}"
+                for k in ("1 row", "8 rows")
+            ),
             f"{e['corpus']['best_s']:9.2f}",
             f"{e['peak_rss_mb']:7.0f}" if e.get("peak_rss_mb") else f"{'-':>7s}",
         ]
