@@ -364,3 +364,18 @@ def test_memory_does_not_grow_with_the_recording(tmp_path, minutes, rate):
         for seek, window in zip(seeks, got):
             n = min(N_FRAMES, windows.content_frames - seek)
             assert np.array_equal(window, oa.pad_or_trim(whole[:, seek : seek + n], N_FRAMES))
+
+
+def test_a_silent_tile_is_what_the_full_computation_makes():
+    """The shortcut for all-zero tiles (openai's 30 s of padding) against the computation it
+    skips: a tile with one sample of 1e-30 goes the whole way (its power lies far below the
+    1e-10 clamp) and must come out bit for bit the same."""
+    from models.whisper.audio import features as F
+
+    z = np.zeros((F.TILE_FRAMES - 1) * F.HOP_LENGTH + F.N_FFT, np.float32)
+    nearly = z.copy()
+    nearly[-1] = np.float32(1e-30)
+    for mels in (80, 128):
+        np.testing.assert_array_equal(
+            F._tile_log_mel(z, F.TILE_FRAMES, mels), F._tile_log_mel(nearly, F.TILE_FRAMES, mels)
+        )

@@ -158,10 +158,17 @@ def _reflected(source: _Source, total: int, start: int, stop: int) -> np.ndarray
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
+#: the log-mel of a silent frame, as :func:`_tile_log_mel` computes it for zeros (bit for bit)
+_SILENCE = np.log10(np.maximum(np.float64(0.0), 1e-10)).astype(np.float32)
+
+
 def _tile_log_mel(samples: np.ndarray, n_frames: int, n_mels: int) -> np.ndarray:
     """``log10`` of the mel power f32[n_mels, n_frames] of the frames starting every HOP_LENGTH
     samples of ``samples`` (the first at 0): windowed rfft, ``|X|^2``, mel projection, clamp at
-    1e-10, all in float64; the log rounded to float32."""
+    1e-10, all in float64; the log rounded to float32. A tile of silence (all zeros: the 30 s
+    openai-whisper pads every recording with) is the clamp's log everywhere, without the work."""
+    if not samples[: (n_frames - 1) * HOP_LENGTH + N_FFT].any():
+        return np.full((n_mels, n_frames), _SILENCE, dtype=np.float32)
     frames = sliding_window_view(samples, N_FFT)[::HOP_LENGTH][:n_frames]
     spectrum = np.fft.rfft(frames * _hann(), axis=-1).T  # [bins, frames]
     power = spectrum.real**2 + spectrum.imag**2
