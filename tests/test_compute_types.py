@@ -320,6 +320,22 @@ def test_exact_top_on_max_is_the_reference():
         assert np.abs(out - exact[name]).max() > 1e-3  # the rest int8's, not float32's
 
 
+def test_exact_top_without_the_kernels_is_float32_everywhere(monkeypatch):
+    """With custom kernels off the int8 output linear runs in float32: its top outputs the
+    ones exact_top promises, the rest float32's too."""
+    from kvgraph.max.runtime import ProgramRequest, load_programs
+
+    monkeypatch.setenv("KVGRAPH_CUSTOM_KERNELS", "off")
+    rng = np.random.default_rng(13)
+    g0, w = _exact_top_graph(), _exact_top_weights(rng)
+    g = compute_type(g0, "float32", outputs="int8")
+    x = rng.standard_normal((2, 1, 96)).astype(np.float32)
+    (prog,) = load_programs([ProgramRequest(g, w, few_dims={"b"})])
+    exact = reference.run(g0, w, dtype=np.float32, x=x)
+    for out, name in zip(prog(x), ("ya", "yb")):
+        np.testing.assert_allclose(out.to_numpy(), exact[name], rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("amx", ["on", "off"])
 def test_max_runs_the_reference_arithmetic(amx, monkeypatch):
     """The AMX kernels (where this CPU has AMX) and the float32-op emulation (everywhere)
