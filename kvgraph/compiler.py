@@ -72,13 +72,7 @@ def compile(
         g = spec_or_graph
     else:
         raise InputTypeError(f"compile() takes a DecoderSpec or Graph, got {type(spec_or_graph).__name__}")
-    outputs = check_compute_type(output_compute_type or compute_type, "output_compute_type")
-    if check_compute_type(compute_type) != "float32" or outputs != "float32":
-        g = with_compute_type(g, compute_type, outputs=outputs, exact_top_splits=exact_top_splits)
-        if compute_type == "bfloat16":
-            from .max.isa import note_bfloat16
-
-            note_bfloat16()
+    g = _with_compute(g, compute_type, output_compute_type, exact_top_splits)
     if cache_layout not in ("auto", "concat", "buffer"):
         raise InputError(f"cache_layout={cache_layout!r}: expected 'auto', 'buffer' or 'concat'")
     if capacity is not None and cache_layout == "concat":
@@ -106,3 +100,15 @@ def compile(
         weights_mode=weights_mode,
         f16_weights=f16_weights,
     )
+
+
+def _with_compute(g: Graph, compute_type: str, output_compute_type, exact_top_splits) -> Graph:
+    """``g`` with :func:`compile`'s compute types applied (unchanged when all are float32)."""
+    outputs = check_compute_type(output_compute_type or compute_type, "output_compute_type")
+    if check_compute_type(compute_type) == "float32" and outputs == "float32":
+        return g
+    if compute_type == "bfloat16":
+        from .max.isa import note_bfloat16
+
+        note_bfloat16()
+    return with_compute_type(g, compute_type, outputs=outputs, exact_top_splits=exact_top_splits)
