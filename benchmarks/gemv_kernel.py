@@ -1,5 +1,7 @@
 """kvgraph's few-row float16 GEMV kernel (``kvgraph_gemv_f16``) against another version of
-itself and against MAX's own few-row GEMV, on tiny.en's projection shapes.
+itself and against MAX's own few-row GEMV, on tiny.en's projection shapes; with ``--gemm``
+also against MAX's float32 GEMM over the same weight as float32 ``[in, out]`` (what the
+lowering runs beyond ``isa.thresholds().few_rows_custom`` rows): where the kernel stops paying.
 
 ``--against REV`` builds the kernel source of git revision REV (renamed
 ``kvgraph_gemv_f16_rev``, in a package of its own) so both versions run in this one
@@ -9,7 +11,7 @@ Each call reads a different copy of the weight (copies totalling > 96 MB, past t
 cache), as a decode step does. Random values; milliseconds per call, median of
 ``--calls`` calls per shape and row count.
 
-    python benchmarks/gemv_kernel.py [--against 08c9737] [--rows 1 2 5 8 16]
+    python benchmarks/gemv_kernel.py [--against 08c9737] [--gemm] [--rows 1 2 5 8 16]
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def main(argv=None) -> int:
         action="store_true",
         help="the revision's kernel takes the instruction-set class's parameters (lanes, regs)",
     )
+    ap.add_argument("--gemm", action="store_true", help="also MAX's float32 GEMM (the many-row path)")
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 2, 5, 8, 16])
     ap.add_argument("--calls", type=int, default=40)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gemv_kernel.json"))
@@ -123,6 +126,12 @@ def main(argv=None) -> int:
                 x, w = (v.tensor for v in g.inputs)
                 g.output(fn(x, w))
             models[name] = session().load(g)
+        if args.gemm:  # the weight as float32 [k, n], as the lowering's "T" layout holds it
+            gemm_types = [types[0], TensorType(DType.float32, ["k", "n"], device=cpu)]
+            with Graph("gemm_bench_f32", input_types=gemm_types) as g:
+                x, w = (v.tensor for v in g.inputs)
+                g.output(ops.matmul(x, w))
+            models["max_gemm_f32"] = session().load(g)
         rng = np.random.default_rng(0)
         table: dict = {}
         for m in args.rows:
@@ -131,12 +140,16 @@ def main(argv=None) -> int:
                 ws = [
                     Buffer.from_numpy(rng.standard_normal((n, k)).astype(np.float16)) for _ in range(copies)
                 ]
+                wts = [  # float32 [k, n] copies for the GEMM, as many bytes or more past the cache
+                    Buffer.from_numpy(np.ascontiguousarray(rng.standard_normal((k, n)).astype(np.float32)))
+                    for _ in range(max(2, int(96e6 // (n * k * 4))) if args.gemm else 0)
+                ]
                 x = Buffer.from_numpy(rng.standard_normal((m, k)).astype(np.float32))
                 times: dict = {name: [] for name in models}
                 i = 0
                 for _ in range(args.calls):
                     for name, model in models.items():
-                        w = ws[i % copies]
+                        w = wts[i % len(wts)] if name == "max_gemm_f32" else ws[i % copies]
                         i += 1
                         t0 = time.perf_counter()
                         model.execute(x, w)
@@ -149,7 +162,10 @@ def main(argv=None) -> int:
                 )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    write_json({"machine": machine(), "against": args.against, "ms_per_call": table}, args.out)
+    write_json(
+        {"machine": machine(), "against": args.against, "class": isa.host().describe(), "ms_per_call": table},
+        args.out,
+    )
     return 0
 
 
