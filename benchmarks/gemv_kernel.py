@@ -5,8 +5,12 @@ lowering runs beyond ``isa.thresholds().few_rows_custom`` rows): where the kerne
 
 ``--against REV`` builds the kernel source of git revision REV (renamed
 ``kvgraph_gemv_f16_rev``, in a package of its own) so both versions run in this one
-process, interleaved call by call: the comparison holds even while the machine's memory
-bandwidth drifts (a shared VM), which a step benchmark run at two different times does not.
+process, interleaved call by call (each round starting with the next engine): the comparison
+holds even while the machine's memory bandwidth drifts (a shared VM), which a step benchmark
+run at two different times does not. Run a revision against itself first: the same source
+in the revision's package (built here with `mojo precompile`) measured up to ~9 % slower at
+5-8 rows than in the tree's package (Sapphire Rapids, 2026-12-06), so only larger differences
+say anything.
 Each call reads a different copy of the weight (copies totalling > 96 MB, past the L3
 cache), as a decode step does. Random values; milliseconds per call, median of
 ``--calls`` calls per shape and row count.
@@ -17,6 +21,7 @@ cache), as a decode step does. Random values; milliseconds per call, median of
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import statistics
 import subprocess
@@ -36,7 +41,7 @@ KERNEL = "kvgraph_gemv_f16"
 
 
 def build_revision(rev: str, tmp: Path) -> Path:
-    """The kernel package of git revision ``rev``, its op renamed ``<KERNEL>_rev``."""
+    """The kernel package of git revision ``rev``, each op renamed ``<name>_rev``."""
     from kvgraph.max import custom
 
     src = tmp / "kvgraph_gemv_rev"
@@ -53,7 +58,8 @@ def build_revision(rev: str, tmp: Path) -> Path:
         text = subprocess.run(
             ["git", "show", f"{rev}:{name}"], cwd=ROOT, check=True, capture_output=True, text=True
         ).stdout
-        text = text.replace(f'@register("{KERNEL}")', f'@register("{KERNEL}_rev")')
+        # every kernel renamed (the package holds more than the GEMV: one name twice fails to load)
+        text = re.sub(r'@register\("(\w+)"\)', r'@register("\1_rev")', text)
         text = text.replace("struct GemvF16:", "struct GemvF16Rev:")
         base = Path(name).name  # module names must differ from the current package's
         dest = base if base == "__init__.mojo" else base.replace(".mojo", "_rev.mojo")
@@ -147,8 +153,10 @@ def main(argv=None) -> int:
                 x = Buffer.from_numpy(rng.standard_normal((m, k)).astype(np.float32))
                 times: dict = {name: [] for name in models}
                 i = 0
-                for _ in range(args.calls):
-                    for name, model in models.items():
+                order = list(models.items())
+                for c in range(args.calls):
+                    # each round starts with the next engine (no engine always runs first)
+                    for name, model in order[c % len(order) :] + order[: c % len(order)]:
                         w = wts[i % len(wts)] if name == "max_gemm_f32" else ws[i % copies]
                         i += 1
                         t0 = time.perf_counter()
