@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/kvgraph transcribe examples/jfk.wav --verbose --output-dir out
 
+# two test processes (pytest-xdist, whole files each): MAX's compiles keep ~1.6 of 2 cores busy,
+# so a second process fills the rest (docs/testing.md); TEST_WORKERS=0 runs in one process
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -q -ra --durations=15
+	$(BIN)/python -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 # one lint and format standard (ruff, configured in pyproject.toml); `make format` applies it
 lint: $(STAMP)
