@@ -1,7 +1,5 @@
 """``python -m kvgraph ...``: the kvgraph command line (see :mod:`kvgraph.cli`)."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

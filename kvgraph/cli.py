@@ -162,3 +162,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def run() -> None:
+    """The ``kvgraph`` program (console script and ``python -m kvgraph``): :func:`main`, then
+    :func:`exit_now` with its status."""
+    exit_now(main())
+
+
+def exit_now(status: int | None) -> None:
+    """End the process with ``status`` once its work is done, without the interpreter's
+    object-by-object teardown: for a transcription that frees MAX's loaded programs and
+    session, collects every module's objects and unloads the native libraries one by one —
+    ~0.2 s of a ~1 s run (2-core Intel Xeon, 2026-12-06), all of it work the operating system
+    does at once when the process ends. Before that, what an exit must still do is done:
+    ``atexit`` functions (logging's flush among them) and the standard streams' flush. A
+    normal exit where teardown may matter: another thread still alive, or a profiler or
+    tracer watching (``python -m cProfile``, coverage)."""
+    import atexit
+    import threading
+
+    status = 0 if status is None else status
+    if threading.active_count() > 1 or sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(status)
+    atexit._run_exitfuncs()  # noqa: SLF001 - CPython's own hook for what sys.exit would run
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(status)

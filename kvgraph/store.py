@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import mmap
 import os
 import struct
 import tempfile
@@ -131,13 +132,15 @@ class ProgramStore:
         return to if ok and self.path(to).exists() else None
 
     # ------------------------------------------------------------------ reading
-    def load_bytes(self, key: str) -> bytes | None:
-        """The stored payload for ``key``, or None (missing, or refused with one log line)."""
+    def load_bytes(self, key: str) -> memoryview | None:
+        """The stored payload for ``key`` (a view of the file's bytes past the header: a
+        program is tens of MB, read once and not copied), or None (missing, or refused with
+        one log line)."""
         if not self.enabled:
             return None
         p = self.path(key)
         try:
-            data = p.read_bytes()
+            data = _map(p)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:
@@ -145,9 +148,9 @@ class ProgramStore:
         why = _check(data, key)
         if why:
             return self._refuse(p, why)
-        return data[_HEADER.size :]
+        return memoryview(data)[_HEADER.size :]
 
-    def get(self, key: str, read: Callable[[bytes], object]):
+    def get(self, key: str, read: Callable[[memoryview], object]):
         """``read(payload)`` of the artifact stored under ``key``; None on a miss. A payload
         that ``read`` rejects counts as a bad artifact (a miss), never as an error."""
         obj = self.read(key, read)
@@ -155,7 +158,7 @@ class ProgramStore:
             self.stats.misses += 1
         return obj
 
-    def read(self, key: str, read: Callable[[bytes], object]):
+    def read(self, key: str, read: Callable[[memoryview], object]):
         """As :meth:`get`, without counting a miss (the caller counts it, once, if it then
         compiles): hits and refused artifacts are counted."""
         data = self.load_bytes(key)
@@ -278,7 +281,18 @@ def _write_into_place(final: Path, key: str, fill: Callable[[str], None]) -> Non
         raise
 
 
-def _check(data: bytes, key: str) -> str | None:
+def _map(p: Path) -> mmap.mmap | bytes:
+    """File ``p``'s bytes, mapped read-only: pages come from the page cache as they are read,
+    not copied into fresh memory (for a ~30 MB program, ~7,000 fewer page faults than reading
+    it). An entry is only ever replaced by a rename, never rewritten in place, so the mapping
+    keeps the bytes it was opened with."""
+    with open(p, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return b""  # mmap refuses an empty file; _check reports it as truncated
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _check(data: bytes | mmap.mmap, key: str) -> str | None:
     """Why ``data`` is not a whole, intact artifact for ``key`` (None when it is)."""
     if len(data) < _HEADER.size:
         return f"is truncated ({len(data)} bytes, shorter than the header)"

@@ -47,6 +47,18 @@ def test_miss_then_hit(tmp_path):
     assert [p.name for p in s.path(key).parent.iterdir() if p.suffix == ".part"] == []
 
 
+def test_a_payload_read_keeps_its_bytes_when_the_entry_is_replaced(tmp_path):
+    """load_bytes maps the file: a reader holding the view sees the bytes it opened even when
+    another process replaces the entry meanwhile (entries change only by rename)."""
+    s = st.ProgramStore(tmp_path)
+    key = st.make_key("program text", "opts", "max 26.7", "cpu")
+    assert s.put(key, lambda path: Path(path).write_bytes(b"FIRST" * 1000))
+    view = s.load_bytes(key)
+    assert s.put(key, lambda path: Path(path).write_bytes(b"OTHER" * 3000))
+    assert bytes(view) == b"FIRST" * 1000
+    assert bytes(s.load_bytes(key)) == b"OTHER" * 3000
+
+
 def test_a_link_finds_another_keys_artifact(tmp_path):
     """A Module's artifact is found under each of its programs' own keys through links; a
     link never replaces an artifact, dangles harmlessly when its target goes, and a key with

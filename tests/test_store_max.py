@@ -136,7 +136,7 @@ def test_stale_recipe_falls_back_to_compiling(first, tmp_path, stale):
     mine = tmp_path / "store"
     (art,) = _artifacts(store)
     key = art.stem
-    payload = ProgramStore(store).load_bytes(key)
+    payload = bytes(ProgramStore(store).load_bytes(key))
     n0 = len(_RECIPE_MAGIC)
     n = int.from_bytes(payload[n0 : n0 + 8], "little")
     meta = json.loads(payload[n0 + 8 : n0 + 8 + n])

@@ -86,10 +86,15 @@ def converted_key(src: np.ndarray, layout: str, f16: bool) -> str:
     )
 
 
-def _read(payload: bytes) -> np.ndarray | None:
+#: an ``.npy`` header's bytes are read from at most this prefix (numpy writes them in a few
+#: hundred; a longer one fails to parse and the entry is converted again)
+_HEADER_BYTES = 1 << 16
+
+
+def _read(payload: memoryview) -> np.ndarray | None:
     """The array of an ``.npy`` payload, copied out of it in one pass (``np.load`` of a byte
     stream reads by small chunks: ten times slower); None for a payload it does not read."""
-    f = io.BytesIO(payload)
+    f = io.BytesIO(payload[:_HEADER_BYTES])  # the header only (a stream would copy it all)
     version = np.lib.format.read_magic(f)
     header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
     if version not in header:

@@ -374,14 +374,14 @@ def _write_stored(prog: _Program, path: str) -> None:
         f.write(mef)
 
 
-def _read_stored(payload: bytes) -> _Program:
+def _read_stored(payload: memoryview) -> _Program:
     n0 = len(_RECIPE_MAGIC)
     if payload[:n0] != _RECIPE_MAGIC:
         raise StaleRecipe("the artifact holds no weight recipe")
     n = int.from_bytes(payload[n0 : n0 + 8], "little")
-    meta = json.loads(payload[n0 + 8 : n0 + 8 + n])
+    meta = json.loads(bytes(payload[n0 + 8 : n0 + 8 + n]))
     recipe = {k: tuple(v) for k, v in meta["recipe"].items()}
-    compiled = engine.read(io.BytesIO(payload[n0 + 8 + n :]))
+    compiled = engine.read(io.BytesIO(payload[n0 + 8 + n :]))  # the MEF's one copy
     return _Program(list(meta["names"]), recipe, compiled=compiled)
 
 

@@ -4,6 +4,7 @@ from a checkpoint (:func:`load_backend`)."""
 from __future__ import annotations
 
 import types
+from concurrent.futures import ThreadPoolExecutor
 
 import kvgraph
 from models.whisper.model.spec import build_encoder, cross_attention_name, spec_from_dims
@@ -151,8 +152,16 @@ def load_backend(
     from models.whisper.weights.alignment_heads import load_alignment_heads
 
     # float16 weights as stored: the lowering reads them for its float16 kernels as they are
-    # and widens copies only where a kernel wants float32 (no float32 copy of every weight)
-    dims, weights = load_checkpoint(name_or_path, keep_float16=True, dims_class=types.SimpleNamespace)
+    # and widens copies only where a kernel wants float32 (no float32 copy of every weight).
+    # Read in a second thread while this one imports MAX (~0.15 s each; the read's copies and
+    # page faults run outside the GIL)
+    with ThreadPoolExecutor(1, thread_name_prefix="kvgraph-checkpoint") as pool:
+        reading = pool.submit(
+            load_checkpoint, name_or_path, keep_float16=True, dims_class=types.SimpleNamespace
+        )
+        import kvgraph.max.runtime  # noqa: F401
+
+        dims, weights = reading.result()
     return MaxWhisperBackend(
         dims,
         weights,
