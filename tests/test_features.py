@@ -256,6 +256,23 @@ def test_windows_of_short_recordings_are_the_whole_slices(jfk, length):
     assert_windows_exact(MelWindows.from_array(audio), audio, 80, edge_seeks(length // 160))
 
 
+def test_the_first_window_is_the_streaming_pass_block_handed_over_once(jfk, monkeypatch):
+    """A transcription's first window is the streaming pass's first block, not computed again;
+    the block is normalised in place when handed over, so a second window(0) computes anew."""
+    windows = MelWindows.from_array(jfk)
+    calls = []
+    real = ft._log_mel_frames
+    monkeypatch.setattr(ft, "_log_mel_frames", lambda *a: calls.append(a[2:4]) or real(*a))
+    first = windows.window(0)
+    assert calls == []
+    again = windows.window(0)
+    assert calls == [(0, N_FRAMES)]
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(
+        first, np.asarray(log_mel_spectrogram(jfk, 80, padding=N_SAMPLES))[:, :N_FRAMES]
+    )
+
+
 def test_window_arguments_are_checked(jfk):
     windows = MelWindows.from_array(jfk)
     with pytest.raises(ValueError, match="seek"):

@@ -393,6 +393,9 @@ class MelWindows:
         self.n_samples = source.n
         self._total = source.n + N_SAMPLES
         self._frames = self._total // HOP_LENGTH
+        #: the streaming pass's first block, ``(first, stop, log_spec)``, until a window takes
+        #: it: a transcription's first window is these frames, not computed twice (~1 MB)
+        self._head: tuple[int, int, np.ndarray] | None = None
         self._log_max = self._streamed_max()
 
     @classmethod
@@ -420,6 +423,8 @@ class MelWindows:
             stop = min(first + _BLOCK_FRAMES, self._frames)
             block = _log_mel_frames(self._source, self._total, first, stop, self.n_mels)
             best = max(best, block.max())
+            if first == 0:
+                self._head = (first, stop, block)
         return best
 
     @property
@@ -451,7 +456,10 @@ class MelWindows:
             return out
         first = seek - seek % TILE_FRAMES
         last = min(-(-stop // TILE_FRAMES) * TILE_FRAMES, self._frames)
-        log_spec = _log_mel_frames(self._source, self._total, first, last, self.n_mels)
+        if self._head is not None and self._head[:2] == (first, last):
+            log_spec, self._head = self._head[2], None  # handed over once: normalised in place
+        else:
+            log_spec = _log_mel_frames(self._source, self._total, first, last, self.n_mels)
         out[:, : stop - seek] = _normalise(log_spec[:, seek - first : stop - first], self._log_max)
         return out
 
