@@ -43,13 +43,13 @@ def clips() -> dict[str, np.ndarray]:
     return out
 
 
-def child(engine: str, reps: int) -> dict:
+def child(engine: str, reps: int, model_dir: str) -> dict:
     audio = clips()
     if engine == "kvgraph":
         from models.whisper import load_model
 
         m = load_model("tiny.en")
-        run = lambda a: m.transcribe(a, **OPTS)["text"]
+        run = lambda a: m.transcribe(a, seed=0, **OPTS)["text"]  # its own generator, seeded
     elif engine == "openai":
         import torch
         import whisper
@@ -65,16 +65,13 @@ def child(engine: str, reps: int) -> dict:
     else:
         from faster_whisper import WhisperModel
 
-        from models.whisper.weights.packages import resolve_source
-
-        path = resolve_source("tiny.en")["parts"][0].parent
-        fw = WhisperModel(str(path), device="cpu", compute_type=engine.split("-")[1].replace("fp", "float"))
+        fw = WhisperModel(model_dir, device="cpu", compute_type=engine.split("-")[1].replace("fp", "float"))
         run = lambda a: "".join(s.text for s in fw.transcribe(a, **OPTS)[0])
 
     def seeded(a):
-        # the temperature fallback samples (best_of 5): the same torch seed for kvgraph and
-        # openai-whisper draws the same samples (faster-whisper has its own generator)
-        if engine in ("kvgraph", "openai"):
+        # the temperature fallback samples (best_of 5): every run draws the same samples
+        # (kvgraph: its seed above; faster-whisper: its own generator)
+        if engine == "openai":
             import torch
 
             torch.manual_seed(0)
@@ -96,22 +93,32 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument(
+        "--faster-python",
+        default=None,
+        help="the Python of an environment with faster-whisper installed (default: this one's, if it has it)",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "beam_e2e.json"))
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.reps)))
+        print(json.dumps(child(args.child, args.reps, args.model_dir)))
         return 0
     engines = [e for e in args.engines.split(",") if e]
-    try:
-        import faster_whisper  # noqa: F401
-    except ImportError:
+    fpy = args.faster_python or sys.executable
+    if subprocess.run([fpy, "-c", "import faster_whisper"], capture_output=True).returncode:
+        print("faster-whisper not installed: skipped", file=sys.stderr)
         engines = [e for e in engines if not e.startswith("faster")]
+    from models.whisper.weights.packages import resolve_source
+
+    model_dir = str(resolve_source("tiny.en")["parts"][0].parent)  # the same CTranslate2 weights
     report: dict = {"machine": machine(), "options": OPTS, "engines": {}, "other_cores": {}}
     for e in engines:
         wait_quiet()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        cmd = [sys.executable, __file__, "--child", e, "--reps", str(args.reps)]
+        py = fpy if e.startswith("faster") else sys.executable
+        cmd = [py, __file__, "--child", e, "--reps", str(args.reps), "--model-dir", model_dir]
         with Probe() as p:
             res = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if res.returncode:

@@ -298,6 +298,24 @@ def test_topk_matches_torch_with_ties():
         np.testing.assert_array_equal(ours_v, values.numpy())
 
 
+def test_topk_rows_is_each_rows_torch_topk():
+    """The batched top-k: rows with and without ties, NaN and -inf together, each as torch's."""
+    rng = np.random.default_rng(6)
+    n = 51864
+    rows = [rng.standard_normal(n).astype(np.float32) for _ in range(6)]
+    rows[1][rng.integers(0, n, 4)] = rows[1].max()  # a tie at the top
+    rows[2][rng.integers(0, n, 2)] = np.nan
+    rows[3][:] = -np.inf
+    rows[3][rng.integers(0, n, 3)] = 1.0
+    rows[4] = rng.integers(-3, 3, n).astype(np.float32)  # ties everywhere
+    x = np.stack(rows)
+    for k in (1, 5, 6):
+        values, idx = torch.from_numpy(x).topk(k, dim=-1)
+        ours_v, ours_i = ks.torch_topk_rows(x, k)
+        np.testing.assert_array_equal(ours_i, idx.numpy())
+        np.testing.assert_array_equal(ours_v, values.numpy())
+
+
 def test_greedy_matches_openai():
     rng = np.random.default_rng(6)
     tok = get_tokenizer(True, num_languages=99)
@@ -468,6 +486,22 @@ def test_sampling_draws_reproducible_and_distributed():
     assert set(draws.tolist()) <= {10, 20, 30}
     freq = [np.mean(draws == t) for t in (10, 20, 30)]
     np.testing.assert_allclose(freq, [0.2, 0.3, 0.5], atol=0.02)
+
+    class Edge:  # a generator drawing the CDF's very ends
+        def __init__(self, u):
+            self.u = u
+
+        def random(self, n):
+            return np.full(n, self.u)
+
+    assert ks.sample(logits, 1.0, Edge(0.0)).tolist() == [10, 10]
+    assert ks.sample(logits, 1.0, Edge(1.0)).tolist() == [30, 30]  # at the total: the last drawable
+    wide = np.random.default_rng(3).standard_normal((4, 51864)).astype(np.float32)
+    cdf = np.cumsum(ks.sampling_probs(wide, 0.7).astype(np.float64), axis=-1)
+    for seed in range(50):  # the two-level CDF draws what the whole running sum draws
+        u = np.random.default_rng(seed).random(4) * cdf[:, -1]
+        expected = [int(np.searchsorted(cdf[k], u[k], side="right")) for k in range(4)]
+        assert ks.sample(wide, 0.7, np.random.default_rng(seed)).tolist() == expected
     eot = 3
     dec = ks.GreedyDecoder(0.7, eot, np.random.default_rng(1))
     tokens = np.asarray([[1, 2], [1, eot]], np.int64)

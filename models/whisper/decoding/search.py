@@ -84,24 +84,31 @@ def _heap_topk(values: np.ndarray, k: int) -> list[int]:
 
 def torch_topk(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``torch.topk(values, k)`` (largest, sorted) of a float32 row on the CPU: values f32[k]
-    and indices i64[k], in torch's order among equal values. Without ties the order is by
-    value; with ties it is the heap order of ``std::partial_sort``, which torch uses when
-    ``64 * k <= len(values)`` (always so for Whisper's vocabularies)."""
+    and indices i64[k], in torch's order among equal values (:func:`torch_topk_rows`)."""
+    top, idx = torch_topk_rows(np.asarray(values, dtype=F32)[None], k)
+    return top[0], idx[0]
+
+
+def torch_topk_rows(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``torch.topk(row, k)`` of every row of ``values`` f32[rows, n]: values f32[rows, k] and
+    indices i64[rows, k]. Without ties the order is by value; with ties it is the heap order
+    of ``std::partial_sort``, which torch uses when ``64 * k <= n`` (always so for Whisper's
+    vocabularies). The k + 1 best of every row are found together (one argmax over all rows
+    per place); a row whose k + 1 best hold a tie or a NaN takes the heap's order."""
     values = np.asarray(values, dtype=F32)
-    if k < 1 or 64 * k > values.size:
-        raise ValueError(f"torch_topk: k={k} needs 1 <= 64*k <= {values.size} (partial_sort's range)")
+    if k < 1 or 64 * k > values.shape[-1]:
+        raise ValueError(f"torch_topk: k={k} needs 1 <= 64*k <= {values.shape[-1]} (partial_sort's range)")
+    rows = np.arange(values.shape[0])
     work = values.copy()
-    picked = []
-    for _ in range(k + 1):
-        j = int(np.argmax(work))
-        picked.append(j)
-        work[j] = -np.inf
-    top = values[picked]
-    if np.isnan(top).any() or (top[:-1] == top[1:]).any():
-        idx = np.asarray(_heap_topk(values, k), dtype=np.int64)
-    else:
-        idx = np.asarray(picked[:k], dtype=np.int64)
-    return values[idx], idx
+    picked = np.empty((values.shape[0], k + 1), dtype=np.int64)
+    for place in range(k + 1):
+        picked[:, place] = np.argmax(work, axis=1)
+        work[rows, picked[:, place]] = -np.inf
+    top = np.take_along_axis(values, picked, axis=1)
+    idx = picked[:, :k].copy()
+    for row in np.flatnonzero(np.isnan(top).any(axis=1) | (top[:, :-1] == top[:, 1:]).any(axis=1)):
+        idx[row] = _heap_topk(values[row], k)
+    return np.take_along_axis(values, idx, axis=1), idx
 
 
 # --------------------------------------------------------------------------
@@ -122,24 +129,38 @@ def sampling_probs(logits: np.ndarray, temperature: float) -> np.ndarray:
         return e * (F32(1.0) / total)
 
 
+#: tokens per block of the sampling CDF (:func:`sample`)
+_CDF_BLOCK = 256
+
+
 def sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
     """One token i64[rows] per row drawn from ``sampling_probs(logits, temperature)`` with
-    ``rng`` (one uniform per row, inverse CDF), so a seeded generator repeats its draws."""
-    probs = sampling_probs(logits, temperature).astype(np.float64)
-    cdf = np.cumsum(probs, axis=-1)
-    total = cdf[:, -1]
+    ``rng`` (one uniform per row, inverse CDF), so a seeded generator repeats its draws.
+
+    The CDF is found in two levels, in float64: the running total of blocks of
+    :data:`_CDF_BLOCK` probabilities, then the running sum inside the one block the draw lands
+    in (a running sum over the whole vocabulary is a chain of ~52,000 dependent additions per
+    row: most of a sampled step's host time)."""
+    probs = sampling_probs(logits, temperature)
+    rows, n = probs.shape
+    starts = np.arange(0, n, _CDF_BLOCK)
+    cum = np.cumsum(np.add.reduceat(probs, starts, axis=1, dtype=np.float64), axis=1)
+    total = cum[:, -1]
     if not np.all(np.isfinite(total) & (total > 0)):
         raise ValueError("sample: a row of logits has no finite entry to draw from")
-    draws = rng.random(cdf.shape[0]) * total
-    out = np.empty(cdf.shape[0], dtype=np.int64)
-    for k in range(cdf.shape[0]):
-        j = int(np.searchsorted(cdf[k], draws[k], side="right"))
-        out[k] = j if j < cdf.shape[1] else int(np.flatnonzero(probs[k] > 0)[-1])
+    draws = rng.random(rows) * total
+    out = np.empty(rows, dtype=np.int64)
+    for k in range(rows):
+        b = min(int(np.searchsorted(cum[k], draws[k], side="right")), len(starts) - 1)
+        lo = int(starts[b])
+        inside = np.cumsum(probs[k, lo : lo + _CDF_BLOCK], dtype=np.float64)
+        if b:
+            inside += cum[k, b - 1]
+        j = lo + int(np.searchsorted(inside, draws[k], side="right"))
+        if j == lo + len(inside):  # past the block's end by a rounding: the last drawable token
+            j = int(np.flatnonzero(probs[k, :j] > 0)[-1])
+        out[k] = j
     return out
-
-
-# --------------------------------------------------------------------------
-# Decoders
 
 
 class GreedyDecoder:
@@ -275,10 +296,13 @@ class BeamSearchDecoder:
         row's score and source)."""
         scores: dict[tuple, float] = {}
         origin: dict[tuple, int] = {}
-        for row in range(audio * self.beam_size, (audio + 1) * self.beam_size):
-            with np.errstate(invalid="ignore"):
-                row_logprobs = (logits[row] - top[row]) - logs[row]
-            values, idx = torch_topk(row_logprobs, self.beam_size + 1)
+        first = audio * self.beam_size
+        group = slice(first, first + self.beam_size)
+        with np.errstate(invalid="ignore"):
+            logprobs = (logits[group] - top[group, None]) - logs[group, None]
+        best, best_idx = torch_topk_rows(logprobs, self.beam_size + 1)
+        for row in range(first, first + self.beam_size):
+            values, idx = best[row - first], best_idx[row - first]
             prefix = tokens[row].tobytes()
             base = F32(sum_logprobs[row])
             for value, token in zip(values.tolist(), idx.tolist()):
