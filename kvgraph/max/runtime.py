@@ -39,6 +39,7 @@ from max.graph import Module
 from ..analysis import buffer_outputs, emitted_outputs, f16_exact
 from ..errors import KernelError, LoweringError
 from ..ir import Graph
+from ..memory import advise_huge_pages, no_huge_page_faults
 from ..printer import format_graph
 from ..store import ProgramStore, default_store, make_key
 from . import converted, custom, isa
@@ -311,7 +312,9 @@ class _Program:
             missing = [n for n in want if n not in self.names]
             if missing:
                 raise StaleRecipe(f"it lacks programs {missing}")
-        registry = self.weights_registry(weights, store)
+        with no_huge_page_faults():  # made once, kept: see kvgraph.memory
+            registry = self.weights_registry(weights, store)
+        advise_huge_pages(registry.values())
         try:
             if len(self.names) == 1:
                 return [session().init(self.compiled, weights_registry=registry)]

@@ -180,8 +180,6 @@ def read_model_bin(path: PathLike | Sequence[PathLike]):
     Raises ``CT2FormatError`` (a ``ValueError``) naming the file, the byte
     offset and the variable at fault for truncated or corrupt input.
     """
-    if not isinstance(path, (str, os.PathLike)) and len(path) == 1:
-        path = path[0]  # one part: mapped, not read into fresh memory
     buf, label = _open_buffer(path)
     cur = _Cursor(buf, label)
 

@@ -27,6 +27,7 @@ reads ``.pt`` files, ``models.whisper.weights.shapes`` checks the result against
 
 from __future__ import annotations
 
+from kvgraph.memory import advise_huge_pages, no_huge_page_faults
 from models.whisper.weights.from_ct2 import load_ct2
 from models.whisper.weights.packages import PathLike, resolve_source
 from models.whisper.weights.pt import load_pt
@@ -53,6 +54,10 @@ def load_checkpoint(name_or_path: PathLike, *, keep_float16: bool = False, dims_
     torch nor openai-whisper (``.pt`` checkpoints need torch to be read at all).
     """
     src = resolve_source(name_or_path)
-    if src["kind"] == "pt":
-        return load_pt(src["path"], keep_float16)
-    return load_ct2(src["parts"], src["config"], keep_float16, dims_class)
+    with no_huge_page_faults():  # weights: huge pages later, never a stall now (kvgraph.memory)
+        if src["kind"] == "pt":
+            dims, weights = load_pt(src["path"], keep_float16)
+        else:
+            dims, weights = load_ct2(src["parts"], src["config"], keep_float16, dims_class)
+    advise_huge_pages(weights.values())
+    return dims, weights
