@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 import attrs
 import numpy as np
 
-from . import ir
+from . import ir, memory
 from .errors import InputError, KvgraphError
 from .names import BATCH
 
@@ -141,4 +141,4 @@ def zeros(v: ir.Value, batch: int, dtype=np.float32) -> np.ndarray:
         raise KvgraphError(
             f"cannot allocate input %{v.name}: {v.type} has a dim other than the batch {BATCH}"
         )
-    return np.zeros(shape, dtype=dtype if v.type.dtype == "f32" else np.int64)
+    return memory.zeros(shape, dtype if v.type.dtype == "f32" else np.int64)  # unwritten rows: no memory

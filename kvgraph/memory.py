@@ -1,5 +1,6 @@
 """Large arrays kept for a process's life (weights) without the page-fault stalls of
-transparent huge pages, and still on huge pages once the kernel has made them.
+transparent huge pages, and still on huge pages once the kernel has made them; large zeroed
+arrays (caches) whose pages cost nothing until written (:func:`zeros`).
 
 NumPy asks Linux for transparent huge pages (``madvise(MADV_HUGEPAGE)``) on every allocation
 of 4 MiB or more. Where the kernel's THP ``defrag`` setting is ``madvise`` (a common default),
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
+import mmap
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -76,3 +79,27 @@ def advise_huge_pages(arrays: Iterable[np.ndarray]) -> int:
         if stop > start and madvise(start, stop - start, _MADV_HUGEPAGE) == 0:
             marked += stop - start
     return marked
+
+
+#: arrays from this size on are mapped by :func:`zeros` (smaller ones: ``np.zeros``)
+MAPPED_ZEROS_BYTES = 1 << 20
+
+
+def zeros(shape, dtype=np.float32) -> np.ndarray:
+    """A zero-filled, writable array whose pages are the operating system's zero pages until
+    written: a private anonymous mapping for arrays of :data:`MAPPED_ZEROS_BYTES` or more.
+
+    ``np.zeros`` is lazily zeroed only while the C allocator hands out fresh mappings; once a
+    process has freed large blocks, its allocator serves the next ones from memory it keeps and
+    clears them by writing every byte (and NumPy asks for huge pages on them: memory
+    compaction on top). A batching engine's 264 MB of cache rows took 0.05-2.4 s to allocate
+    that way (2-core Intel Xeon, 2026-12-06); mapped, nothing, and rows never used never take
+    memory."""
+    dtype = np.dtype(dtype)
+    shape = tuple(int(d) for d in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+    nbytes = math.prod(shape) * dtype.itemsize
+    flags = getattr(mmap, "MAP_PRIVATE", None), getattr(mmap, "MAP_ANONYMOUS", None)
+    if nbytes < MAPPED_ZEROS_BYTES or None in flags:
+        return np.zeros(shape, dtype)
+    pages = mmap.mmap(-1, nbytes, flags=flags[0] | flags[1])
+    return np.frombuffer(pages, dtype).reshape(shape)  # the array keeps the mapping alive

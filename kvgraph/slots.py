@@ -25,6 +25,7 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
+from . import memory
 from .errors import InputError, KvgraphError
 from .names import CONTEXT, LOGITS, PAST, TOKENS
 
@@ -64,7 +65,7 @@ class SlotPool:
             shape = v.type.shape[1:]
             if not all(isinstance(d, int) for d in shape):
                 raise KvgraphError(f"state %{v.name}: {v.type} has a symbolic dim other than the batch")
-            self.arrays[v.name] = np.zeros((rows, *shape), np.float32)
+            self.arrays[v.name] = memory.zeros((rows, *shape), np.float32)  # unused rows: no memory
         self.buffers = {k: Buffer.from_numpy(a) for k, a in self.arrays.items()}
         self.groups: list[Group] = []
         self.steps = 0  # batched step calls so far

@@ -56,3 +56,38 @@ def test_a_loaded_checkpoint_leaves_numpys_switch_as_it_was():
     _, weights = load_checkpoint("tiny.en", keep_float16=True)
     assert _numpy_asks() is before
     assert max(w.nbytes for w in weights.values()) >= memory.MIN_BYTES  # the vocabulary: advised
+
+
+def test_zeros_are_writable_zero_arrays_of_any_size():
+    for shape, dtype in (((3, 5), np.float32), ((4, 1500, 384), np.float32), ((300_000,), np.int64)):
+        a = memory.zeros(shape, dtype)
+        assert a.shape == shape and a.dtype == dtype and a.flags.writeable and a.flags.c_contiguous
+        assert not a.any()
+        a[...] = 1  # writable through, and a view of it too
+        assert a.sum() == a.size
+    big = memory.zeros((2, 1 << 20), np.float32)
+    if sys.platform == "linux":
+        assert big.base is not None  # mapped, not np.zeros: its pages are taken only when written
+
+
+def test_per_array_values_are_made_once_while_the_array_lives():
+    import gc
+
+    from kvgraph.max.converted import PerArray
+
+    memo, calls = PerArray(), []
+    arrays = [np.arange(12, dtype=np.float32)]
+
+    def make():
+        calls.append(1)
+        return arrays[0] * 2
+
+    first = memo.get(arrays[0], "double", make)
+    assert memo.get(arrays[0], "double", make) is first and len(calls) == 1
+    assert memo.get(arrays[0], "other", make) is not first and len(calls) == 2  # another tag
+    view = memo.get(arrays[0], "view", lambda: arrays[0][::2])
+    assert memo.get(arrays[0], "view", lambda: arrays[0][::2]) is not view  # views are not kept
+    del view
+    arrays.clear()
+    gc.collect()
+    assert memo._made == {}  # dropped with its array

@@ -57,24 +57,41 @@ def weights_store(store: ProgramStore | None) -> ProgramStore | None:
     return _STORES[root]
 
 
-_DIGESTS: dict[int, tuple] = {}  # id(source) -> (weak reference, digest): hashed once per array
+class PerArray:
+    """Values made from an array, each made once while the array lives: keyed by the array's
+    id and a tag, checked by a weak reference (an id can be reused once its array is gone),
+    dropped when the array is. A value that holds the array itself (a view of it) is not
+    kept: it would keep its own key alive."""
+
+    def __init__(self) -> None:
+        self._made: dict[tuple, tuple] = {}
+
+    def get(self, src: np.ndarray, tag, make):
+        key = (id(src), tag)
+        hit = self._made.get(key)
+        if hit is not None and hit[0]() is src:
+            return hit[1]
+        value = make()
+        if isinstance(value, np.ndarray) and np.may_share_memory(value, src):
+            return value
+        try:
+            ref = weakref.ref(src, lambda _ref, made=self._made, key=key: made.pop(key, None))
+        except TypeError:  # takes no weak reference: made again next time
+            return value
+        self._made[key] = (ref, value)
+        return value
 
 
-def _forget(key: int):
-    return lambda _ref: _DIGESTS.pop(key, None)
+_DIGESTS = PerArray()  # a source's SHA-256, hashed once per array
+#: weights in the layouts the programs bind, made once per source array however many programs
+#: (prefill and step, the batching engine's per-row step, ...) bind them
+_LAYOUTS = PerArray()
 
 
 def _digest(src: np.ndarray) -> str:
-    hit = _DIGESTS.get(id(src))
-    if hit is not None and hit[0]() is src:
-        return hit[1]
-    data = np.ascontiguousarray(src)
-    digest = hashlib.sha256(memoryview(data).cast("B")).hexdigest()
-    try:
-        _DIGESTS[id(src)] = (weakref.ref(src, _forget(id(src))), digest)
-    except TypeError:  # takes no weak reference: hashed again next time
-        pass
-    return digest
+    return _DIGESTS.get(
+        src, "sha256", lambda: hashlib.sha256(memoryview(np.ascontiguousarray(src)).cast("B")).hexdigest()
+    )
 
 
 def converted_key(src: np.ndarray, layout: str, f16: bool) -> str:
@@ -120,7 +137,7 @@ def weight_array(src: np.ndarray, layout: str, f16: bool, store: ProgramStore | 
     and an entry is there, else made (and stored when it converts)."""
     ws = weights_store(store) if layout in CONVERTED else None
     if ws is None:
-        return lower.weight_array(src, layout, f16)
+        return _LAYOUTS.get(src, (layout, f16), lambda: lower.weight_array(src, layout, f16))
     key = converted_key(src, layout, f16)
     data = ws.load_bytes(key)  # None on a miss, or a refused entry (one log line)
     if data is not None:
