@@ -160,10 +160,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _error(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects it
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
 def run() -> None:
     """The ``kvgraph`` program (console script and ``python -m kvgraph``): :func:`main`, then
     :func:`exit_now` with its status."""
@@ -192,3 +188,7 @@ def exit_now(status: int | None) -> None:
         except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
             pass
     os._exit(status)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()
