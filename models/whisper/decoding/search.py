@@ -163,6 +163,10 @@ def sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> 
     return out
 
 
+# --------------------------------------------------------------------------
+# Decoders
+
+
 class GreedyDecoder:
     """The likeliest token at temperature 0, else a draw from the tempered distribution;
     rows that ended with EOT keep adding EOT without adding to their log-probability.
