@@ -56,7 +56,7 @@ def compile(
 
     ``compute_type``: ``"float32"`` (exact) or ``"bfloat16"``: every weight linear with
     bfloat16 operands and float32 sums (:class:`kvgraph.passes.ComputeType`, run before the
-    pipeline; AMX tiles where the CPU has them, else emulated on the float32 GEMM). It pays
+    pipeline; AMX tiles or AVX512-BF16 where the CPU has them, else emulated on the float32 GEMM). It pays
     for many-row products (a prefill, an encoder); one-token steps read the weights either way.
     ``"int8"``: weights int8 with a scale per output row, activations float32 (a step reads
     half the bytes). ``output_compute_type``: the compute type of the linears whose value is

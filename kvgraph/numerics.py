@@ -52,8 +52,8 @@ PANEL_BLOCK = 32
 
 
 def bf16_panels(w: np.ndarray) -> np.ndarray:
-    """A linear's weight ``w`` f32[out, in] (PyTorch layout) as the AMX kernel reads it
-    (``kvgraph/max/mojo/kvgraph_kernels/matmul_bf16.mojo``): bfloat16 bits in panels of 16
+    """A linear's weight ``w`` f32[out, in] (PyTorch layout) as the bfloat16 kernels read it
+    (``kvgraph/max/mojo/kvgraph_kernels/bf16.mojo``: AMX B tiles, AVX512-BF16 vectors): bfloat16 bits in panels of 16
     outputs, ``uint16[out_p / 16, in_p / 2, 32]`` with ``[p, i, 2 c + e] = w[16 p + c, 2 i + e]``;
     ``in`` and ``out`` zero-padded to multiples of 32 (``in_p``, ``out_p``)."""
     w = np.asarray(w)

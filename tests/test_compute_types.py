@@ -1,6 +1,7 @@
 """Compute types (``compute_type="bfloat16"``): the IR attribute and its pass, the NumPy
 reference's bfloat16 emulation (against torch's rounding), the MAX lowering — the AMX kernels
-where this CPU has them and the float32 emulation everywhere — against the reference, and the
+where this CPU has them, the AVX512-BF16 ones and the float32 emulation everywhere — against the
+reference, and the
 option on the Python API, the CLI and the server."""
 
 from __future__ import annotations
@@ -342,18 +343,20 @@ def test_exact_top_without_the_kernels_is_float32_everywhere(monkeypatch):
         np.testing.assert_allclose(out.to_numpy(), exact[name], rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("amx", ["on", "off"])
-def test_max_runs_the_reference_arithmetic(amx, monkeypatch):
-    """The AMX kernels (where this CPU has AMX) and the float32-op emulation (everywhere)
-    against the reference's bfloat16 arithmetic: to float32 rounding of the sums — far inside
-    bfloat16's own error (the gap to float32 arithmetic)."""
+@pytest.mark.parametrize("engine", ["amx", "avx512", "emulate"])
+def test_max_runs_the_reference_arithmetic(engine, monkeypatch):
+    """Each engine of bfloat16 products against the reference's bfloat16 arithmetic: the AMX
+    kernels (where this CPU has AMX), the AVX512-BF16 kernels (everywhere: where the compile
+    target lacks the instruction, the same kernels on float32 FMAs) and the float32-op
+    emulation — to float32 rounding of the sums, far inside bfloat16's own error (the gap to
+    float32 arithmetic)."""
     from kvgraph.max import isa
     from kvgraph.max.runtime import kernels_id, load_program
 
-    monkeypatch.setenv(isa.AMX_ENV, amx)
-    if amx == "on" and not isa.amx():
+    monkeypatch.setenv(isa.BF16_ENV, engine)
+    if engine == "amx" and not isa.amx():
         pytest.skip("no AMX tiles with bfloat16 on this CPU (amx_tile, amx_bf16)")
-    assert kernels_id().endswith("/amx") == (amx == "on") or kernels_id() == "none"
+    assert kernels_id().endswith(f"/bf16-{engine}") or kernels_id() == "none"
     rng = np.random.default_rng(3)
     g, w = compute_type(_graph(), "bfloat16", attention=True), _weights(rng)
     x = rng.standard_normal((3, 37, 100)).astype(np.float32)

@@ -120,3 +120,41 @@ def test_a_program_of_another_class_or_cpu_is_a_store_miss(monkeypatch, tmp_path
     assert store.target(mine) is not None
     for key in [*(k for n, k in others.items() if n != I.host().name), foreign_cpu]:
         assert store.target(key) is None  # a miss: compiled anew, never this machine's program
+
+
+@pytest.mark.parametrize(
+    "flags, granted, env, want",
+    [
+        (ZEN3, False, {}, "emulate"),
+        (ZEN5, False, {}, "avx512"),
+        (SPR, True, {}, "amx"),
+        (SPR, False, {}, "avx512"),  # AMX listed, the tile state refused
+        (SPR, True, {I.AMX_ENV: "off"}, "avx512"),
+        (SPR, True, {I.BF16_ENV: "avx512"}, "avx512"),
+        (SPR, True, {I.BF16_ENV: "emulate"}, "emulate"),
+        (ZEN3, False, {I.BF16_ENV: "avx512"}, "avx512"),  # its kernel's FMA form: any CPU
+        (ZEN5, False, {I.BF16_ENV: " Auto "}, "avx512"),
+    ],
+)
+def test_each_cpu_kind_gets_its_bfloat16_engine(flags, granted, env, want, monkeypatch):
+    monkeypatch.setattr(I.native, "cpuinfo", lambda: {"flags": " ".join(sorted(flags))})
+    monkeypatch.setattr(I, "_amx_granted", lambda: granted)
+    monkeypatch.setattr(I.platform, "machine", lambda: "x86_64")
+    for var in (I.AMX_ENV, I.BF16_ENV):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert I.bf16_engine() == want
+
+
+def test_a_bfloat16_engine_this_cpu_lacks_or_misspelt_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(I.native, "cpuinfo", lambda: {"flags": " ".join(sorted(ZEN5))})
+    monkeypatch.setattr(I, "_amx_granted", lambda: False)
+    monkeypatch.setenv(I.BF16_ENV, "amx")
+    with pytest.raises(InputError, match="KVGRAPH_BF16=amx: .*amx_tile, amx_bf16"):
+        I.bf16_engine()
+    monkeypatch.setenv(I.BF16_ENV, "avx-512")
+    with pytest.raises(
+        InputError, match="'avx-512' is not a bfloat16 engine: one of auto, amx, avx512, emulate"
+    ):
+        I.bf16_engine()

@@ -1,7 +1,7 @@
 """Weights converted for a compute type, made once and kept beside the stored programs.
 
 A bfloat16 or int8 program binds weights in layouts made from the model's float weights
-(:data:`CONVERTED`: AMX panels, int8 rows and their scales, ...). Making them is NumPy work
+(:data:`CONVERTED`: bfloat16 panels, int8 rows and their scales, ...). Making them is NumPy work
 at every load (a third of a second for tiny.en's int8 decoder, more for larger models); kept
 in the program store they are read back instead: under ``<store root>/weights``, one entry
 per (source tensor, layout), keyed by the source's bytes (SHA-256), dtype and shape, the layout,

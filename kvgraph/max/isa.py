@@ -46,11 +46,15 @@ __all__ = [
     "ENV",
     "amx",
     "AMX_ENV",
+    "BF16_ENV",
+    "BF16_ENGINES",
+    "bf16_engine",
     "note_bfloat16",
 ]
 
 ENV = "KVGRAPH_ISA"
 AMX_ENV = "KVGRAPH_AMX"
+BF16_ENV = "KVGRAPH_BF16"
 
 
 @attrs.frozen
@@ -175,26 +179,57 @@ def _amx_granted() -> bool:
 
 
 def amx() -> bool:
-    """Do ``bfloat16`` linears run on AMX tiles here (``kvgraph_matmul_bf16_amx``)? Elsewhere
-    they run emulated: operands rounded to bfloat16, float32 GEMM (the same rounding, float32
-    speed). ``KVGRAPH_AMX=off`` forces the emulation (tests, measurements)."""
+    """Do ``bfloat16`` products run on AMX tiles here (``kvgraph_matmul_bf16_amx``)?
+    ``KVGRAPH_AMX=off`` says no (then :func:`bf16_engine` picks the next engine)."""
     if os.environ.get(AMX_ENV, "on").strip().lower() in ("off", "0", "no", "false"):
         return False
     return _amx_granted()
 
 
+#: the engines of the ``bfloat16`` compute type's products, fastest first: Intel AMX tiles,
+#: AVX512-BF16 (``vdpbf16ps``), or MAX's float32 ops on rounded operands (no custom kernel)
+BF16_ENGINES = ("amx", "avx512", "emulate")
+
+
+def bf16_engine() -> str:
+    """Which engine runs ``bfloat16`` products here (:data:`BF16_ENGINES`): ``amx`` where
+    :func:`amx`, ``avx512`` where ``/proc/cpuinfo`` lists ``avx512_bf16``, else ``emulate``.
+    ``KVGRAPH_BF16=<engine>`` forces one (``avx512`` runs on any CPU: its kernel falls back to
+    float32 FMAs where the compiler's target lacks the instruction); ``amx`` where the tiles are
+    not granted is an error."""
+    forced = os.environ.get(BF16_ENV, "").strip().lower()
+    if forced in ("", "auto"):
+        if amx():
+            return "amx"
+        flags = set(native.cpuinfo().get("flags", "").split())
+        return (
+            "avx512" if platform.machine() == "x86_64" and {"avx512f", "avx512_bf16"} <= flags else "emulate"
+        )
+    from ..errors import InputError
+
+    if forced not in BF16_ENGINES:
+        raise InputError(
+            f"{BF16_ENV}={forced!r} is not a bfloat16 engine: one of auto, {', '.join(BF16_ENGINES)}"
+        )
+    if forced == "amx" and not _amx_granted():
+        raise InputError(
+            f"{BF16_ENV}=amx: this CPU or process has no AMX tiles with bfloat16 (amx_tile, amx_bf16)"
+        )
+    return forced
+
+
 @functools.cache
 def note_bfloat16() -> bool:
-    """Say once per process, where bfloat16 products will be emulated (no AMX here), that they
-    run slower than float32; True where they run on AMX tiles."""
-    if amx():
+    """Say once per process, where bfloat16 products will be emulated (neither AMX nor
+    AVX512-BF16 here), that they run slower than float32; True where a kernel runs them."""
+    if bf16_engine() != "emulate":
         return True
     import logging
 
     logging.getLogger("kvgraph").warning(
-        "compute_type bfloat16: this CPU offers no AMX tiles with bfloat16 (amx_tile, amx_bf16 in "
-        "/proc/cpuinfo, or %s=off): its products run emulated on float32 ops, the same arithmetic "
-        "but slower than float32",
-        AMX_ENV,
+        "compute_type bfloat16: this CPU offers neither AMX tiles with bfloat16 (amx_tile, amx_bf16) "
+        "nor AVX512-BF16 (avx512_bf16 in /proc/cpuinfo), or %s=emulate: its products run emulated "
+        "on float32 ops, the same arithmetic but slower than float32",
+        BF16_ENV,
     )
     return False

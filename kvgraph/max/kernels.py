@@ -45,12 +45,12 @@ __all__ = [
     "linear_gemv",
     "linear_few_rows",
     "linear_gemv_once",
-    "linear_bf16_amx",
+    "linear_bf16_kernel",
     "linear_bf16_emulated",
     "conv1d_columns",
     "gemv_i8",
     "COMPUTE_TYPE_KERNELS",
-    "attention_bf16_amx",
+    "attention_bf16_kernel",
     "leading_dims",
     "linear_weight_constant",
     "layer_norm",
@@ -245,19 +245,28 @@ def _by_rows(kernel: str, x: TensorValue, w: TensorValue, out_dim, parameters=No
     return ops.reshape(out, [*lead, out_dim])
 
 
-def linear_bf16_amx(
-    x: TensorValue, panels: TensorValue, out_dim: int, b: TensorValue | None = None
+def linear_bf16_kernel(
+    x: TensorValue, panels: TensorValue, out_dim: int, b: TensorValue | None = None, engine: str = "amx"
 ) -> TensorValue:
-    """``x @ w.T + b`` in bfloat16 with float32 sums on Intel AMX tiles: kvgraph's custom
-    kernel ``kvgraph_matmul_bf16_amx`` (``kvgraph/max/mojo/kvgraph_kernels/amx_bf16.mojo``),
-    ``x`` rounded to bfloat16 inside it; ``panels`` is the weight ``f32[out_dim, in]`` packed by
-    :func:`kvgraph.numerics.bf16_panels` (``uint16[out_p / 16, in_p / 2, 32]``). The graph
-    must be built with the kernel package (see :mod:`kvgraph.max.custom`)."""
+    """``x @ w.T + b`` in bfloat16 with float32 sums on kvgraph's custom kernel
+    ``kvgraph_matmul_bf16_<engine>`` (``kvgraph/max/mojo/kvgraph_kernels/bf16.mojo``; ``amx``:
+    Intel AMX tiles, ``avx512``: AVX512-BF16), ``x`` rounded to bfloat16 inside it; ``panels``
+    is the weight ``f32[out_dim, in]`` packed by :func:`kvgraph.numerics.bf16_panels`
+    (``uint16[out_p / 16, in_p / 2, 32]``). The graph must be built with the kernel package
+    (see :mod:`kvgraph.max.custom`)."""
     n = x.shape[-1]
     if int(panels.shape[1]) * 2 < int(n):
-        raise InputError(f"linear_bf16_amx: weight panels hold {int(panels.shape[1]) * 2} inputs, x has {n}")
-    y = _by_rows("kvgraph_matmul_bf16_amx", x, panels, out_dim)
+        raise InputError(
+            f"linear_bf16_kernel: weight panels hold {int(panels.shape[1]) * 2} inputs, x has {n}"
+        )
+    y = _by_rows(_bf16_kernel("matmul", engine), x, panels, out_dim)
     return y if b is None else y + b
+
+
+def _bf16_kernel(what: str, engine: str) -> str:
+    if engine not in ("amx", "avx512"):
+        raise InputError(f"bfloat16 kernels: no engine {engine!r} (amx or avx512)")
+    return f"kvgraph_{what}_bf16_{engine}"
 
 
 def linear_bf16_emulated(
@@ -266,17 +275,20 @@ def linear_bf16_emulated(
     """``x @ w.T + b`` with bfloat16 operands on MAX's float32 GEMM: ``x`` rounded to
     bfloat16 in the graph (MAX's cast rounds to nearest, ties to even), ``wt_rounded`` the
     weight already rounded, ``[in, out]``. The bfloat16 arithmetic of
-    :func:`linear_bf16_amx` at float32 speed: for CPUs without AMX."""
+    :func:`linear_bf16_kernel` at float32 speed: for CPUs without either engine."""
     xr = ops.cast(ops.cast(x, DType.bfloat16), F32)
     return linear(xr, wt_rounded, b, w_transposed=True)
 
 
-#: the custom kernels of the reduced-precision compute types (``compute_type``: bfloat16 on AMX,
+#: the custom kernels of the reduced-precision compute types (``compute_type``: bfloat16 on AMX
+#: or AVX512-BF16,
 #: int8), which float32 programs never call (tests/test_compute_types.py runs them)
 COMPUTE_TYPE_KERNELS = frozenset(
     {
         "kvgraph_matmul_bf16_amx",
         "kvgraph_attend_bf16_amx",
+        "kvgraph_matmul_bf16_avx512",
+        "kvgraph_attend_bf16_avx512",
         "kvgraph_gemv_i8",
         "kvgraph_exact_top_f16",
         "kvgraph_exact_top_f32",
@@ -499,7 +511,7 @@ def attention(
     ``i`` sees key ``j`` iff ``j <= q_offset + i`` (``q_offset=None`` means 0).
     ``bf16``: the ``bfloat16`` compute type emulated on float32 ops (``ir.Attention``'s
     definition: rounded q, k, v and numerators; slower than the float32 form, which MAX
-    fuses into its flash attention): where :func:`attention_bf16_amx` cannot serve.
+    fuses into its flash attention): where :func:`attention_bf16_kernel` cannot serve.
     """
     if bf16:
         q, k, v = (ops.cast(ops.cast(x, DType.bfloat16), F32) for x in (q, k, v))
@@ -537,15 +549,15 @@ def attention(
     return ops.reshape(ops.transpose(out, 1, 2), [b, sq, hd])
 
 
-def attention_bf16_amx(
-    q: TensorValue, k: TensorValue, v: TensorValue, n_heads: int, scale: float
+def attention_bf16_kernel(
+    q: TensorValue, k: TensorValue, v: TensorValue, n_heads: int, scale: float, engine: str = "amx"
 ) -> TensorValue:
-    """Unmasked attention in the ``bfloat16`` compute type on Intel AMX tiles: kvgraph's
-    custom kernel ``kvgraph_attend_bf16_amx`` (``kvgraph/max/mojo/kvgraph_kernels/amx_bf16.mojo``;
+    """Unmasked attention in the ``bfloat16`` compute type on kvgraph's custom kernel
+    ``kvgraph_attend_bf16_<engine>`` (``kvgraph/max/mojo/kvgraph_kernels/bf16.mojo``;
     ``ir.Attention``'s bfloat16 definition). ``q`` ``[b, sq, H*dh]``, ``k``/``v``
     ``[b, sk, KVH*dh]``, ``dh`` a multiple of 32. The graph must be built with the kernel package."""
     return ops.custom(
-        "kvgraph_attend_bf16_amx",
+        _bf16_kernel("attend", engine),
         device=_cpu(),
         values=[q, k, v, _f32_arg(scale)],
         out_types=[TensorType(F32, list(q.shape), device=_cpu())],

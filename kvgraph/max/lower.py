@@ -55,7 +55,7 @@ LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "plain": lambda a: a,
     "T": lambda a: a.T,  # Linear: [out, in] -> [in, out]
     "rscf": lambda a: a.transpose(2, 1, 0)[None],  # Conv1d: [cout, cin, k] -> [1, k, cin, cout]
-    # bfloat16 linears: the AMX kernel's packed panels (uint16 bits), or the values rounded
+    # bfloat16 linears: the kernels' packed panels (uint16 bits), or the values rounded
     # to bfloat16 as float32 [in, out] for the emulation on MAX's float32 GEMM
     "bf16_panels": bf16_panels,
     "bf16_T": lambda a: round_bf16(a).T,
@@ -119,7 +119,7 @@ class LowerCtx:
         few_dims=frozenset(),
         always_few: bool = False,
         few_attention: bool = False,
-        bf16_amx: bool = False,
+        bf16_engine: str = "emulate",
         exact_top: bool = False,
     ):
         if mode not in WEIGHT_MODES:
@@ -130,11 +130,12 @@ class LowerCtx:
         self.f16_weights = f16_weights and mode == "registry"
         # kvgraph's custom kernels (a built Mojo package), for programs with few-row linears
         wanted = (self.f16_weights and (few_dims or always_few)) or (
-            (bf16_amx or exact_top) and mode == "registry"
+            (bf16_engine != "emulate" or exact_top) and mode == "registry"
         )
         self.kernels = custom.kernel_package() if wanted else None
-        #: bfloat16 linears on the AMX kernel (else emulated on the float32 GEMM)
-        self.bf16_amx = bf16_amx and self.kernels is not None
+        #: the kernels' engine of bfloat16 products ("amx", "avx512"), or None: emulated on
+        #: MAX's float32 ops
+        self.bf16_kernel = bf16_engine if bf16_engine != "emulate" and self.kernels is not None else None
         self.registry: dict[str, np.ndarray] = {}
         self.recipe: dict[str, tuple] = {}  # registry name -> (weight name, layout, f16)
         self._emitted: dict[str, object] = {}
@@ -235,8 +236,9 @@ def _rule_linear(op, env, ctx):
     if op.compute == "bfloat16":
         if not isinstance(op.w, ir.Weight):
             raise LoweringError("a bfloat16 linear needs a weight parameter (@name) as its matrix")
-        if ctx.bf16_amx:
-            return K.linear_bf16_amx(x, ctx.weight(op.w, "bf16_panels"), int(op.w.type.shape[0]), b)
+        if ctx.bf16_kernel:
+            panels = ctx.weight(op.w, "bf16_panels")
+            return K.linear_bf16_kernel(x, panels, int(op.w.type.shape[0]), b, ctx.bf16_kernel)
         return K.linear_bf16_emulated(x, ctx.weight(op.w, "bf16_T"), b)
     static, sym = K.leading_dims(x)
     if static <= FEW_ROWS and set(sym) <= ctx.few_dims and ctx.half(op.w):
@@ -330,15 +332,15 @@ def _rule_attention(op, env, ctx):
 
 
 def _bf16_attention(op, env, ctx):
-    """Attention in the bfloat16 compute type: the AMX kernel for an unmasked attention of
+    """Attention in the bfloat16 compute type: the kernel for an unmasked attention of
     one context per row (an encoder's), else the definition on float32 ops."""
     q, k, v = (_arg(ctx, env, x) for x in (op.q, op.k, op.v))
     try:
         dh = int(q.shape[-1]) // op.heads
     except (TypeError, ValueError):
         dh = 0
-    if ctx.bf16_amx and not op.causal and not op.grouped and op.q_offset is None and dh % 32 == 0 and dh:
-        return K.attention_bf16_amx(q, k, v, op.heads, op.scale)
+    if ctx.bf16_kernel and not op.causal and not op.grouped and op.q_offset is None and dh % 32 == 0 and dh:
+        return K.attention_bf16_kernel(q, k, v, op.heads, op.scale, ctx.bf16_kernel)
     if op.grouped:
         raise LoweringError("bfloat16 attention over shared contexts is not lowered")
     return K.attention(
@@ -459,10 +461,10 @@ def _rule_conv1d(op, env, ctx):
             raise LoweringError("a bfloat16 conv1d needs a weight parameter (@name) as its kernel")
         cout, _, k = op.w.type.shape
         x = _arg(ctx, env, op.x)
-        if ctx.bf16_amx:  # im2col, then the AMX GEMM against the weight as [cout, k * cin]
+        if ctx.bf16_kernel:  # im2col, then the kernel's GEMM against the weight as [cout, k * cin]
             cols = K.conv1d_columns(x, k, op.stride, op.padding)
-            return K.linear_bf16_amx(
-                cols, ctx.weight(op.w, "bf16_conv_panels"), cout, _arg(ctx, env, op.bias)
+            return K.linear_bf16_kernel(
+                cols, ctx.weight(op.w, "bf16_conv_panels"), cout, _arg(ctx, env, op.bias), ctx.bf16_kernel
             )
         xr = ops.cast(ops.cast(x, DType.bfloat16), DType.float32)
         return K.conv1d(
@@ -542,7 +544,7 @@ def lower(
         few_dims,
         always_few,
         few_attention,
-        bf16_amx=bf16 and isa.amx(),
+        bf16_engine=isa.bf16_engine() if bf16 else "emulate",
         exact_top=exact,
     )
     bufs = buffer_values(g)

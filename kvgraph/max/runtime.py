@@ -434,13 +434,13 @@ def weights_signature(r: ProgramRequest) -> str:
 def kernels_id() -> str:
     """Which custom kernels the lowering uses: the package's content hash (the folder it was
     built into is named by it, see :mod:`kvgraph.max.custom`) and the instruction-set class
-    their tiles are instantiated for (:mod:`kvgraph.max.isa`) and whether bfloat16 linears
-    run on AMX tiles, or "none"."""
+    their tiles are instantiated for (:mod:`kvgraph.max.isa`) and the engine of bfloat16
+    products (``isa.bf16_engine``), or "none"."""
     pkg = custom.kernel_package()
     if pkg is None:
         return "none"
     k = isa.host()
-    return f"{pkg.parent.name}/{k.name}/{k.l1d}" + ("/amx" if isa.amx() else "")
+    return f"{pkg.parent.name}/{k.name}/{k.l1d}/bf16-{isa.bf16_engine()}"
 
 
 def store_key(batch: list[ProgramRequest], memo: list[tuple] | None = None) -> str:

@@ -31,7 +31,7 @@ class MaxWhisperBackend:
     ``compute_type``: the arithmetic of the encoder and the decoder, by faster-whisper's names
     (:mod:`models.whisper.model.compute`): ``"float32"`` (default: exact, token for token
     openai-whisper's float32), ``"bfloat16"`` (the encoder's products on bfloat16 operands
-    with float32 sums: AMX tiles where the CPU has them, else emulated on float32 ops, the
+    with float32 sums: AMX tiles or AVX512-BF16 where the CPU has them, else emulated on float32 ops, the
     same arithmetic, slower), ``"int8vocab"`` (the vocabulary projection on int8 weights, the
     logits that may be a row's 16 largest recomputed in float32), ``"int8vocab_bfloat16"``,
     ``"int8"`` / ``"int8_float32"`` (every decoder linear on int8 weights with per-row scales,
@@ -63,7 +63,7 @@ class MaxWhisperBackend:
         if enc_type == "bfloat16":
             from kvgraph.max.isa import note_bfloat16
 
-            note_bfloat16()  # one warning where bfloat16 runs emulated (no AMX)
+            note_bfloat16()  # one warning where bfloat16 runs emulated (no AMX, no AVX512-BF16)
         #: the cross-attention heads ``((layer, head), ...)`` word timestamps read
         #: (``models.whisper.weights.alignment_heads``); openai's default when the checkpoint names none
         self.alignment_heads = (

@@ -9,7 +9,8 @@ float32                 float32    float32  float32     exact: token for token
                                                         openai-whisper's float32
 bfloat16                bfloat16   float32  float32     the encoder's GEMMs, convolutions
                                                         and attention on bfloat16 operands
-                                                        (AMX tiles where the CPU has them)
+                                                        (AMX tiles or AVX512-BF16 where the
+                                                        CPU has them)
 int8vocab               float32    float32  int8*       a step reads the vocabulary
                                                         projection (most of a step's bytes
                                                         in small models) as int8; greedy

@@ -85,7 +85,8 @@ def add_compute_type(add) -> None:
         choices=COMPUTE_TYPES,
         help="arithmetic of the encoder and decoder (faster-whisper's option): float32 (default, "
         "exact: openai-whisper's float32 output); bfloat16: the encoder's products on bfloat16 "
-        "operands, float32 sums (AMX tiles on Intel Xeon 4th gen and later, else emulated, "
+        "operands, float32 sums (AMX tiles on Intel Xeon 4th gen and later, AVX512-BF16 on AMD Zen 4 "
+        "and later, else emulated, "
         "slower); int8vocab: the vocabulary projection on int8 weights, its top logits "
         "recomputed in float32 (greedy tokens float32's); int8vocab_bfloat16: both; int8 "
         "(= int8_float32): every decoder linear on int8 weights; int8_bfloat16: int8 and "
