@@ -17,10 +17,12 @@ run: $(STAMP)
 	$(BIN)/kvgraph transcribe examples/jfk.wav --verbose --output-dir out
 
 # two test processes (pytest-xdist, whole files each): MAX's compiles keep ~1.6 of 2 cores busy,
-# so a second process fills the rest (docs/testing.md); TEST_WORKERS=0 runs in one process
+# so a second process fills the rest (docs/testing.md); TEST_WORKERS=0 runs in one process.
+# Files go out in the suite's own order (tests/conftest.py: the long compiles first), not
+# pytest-xdist's by test count.
 TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # one lint and format standard (ruff, configured in pyproject.toml); `make format` applies it
 lint: $(STAMP)

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import kvgraph.plugins
@@ -25,10 +26,78 @@ def pytest_configure(config):
         fd, path = tempfile.mkstemp(prefix="kvgraph-compiles-", suffix=".jsonl")
         os.close(fd)
         os.environ["KVGRAPH_COMPILE_LOG"] = path
+    if not hasattr(config, "workerinput"):  # the controller (or the only process): a new run
+        Path(os.environ["KVGRAPH_COMPILE_LOG"] + ".workers").unlink(missing_ok=True)
     config.addinivalue_line(
         "markers", "max: compiles and runs graphs on MAX (slow when MAX's compile cache is cold)"
     )
     config.addinivalue_line("markers", "slow: long-running parity tests")
+
+
+#: Test files that compile MAX programs no earlier file has compiled, heaviest first: the cold
+#: compile seconds of a fresh machine's run (two test processes; benchmarks/cold_suite.sh,
+#: AMD EPYC 25/17, 2026-12-06), which scale together on every CPU kind. ``make test``'s
+#: processes take whole files in this order, then the rest by test count as pytest-xdist's own
+#: order has them (``--no-loadscope-reorder``): the long compiles start first and side by side,
+#: and short files fill the end, where xdist's count order left the few-test files that compile
+#: most for last, one process compiling alone while the other had finished. The first files
+#: compile what later ones share (tiny.en: test_serve_stream; the small specs:
+#: test_compile_max), so later files read it from the program store.
+COMPILE_FIRST = (
+    "test_compile_max.py",  # the small specs' Module and llama-demo's two: ~820 s
+    "test_serve_stream.py",  # tiny.en's first programs and its later ones: ~510 s
+    "test_compute_types.py",  # five small int8 / exact-top / bfloat16 graphs: ~535 s
+    "test_compute_types_whisper.py",  # tiny.en's int8 decoders and bfloat16 encoder: ~485 s
+    "test_transcribe_max_cli.py",  # tiny.en without the custom kernels (a subprocess): ~345 s
+    "test_serve.py",  # base with its word-timestamp program: ~325 s
+    "test_max_kernels.py",  # one graph of every lowering helper: ~250 s
+    "test_custom_kernels.py",  # the kernel tests' drawn graphs: ~240 s
+    "test_slots_max.py",  # the drawn spec's prefill and per-row step: ~180 s
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files in COMPILE_FIRST's order first, then by test count (most first), each file's tests
+    together in their own order."""
+    count, first = {}, {}
+    for i, item in enumerate(items):
+        f = item.nodeid.split("::", 1)[0]
+        count[f] = count.get(f, 0) + 1
+        first.setdefault(f, i)
+    rank = {name: i for i, name in enumerate(COMPILE_FIRST)}
+
+    def key(item):
+        f = item.nodeid.split("::", 1)[0]
+        return (rank.get(Path(f).name, len(rank)), -count[f], first[f])
+
+    items.sort(key=key)  # stable: a file's tests keep their order
+
+
+def pytest_sessionstart(session):
+    session.config._kvgraph_t0 = time.time()
+
+
+def pytest_sessionfinish(session):
+    """Each xdist test process appends its busy span to the compile log's ``.workers`` file."""
+    worker = getattr(session.config, "workerinput", {}).get("workerid")
+    log = os.environ.get("KVGRAPH_COMPILE_LOG")
+    if worker and log:
+        row = {"worker": worker, "start": session.config._kvgraph_t0, "end": time.time()}
+        with open(log + ".workers", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def worker_summary(path: str) -> list[str]:
+    """How long each test process was busy, and how long the last one ran alone."""
+    try:
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+    if len(rows) < 2:
+        return []
+    rows.sort(key=lambda r: r["end"])
+    spans = ", ".join(f"{r['worker']} {r['end'] - r['start']:.0f} s" for r in rows)
+    return [f"test processes busy: {spans} (the last alone for {rows[-1]['end'] - rows[-2]['end']:.0f} s)"]
 
 
 def pytest_report_header(config):
@@ -62,7 +131,8 @@ def pytest_terminal_summary(terminalreporter):
     comparison's worst measured ratio (tests/tolerance.py)."""
     import tolerance
 
-    for line in compile_summary(os.environ.get("KVGRAPH_COMPILE_LOG", "")):
+    log = os.environ.get("KVGRAPH_COMPILE_LOG", "")
+    for line in compile_summary(log) + worker_summary(log + ".workers"):
         terminalreporter.write_line(line)
     oracle = sys.modules.get("oracle")  # tests/oracle.py, once a test used it
     if oracle is not None and oracle.STATS.summary():

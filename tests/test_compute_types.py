@@ -1,10 +1,12 @@
 """Compute types (``compute_type="bfloat16"``): the IR attribute and its pass, the NumPy
 reference's bfloat16 emulation (against torch's rounding), the MAX lowering — the AMX kernels
 where this CPU has them, the AVX512-BF16 ones and the float32 emulation everywhere — against the
-reference, and the
-option on the Python API, the CLI and the server."""
+reference, and the option on the Python API, the CLI and the server. On Whisper:
+``test_compute_types_whisper.py``."""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import pytest
@@ -236,20 +238,21 @@ def test_exact_top_makes_the_largest_outputs_float32s_where_int8_moves_them():
 # ---------------------------------------------------------------------------------- on MAX
 
 
+@functools.cache
 def _int8_program():
     """A few-row linear (kvgraph's int8 GEMV) and a many-row one (the float32 GEMM over the
     integers) in one int8 program, its weights and inputs."""
     g = GraphBuilder("i8")
     xa = g.input("xa", f32(sym("b"), 1, 96))
     xb = g.input("xb", f32(sym("c"), 37, 96))
-    ya = g.add(ir.Linear(xa, g.weight("wa", (1001, 96)), g.weight("ba", (1001,))), "ya")
-    yb = g.add(ir.Linear(xb, g.weight("wb", (70, 96))), "yb")
+    ya = g.add(ir.Linear(xa, g.weight("i8.wa", (1001, 96)), g.weight("i8.ba", (1001,))), "ya")
+    yb = g.add(ir.Linear(xb, g.weight("i8.wb", (70, 96))), "yb")
     g = compute_type(g.finish([("ya", ya), ("yb", yb)]), "int8")
     rng = np.random.default_rng(5)
     w = {
-        "wa": rng.standard_normal((1001, 96)).astype(np.float16).astype(np.float32),
-        "ba": rng.standard_normal(1001).astype(np.float32),
-        "wb": rng.standard_normal((70, 96)).astype(np.float32),
+        "i8.wa": rng.standard_normal((1001, 96)).astype(np.float16).astype(np.float32),
+        "i8.ba": rng.standard_normal(1001).astype(np.float32),
+        "i8.wb": rng.standard_normal((70, 96)).astype(np.float32),
     }
     xs = {
         "xa": rng.standard_normal((5, 1, 96)).astype(np.float32),
@@ -258,13 +261,110 @@ def _int8_program():
     return g, w, xs
 
 
-def test_int8_linears_on_max_are_the_reference():
-    """Both int8 linears of :func:`_int8_program` against the reference's int8 arithmetic."""
+@functools.cache
+def _exact_top_program():
+    """Two int8 output linears with exact_top (kvgraph_exact_top_f16 with a bias, _f32 without,
+    the first in two groups), their float32 graph, weights and input."""
+    rng = np.random.default_rng(12)
+    g0, w = _exact_top_graph(), _exact_top_weights(rng)
+    g = compute_type(g0, "float32", outputs="int8", exact_top_splits=(1400,))
+    x = rng.standard_normal((5, 1, 96)).astype(np.float32)
+    return g, g0, w, x
+
+
+@functools.cache
+def _bf16_program():
+    """:func:`_graph` in the bfloat16 compute type (attention too), its weights and inputs."""
+    rng = np.random.default_rng(3)
+    g, w = compute_type(_graph(), "bfloat16", attention=True), _weights(rng)
+    x = rng.standard_normal((3, 37, 100)).astype(np.float32)
+    kv = rng.standard_normal((3, 45, 64)).astype(np.float32)
+    return g, w, x, kv
+
+
+@functools.cache
+def _together_weights() -> dict:
+    """One weights dict for the three programs above (their names are disjoint): the programs
+    of one dict compile as one MAX Module, each further graph a fraction of a compile alone."""
+    parts = [_int8_program()[1], _exact_top_program()[2], _bf16_program()[1]]
+    assert sum(map(len, parts)) == len({k for p in parts for k in p})
+    return {k: v for p in parts for k, v in p.items()}
+
+
+def _requests():
+    from kvgraph.max.runtime import ProgramRequest
+
+    w = _together_weights()
+    return {
+        "i8": ProgramRequest(_int8_program()[0], w, few_dims={"b"}),
+        "et": ProgramRequest(_exact_top_program()[0], w, few_dims={"b"}),
+        "mix": ProgramRequest(_bf16_program()[0], w),
+    }
+
+
+def _program(name: str):
+    """Program ``name`` of :func:`_requests`, the three compiled in one MAX call the first time
+    any is asked for (the bfloat16 one with this CPU's engine: KVGRAPH_BF16 unset); later
+    calls, with the same lowering, are the in-process cache's."""
+    from kvgraph.max import isa
+    from kvgraph.max.runtime import load_programs
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(isa.BF16_ENV, raising=False)
+        requests = _requests()
+        load_programs(list(requests.values()))
+        (prog,) = load_programs([requests[name]])
+    return prog
+
+
+@functools.cache
+def _exact_top_without_kernels():
+    """The exact-top test's graph without exact_top's groups, its float32 graph, weights, input."""
+    rng = np.random.default_rng(13)
+    g0, w = _exact_top_graph(), _exact_top_weights(rng)
+    x = rng.standard_normal((2, 1, 96)).astype(np.float32)
+    return compute_type(g0, "float32", outputs="int8"), g0, w, x
+
+
+def _program_without_kernels(name: str, monkeypatch):
+    """Program ``"et"`` (:func:`_exact_top_without_kernels`) or ``"mix"`` (bfloat16 emulated on
+    float32 ops, which call no custom kernel) with the kernel package off, the two compiled in
+    one MAX call the first time either is asked for."""
+    from kvgraph.max import custom, isa
     from kvgraph.max.runtime import ProgramRequest, load_programs
 
+    # what kernel_package() answers when KVGRAPH_CUSTOM_KERNELS=off or the build failed (it is
+    # memoised per process, so setting the variable here would not reach it)
+    monkeypatch.setattr(custom, "kernel_package", lambda: None)
+    monkeypatch.setenv(isa.BF16_ENV, "emulate")
+    w = _off_weights()
+    requests = {
+        "et": ProgramRequest(_exact_top_without_kernels()[0], w, few_dims={"b"}),
+        "mix": ProgramRequest(_bf16_program()[0], w),
+    }
+    load_programs(list(requests.values()))
+    return load_programs([requests[name]])[0]
+
+
+@functools.cache
+def _off_weights() -> dict:
+    """One weights dict (one Module) for :func:`_program_without_kernels`: disjoint names."""
+    return {**_exact_top_without_kernels()[2], **_bf16_program()[1]}
+
+
+def _own_engine() -> str:
+    """The bfloat16 engine this CPU gets with KVGRAPH_BF16 unset."""
+    from kvgraph.max import isa
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(isa.BF16_ENV, raising=False)
+        return isa.bf16_engine()
+
+
+def test_int8_linears_on_max_are_the_reference():
+    """Both int8 linears of :func:`_int8_program` against the reference's int8 arithmetic."""
     g, w, xs = _int8_program()
-    (prog,) = load_programs([ProgramRequest(g, w, few_dims={"b"})])
-    got = [o.to_numpy() for o in prog(xs["xa"], xs["xb"])]
+    got = [o.to_numpy() for o in _program("i8")(xs["xa"], xs["xb"])]
     want = reference.run(g, w, dtype=np.float32, **xs)
     exact = reference.run(compute_type(g, "float32"), w, dtype=np.float64, **xs)
     for out, name in zip(got, ("ya", "yb")):
@@ -282,15 +382,16 @@ def test_a_stored_int8_program_loads_without_quantizing(monkeypatch):
 
     if not default_store().enabled:
         pytest.skip("the program store is turned off")
-    g, w, xs = _int8_program()
-    (first,) = load_programs([ProgramRequest(g, w, few_dims={"b"})])  # the test above's program
-    want = [o.to_numpy() for o in first(xs["xa"], xs["xb"])]
+    g, _, xs = _int8_program()
+    want = [o.to_numpy() for o in _program("i8")(xs["xa"], xs["xb"])]  # the test above's program
 
     def refuse(*a, **k):
         raise AssertionError("quantized again")
 
     monkeypatch.setattr(lower, "quantize_int8", refuse)
-    again = {k: v.copy() for k, v in w.items()}  # another weights dict: loaded anew, from the store
+    # another weights dict: loaded anew, from the store (the Module the program was compiled in,
+    # found through its link: it binds every weight of the Module)
+    again = {k: v.copy() for k, v in _together_weights().items()}
     (second,) = load_programs([ProgramRequest(g, again, few_dims={"b"})])
     assert second.source == "store"
     for out, ref in zip(second(xs["xa"], xs["xb"]), want):
@@ -300,14 +401,8 @@ def test_a_stored_int8_program_loads_without_quantizing(monkeypatch):
 def test_exact_top_on_max_is_the_reference():
     """kvgraph_exact_top_f16 (a bias) and _f32 (none) after the int8 GEMV: the reference's
     outputs — float32's on every row's top 16, int8's elsewhere."""
-    from kvgraph.max.runtime import ProgramRequest, load_programs
-
-    rng = np.random.default_rng(12)
-    g0, w = _exact_top_graph(), _exact_top_weights(rng)
-    g = compute_type(g0, "float32", outputs="int8", exact_top_splits=(1400,))
-    x = rng.standard_normal((5, 1, 96)).astype(np.float32)
-    (prog,) = load_programs([ProgramRequest(g, w, few_dims={"b"})])
-    got = [o.to_numpy() for o in prog(x)]
+    g, g0, w, x = _exact_top_program()
+    got = [o.to_numpy() for o in _program("et")(x)]
     want = reference.run(g, w, dtype=np.float32, x=x)
     exact = reference.run(g0, w, dtype=np.float32, x=x)
     for out, name in zip(got, ("ya", "yb")):
@@ -327,17 +422,8 @@ def test_exact_top_on_max_is_the_reference():
 def test_exact_top_without_the_kernels_is_float32_everywhere(monkeypatch):
     """Without the kernel package (custom kernels off, or a failed build) the int8 output
     linear runs in float32: its top outputs the ones exact_top promises, the rest float32's too."""
-    from kvgraph.max import custom
-    from kvgraph.max.runtime import ProgramRequest, load_programs
-
-    # what kernel_package() answers when KVGRAPH_CUSTOM_KERNELS=off or the build failed (it is
-    # memoised per process, so setting the variable here would not reach it)
-    monkeypatch.setattr(custom, "kernel_package", lambda: None)
-    rng = np.random.default_rng(13)
-    g0, w = _exact_top_graph(), _exact_top_weights(rng)
-    g = compute_type(g0, "float32", outputs="int8")
-    x = rng.standard_normal((2, 1, 96)).astype(np.float32)
-    (prog,) = load_programs([ProgramRequest(g, w, few_dims={"b"})])
+    _, g0, w, x = _exact_top_without_kernels()
+    prog = _program_without_kernels("et", monkeypatch)
     exact = reference.run(g0, w, dtype=np.float32, x=x)
     for out, name in zip(prog(x), ("ya", "yb")):
         np.testing.assert_allclose(out.to_numpy(), exact[name], rtol=1e-5, atol=1e-4)
@@ -348,7 +434,8 @@ def test_max_runs_the_reference_arithmetic(engine, monkeypatch):
     """Each engine of bfloat16 products against the reference's bfloat16 arithmetic: the AMX
     kernels (where this CPU has AMX), the AVX512-BF16 kernels (everywhere: where the compile
     target lacks the instruction, the same kernels on float32 FMAs) and the float32-op
-    emulation — to float32 rounding of the sums, far inside bfloat16's own error (the gap to
+    emulation (it calls no custom kernel: compiled with the package off, beside the exact-top
+    test's program without it) — to float32 rounding of the sums, far inside bfloat16's own error (the gap to
     float32 arithmetic)."""
     from kvgraph.max import isa
     from kvgraph.max.runtime import kernels_id, load_program
@@ -357,11 +444,14 @@ def test_max_runs_the_reference_arithmetic(engine, monkeypatch):
     if engine == "amx" and not isa.amx():
         pytest.skip("no AMX tiles with bfloat16 on this CPU (amx_tile, amx_bf16)")
     assert kernels_id().endswith(f"/bf16-{engine}") or kernels_id() == "none"
-    rng = np.random.default_rng(3)
-    g, w = compute_type(_graph(), "bfloat16", attention=True), _weights(rng)
-    x = rng.standard_normal((3, 37, 100)).astype(np.float32)
-    kv = rng.standard_normal((3, 45, 64)).astype(np.float32)
-    got = load_program(g, w)(x, kv)[0].to_numpy()
+    g, w, x, kv = _bf16_program()
+    if engine == _own_engine():  # this CPU's own engine: compiled with the others
+        prog = _program("mix")
+    elif engine == "emulate":  # float32 ops only: compiled with the kernels-off program
+        prog = _program_without_kernels("mix", monkeypatch)
+    else:
+        prog = load_program(g, _together_weights())
+    got = prog(x, kv)[0].to_numpy()
     # a float32 reference: bfloat16 rounding amplifies float64-vs-float32 differences of the
     # sums (a value on a rounding boundary goes the other way: 4.6e-3 here, where the float32
     # reference meets the AMX kernels to 1.4e-6 and the emulation bit for bit)
@@ -432,50 +522,3 @@ def test_whisper_refuses_an_unknown_compute_type_before_loading():
     ):
         load_backend("tiny.en", compute_type="float16")
     assert COMPUTE_TYPES[0] == "float32"
-
-
-# ------------------------------------------------------------------------------ on Whisper
-
-from whisper_fixtures import *  # noqa: E402,F401,F403
-
-
-@pytest.mark.parametrize("mode", ["int8_bfloat16", "int8vocab_bfloat16", "int8", "int8vocab"])
-def test_whisper_int8_modes_read_jfk_the_same(tiny_model, jfk_audio, mode):
-    """Int8 decoder linears (int8, int8_bfloat16), or only the vocabulary projection int8 with
-    its top logits float32 (int8vocab, int8vocab_bfloat16), with either encoder: JFK word for
-    word the float32 text (the documented bound on the bundled clip; the corpus figures are in
-    docs/compute_types.md) — and, for the int8vocab modes, token for token, timestamps
-    included. (The float32-encoder modes reuse the others' decoder programs and float32's
-    encoder: nothing more to compile.)"""
-    from whisper_fixtures import _bf16_backend
-
-    from models.whisper import WhisperModel
-
-    backend = _bf16_backend("tiny.en", mode)
-    assert backend.compute_type == mode
-    got = WhisperModel(backend).transcribe(jfk_audio, language="en")
-    want = tiny_model.transcribe(jfk_audio, language="en")
-    assert got["text"] == want["text"]
-    if mode.startswith("int8vocab"):
-        assert [s["tokens"] for s in got["segments"]] == [s["tokens"] for s in want["segments"]]
-
-
-def test_whisper_bfloat16_encoder_is_close_to_openai_whisper_and_jfk_reads_the_same(
-    tiny_backend_bf16, tiny_model, torch_tiny, jfk_mel, jfk_audio
-):
-    """The documented bound on the bundled clip (docs/compute_types.md): the bfloat16 encoder's
-    features within 2 % (relative RMS) of openai-whisper's float32 encoder, and JFK's
-    transcription word for word the float32 one (itself openai-whisper's)."""
-    import torch
-
-    from models.whisper import WhisperModel
-
-    with torch.no_grad():
-        want = torch_tiny.encoder(jfk_mel[None]).numpy()
-    got = tiny_backend_bf16.encode(jfk_mel[None].numpy())
-    rel = np.sqrt(((got - want) ** 2).mean() / (want**2).mean())
-    assert 1e-4 < rel < 0.02, rel  # bfloat16 (not float32), and close
-    assert tiny_backend_bf16.decoder is not tiny_model.backend.decoder
-    bf16 = WhisperModel(tiny_backend_bf16).transcribe(jfk_audio, language="en")
-    f32 = tiny_model.transcribe(jfk_audio, language="en")
-    assert bf16["text"] == f32["text"]

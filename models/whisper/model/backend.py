@@ -37,6 +37,9 @@ class MaxWhisperBackend:
     ``"int8"`` / ``"int8_float32"`` (every decoder linear on int8 weights with per-row scales,
     the vocabulary's as int8vocab's) and ``"int8_bfloat16"``. Accuracy against float32:
     ``docs/compute_types.md``.
+
+    ``defer=True``: build, load nothing yet (:meth:`pending_requests`, :meth:`finish_loading`),
+    so several backends of one checkpoint (compute types) compile in one MAX call.
     """
 
     def __init__(
@@ -49,10 +52,11 @@ class MaxWhisperBackend:
         alignment_heads=None,
         preload=(),
         compute_type: str = "float32",
+        defer: bool = False,
     ):
         import time
 
-        from kvgraph.max.runtime import ProgramRequest, load_programs
+        from kvgraph.max.runtime import ProgramRequest
         from kvgraph.passes import compute_type as with_compute_type
         from models.whisper.model.compute import split_compute_type
         from models.whisper.weights.alignment_heads import default_alignment_heads, heads_from
@@ -93,12 +97,38 @@ class MaxWhisperBackend:
         if "alignment" in preload:
             extra.append(self.decoder.exposed_request(self.alignment_scores()))
         names = [*self.decoder.eager_programs, *(n for n in preload if n != "alignment")]
+        self._pending = (names, extra, encoder, together)
+        self.compile_s = time.perf_counter() - t0
+        if not defer:
+            self.finish_loading()
+
+    def pending_requests(self) -> list:
+        """What a backend made with ``defer=True`` has yet to load: its programs' requests, to
+        compile together with other backends' of the same weights (one MAX call:
+        ``kvgraph.max.runtime.load_programs``) before :meth:`finish_loading` takes them from the
+        in-process cache."""
+        if self._pending is None:
+            return []
+        names, extra, encoder, together = self._pending
+        return [*(self.decoder.request(n) for n in names), *extra, *([] if together else [encoder])]
+
+    def finish_loading(self) -> None:
+        """Load the programs (from the in-process cache, the program store, or compiled)."""
+        import time
+
+        from kvgraph.max.runtime import load_programs
+
+        if self._pending is None:
+            return
+        t0 = time.perf_counter()
+        names, extra, encoder, together = self._pending
         loaded = self.decoder.load(names, extra=extra)
         if together:
             self.encoder = loaded[0]
         else:  # loaded alone: a float32 encoder is found in the float32 mode's stored Module
             (self.encoder,) = load_programs([encoder])
-        self.compile_s = time.perf_counter() - t0
+        self._pending = None
+        self.compile_s += time.perf_counter() - t0
 
     def encode(self, mel):
         import numpy as np
