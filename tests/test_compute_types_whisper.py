@@ -50,3 +50,23 @@ def test_whisper_bfloat16_encoder_is_close_to_openai_whisper_and_jfk_reads_the_s
     bf16 = WhisperModel(tiny_backend_bf16).transcribe(jfk_audio, language="en")
     f32 = tiny_model.transcribe(jfk_audio, language="en")
     assert bf16["text"] == f32["text"]
+
+
+def test_a_deferred_backend_loads_nothing_until_asked(tiny_backend, jfk_mel):
+    """``defer=True`` (how the compute types' programs above compile in one call): the requests
+    are handed out, nothing runs before ``finish_loading``, and then it is the same backend (its
+    programs the in-process cache's: float32's, loaded by ``tiny_backend``)."""
+    from whisper_fixtures import _backend_of_mode
+
+    from kvgraph.errors import KvgraphError
+
+    backend = _backend_of_mode("tiny.en", "float32", defer=True)
+    names = sorted(r.graph.name for r in backend.pending_requests())
+    assert names == ["whisper_decoder.prefill", "whisper_decoder.step", "whisper_encoder"]
+    with pytest.raises(KvgraphError, match="defer=True; call finish_loading"):
+        backend.encode(jfk_mel[None].numpy())
+    backend.finish_loading()
+    assert backend.pending_requests() == []
+    np.testing.assert_array_equal(
+        backend.encode(jfk_mel[None].numpy()), tiny_backend.encode(jfk_mel[None].numpy())
+    )

@@ -7,6 +7,7 @@ import types
 from concurrent.futures import ThreadPoolExecutor
 
 import kvgraph
+from kvgraph.errors import KvgraphError
 from models.whisper.model.spec import build_encoder, cross_attention_name, spec_from_dims
 from models.whisper.weights.load import load_checkpoint
 
@@ -137,6 +138,8 @@ class MaxWhisperBackend:
         want = (self.dims.n_mels, 2 * self.dims.n_audio_ctx)
         if mel.ndim != 3 or mel.shape[1:] != want:
             raise ValueError(f"encode: mel must be [batch, {want[0]}, {want[1]}], got {list(mel.shape)}")
+        if self._pending is not None:
+            raise KvgraphError("encode: this backend was made with defer=True; call finish_loading() first")
         return self.encoder(mel)[0].to_numpy()
 
     def prefill(self, tokens, audio_features):
