@@ -25,7 +25,6 @@ __all__ = [
     "torch_base",
     "fixture_loader",
     "tiny_backend_bf16",
-    "bf16_int8_backend",
 ]
 
 
@@ -161,16 +160,11 @@ def _modes_together(name: str) -> dict:
     return backends
 
 
-def bf16_int8_backend(name: str):
-    """``name`` with ``compute_type="int8_bfloat16"`` (its encoder the bfloat16 backend's
-    program, its decoder programs compiled for int8 linears), once per session."""
-    return _bf16_backend(name, "int8_bfloat16")
-
-
 @pytest.fixture(scope="session")
 def tiny_backend_bf16():
-    """tiny.en with ``compute_type="bfloat16"``: its own encoder program (compiled once), the
-    decoder's programs those of :func:`tiny_backend` (the same store keys)."""
+    """tiny.en with ``compute_type="bfloat16"``: its encoder program compiled with the int8
+    modes' decoders (MODES_TOGETHER), the decoder's programs those of :func:`tiny_backend` (the
+    same store keys)."""
     _needs("tiny.en")
     return _bf16_backend("tiny.en")
 
