@@ -282,13 +282,17 @@ def _bf16_program():
     return g, w, x, kv
 
 
-@functools.cache
-def _together_weights() -> dict:
-    """One weights dict for the three programs above (their names are disjoint): the programs
-    of one dict compile as one MAX Module, each further graph a fraction of a compile alone."""
-    parts = [_int8_program()[1], _exact_top_program()[2], _bf16_program()[1]]
+def _merged(*parts: dict) -> dict:
+    """One weights dict of several programs' (their names disjoint): the programs of one dict
+    compile as one MAX Module, each further graph a fraction of a compile alone."""
     assert sum(map(len, parts)) == len({k for p in parts for k in p})
     return {k: v for p in parts for k, v in p.items()}
+
+
+@functools.cache
+def _together_weights() -> dict:
+    """The three programs above's weights in one dict."""
+    return _merged(_int8_program()[1], _exact_top_program()[2], _bf16_program()[1])
 
 
 def _requests():
@@ -348,8 +352,8 @@ def _program_without_kernels(name: str, monkeypatch):
 
 @functools.cache
 def _off_weights() -> dict:
-    """One weights dict (one Module) for :func:`_program_without_kernels`: disjoint names."""
-    return {**_exact_top_without_kernels()[2], **_bf16_program()[1]}
+    """One weights dict (one Module) for :func:`_program_without_kernels`."""
+    return _merged(_exact_top_without_kernels()[2], _bf16_program()[1])
 
 
 def _own_engine() -> str:

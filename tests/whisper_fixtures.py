@@ -150,11 +150,7 @@ def _modes_together(name: str) -> dict:
     from kvgraph.max.runtime import load_programs
 
     backends = {m: _backend_of_mode(name, m, defer=True) for m in MODES_TOGETHER}
-    requests = {}
-    for b in backends.values():
-        for r in b.pending_requests():
-            requests.setdefault(r.memo_key(), r)  # the modes share the bfloat16 encoder
-    load_programs(list(requests.values()))
+    load_programs([r for b in backends.values() for r in b.pending_requests()])  # one shared encoder
     for b in backends.values():
         b.finish_loading()  # from the in-process cache
     return backends

@@ -154,15 +154,18 @@ def load_programs(
     (``kvgraph.store``: a persisted compiled artifact, read back without compiling), else
     compiled by MAX and stored. Programs that share one weights dict are compiled as one MAX
     ``Module`` when ``together`` (default :data:`COMPILE_TOGETHER`); the store keeps them as
-    one artifact. Compiles log their progress (program, elapsed seconds) every
+    one artifact; a program asked for twice is loaded once. Compiles log their progress (program, elapsed seconds) every
     :data:`PROGRESS_EVERY_S` seconds on the ``kvgraph`` logger."""
     store = default_store() if store is None else store
     together = COMPILE_TOGETHER if together is None else together
     keys = [r.memo_key() for r in requests]
     out: list[CompiledProgram | None] = [_MODELS.get(k) for k in keys]
-    todo = [i for i, p in enumerate(out) if p is None]
+    todo: dict[tuple, int] = {}  # each program to load, once: at its first request
+    for i, p in enumerate(out):
+        if p is None:
+            todo.setdefault(keys[i], i)
     groups: dict[tuple, list[int]] = {}
-    for i in todo:  # one group per weights dict (a Module binds one registry), or one per program
+    for i in todo.values():  # one group per weights dict (a Module binds one registry), or one per program
         groups.setdefault(("weights", id(requests[i].weights)) if together else ("program", i), []).append(i)
     for idx in groups.values():
         batch = [requests[i] for i in idx]
@@ -173,7 +176,7 @@ def load_programs(
         for i, r, prog in zip(idx, batch, progs):
             _MODELS[keys[i]] = out[i] = prog
             _KEEP[id(r.weights)] = r.weights  # the id in the memo key must not be reused while cached
-    return out
+    return [p if p is not None else _MODELS[k] for p, k in zip(out, keys)]
 
 
 def _load_group(batch: list[ProgramRequest], memo: list[tuple], store: ProgramStore) -> list[CompiledProgram]:
