@@ -5,8 +5,10 @@ one run:
    ``transcribe_many`` in this process on the same files (batch 8 both): throughput within 10 %;
 2. two nodes of one CPU each against one node of one CPU: >= 1.7x. A "node of one CPU" is a
    ``ray start`` whose processes are pinned to one core (``taskset -c``; its actor's MAX threads
-   with it), as a one-CPU machine or container would be: one cluster of a head alone (core 0),
-   one of a head (core 0) and a second node (core 1), both on 127.0.0.1.
+   with it: MAX starts one worker thread per core the process may use), as a one-CPU machine or
+   container would be: one cluster of a head alone (core 0), one of a head (core 0) and a
+   second node (core 1), both on 127.0.0.1, each started for its run and stopped after it (the
+   cluster start is not timed), so that no idle cluster shares the cores with the measured one.
 
 The corpus: examples/jfk.wav and the 28 recorded prompts in ../shared/data/speech (8 kHz,
 resampled by the read tasks), ``--repeat`` times (copies in sub-directories), ~321 s of audio
@@ -26,6 +28,7 @@ other people's jobs on a shared machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import shutil
@@ -102,6 +105,21 @@ def start_node(core: int, temp: Path, head: str | None = None) -> str:
     return head
 
 
+@contextlib.contextmanager
+def cluster(temp: Path, cores: list[int]):
+    """A cluster of one-CPU nodes, one pinned to each of ``cores`` (the head on the first);
+    yields the head's address, stops the nodes afterwards."""
+    from models.whisper.corpus.cluster import stop_nodes
+
+    try:
+        head = start_node(cores[0], temp)
+        for core in cores[1:]:
+            start_node(core, temp, head=head)
+        yield head
+    finally:
+        stop_nodes(temp)
+
+
 def run_ray(name: str, root: Path, files_s: float, work: Path, **kwargs) -> dict:
     from models.whisper.corpus.ray_job import transcribe_corpus
 
@@ -174,23 +192,22 @@ def main() -> None:
     t0 = time.perf_counter()
     model = load_model(args.model)
     plain_load_s = time.perf_counter() - t0
-    one, two = work / "one", work / "two"
     runs = []
     try:
-        head1 = start_node(0, one)
-        head2 = start_node(0, two)
-        start_node(1, two, head=head2)
         for rep in range(args.reps):
             runs.append(run_plain(model, files, files_s))
             with ray_session(None, num_cpus=os.cpu_count()):
                 runs.append(run_ray("b_local_node", root, files_s, work, num_workers=1))
-            runs.append(run_ray("c_one_node_one_cpu", root, files_s, work, address=head1, num_workers=1))
-            runs.append(run_ray("d_two_nodes_one_cpu", root, files_s, work, address=head2, num_workers=2))
+            # each cluster runs alone: an idle cluster beside the measured one would take CPU
+            # that neither configuration has on machines of their own
+            with cluster(work / f"one{rep}", cores=[0]) as head:
+                runs.append(run_ray("c_one_node_one_cpu", root, files_s, work, address=head, num_workers=1))
+            with cluster(work / f"two{rep}", cores=[0, 1]) as head:
+                runs.append(run_ray("d_two_nodes_one_cpu", root, files_s, work, address=head, num_workers=2))
             for r in runs[-4:]:
                 print(rep, {k: v for k, v in r.items() if k != "_texts"}, flush=True)
     finally:
-        for temp in (one, two, work):
-            stop_nodes(temp)
+        stop_nodes(work)
     reference = runs[0]["_texts"]  # words compared: the .txt output has one line per segment
     mismatches = sum(
         " ".join(r["_texts"][f].split()) != " ".join(reference[f].split()) for r in runs for f in files

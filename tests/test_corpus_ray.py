@@ -137,6 +137,25 @@ def test_read_batch_reports_bad_files_in_their_rows(tmp_path):
     assert out["error"][1].startswith(f"{bad}: truncated WAV file")
 
 
+def test_reader_actor_reads_as_read_batch(tmp_path):
+    good = _tone(tmp_path / "a.wav", seconds=0.25)
+    batch = {"file": np.array([str(good), str(tmp_path / "missing.wav")], dtype=object)}
+    got, want = reading.Reader()(batch), reading.read_batch(batch)
+    assert list(got["error"]) == list(want["error"]) and got["error"][0] == "" and got["error"][1]
+    assert got["samples"][0] == want["samples"][0] and got["duration"][0] == 0.25
+
+
+def test_files_go_out_largest_first(tmp_path):
+    from models.whisper.corpus.ray_job import dispatch_order
+
+    files = [_tone(tmp_path / f"{n}.wav", seconds=s) for n, s in (("a", 0.5), ("b", 2.0), ("c", 1.0))]
+    refs = [inputs.AudioRef(str(f), f.name) for f in files]
+    refs.insert(1, inputs.AudioRef("s3://bucket/x.wav", "x.wav"))  # a URI: size unknown, after
+    refs.append(inputs.AudioRef(str(tmp_path / "gone.wav"), "gone.wav"))  # cannot be seen: after
+    order = dispatch_order(list(enumerate(refs)))
+    assert [i for i, _ in order] == [2, 3, 0, 1, 4]
+
+
 def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
     from models.whisper.apps.cli import corpus
 

@@ -3,13 +3,16 @@
 The pipeline (Ray Data's batch-inference shape)::
 
     from_items(files)                                 the files not done yet, listed by the driver
-      .map_batches(read_batch)                         tasks: read + decode + resample to 16 kHz
-      .map_batches(CorpusWorker, ActorPoolStrategy)    actors: model loaded once, batching engine,
+      .map_batches(Reader, ActorPoolStrategy)          reader actors (no CPU reserved): read +
+                                                       decode + resample to 16 kHz, a file a call
+      .map_batches(CorpusWorker, ActorPoolStrategy)    actors: model loaded once, batching engine
+                                                       fed a file a call, up to batch_size at once;
                                                        outputs written by the actor
       .iter_rows()                                     the driver: one manifest row per file
 
 Files whose outputs all exist are skipped before Ray is asked for anything (a rerun with
-nothing left to do does not start Ray). A file that cannot be read or transcribed becomes an
+nothing left to do does not start Ray). The rest go out largest first (local files by size):
+a worker's last file is then a short one, and the workers finish together. A file that cannot be read or transcribed becomes an
 ``error`` row; the job goes on. An actor that dies (its process killed, its node lost) is
 restarted by Ray and its batches are sent again (Ray Data's actor pool retries them without
 limit); the files it had written are not written again (:mod:`models.whisper.corpus.worker`).
@@ -25,9 +28,9 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 
 from models.whisper.corpus.cluster import node_addresses, ray_session
-from models.whisper.corpus.inputs import AudioRef, list_audio
+from models.whisper.corpus.inputs import AudioRef, is_uri, list_audio
 from models.whisper.corpus.outputs import formats_of, is_done, manifest_row, recorded_language, write_manifest
-from models.whisper.corpus.reading import read_batch
+from models.whisper.corpus.reading import Reader
 from models.whisper.corpus.worker import CorpusWorker, WorkerConfig
 
 #: pyarrow (Ray Data's blocks) loaded after a MAX model in the same process crashes in its
@@ -128,28 +131,47 @@ def _pipeline(
 ) -> Iterator[tuple[int, dict]]:
     """The Ray Data job over the ``pending`` files; yields ``(index, manifest row)`` as rows
     arrive. Reads take no CPU of their own (they are brief beside decoding, and a node whose
-    CPUs the actors hold must still read), at most two per worker at once."""
-    items = [{"index": i, "file": ref.file, "name": ref.name} for i, ref in pending]
+    CPUs the actors hold must still read): two reader actors per worker. Each worker takes a
+    file a call, ``batch_size`` calls at once, all into its one batching engine: a worker
+    asks for the next file as soon as one finishes, so no worker waits on another's batch."""
+    items = [{"index": i, "file": ref.file, "name": ref.name} for i, ref in dispatch_order(pending)]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
-        read_batch,
+        Reader,
         batch_size=1,
         batch_format="numpy",
         num_cpus=0,
-        compute=ray.data.TaskPoolStrategy(size=2 * workers),
+        compute=ray.data.ActorPoolStrategy(size=2 * workers),
     )
     ds = ds.map_batches(
         CorpusWorker,
         fn_constructor_args=(config,),
-        batch_size=config.batch_size,
+        batch_size=1,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(
-            size=workers, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True
+            size=workers, max_concurrent_calls_per_actor=config.batch_size, enable_true_multi_threading=True
         ),
         num_cpus=cpus,
     )
     for row in ds.iter_rows():
         yield int(row["index"]), _manifest_row(row)
+
+
+def dispatch_order(pending: list[tuple[int, AudioRef]]) -> list[tuple[int, AudioRef]]:
+    """The order files go out to the workers: largest first (the longest-processing-time-first
+    rule: the workers' last files are short ones, so they finish close together), local files
+    by size in bytes; URIs and files that cannot be seen after them, in their given order."""
+    return sorted(pending, key=lambda p: -_size(p[1].file))
+
+
+def _size(file: str) -> int:
+    """A local file's size in bytes (0 for a URI or a file that cannot be seen)."""
+    if is_uri(file):
+        return 0
+    try:
+        return os.path.getsize(file)
+    except OSError:
+        return 0
 
 
 def _manifest_row(row) -> dict:

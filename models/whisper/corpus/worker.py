@@ -2,10 +2,11 @@
 each load the model once and decode the batches given to them with the batching engine.
 
 Each actor holds one :class:`~models.whisper.engine.batched.BatchedTranscriber` (what
-:func:`~models.whisper.engine.batched.transcribe_many` runs): every file of a batch is submitted
+:func:`~models.whisper.engine.batched.transcribe_many` runs): every file of a call is submitted
 to it, up to ``batch_size`` decode at once with their decoder steps batched, and each file's
-outputs are written (atomically) as it finishes. Ray Data may hand an actor a second batch
-while the first one's last files still decode, so the engine stays full across batches.
+outputs are written (atomically) as it finishes. The job hands an actor one file a call and up
+to ``batch_size`` calls at once (:mod:`models.whisper.corpus.ray_job`), so the engine stays full
+and a finished file makes room for the next one at once.
 
 A file whose outputs all exist when its batch reaches the actor is not decoded again: a
 batch retried after its actor died (Ray restarts the actor and sends the batch again) writes
