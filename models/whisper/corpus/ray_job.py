@@ -149,7 +149,10 @@ def _pipeline(
         batch_size=1,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(
-            size=workers, max_concurrent_calls_per_actor=config.batch_size, enable_true_multi_threading=True
+            size=workers,
+            max_concurrent_calls_per_actor=config.batch_size,
+            max_tasks_in_flight_per_actor=config.batch_size,  # none queued behind a busy worker
+            enable_true_multi_threading=True,
         ),
         num_cpus=cpus,
     )
