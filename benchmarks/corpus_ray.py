@@ -11,7 +11,7 @@ one run:
    cluster start is not timed), so that no idle cluster shares the cores with the measured one.
 
 The corpus: examples/jfk.wav and the 28 recorded prompts in ../shared/data/speech (8 kHz,
-resampled by the read tasks), ``--repeat`` times (copies in sub-directories), ~321 s of audio
+resampled by the readers), ``--repeat`` times (copies in sub-directories), ~321 s of audio
 each time. Each configuration runs ``--reps`` times, interleaved (a, b, c, d, a, b, ...), each
 after waiting for the machine to be quiet (``quiet.wait_quiet``); the fastest run of each is
 compared. Wall times include the job's actor start and model load (the model's programs come
