@@ -13,9 +13,10 @@ The pipeline (Ray Data's batch-inference shape)::
 Files whose outputs all exist are skipped before Ray is asked for anything (a rerun with
 nothing left to do does not start Ray). The rest go out largest first (local files by size):
 a worker's last file is then a short one, and the workers finish together. A file that cannot
-be read or transcribed becomes an ``error`` row; the job goes on. An actor that dies (its process killed, its node lost) is
-restarted by Ray and its batches are sent again (Ray Data's actor pool retries them without
-limit); the files it had written are not written again (:mod:`models.whisper.corpus.worker`).
+be read or transcribed becomes an ``error`` row; the job goes on. An actor that dies (its
+process killed, its node lost) is restarted by Ray and its calls are sent again (Ray Data's
+actor pool retries them without limit); the files it had written are not written again
+(:mod:`models.whisper.corpus.worker`).
 Actors are placed by Ray Data's default strategy, which spreads them over the nodes.
 """
 
