@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quiet import machine, wait_quiet, write_json  # noqa: E402
+from quiet import lscpu_model, machine, wait_quiet, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "speech"
@@ -56,11 +56,6 @@ def busy_jiffies() -> tuple[int, float]:
 def busy_cores(start: tuple[int, float]) -> float:
     j, t = busy_jiffies()
     return round((j - start[0]) / os.sysconf("SC_CLK_TCK") / (t - start[1]), 2)
-
-
-def lscpu_model() -> str | None:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), None)
 
 
 def make_corpus(root: Path, repeat: int) -> list[str]:

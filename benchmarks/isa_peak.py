@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quiet import machine, wait_quiet, write_json  # noqa: E402
+from quiet import lscpu_model, machine, wait_quiet, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -98,11 +98,6 @@ def gflops(exe: Path, kind: str, reps: int) -> list[float]:
         )
         out.append(round(ITERATIONS * 12 * 16 * per_lane / seconds / 1e9, 1))
     return out
-
-
-def lscpu_model() -> str | None:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), None)
 
 
 def main() -> None:

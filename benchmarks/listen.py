@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quiet import Probe, machine, wait_quiet, write_json  # noqa: E402
+from quiet import Probe, lscpu_model, machine, wait_quiet, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
@@ -77,16 +77,6 @@ def standard_words(text: str) -> list[str] | None:
     except ImportError:
         return None
     return EnglishTextNormalizer()(text).split()
-
-
-def lscpu_model() -> str | None:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return next(
-        (line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), None
-    )
 
 
 def feed(pipe, pcm: bytes, written: list) -> None:

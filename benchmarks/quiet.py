@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import time
 
 
@@ -74,6 +75,15 @@ def machine() -> dict:
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+
+
+def lscpu_model() -> str | None:
+    """``lscpu``'s "Model name" (None where lscpu cannot run or does not say)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), None)
 
 
 def measure_interleaved(fns: dict, reps: int, calls: int = 1, threshold: float = 0.3, warmup: int = 0):

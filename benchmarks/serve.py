@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quiet import Probe, machine, write_json  # noqa: E402
+from quiet import Probe, lscpu_model, machine, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_SPEECH = Path("/work/shared/data/speech")
@@ -163,17 +163,6 @@ def run_load(
         "transcripts_differing_from_one_at_a_time": wrong,
         "other_cores": round(max(0.0, probe.other_cores - server_cores), 2),
     }, dict(zip(names, texts))
-
-
-def lscpu_model() -> str | None:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in out.splitlines():
-        if line.lower().startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return None
 
 
 @contextlib.contextmanager

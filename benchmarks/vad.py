@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,23 +30,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from quiet import machine, measure_interleaved, write_json  # noqa: E402
+from quiet import lscpu_model, machine, measure_interleaved, write_json  # noqa: E402
 
 from models.whisper.audio.load import load_audio  # noqa: E402
 from models.whisper.vad.silero import SileroVad, packaged_model_path  # noqa: E402
 from models.whisper.vad.speech import VadOptions, detect_speech  # noqa: E402
 
 SR = 16000
-
-
-def lscpu_model() -> str | None:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return next(
-        (line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), None
-    )
 
 
 def test_audio(minutes: float) -> np.ndarray:
