@@ -137,7 +137,7 @@ def test_a_program_of_another_class_or_cpu_is_a_store_miss(monkeypatch, tmp_path
     ],
 )
 def test_each_cpu_kind_gets_its_bfloat16_engine(flags, granted, env, want, monkeypatch):
-    monkeypatch.setattr(I.native, "cpuinfo", lambda: {"flags": " ".join(sorted(flags))})
+    monkeypatch.setattr(I, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.setattr(I, "_amx_granted", lambda: granted)
     monkeypatch.setattr(I.platform, "machine", lambda: "x86_64")
     for var in (I.AMX_ENV, I.BF16_ENV):
@@ -148,7 +148,7 @@ def test_each_cpu_kind_gets_its_bfloat16_engine(flags, granted, env, want, monke
 
 
 def test_a_bfloat16_engine_this_cpu_lacks_or_misspelt_is_a_one_line_error(monkeypatch):
-    monkeypatch.setattr(I.native, "cpuinfo", lambda: {"flags": " ".join(sorted(ZEN5))})
+    monkeypatch.setattr(I, "cpu_flags", lambda: frozenset(ZEN5))
     monkeypatch.setattr(I, "_amx_granted", lambda: False)
     monkeypatch.setenv(I.BF16_ENV, "amx")
     with pytest.raises(InputError, match="KVGRAPH_BF16=amx: .*amx_tile, amx_bf16"):
@@ -158,3 +158,16 @@ def test_a_bfloat16_engine_this_cpu_lacks_or_misspelt_is_a_one_line_error(monkey
         InputError, match="'avx-512' is not a bfloat16 engine: one of auto, amx, avx512, emulate"
     ):
         I.bf16_engine()
+
+
+@pytest.mark.parametrize(
+    "info, want",
+    [
+        ({"flags": "fpu avx2 fma avx512f"}, {"fpu", "avx2", "fma", "avx512f"}),  # x86
+        ({"Features": "fp asimd evtstrm"}, {"fp", "asimd", "evtstrm"}),  # Arm
+        ({}, set()),  # no /proc/cpuinfo
+    ],
+)
+def test_the_cpu_flags_are_read_from_either_field(info, want, monkeypatch):
+    monkeypatch.setattr(I.native, "cpuinfo", lambda: info)
+    assert I.cpu_flags.__wrapped__() == frozenset(want)  # the uncached reader

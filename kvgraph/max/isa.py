@@ -135,12 +135,16 @@ def make(name: str, l1d: int = 32 * 1024) -> Isa:
 
 
 @functools.cache
-def _detected() -> Isa:
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags: ``/proc/cpuinfo``'s ``flags`` (x86) or ``Features`` (Arm),
+    read once; empty where there is none."""
     info = native.cpuinfo()
-    return make(
-        classify(platform.machine(), frozenset(info.get("flags", info.get("Features", "")).split())),
-        l1d_bytes(),
-    )
+    return frozenset(info.get("flags", info.get("Features", "")).split())
+
+
+@functools.cache
+def _detected() -> Isa:
+    return make(classify(platform.machine(), cpu_flags()), l1d_bytes())
 
 
 def host() -> Isa:
@@ -166,8 +170,7 @@ def _amx_granted() -> bool:
     grant this process the tile state? (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA,
     Linux's Documentation/arch/x86/xstate.rst; a process must ask before its first tile
     instruction. The kernel asks again on each call: processes that never ran this.)"""
-    flags = set(native.cpuinfo().get("flags", "").split())
-    if not {"amx_tile", "amx_bf16"} <= flags or platform.machine() != "x86_64":
+    if not {"amx_tile", "amx_bf16"} <= cpu_flags() or platform.machine() != "x86_64":
         return False
     try:
         import ctypes
@@ -201,10 +204,8 @@ def bf16_engine() -> str:
     if forced in ("", "auto"):
         if amx():
             return "amx"
-        flags = set(native.cpuinfo().get("flags", "").split())
-        return (
-            "avx512" if platform.machine() == "x86_64" and {"avx512f", "avx512_bf16"} <= flags else "emulate"
-        )
+        x86_bf16 = platform.machine() == "x86_64" and {"avx512f", "avx512_bf16"} <= cpu_flags()
+        return "avx512" if x86_bf16 else "emulate"
     from ..errors import InputError
 
     if forced not in BF16_ENGINES:
