@@ -1,7 +1,8 @@
 """Whole transcriptions with beam search (beam 5, best_of 5 — openai-whisper's CLI defaults),
 tiny.en, model loaded: kvgraph (MAX) vs openai-whisper (PyTorch, fp32) vs faster-whisper
 (CTranslate2 fp32 and int8, when ``faster_whisper`` is installed: ``pip install
-faster-whisper``), each engine in its own process (MAX's and torch's threads slow each other
+faster-whisper soundfile soxr`` in the environment ``--faster-python`` names — its child reads
+the clips with kvgraph's reader), each engine in its own process (MAX's and torch's threads slow each other
 inside one), on the same decoded audio: JFK, two recorded telephone prompts and a >60 s
 long-form clip. Each child warms up once, then times every clip ``--reps`` times (median);
 the parent runs the engines one after another and reports whether each one's texts equal
