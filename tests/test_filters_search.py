@@ -316,6 +316,43 @@ def test_topk_rows_is_each_rows_torch_topk():
         np.testing.assert_array_equal(ours_v, values.numpy())
 
 
+@pytest.mark.parametrize("path", ["native", "numpy"])
+def test_topk_of_log_probs_is_torch_topk_of_log_softmax(monkeypatch, path):
+    """What a beam step takes: torch's log_softmax then topk, per row, in torch's order --
+    from the logits and their normalizers, in one pass (the Mojo twin's heap) or through the
+    log-probabilities and torch_topk_rows (NumPy). Ties, NaN, -inf and short rows included."""
+    if path == "numpy":
+        monkeypatch.setattr(tf, "native_library", lambda: None)
+    elif tf.native_library() is None:
+        pytest.fail("the Mojo twin of torch_float did not build (see the log)")
+    rng = np.random.default_rng(11)
+    for case in range(60):
+        n = [51865, 51864, 640, 1000][case % 4]
+        rows, k = int(rng.integers(1, 7)), int(rng.integers(1, min(8, n // 64) + 1))
+        kind = case % 5
+        if kind == 0:
+            x = rng.integers(-3, 3, (rows, n)).astype(np.float32)  # ties everywhere
+        elif kind == 1:
+            x = np.full((rows, n), -np.inf, np.float32)
+            for r in range(rows):
+                x[r, rng.integers(0, n, rng.integers(1, 9))] = rng.integers(-2, 2)
+        elif kind == 2:
+            x = rng.standard_normal((rows, n)).astype(np.float32)
+            x[:, rng.integers(0, n, 4)] = x.max()  # a tie at the top
+        elif kind == 3:
+            x = rng.standard_normal((rows, n)).astype(np.float32)
+            x[:, rng.integers(0, n, 2)] = np.nan
+        else:
+            x = (rng.standard_normal((rows, n)) * 5).astype(np.float32)
+        top, logs = tf.log_normalizers(x)
+        values, idx = F.log_softmax(torch.from_numpy(x), dim=-1).topk(k, dim=-1)
+        ours_v, ours_i = ks.topk_log_probs(x, top, logs, k)
+        np.testing.assert_array_equal(ours_i, idx.numpy())
+        np.testing.assert_array_equal(ours_v, values.numpy())
+    with pytest.raises(ValueError, match="partial_sort"):
+        ks.topk_log_probs(x[:, :100], top, logs, 2)
+
+
 def test_greedy_matches_openai():
     rng = np.random.default_rng(6)
     tok = get_tokenizer(True, num_languages=99)
@@ -460,8 +497,11 @@ def test_ranker_matches_openai(length_penalty):
 # Sampling
 
 
+@pytest.mark.parametrize("path", ["native", "numpy"])
 @pytest.mark.parametrize("temperature", [0.2, 0.6, 1.0])
-def test_sampling_probs_match_torch(temperature):
+def test_sampling_probs_match_torch(monkeypatch, temperature, path):
+    if path == "numpy":
+        monkeypatch.setattr(tf, "native_library", lambda: None)
     rng = np.random.default_rng(9)
     tok = get_tokenizer(True, num_languages=99)
     logits = random_logits(rng, 4, tok)

@@ -95,6 +95,32 @@ def test_log_normalizers_equal_the_numpy_emulation(lib, monkeypatch, lanes, n):
         assert same_bits(top, ref_top) and same_bits(logs, ref_logs), (logs, ref_logs)
 
 
+@pytest.mark.parametrize("n", [51864, 51865, 1000, 23, 7])
+def test_sampling_probabilities_and_blocks_equal_the_numpy_twin(lib, monkeypatch, n):
+    """The sampler's probabilities and the float64 sums of their CDF blocks, from the Mojo
+    twin and from NumPy, bit for bit: rows with -inf, a NaN, all -inf, several temperatures."""
+    from models.whisper.decoding import search
+
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((6, n)) * 4).astype(F32)
+    x[:, rng.integers(0, n, n // 3)] = -np.inf
+    x[1, :] = -np.inf
+    x[2, n // 2] = np.nan
+    x[3] *= 30  # a wide range: exps below SLEEF's cutoff
+    wide = np.zeros((6, n + 5), F32)
+    wide[:, :n] = x  # rows strided, as a view of a wider batch
+    for t in (0.2, 0.5, 1.0, 1.3):
+        fast = search._probs_and_blocks(wide[:, :n], t)
+        with monkeypatch.context() as m:
+            numpy_twin(m)
+            slow = search._probs_and_blocks(wide[:, :n], t)
+        assert same_bits(fast[0], slow[0]), (
+            t,
+            np.flatnonzero((fast[0].view(np.uint32) != slow[0].view(np.uint32)).any(1)),
+        )
+        assert np.array_equal(fast[1].view(np.uint64), slow[1].view(np.uint64)), t
+
+
 def test_the_library_key_covers_source_compiler_and_cpu(monkeypatch, tmp_path):
     src = tmp_path / "k.mojo"
     src.write_text("# a\n")

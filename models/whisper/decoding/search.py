@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from models.whisper.decoding import torch_float as tf
 from models.whisper.decoding.filters import SHARED_MEMO, NormalizerMemo
-from models.whisper.decoding.torch_float import F32, F64, log_probs_at, logsumexp, sleef_expf
+from models.whisper.decoding.torch_float import F32, F64, log_probs_at, sleef_expf
 
 # --------------------------------------------------------------------------
 # torch.topk's order (libstdc++'s std::partial_sort with a NaN-first "greater")
@@ -111,6 +112,35 @@ def torch_topk_rows(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
     return np.take_along_axis(values, idx, axis=1), idx
 
 
+def topk_log_probs(
+    logits: np.ndarray, top: np.ndarray, logs: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``torch.topk(log_softmax(logits), k)`` of every row, the log-probabilities being
+    ``(logits - top) - logs`` in float32 (``torch_float.log_normalizers``' terms): values
+    f32[rows, k] and indices i64[rows, k] in torch's order, ties and NaN included. The Mojo
+    twin keeps std::partial_sort's heap (:func:`_heap_topk`) in one pass over each row, never
+    forming the log-probabilities; the NumPy code forms them and takes
+    :func:`torch_topk_rows`."""
+    logits = np.asarray(logits, dtype=F32)
+    rows, n = logits.shape
+    if k < 1 or 64 * k > n:
+        raise ValueError(f"torch_topk: k={k} needs 1 <= 64*k <= {n} (partial_sort's range)")
+    lib = tf.native_library()
+    if lib is not None and logits.strides[1] == 4 and logits.strides[0] % 4 == 0:
+        top = np.ascontiguousarray(top, dtype=F32)
+        logs = np.ascontiguousarray(logs, dtype=F32)
+        values = np.empty((rows, k), F32)
+        idx = np.empty((rows, k), np.int64)
+        lib.kv_topk_log_probs(
+            logits.ctypes.data, rows, n, logits.strides[0] // 4, top.ctypes.data, logs.ctypes.data, k,
+            values.ctypes.data, idx.ctypes.data,
+        )  # fmt: skip
+        return values, idx
+    with np.errstate(invalid="ignore"):
+        logprobs = (logits - np.asarray(top, F32)[:, None]) - np.asarray(logs, F32)[:, None]
+    return torch_topk_rows(logprobs, k)
+
+
 # --------------------------------------------------------------------------
 # Sampling
 
@@ -121,16 +151,68 @@ def sampling_probs(logits: np.ndarray, temperature: float) -> np.ndarray:
     exps are SLEEF's float32 ones (torch's softmax kernel's), the sums float64: sampling is
     random in openai-whisper too, so the contract here is torch's probabilities within float
     tolerance (tests/test_filters_search.py, tests/test_whisper_max.py)."""
-    z = np.asarray(logits, dtype=F32) / F32(temperature)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        z = z - logsumexp(z, sleef_exps=True)[..., None]
-        e = sleef_expf(z - z.max(axis=-1, keepdims=True))
-        total = e.sum(axis=-1, keepdims=True, dtype=F64).astype(F32)
-        return e * (F32(1.0) / total)
+    return _probs_and_blocks(logits, temperature)[0]
 
 
-#: tokens per block of the sampling CDF (:func:`sample`)
+#: tokens per block of the sampling CDF (:func:`sample`; a multiple of 16)
 _CDF_BLOCK = 256
+
+
+def _lane_sums64(e: np.ndarray, block: int | None = None) -> np.ndarray:
+    """Float64 sums of the rows of ``e`` f32[rows, n] in the Mojo twin's order: eight lanes
+    (lane j adds elements j, j + 8, ... in turn) folded by halves. Per ``block`` elements (a
+    multiple of 8) when given: f64[rows, blocks], the last block perhaps shorter."""
+    rows, n = e.shape
+    size = block if block is not None else max(8, -(-n // 8) * 8)
+    nb = max(1, -(-n // size))
+    padded = np.zeros((rows, nb * size), F64)  # zeros add nothing
+    padded[:, :n] = e
+    lanes = np.cumsum(padded.reshape(rows, nb, size // 8, 8), axis=2)[:, :, -1, :]  # in order
+    half = lanes[..., :4] + lanes[..., 4:]
+    sums = (half[..., 0] + half[..., 2]) + (half[..., 1] + half[..., 3])
+    return sums if block is not None else sums[:, 0]
+
+
+def _probs_and_blocks(logits: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`sampling_probs` and the float64 sums of its blocks of :data:`_CDF_BLOCK`
+    probabilities f64[rows, blocks]. The Mojo twin makes them in three passes over a row
+    (max, exps and sum, exps and sums again); the NumPy code takes the same float32 and
+    float64 steps in the same order (the tests hold the two equal bit for bit)."""
+    x = np.asarray(logits, dtype=F32)
+    rows, n = x.shape
+    t = F32(temperature)
+    lib = tf.native_library()
+    native = lib is not None and n > 0 and x.strides[1] == 4 and x.strides[0] % 4 == 0
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        if native:
+            z, top, total = np.empty((rows, n), F32), np.empty(rows, F32), np.empty(rows, F32)
+            lib.kv_tempered_exp_sums(
+                x.ctypes.data,
+                rows,
+                n,
+                x.strides[0] // 4,
+                t,
+                z.ctypes.data,
+                top.ctypes.data,
+                total.ctypes.data,
+            )
+        else:
+            z = x / t
+            top = z.max(axis=1) if n else np.full(rows, -np.inf, F32)
+        shift = np.where(np.isinf(top), F32(0.0), top).astype(F32)
+        if not native:
+            total = _lane_sums64(sleef_expf(z - shift[:, None])).astype(F32)
+        lse = (np.log(total.astype(F64)).astype(F32) + shift).astype(F32)  # torch.logsumexp's
+        peak = (top - lse).astype(F32)  # the largest of z - lse: rounding keeps the order
+        if native:  # the probabilities replace z
+            blocks = np.empty((rows, -(-n // _CDF_BLOCK)), F64)
+            lib.kv_sampling_probs(
+                z.ctypes.data, rows, n, lse.ctypes.data, peak.ctypes.data, blocks.ctypes.data, _CDF_BLOCK
+            )
+            return z, blocks
+        e = sleef_expf((z - lse[:, None]) - peak[:, None])
+        probs = e * (F32(1.0) / _lane_sums64(e).astype(F32))[:, None]
+        return probs, _lane_sums64(probs, _CDF_BLOCK)
 
 
 def sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
@@ -141,10 +223,10 @@ def sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> 
     :data:`_CDF_BLOCK` probabilities, then the running sum inside the one block the draw lands
     in (a running sum over the whole vocabulary is a chain of ~52,000 dependent additions per
     row: most of a sampled step's host time)."""
-    probs = sampling_probs(logits, temperature)
+    probs, blocks = _probs_and_blocks(logits, temperature)
     rows, n = probs.shape
     starts = np.arange(0, n, _CDF_BLOCK)
-    cum = np.cumsum(np.add.reduceat(probs, starts, axis=1, dtype=np.float64), axis=1)
+    cum = np.cumsum(blocks, axis=1)
     total = cum[:, -1]
     if not np.all(np.isfinite(total) & (total > 0)):
         raise ValueError("sample: a row of logits has no finite entry to draw from")
@@ -302,9 +384,7 @@ class BeamSearchDecoder:
         origin: dict[tuple, int] = {}
         first = audio * self.beam_size
         group = slice(first, first + self.beam_size)
-        with np.errstate(invalid="ignore"):
-            logprobs = (logits[group] - top[group, None]) - logs[group, None]
-        best, best_idx = torch_topk_rows(logprobs, self.beam_size + 1)
+        best, best_idx = topk_log_probs(logits[group], top[group], logs[group], self.beam_size + 1)
         for row in range(first, first + self.beam_size):
             values, idx = best[row - first], best_idx[row - first]
             prefix = tokens[row].tobytes()

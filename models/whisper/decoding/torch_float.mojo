@@ -1,5 +1,6 @@
 # torch's CPU float32 exp and log (SLEEF's expf / logf, u10, which Vectorized<float> calls) and
-# its vectorised sums, as a shared library for torch_float.py (built by kvgraph/max/native.py).
+# its vectorised sums, as a shared library for torch_float.py (built by kvgraph/max/native.py);
+# and, for search.py, torch.topk's order over log-probabilities and the sampler's probabilities.
 # The same float32 operations in the same order as torch_float.py's NumPy twins, which
 # document the algorithms (after SLEEF's sleefsimdsp.c: xexpf, xlogf_u1); the tests hold the
 # two equal bit for bit. Fused multiply-adds are written as such; every other product passes an
@@ -144,3 +145,208 @@ def kv_exp_lane_sums(x: Ptr, rows: Int, n: Int, stride: Int, top: Ptr, lanes: In
         var t = top.unsafe_load[width=1](r)[0]
         var s = row_sum[16](x + r * stride, n, t) if lanes == 16 else row_sum[8](x + r * stride, n, t)
         sums.unsafe_store(r, s)
+
+
+# --------------------------------------------------------------------------
+# torch.topk's order: libstdc++'s std::partial_sort over (value, index) pairs with torch's
+# comparator (NaN ranks above numbers, otherwise larger first), as search.py's _heap_topk.
+
+comptime IPtr = UnsafePointer[Int64, MutAnyOrigin]
+
+
+@always_inline
+def before(a: Float32, b: Float32) -> Bool:
+    return (a.ne(a) and b.eq(b)) or a.gt(b)
+
+
+@always_inline
+def sift(vals: Ptr, idx: IPtr, hole0: Int, length: Int, v: Float32, i: Int64):
+    """libstdc++'s __adjust_heap then __push_heap on the heap vals/idx[0:length]: sink the
+    hole to a leaf along the preferred children, then float (v, i) up from there."""
+    var hole = hole0
+    var child = hole0
+    while child < (length - 1) // 2:
+        child = 2 * (child + 1)
+        if before(vals[child], vals[child - 1]):
+            child -= 1
+        vals[hole] = vals[child]
+        idx[hole] = idx[child]
+        hole = child
+    if length % 2 == 0 and child == (length - 2) // 2:
+        child = 2 * (child + 1)
+        vals[hole] = vals[child - 1]
+        idx[hole] = idx[child - 1]
+        hole = child - 1
+    while hole > hole0:
+        var parent = (hole - 1) // 2
+        if not before(vals[parent], v):
+            break
+        vals[hole] = vals[parent]
+        idx[hole] = idx[parent]
+        hole = parent
+    vals[hole] = v
+    idx[hole] = i
+
+
+@export
+def kv_topk_log_probs(x: Ptr, rows: Int, n: Int, stride: Int, top: Ptr, logs: Ptr, k: Int, vals: Ptr, idx: IPtr):
+    """For each row r < rows of x (rows stride elements apart): torch.topk of the row's
+    log-probabilities (x[r, i] - top[r]) - logs[r] (float32, rounded twice), k of them, into
+    vals[r * k:] and idx[r * k:] in torch's order (std::partial_sort's heap; 1 <= k <= n)."""
+    comptime W = 16
+    for r in range(rows):
+        var xr = x + r * stride
+        var t = top[r]
+        var lg = logs[r]
+        var hv = vals + r * k
+        var hi = idx + r * k
+        for j in range(k):
+            hv[j] = (xr[j] - t) - lg
+            hi[j] = Int64(j)
+        if k >= 2:  # make_heap
+            var parent = (k - 2) // 2
+            while True:
+                sift(hv, hi, parent, k, hv[parent], hi[parent])
+                if parent == 0:
+                    break
+                parent -= 1
+        var pos = k
+        var tv = SIMD[F, W](t)
+        var lv = SIMD[F, W](lg)
+        while pos + W <= n and hv[0].eq(hv[0]):  # a NaN at the top: nothing enters any more
+            var v = (xr.unsafe_load[width=W](pos) - tv) - lv
+            if (v.gt(SIMD[F, W](hv[0])) | v.ne(v)).reduce_or():
+                for c in range(W):
+                    if before(v[c], hv[0]):
+                        sift(hv, hi, 0, k, v[c], Int64(pos + c))
+            pos += W
+        while pos < n:
+            var v = (xr[pos] - t) - lg
+            if before(v, hv[0]):
+                sift(hv, hi, 0, k, v, Int64(pos))
+            pos += 1
+        var last = k - 1
+        while last > 0:  # sort_heap
+            var v = hv[last]
+            var i = hi[last]
+            hv[last] = hv[0]
+            hi[last] = hi[0]
+            sift(hv, hi, 0, last, v, i)
+            last -= 1
+
+
+# --------------------------------------------------------------------------
+# Sampling's probabilities (search.py's sampling_probs): exps are SLEEF's, sums float64 in
+# eight lanes (lane j adds elements j, j + 8, ... in turn; the lanes fold by halves).
+
+comptime D = DType.float64
+comptime DPtr = UnsafePointer[Float64, MutAnyOrigin]
+
+
+@always_inline
+def fold8(acc: SIMD[D, 8]) -> Float64:
+    var a0 = acc[0] + acc[4]
+    var a1 = acc[1] + acc[5]
+    var a2 = acc[2] + acc[6]
+    var a3 = acc[3] + acc[7]
+    return (a0 + a2) + (a1 + a3)
+
+
+@always_inline
+def add16(acc: SIMD[D, 8], v: SIMD[F, 16]) -> SIMD[D, 8]:
+    """acc plus the 16 values of v in turn: elements 0-7, then 8-15, lane by lane."""
+    return (acc + v.slice[8, offset=0]().cast[D]()) + v.slice[8, offset=8]().cast[D]()
+
+
+@export
+def kv_tempered_exp_sums(x: Ptr, rows: Int, n: Int, stride: Int, temperature: Float32, z: Ptr, tops: Ptr, sums: Ptr):
+    """For each row r: z[r] = x[r] / temperature (float32; z is contiguous), tops[r] = max
+    z[r] (NaN if any is), sums[r] = the lane-ordered float64 sum of expf(z[r] - m), m =
+    tops[r] or 0 where it is infinite, rounded to float32."""
+    comptime W = 16
+    var tw = SIMD[F, W](temperature)
+    for r in range(rows):
+        var xr = x + r * stride
+        var zr = z + r * n
+        var mx = SIMD[F, W](-Float32.MAX) * SIMD[F, W](2.0)  # -inf
+        var nan = SIMD[DType.bool, W](fill=False)
+        var i = 0
+        while i + W <= n:
+            var v = xr.unsafe_load[width=W](i) / tw
+            zr.unsafe_store(i, v)
+            nan |= v.ne(v)
+            mx = v.gt(mx).select(v, mx)
+            i += W
+        var m = mx.reduce_max()
+        var anynan = nan.reduce_or()
+        while i < n:
+            var v = xr[i] / temperature
+            zr[i] = v
+            anynan = anynan or v.ne(v)
+            if v.gt(m):
+                m = v
+            i += 1
+        if anynan:
+            m = SIMD[F, 1](0.0) / SIMD[F, 1](0.0)  # NaN, as NumPy's max gives it
+        tops[r] = m
+        var m0 = m
+        if m.eq(m) and (m.gt(Float32.MAX) or m.lt(-Float32.MAX)):
+            m0 = 0.0
+        var mv = SIMD[F, W](m0)
+        var acc = SIMD[D, 8](0.0)
+        i = 0
+        while i + W <= n:
+            acc = add16(acc, expf[W](zr.unsafe_load[width=W](i) - mv))
+            i += W
+        while i < n:
+            acc[i % 8] = acc[i % 8] + expf[1](zr[i] - m0).cast[D]()[0]
+            i += 1
+        sums[r] = fold8(acc).cast[F]()
+
+
+@export
+def kv_sampling_probs(z: Ptr, rows: Int, n: Int, lse: Ptr, peak: Ptr, blocks: DPtr, block: Int):
+    """For each row r of z (contiguous, kv_tempered_exp_sums' z), in place: e = expf((z[r] -
+    lse[r]) - peak[r]) (float32, each step rounded), then z[r] = e * (1 / total) with total
+    the lane-ordered float64 sum of e rounded to float32; blocks[r, b] = the lane-ordered
+    float64 sum of those probabilities over block b of block elements (a multiple of 16; the
+    last block may be shorter)."""
+    comptime W = 16
+    var nb = (n + block - 1) // block
+    for r in range(rows):
+        var pr = z + r * n
+        var l = lse[r]
+        var pk = peak[r]
+        var lv = SIMD[F, W](l)
+        var mv = SIMD[F, W](pk)
+        var acc = SIMD[D, 8](0.0)
+        var i = 0
+        while i + W <= n:
+            var e = expf[W]((pr.unsafe_load[width=W](i) - lv) - mv)
+            pr.unsafe_store(i, e)
+            acc = add16(acc, e)
+            i += W
+        while i < n:
+            var e = expf[1]((pr[i] - l) - pk)
+            pr[i] = e[0]
+            acc[i % 8] = acc[i % 8] + e.cast[D]()[0]
+            i += 1
+        var total = fold8(acc).cast[F]()
+        var one = SIMD[F, 1](1.0) / total
+        var scale = SIMD[F, W](one)
+        for b in range(nb):
+            var lo = b * block
+            var hi = min(lo + block, n)
+            var bacc = SIMD[D, 8](0.0)
+            var j = lo
+            while j + W <= hi:
+                var p = pr.unsafe_load[width=W](j) * scale
+                pr.unsafe_store(j, p)
+                bacc = add16(bacc, p)
+                j += W
+            while j < hi:
+                var p = pr[j] * one
+                pr[j] = p
+                bacc[(j - lo) % 8] = bacc[(j - lo) % 8] + p.cast[D]()
+                j += 1
+            blocks[r * nb + b] = fold8(bacc)

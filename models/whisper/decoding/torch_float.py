@@ -27,7 +27,9 @@ operations with real fused multiply-adds), built into a shared library on first 
 (:mod:`kvgraph.max.native`) and taken when it loads: some ten times faster than the NumPy
 emulation, which stays as its twin (no compiler, or ``KVGRAPH_NATIVE=off``) and its check
 (the tests hold both equal bit for bit, and an exhaustive run over every float32 input of
-``expf`` in [-128, 128] found no difference).
+``expf`` in [-128, 128] found no difference). The same library holds ``search.py``'s beam top-k
+and sampler probabilities (``kv_topk_log_probs``, ``kv_tempered_exp_sums``,
+``kv_sampling_probs``), with their NumPy twins there.
 """
 
 from __future__ import annotations
@@ -77,12 +79,22 @@ def native_library() -> Any:
     lib = native.library(_NATIVE_SOURCE)
     if lib is None:
         return None
-    p, n = ctypes.c_void_p, ctypes.c_int64
+    p, n, f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
     lib.kv_expf.argtypes = (p, p, n)
     lib.kv_logf.argtypes = (p, p, n, n)
     lib.kv_exp_lane_sums.argtypes = (p, n, n, n, p, n, p)
-    for f in (lib.kv_expf, lib.kv_logf, lib.kv_exp_lane_sums):
-        f.restype = None
+    lib.kv_topk_log_probs.argtypes = (p, n, n, n, p, p, n, p, p)
+    lib.kv_tempered_exp_sums.argtypes = (p, n, n, n, f, p, p, p)
+    lib.kv_sampling_probs.argtypes = (p, n, n, p, p, p, n)
+    for fn in (
+        lib.kv_expf,
+        lib.kv_logf,
+        lib.kv_exp_lane_sums,
+        lib.kv_topk_log_probs,
+        lib.kv_tempered_exp_sums,
+        lib.kv_sampling_probs,
+    ):
+        fn.restype = None
     return lib
 
 
@@ -515,18 +527,17 @@ def log_probs_at(logits: np.ndarray, top: np.ndarray, logs: np.ndarray, idx: np.
         return (logits[rows, idx] - top) - logs
 
 
-def logsumexp(x: np.ndarray, sleef_exps: bool = False) -> np.ndarray:
+def logsumexp(x: np.ndarray) -> np.ndarray:
     """``torch.logsumexp(x, dim=-1)`` of float32 ``x``: ``log(sum(exp(x - m))) + m`` with m
     the row maximum (0 where it is infinite). torch's elementwise ``exp`` comes from MKL,
     which is not reproducible here; exp and the sum are correctly rounded instead, which
-    agrees with it but for the last bit now and then. ``sleef_exps``: SLEEF's float32 exps
-    (:func:`sleef_expf`, fast with the Mojo twin) for a caller that needs torch's value only
-    within float tolerance (sampling), over whole vocabularies."""
+    agrees with it but for the last bit now and then. (Sampling forms its own, with SLEEF's
+    exps: ``search.sampling_probs``.)"""
     x = np.asarray(x, dtype=F32)
     top = x.max(axis=-1)
     top = np.where(np.isinf(top), F32(0.0), top).astype(F32)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         d = x - top[..., None]
-        e = sleef_expf(d) if sleef_exps else np.exp(d.astype(F64)).astype(F32)
+        e = np.exp(d.astype(F64)).astype(F32)
         total = e.astype(F64).sum(axis=-1).astype(F32)
         return np.log(total.astype(F64)).astype(F32) + top
