@@ -248,11 +248,28 @@ def test_help_does_not_import_heavy_modules():
         ["x.wav", "--language", "klingon"],
         ["x.wav", "--beam_size", "many"],
         ["x.wav", "--bogus"],
+        ["x.wav", "--temperature", "-1"],
+        ["x.wav", "--temperature", "nan"],
+        ["x.wav", "--temperature", "inf"],
+        ["x.wav", "--temperature_increment_on_fallback", "0"],
+        ["x.wav", "--temperature-increment-on-fallback", "nan"],
     ],
 )
 def test_usage_errors_exit_2(argv, loader, capsys):
     assert main(argv, load_backend=loader) == 2
     assert loader.calls == []
+    if any("temperature" in a for a in argv):  # one line naming the option, no traceback
+        err = capsys.readouterr().err
+        assert "argument --temperature" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("t", [-0.5, float("nan"), float("inf"), "hot"])
+def test_decoding_options_refuse_a_temperature_no_decode_can_take(t):
+    from models.whisper.decoding.options import DecodingOptions
+
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+        DecodingOptions(temperature=t).check()
+    assert DecodingOptions(temperature=np.float32(0.5)).check().temperature == np.float32(0.5)
 
 
 def test_options_reach_backend(tmp_path, good, loader):

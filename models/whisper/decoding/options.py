@@ -32,7 +32,15 @@ class DecodingOptions:
     fp16: bool = True
 
     def check(self) -> DecodingOptions:
-        """``self``, or ValueError naming the options that cannot go together."""
+        """``self``, or ValueError naming the options that cannot go together (or a value
+        no decode can take: a temperature that is negative or not finite fails in openai-whisper
+        too, inside torch's sampler)."""
+        try:
+            t = float(self.temperature)
+        except (TypeError, ValueError):
+            t = math.nan
+        if not (math.isfinite(t) and t >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
         if self.beam_size is not None and self.best_of is not None:
             raise ValueError("beam_size and best_of can't be given together")
         if self.temperature == 0 and self.best_of is not None:

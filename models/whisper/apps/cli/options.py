@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from models.whisper.model.compute import COMPUTE_TYPES
 from models.whisper.transcription.outputs import OUTPUT_FORMATS, WORD_OPTIONS
@@ -28,6 +29,22 @@ def optional_int(string: str) -> int | None:
 
 def optional_float(string: str) -> float | None:
     return None if string == "None" else float(string)
+
+
+def temperature(string: str) -> float:
+    """A sampling temperature: a finite number >= 0 (0: greedy, or beam search)."""
+    t = float(string)
+    if not (math.isfinite(t) and t >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {string!r}")
+    return t
+
+
+def optional_increment(string: str) -> float | None:
+    """The fallback's temperature step: None (no fallback) or a finite number > 0."""
+    step = optional_float(string)
+    if step is not None and not (math.isfinite(step) and step > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0 or None, got {string!r}")
+    return step
 
 
 DECODE_OPTIONS = (
@@ -159,7 +176,7 @@ def _add_decoding(p: argparse.ArgumentParser) -> None:
     )
     add("--language", default=None, help="language spoken in the audio (code or name); detected if not given")
 
-    add("--temperature", type=float, default=0.0, help="temperature to use for sampling")
+    add("--temperature", type=temperature, default=0.0, help="temperature to use for sampling")
     add(
         "--best_of",
         "--best-of",
@@ -235,7 +252,7 @@ def _add_fallback(p: argparse.ArgumentParser) -> None:
         "--temperature_increment_on_fallback",
         "--temperature-increment-on-fallback",
         dest="temperature_increment_on_fallback",
-        type=optional_float,
+        type=optional_increment,
         default=0.2,
         help="temperature increase when falling back after failing the thresholds below",
     )
