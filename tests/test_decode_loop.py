@@ -86,6 +86,24 @@ def test_tiny_en_jfk_identical(tiny_en, jfk, options):
     assert_identical(ours, ref)
 
 
+def test_a_clip_ending_past_the_recording_ends_with_it(tiny_en, jfk):
+    """openai-whisper never returns for a clip whose end lies past the recording's (its seek
+    stops at the recording's end, short of the clip's, and it decodes empty windows there
+    forever): kvgraph takes the recording's end as the clip's, and gives what openai gives for
+    that clip, which it does finish."""
+    # the clips alone first: without the clamp, the decode below would never end
+    clips = longform.seek_clips("1.5,60,70,80", 1100)
+    assert clips == [(150, 1100), (7000, 1100)]  # the second clip: nothing left of it
+    for bad in ("-1,5", "nan", "1,x"):
+        with pytest.raises(ValueError, match="clip_timestamps"):
+            longform.seek_clips(bad, 1100)
+    end = len(jfk) / 16000  # the recording's end in seconds: 11.0 s, 1100 frames
+    ref = oracle.transcribe(tiny_en, jfk, fp16=False, temperature=0.0, clip_timestamps=f"1.5,{end}")
+    ours = longform.transcribe(TorchBackend(tiny_en), jfk, temperature=0.0, clip_timestamps="1.5,60")
+    assert_identical(ours, ref)
+    assert ref["text"]
+
+
 @pytest.mark.parametrize("name", SPEECH_CLIPS)
 def test_tiny_en_speech_clips_identical(tiny_en, name):
     path = SPEECH / f"{name}.wav"

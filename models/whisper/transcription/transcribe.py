@@ -17,6 +17,7 @@ tokens' log-probabilities (``seg["token_logprobs"]``, aligned with ``seg["tokens
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -521,13 +522,25 @@ def clear_if_empty(seg: dict) -> None:
 
 def seek_clips(clip_timestamps, content_frames: int) -> list[tuple[int, int]]:
     """``[(start frame, end frame), ...]`` of ``"start,end,start,end,..."`` seconds (the last
-    end defaults to the end of the recording)."""
+    end defaults to the end of the recording). An end past the recording's end is its end:
+    openai-whisper keeps decoding empty windows there forever (its seek stops moving once it
+    reaches the recording's end short of the clip's), so a clip such as ``"0,60"`` over a 30 s
+    file never finishes there; kvgraph gives the windows openai decodes before that, then stops.
+    Times must be finite and >= 0 (ValueError naming them)."""
     if isinstance(clip_timestamps, str):
-        clip_timestamps = [float(ts) for ts in clip_timestamps.split(",")] if clip_timestamps else []
+        try:
+            clip_timestamps = [float(ts) for ts in clip_timestamps.split(",")] if clip_timestamps else []
+        except ValueError:
+            raise ValueError(
+                f"clip_timestamps: expected comma-separated seconds, got {clip_timestamps!r}"
+            ) from None
+    bad = [ts for ts in clip_timestamps if not (math.isfinite(ts) and ts >= 0)]
+    if bad:
+        raise ValueError(f"clip_timestamps: times must be finite and >= 0, got {bad[0]!r}")
     points = [round(ts * FRAMES_PER_SECOND) for ts in clip_timestamps] or [0]
     if len(points) % 2 == 1:
         points.append(content_frames)
-    return list(zip(points[::2], points[1::2]))
+    return [(start, min(end, content_frames)) for start, end in zip(points[::2], points[1::2])]
 
 
 def last_end(segments: list[dict]) -> float | None:
