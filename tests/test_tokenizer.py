@@ -178,6 +178,11 @@ def test_encode_decode_texts(config):
         special_text, disallowed_special=()
     )
     assert mine.decode_with_timestamps([oracle.timestamp_begin + 54]) == "<|1.08|>"
+    # a user's text (prompt, prefix): the same refusals, as one line naming the text and the token
+    for text in TEXTS + ["a <| b |>", "|> <|notatoken|>"]:
+        assert mine.encode_text(text, "prompt") == oracle.encode(text), text
+    with pytest.raises(ValueError, match=r"^initial_prompt holds '<\|endoftext\|>', a special token's name"):
+        mine.encode_text(special_text, "initial_prompt")
 
 
 @pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[7]], ids=str)

@@ -135,12 +135,20 @@ class DecodingTask:
         tok, opt = self.tokenizer, self.options
         tokens = list(self.sot_sequence)
         if opt.prefix:
-            prefix = tok.encode(" " + opt.prefix.strip()) if isinstance(opt.prefix, str) else list(opt.prefix)
+            prefix = (
+                tok.encode_text(" " + opt.prefix.strip(), "prefix")
+                if isinstance(opt.prefix, str)
+                else list(opt.prefix)
+            )
             if self.sample_len is not None:
                 prefix = prefix[-(self.n_ctx // 2 - self.sample_len) :]
             tokens += prefix
         if opt.prompt:
-            prompt = tok.encode(" " + opt.prompt.strip()) if isinstance(opt.prompt, str) else list(opt.prompt)
+            prompt = (
+                tok.encode_text(" " + opt.prompt.strip(), "prompt")
+                if isinstance(opt.prompt, str)
+                else list(opt.prompt)
+            )
             tokens = [tok.sot_prev, *prompt[-(self.n_ctx // 2 - 1) :], *tokens]
         return tuple(tokens)
 

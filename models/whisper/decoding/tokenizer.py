@@ -229,6 +229,21 @@ class Tokenizer:
             kwargs["disallowed_special"] = ()
         return self.encoding.encode(text, **kwargs)
 
+    def encode_text(self, text: str, what: str) -> list[int]:
+        """:meth:`encode` of a user's text (a prompt, a prefix): a special token's name in it
+        is a ValueError naming ``what`` and the token (openai-whisper refuses such text too,
+        with tiktoken's advice on its own arguments)."""
+        try:
+            return self.encode(text)
+        except ValueError:
+            found = [name for name in self.encoding.special_tokens_set if name in text]
+            if not found:
+                raise
+            first = min(found, key=text.index)  # the first in the text
+            raise ValueError(
+                f"{what} holds {first!r}, a special token's name, which text cannot hold"
+            ) from None
+
     def decode(self, token_ids: Iterable[int], **kwargs) -> str:
         """Token ids to text, timestamp tokens left out."""
         first_timestamp = self.timestamp_begin

@@ -157,7 +157,9 @@ class LongForm:
         self.initial_prompt_tokens: list[int] = []
         self.remaining_prompt_length = backend.dims.n_text_ctx // 2 - 1
         if settings.initial_prompt is not None:
-            self.initial_prompt_tokens = self.tokenizer.encode(" " + settings.initial_prompt.strip())
+            self.initial_prompt_tokens = self.tokenizer.encode_text(
+                " " + settings.initial_prompt.strip(), "initial_prompt"
+            )
             self.all_tokens.extend(self.initial_prompt_tokens)
             self.remaining_prompt_length -= len(self.initial_prompt_tokens)
         if settings.word_timestamps and self.task == "translate":

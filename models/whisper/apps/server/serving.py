@@ -302,7 +302,7 @@ class TranscriptionServing:
         prompt = params.options.get("initial_prompt")
         if not prompt:
             return 0
-        return len(self.tokenizer.encode(" " + prompt.strip()))
+        return len(self.tokenizer.encode_text(" " + prompt.strip(), "prompt"))
 
     @staticmethod
     def output_tokens(result: dict) -> int:
