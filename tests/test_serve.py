@@ -372,6 +372,7 @@ def test_wrong_and_missing_fields_are_400(fake):
         ({"response_format": "tsv"}, "response_format"),
         ({"temperature": 1.5}, "temperature"),
         ({"temperature": -0.1}, "temperature"),
+        ({"prompt": "say <|endoftext|>"}, "prompt"),  # a special token's name is not text
         ({"language": "klingon"}, "language"),
         ({"language": "de"}, "language"),  # an English-only model
         ({"timestamp_granularities": ["word"]}, "timestamp_granularities"),  # needs verbose_json

@@ -195,6 +195,12 @@ class TranscriptionServing:
             data = await params.upload.read()
         finally:
             await form.close()
+        prompt = params.options.get("initial_prompt")
+        if prompt:  # refused before the upload is decoded, naming the API's field
+            try:
+                self.tokenizer.encode_text(" " + prompt.strip(), "prompt")
+            except ValueError as e:
+                raise bad(str(e), "prompt") from None
         try:
             audio = await run_in_threadpool(decode_audio, data, SAMPLE_RATE, name)
         except AudioError as e:
