@@ -90,6 +90,12 @@ def torch_topk(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return top[0], idx[0]
 
 
+def _check_k(k: int, n: int) -> None:
+    """torch's top-k follows std::partial_sort's order where 64 * k <= n (the order kept here)."""
+    if k < 1 or 64 * k > n:
+        raise ValueError(f"torch_topk: k={k} needs 1 <= 64*k <= {n} (partial_sort's range)")
+
+
 def torch_topk_rows(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``torch.topk(row, k)`` of every row of ``values`` f32[rows, n]: values f32[rows, k] and
     indices i64[rows, k]. Without ties the order is by value; with ties it is the heap order
@@ -97,8 +103,7 @@ def torch_topk_rows(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
     vocabularies). The k + 1 best of every row are found together (one argmax over all rows
     per place); a row whose k + 1 best hold a tie or a NaN takes the heap's order."""
     values = np.asarray(values, dtype=F32)
-    if k < 1 or 64 * k > values.shape[-1]:
-        raise ValueError(f"torch_topk: k={k} needs 1 <= 64*k <= {values.shape[-1]} (partial_sort's range)")
+    _check_k(k, values.shape[-1])
     rows = np.arange(values.shape[0])
     work = values.copy()
     picked = np.empty((values.shape[0], k + 1), dtype=np.int64)
@@ -123,8 +128,7 @@ def topk_log_probs(
     :func:`torch_topk_rows`."""
     logits = np.asarray(logits, dtype=F32)
     rows, n = logits.shape
-    if k < 1 or 64 * k > n:
-        raise ValueError(f"torch_topk: k={k} needs 1 <= 64*k <= {n} (partial_sort's range)")
+    _check_k(k, n)
     lib = tf.native_library()
     if lib is not None and logits.strides[1] == 4 and logits.strides[0] % 4 == 0:
         top = np.ascontiguousarray(top, dtype=F32)
@@ -182,9 +186,8 @@ def _probs_and_blocks(logits: np.ndarray, temperature: float) -> tuple[np.ndarra
     rows, n = x.shape
     t = F32(temperature)
     lib = tf.native_library()
-    native = lib is not None and n > 0 and x.strides[1] == 4 and x.strides[0] % 4 == 0
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        if native:
+        if lib is not None and n > 0 and x.strides[1] == 4 and x.strides[0] % 4 == 0:
             z, top, total = np.empty((rows, n), F32), np.empty(rows, F32), np.empty(rows, F32)
             lib.kv_tempered_exp_sums(
                 x.ctypes.data,
@@ -196,23 +199,31 @@ def _probs_and_blocks(logits: np.ndarray, temperature: float) -> tuple[np.ndarra
                 top.ctypes.data,
                 total.ctypes.data,
             )
-        else:
-            z = x / t
-            top = z.max(axis=1) if n else np.full(rows, -np.inf, F32)
-        shift = np.where(np.isinf(top), F32(0.0), top).astype(F32)
-        if not native:
-            total = _lane_sums64(sleef_expf(z - shift[:, None])).astype(F32)
-        lse = (np.log(total.astype(F64)).astype(F32) + shift).astype(F32)  # torch.logsumexp's
-        peak = (top - lse).astype(F32)  # the largest of z - lse: rounding keeps the order
-        if native:  # the probabilities replace z
+            lse, peak = _lse_and_peak(top, total)
             blocks = np.empty((rows, -(-n // _CDF_BLOCK)), F64)
             lib.kv_sampling_probs(
                 z.ctypes.data, rows, n, lse.ctypes.data, peak.ctypes.data, blocks.ctypes.data, _CDF_BLOCK
             )
-            return z, blocks
+            return z, blocks  # the probabilities, in z's place
+        z = x / t
+        top = z.max(axis=1) if n else np.full(rows, -np.inf, F32)
+        lse, peak = _lse_and_peak(top, _lane_sums64(sleef_expf(z - _shift(top)[:, None])).astype(F32))
         e = sleef_expf((z - lse[:, None]) - peak[:, None])
         probs = e * (F32(1.0) / _lane_sums64(e).astype(F32))[:, None]
         return probs, _lane_sums64(probs, _CDF_BLOCK)
+
+
+def _shift(top: np.ndarray) -> np.ndarray:
+    """What torch's logsumexp subtracts before its exps: the row maximum, 0 where infinite."""
+    return np.where(np.isinf(top), F32(0.0), top).astype(F32)
+
+
+def _lse_and_peak(top: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """From the rows' maxima ``top`` and their float32 sums ``total`` of exp(z - shift):
+    torch's logsumexp ``lse``, and ``peak``, the largest of z - lse (rounding keeps the order,
+    so it is top - lse)."""
+    lse = (np.log(total.astype(F64)).astype(F32) + _shift(top)).astype(F32)
+    return lse, (top - lse).astype(F32)
 
 
 def sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
