@@ -88,6 +88,34 @@ def test_encoder_bound_fails_on_a_1e3_perturbation(jfk_mel, torch_tiny):
     assert not check(got, ref, MAX_ENCODER)[0]
 
 
+def test_load_backend_frees_the_checkpoints_encoder_arrays(tiny_backend, jfk_mel, monkeypatch):
+    """``load_backend`` reads a checkpoint for its backend alone: once the encoder's program
+    has bound its own copies (float32, transposed: the checkpoint's are float16), the
+    checkpoint's encoder arrays are freed (nothing keeps them: a process's peak memory), the
+    decoder's stay, and the backend encodes as the session's does."""
+    import gc
+    import weakref
+
+    import models.whisper.model.backend as backend_module
+
+    read = backend_module.load_checkpoint
+    refs = {}
+
+    def recording(*args, **kwargs):
+        dims, weights = read(*args, **kwargs)
+        refs.update({k: weakref.ref(v) for k, v in weights.items()})
+        return dims, weights
+
+    monkeypatch.setattr(backend_module, "load_checkpoint", recording)
+    b = backend_module.load_backend("tiny.en")
+    gc.collect()
+    encoder = [k for k in refs if k.startswith("encoder.")]
+    assert encoder and all(refs[k]() is None for k in encoder)
+    assert all(refs[k]() is not None for k in refs if k.startswith("decoder."))
+    mel = jfk_mel[None].numpy()
+    np.testing.assert_array_equal(b.encode(mel), tiny_backend.encode(mel))
+
+
 def test_encoder_rejects_bad_mel_shape(tiny_backend):
     with pytest.raises(ValueError, match="mel must be"):
         tiny_backend.encode(np.zeros((1, 80, 1000), np.float32))

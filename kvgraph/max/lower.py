@@ -137,16 +137,24 @@ class LowerCtx:
         #: MAX's float32 ops
         self.bf16_kernel = bf16_engine if bf16_engine != "emulate" and self.kernels is not None else None
         self.registry: dict[str, np.ndarray] = {}
-        self.recipe: dict[str, tuple] = {}  # registry name -> (weight name, layout, f16)
+        #: registry name -> (weight name, layout, f16); a fused weight's name is the tuple of
+        #: its members' names (:func:`source_array`)
+        self.recipe: dict[str, tuple] = {}
         self._emitted: dict[str, object] = {}
         self._half: dict[str, bool] = {}
+        #: linears reading one input, by that IR value (:func:`_fusable_linears`), and the
+        #: slices of their fused product once emitted, by op
+        self.siblings: dict[ir.Value, tuple] = {}
+        self.fused: dict[ir.Op, object] = {}
 
     @property
     def step_attention(self) -> bool:
         """Attention here is a step's few query rows (``always_few`` or ``few_attention``)."""
         return self.always_few or self.few_attention
 
-    def _source(self, w: ir.Weight) -> np.ndarray:
+    def _source(self, w: ir.Weight | tuple) -> np.ndarray:
+        if isinstance(w, tuple):  # a fused weight: its members' matrices stacked
+            return stack_rows([self._source(m) for m in w])
         if w.name not in self.weights:
             raise LoweringError(f"missing weight {w.name!r} ({w.type})")
         src = np.asarray(self.weights[w.name])
@@ -162,17 +170,42 @@ class LowerCtx:
             self._half[w.name] = f16_exact(self._source(w))
         return self._half[w.name]
 
-    def weight(self, w: ir.Weight, layout: str = "plain", f16: bool = False):
-        key = (w.name if layout == "plain" else f"{w.name}@{layout}") + ("#f16" if f16 else "")
+    def weight(self, w: ir.Weight | tuple, layout: str = "plain", f16: bool = False):
+        """The MAX value of weight ``w`` in ``layout`` (as float16 with ``f16``); ``w`` a tuple
+        of weights: their matrices stacked along the output axis (one fused linear)."""
+        name = tuple(m.name for m in w) if isinstance(w, tuple) else w.name
+        base = FUSED.join(name) if isinstance(w, tuple) else name
+        key = (base if layout == "plain" else f"{base}@{layout}") + ("#f16" if f16 else "")
         if key not in self._emitted:
             arr = weight_array(self._source(w), layout, f16)
             if self.mode == "constant":
                 self._emitted[key] = ops.constant(arr, _MAX_DTYPES[arr.dtype], DeviceRef.CPU())
             else:
                 self.registry[key] = arr
-                self.recipe[key] = (w.name, layout, f16)
+                self.recipe[key] = (name, layout, f16)
                 self._emitted[key] = MaxWeight(key, _MAX_DTYPES[arr.dtype], list(arr.shape), DeviceRef.CPU())
         return self._emitted[key]
+
+
+#: joins a fused weight's member names in its registry key
+FUSED = "+"
+
+
+def stack_rows(mats: list[np.ndarray]) -> np.ndarray:
+    """Linear weights ``[out_i, in]`` (torch layout) of linears reading one input, stacked
+    along the output axis: the ``[sum out_i, in]`` weight of their fused product."""
+    return np.concatenate(mats, axis=0)
+
+
+def source_array(weights: dict, name) -> np.ndarray:
+    """The array a recipe entry reads: ``weights[name]``, or for a fused entry (``name`` a
+    list or tuple of names) their matrices stacked (:func:`stack_rows`). Raises KeyError
+    naming a missing weight."""
+    if isinstance(name, (list, tuple)):
+        return stack_rows([source_array(weights, n) for n in name])
+    if name not in weights:
+        raise KeyError(name)
+    return np.asarray(weights[name])
 
 
 def weight_array(src: np.ndarray, layout: str = "plain", f16: bool = False) -> np.ndarray:
@@ -241,7 +274,8 @@ def _rule_linear(op, env, ctx):
             return K.linear_bf16_kernel(x, panels, int(op.w.type.shape[0]), b, ctx.bf16_kernel)
         return K.linear_bf16_emulated(x, ctx.weight(op.w, "bf16_T"), b)
     static, sym = K.leading_dims(x)
-    if static <= FEW_ROWS and set(sym) <= ctx.few_dims and ctx.half(op.w):
+    few_rows = static <= FEW_ROWS and set(sym) <= ctx.few_dims
+    if few_rows and ctx.half(op.w):
         # rows only over dims declared few (a step's tokens; prefill's last row per batch
         # row): the float16 GEMV, so no float32 copy of the weight is held (for prefill's
         # vocabulary projection it would be the largest array, 80 MB for tiny.en; a GEMM
@@ -255,7 +289,44 @@ def _rule_linear(op, env, ctx):
         # step_rows: as many rows as a pool holds; the GEMM beyond what the GEMV serves well
         few = isa.thresholds().few_rows_custom if once else FEW_ROWS
         return K.linear_few_rows(x, w16, _arg(ctx, env, op.w, "T"), b, few, gemv)
+    group = ctx.siblings.get(op.x, ())
+    if not few_rows and op in group:  # all of them take the GEMM: one product
+        return _fused_linear(op, x, b, group, ctx)
     return K.linear(x, _arg(ctx, env, op.w, "T"), b, w_transposed=True)
+
+
+def _fusable_linears(g: ir.Graph) -> dict[ir.Value, tuple]:
+    """The float32 linears of ``g`` by the input they read, where two or more read one input
+    through weight parameters (an attention's query, key and value projections): lowered as
+    one GEMM over their stacked weights (:func:`_fused_linear`). MAX fuses such products
+    itself, by a stacked copy of the weights that it makes at every load and keeps beside the
+    registry's (measured: a second load of one compiled program grew by their size);
+    stacked in the registry, the weights are held once."""
+    by_input: dict[ir.Value, list] = {}
+    for n in g.nodes:
+        op = n.op
+        if isinstance(op, ir.Linear) and op.compute == "float32" and isinstance(op.w, ir.Weight):
+            group = by_input.setdefault(op.x, [])
+            if op not in group:
+                group.append(op)
+    return {x: tuple(ops_) for x, ops_ in by_input.items() if len(ops_) > 1}
+
+
+def _fused_linear(op, x, b, group: tuple, ctx):
+    """Linear ``op`` of ``group`` (float32 linears reading ``x``, taking the GEMM): the
+    first of them to be lowered emits one product over their stacked weights; each takes
+    its slice of the outputs and adds its own bias. Every output is the same sum over the
+    input as apart (a GEMM's output columns do not mix)."""
+    if op not in ctx.fused:
+        y = K.linear(x, ctx.weight(tuple(m.w for m in group), "T"), None, w_transposed=True)
+        lead = (slice(None),) * (y.rank - 1)
+        start = 0
+        for member in group:
+            out = int(member.w.type.shape[0])
+            ctx.fused[member] = y[(*lead, slice(start, start + out))]
+            start += out
+    y = ctx.fused[op]
+    return y if b is None else y + b
 
 
 def _rule_embed(op, env, ctx):
@@ -547,6 +618,7 @@ def lower(
         bf16_engine=isa.bf16_engine() if bf16 else "emulate",
         exact_top=exact,
     )
+    ctx.siblings = _fusable_linears(g)
     bufs = buffer_values(g)
     try:
         in_types = [max_type(v.type, v in bufs) for v in g.inputs]

@@ -43,7 +43,7 @@ from ..memory import advise_huge_pages, no_huge_page_faults
 from ..printer import format_graph
 from ..store import ProgramStore, default_store, make_key
 from . import converted, custom, isa
-from .lower import LAYOUTS, lower, max_name
+from .lower import LAYOUTS, lower, max_name, source_array
 from .native import cpu_id
 
 log = logging.getLogger("kvgraph")
@@ -290,14 +290,15 @@ class _Program:
         (:mod:`kvgraph.max.converted`)."""
         if self.registry is not None:
             for key, (name, layout, f16, _shape, _dtype) in self.recipe.items():
-                converted.keep(np.asarray(weights[name]), layout, f16, self.registry[key], store)
+                if layout in converted.CONVERTED:
+                    converted.keep(source_array(weights, name), layout, f16, self.registry[key], store)
             return self.registry
         reg = {}
         for key, (name, layout, f16, shape, dtype) in self.recipe.items():
-            src = weights.get(name)
-            if src is None:
-                raise StaleRecipe(f"it reads weight {name!r}, which these weights lack")
-            src = np.asarray(src)
+            try:
+                src = source_array(weights, name)  # a fused entry: its members stacked
+            except KeyError as e:
+                raise StaleRecipe(f"it reads weight {e.args[0]!r}, which these weights lack") from None
             if list(src.shape) != list(shape) or str(src.dtype) != dtype:
                 raise StaleRecipe(
                     f"it reads weight {name!r} as {dtype}{list(shape)}, these weights hold "
@@ -358,10 +359,11 @@ def _lower(batch: list[ProgramRequest], names: list[str]) -> _Program:
         graphs.append(mg)
         registry.update(reg)
     weights = batch[0].weights
-    full = {
-        k: (name, layout, f16, list(np.shape(weights[name])), str(np.asarray(weights[name]).dtype))
-        for k, (name, layout, f16) in recipe.items()
-    }
+    full = {}
+    for k, (name, layout, f16) in recipe.items():
+        src = source_array(weights, name)
+        stored = list(name) if isinstance(name, tuple) else name  # a fused entry's names: a JSON list
+        full[k] = (stored, layout, f16, list(src.shape), str(src.dtype))
     unit = module if module is not None else graphs[0]
     # custom kernel packages the graphs use (a Module's compile needs them named again)
     return _Program([mg.name for mg in graphs], full, unit, registry, kernels=packages_of(graphs))

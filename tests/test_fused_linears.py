@@ -1,0 +1,90 @@
+"""Linears reading one input (an attention's query, key and value projections) lower to one
+GEMM over their stacked weights, held once in the registry (``kvgraph.max.lower``): MAX would
+otherwise stack them itself into a copy made at every load. Lowered here without compiling;
+the values are checked against the NumPy reference by ``tests/test_compile_max.py``."""
+
+import numpy as np
+import pytest
+from decoder_fixtures import SPECS, weights_for
+
+import kvgraph
+from kvgraph import ir
+from kvgraph.max import runtime
+from kvgraph.max.lower import FUSED, lower, source_array
+
+
+def _lowered(spec_name: str, program: str):
+    spec = SPECS[spec_name]
+    weights = weights_for(spec_name)
+    model = kvgraph.compile(spec, weights, eager=False)
+    r = model.request(program)
+    recipe: dict = {}
+    _, registry = lower(
+        r.graph,
+        r.weights,
+        r.weights_mode,
+        r.f16_weights,
+        r.few_dims,
+        r.always_few,
+        few_attention=r.few_attention,
+        recipe=recipe,
+    )
+    return weights, registry, recipe, r.graph
+
+
+def _linears_by_input(graph) -> list[set]:
+    """The weights of the float32 linears of ``graph`` that read one input, where two or
+    more do (what should be stacked)."""
+    by_input: dict = {}
+    for n in graph.nodes:
+        if isinstance(n.op, ir.Linear) and isinstance(n.op.w, ir.Weight):
+            by_input.setdefault(n.op.x, set()).add(n.op.w.name)
+    return [g for g in by_input.values() if len(g) > 1]
+
+
+def _fused_keys(registry):
+    return sorted(k for k in registry if FUSED in k)
+
+
+@pytest.mark.parametrize("spec_name", sorted(SPECS))
+def test_prefill_stacks_each_attentions_projections_once(spec_name):
+    weights, registry, recipe, graph = _lowered(spec_name, "prefill")
+    fused = _fused_keys(registry)
+    assert fused, "no linears were fused"
+    members = set()
+    for key in fused:
+        names, layout, f16 = recipe[key]
+        assert layout == "T" and not f16 and len(names) > 1
+        want = np.concatenate([np.asarray(weights[n], np.float32) for n in names], axis=0).T
+        np.testing.assert_array_equal(registry[key], want)
+        assert registry[key].dtype == np.float32 and registry[key].flags.c_contiguous
+        members.update(names)
+    # each attention's projections of one input share one entry (a self-attention's query,
+    # key and value: one per layer), and none is held apart too
+    groups = _linears_by_input(graph)
+    assert sum(len(g) == 3 for g in groups) == SPECS[spec_name].n_layers
+    assert sorted(map(sorted, groups)) == sorted(sorted(recipe[k][0]) for k in fused)
+    apart = {name for key, (name, layout, _f16) in recipe.items() if layout == "T" and FUSED not in key}
+    assert not apart & members
+
+
+def test_few_row_steps_keep_their_float16_gemv():
+    """A step of few rows reads the float16 weights by the GEMV (one per linear): nothing is
+    stacked; the same step of many rows (the GEMM) stacks."""
+    _, registry, _, _ = _lowered("gpt_cross_gqa", "step_few")
+    assert not _fused_keys(registry)
+    _, registry, _, _ = _lowered("gpt_cross_gqa", "step")
+    assert _fused_keys(registry)
+
+
+def test_a_stored_recipe_rebuilds_the_stacked_weight_and_names_a_missing_member():
+    weights, registry, recipe, _ = _lowered("gpt_cross_gqa", "prefill")
+    key = _fused_keys(registry)[0]
+    names = recipe[key][0]
+    src = source_array(weights, list(names))  # as read back from the stored JSON: a list
+    full = {key: (list(names), "T", False, list(src.shape), str(src.dtype))}
+    prog = runtime._Program([], full)
+    np.testing.assert_array_equal(prog.weights_registry(weights)[key], registry[key])
+    partial = {k: v for k, v in weights.items() if k != names[1]}
+    with pytest.raises(runtime.StaleRecipe, match=f"it reads weight '{names[1]}'"):
+        prog.weights_registry(partial)
