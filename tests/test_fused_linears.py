@@ -77,6 +77,21 @@ def test_few_row_steps_keep_their_float16_gemv():
     assert _fused_keys(registry)
 
 
+def test_a_pools_step_stacks_only_its_gemm_branch():
+    """``step_rows`` (a pool's step: the float16 GEMV up to a few rows, the float32 GEMM
+    beyond, chosen when it runs) keeps each linear's float16 weight for the GEMV and holds the
+    GEMM's weights of one input stacked once, none apart."""
+    weights, registry, recipe, graph = _lowered("gpt_cross_gqa", "step_rows")
+    fused = _fused_keys(registry)
+    assert fused
+    members = {n for k in fused for n in recipe[k][0]}
+    for name in members:
+        assert f"{name}#f16" in registry  # the GEMV's
+    apart = {name for key, (name, layout, _f16) in recipe.items() if layout == "T" and FUSED not in key}
+    assert not apart & members
+    assert sum(len(recipe[k][0]) == 3 for k in fused) == SPECS["gpt_cross_gqa"].n_layers
+
+
 def test_a_stored_recipe_rebuilds_the_stacked_weight_and_names_a_missing_member():
     weights, registry, recipe, _ = _lowered("gpt_cross_gqa", "prefill")
     key = _fused_keys(registry)[0]

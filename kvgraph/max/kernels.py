@@ -44,6 +44,8 @@ __all__ = [
     "linear",
     "linear_gemv",
     "linear_few_rows",
+    "linear_few_rows_stacked",
+    "split_last",
     "linear_gemv_once",
     "linear_bf16_kernel",
     "linear_bf16_emulated",
@@ -354,13 +356,44 @@ def linear_few_rows(
     :func:`linear_gemv_once`) when ``x`` has at most ``few`` rows, else the float32 GEMM
     with ``wt`` (the same values, ``[in, out]``). A ``cond`` costs ~10 us per call here,
     so programs that always see few rows call the GEMV directly."""
-    static, sym = _rows(x)
     out_type = TensorType(F32, [*x.shape[:-1], w16.shape[0]], device=x.device)
+    y = ops.cond(_row_count(x) <= few, [out_type], lambda: gemv(x, w16), lambda: x @ wt)[0]
+    return y if b is None else y + b
+
+
+def linear_few_rows_stacked(
+    x: TensorValue, w16s: list[TensorValue], wt: TensorValue, few: int = 2, gemv=linear_gemv
+) -> list[TensorValue]:
+    """:func:`linear_few_rows` of several linears reading ``x`` (no biases): ``gemv`` of each
+    float16 weight ``w16s[i]`` (``[out_i, in]``) when ``x`` has at most ``few`` rows, else one
+    float32 GEMM over ``wt``, their weights stacked (``[in, sum out_i]``), sliced per linear."""
+    outs = [int(w.shape[0]) for w in w16s]
+    types = [TensorType(F32, [*x.shape[:-1], n], device=x.device) for n in outs]
+
+    def stacked():
+        y = x @ wt
+        return split_last(y, outs)
+
+    return ops.cond(_row_count(x) <= few, types, lambda: [gemv(x, w) for w in w16s], stacked)
+
+
+def split_last(y: TensorValue, sizes: list[int]) -> list[TensorValue]:
+    """``y``'s last axis cut into consecutive slices of ``sizes``."""
+    lead = (slice(None),) * (y.rank - 1)
+    out, start = [], 0
+    for n in sizes:
+        out.append(y[(*lead, slice(start, start + n))])
+        start += n
+    return out
+
+
+def _row_count(x: TensorValue) -> TensorValue:
+    """The product of ``x``'s leading dims, an int64 scalar computed when the program runs."""
+    static, sym = _rows(x)
     rows = ops.constant(np.int64(static), I64, device=_cpu())
     for d in sym:
         rows = rows * scalar_dim(d)
-    y = ops.cond(rows <= few, [out_type], lambda: gemv(x, w16), lambda: x @ wt)[0]
-    return y if b is None else y + b
+    return rows
 
 
 def linear_weight_constant(w: np.ndarray, device: DeviceRef | None = None) -> TensorValue:

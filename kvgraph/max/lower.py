@@ -288,6 +288,14 @@ def _rule_linear(op, env, ctx):
             return gemv(x, w16, b)
         # step_rows: as many rows as a pool holds; the GEMM beyond what the GEMV serves well
         few = isa.thresholds().few_rows_custom if once else FEW_ROWS
+        group = ctx.siblings.get(op.x, ())
+        if op in group and all(ctx.half(m.w) for m in group):  # the GEMM beyond: one product
+            if op not in ctx.fused:
+                w16s = [ctx.weight(m.w, "plain", f16=True) for m in group]
+                wt = ctx.weight(tuple(m.w for m in group), "T")
+                ctx.fused.update(zip(group, K.linear_few_rows_stacked(x, w16s, wt, few, gemv)))
+            y = ctx.fused[op]
+            return y if b is None else y + b
         return K.linear_few_rows(x, w16, _arg(ctx, env, op.w, "T"), b, few, gemv)
     group = ctx.siblings.get(op.x, ())
     if not few_rows and op in group:  # all of them take the GEMM: one product
@@ -319,12 +327,7 @@ def _fused_linear(op, x, b, group: tuple, ctx):
     input as apart (a GEMM's output columns do not mix)."""
     if op not in ctx.fused:
         y = K.linear(x, ctx.weight(tuple(m.w for m in group), "T"), None, w_transposed=True)
-        lead = (slice(None),) * (y.rank - 1)
-        start = 0
-        for member in group:
-            out = int(member.w.type.shape[0])
-            ctx.fused[member] = y[(*lead, slice(start, start + out))]
-            start += out
+        ctx.fused.update(zip(group, K.split_last(y, [int(m.w.type.shape[0]) for m in group])))
     y = ctx.fused[op]
     return y if b is None else y + b
 
