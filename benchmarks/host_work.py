@@ -57,10 +57,11 @@ class Recorder:
 
 
 class Replay:
-    """Answers each call with the recorded output (no compute)."""
+    """Answers each call with the recorded output (no compute): a copy made beforehand, as
+    the decode loop masks the logits it is given in place."""
 
     def __init__(self, rec: Recorder):
-        self.log, self.at = rec.log, 0
+        self.log, self.at = [_copied(out) for out in rec.log], 0
         self.dims, self.alignment_heads = rec.dims, rec.alignment_heads
 
     def _next(self, *_):
@@ -72,6 +73,12 @@ class Replay:
 
     def release(self):
         pass
+
+
+def _copied(out):
+    if isinstance(out, tuple):
+        return tuple(_copied(x) for x in out)
+    return out.copy() if isinstance(out, np.ndarray) else out
 
 
 class DecodeClock:

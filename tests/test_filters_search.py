@@ -155,17 +155,59 @@ def test_sleef_exp_and_lane_sum_match_torch_softmax():
     assert np.all(tf.sleef_expf(d)[3:6] > 0)  # subnormal results stay
 
 
-def test_normalizer_memo_reuses_only_equal_rows():
+def test_normalizer_memo_hands_normalizers_on_once_with_masked_rows_again():
     rng = np.random.default_rng(2)
     memo = kf.NormalizerMemo()
     x = (rng.standard_normal((3, 51865)) * 3).astype(np.float32)
-    first = memo(x)
-    x[1, :100] = -np.inf  # the row changed: its normalizer must be recomputed
-    again = memo(x)
-    fresh = tf.log_normalizers(x)
-    for a, b in zip(again, fresh):
+    top, logs = memo.compute(x)
+    first = (top.copy(), logs.copy())
+    x[1, :100] = -np.inf  # the rule masks a row: its normalizer must be computed again
+    memo.masked(x, [1])
+    got = memo(x)
+    assert got[0] is top and got[1] is logs  # handed on, not computed again
+    for a, b in zip(got, tf.log_normalizers(x)):
         np.testing.assert_array_equal(a, b)
-    assert again[1][1] != first[1][1] and again[1][0] == first[1][0]
+    assert got[1][1] != first[1][1] and got[1][0] == first[1][0]
+    again = memo(x)  # an entry serves one call
+    assert again[0] is not top
+    for a, b in zip(again, tf.log_normalizers(x)):
+        np.testing.assert_array_equal(a, b)
+    memo.compute(x)
+    y = x.copy()  # another array, equal or not, gets its own
+    assert memo(y)[0] is not top
+
+
+@pytest.mark.parametrize("begin", [50363, 50364, 50303, 51865 - 40])
+def test_masked_rows_read_from_an_aligned_column_sum_as_whole_rows(begin):
+    """Rows masked before column ``begin`` are read from a column that keeps every value's
+    lane of the sum: bit for bit the whole row's normalizers, wherever ``begin`` falls."""
+    rng = np.random.default_rng(begin)
+    x = rng.uniform(0, 1, (4, 51865)).astype(np.float32)
+    memo = kf.NormalizerMemo()
+    memo.compute(x)
+    x[[0, 2], :begin] = -np.inf
+    memo.masked(x, [0, 2], masked_before=begin)
+    for a, b in zip(memo(x), tf.log_normalizers(x)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_timestamp_rule_hands_the_decoder_the_normalizers_of_what_it_left(tokenizer):
+    """After the rule (some rows forced to a timestamp, some not), the decoder's normalizers
+    are those of the masked logits, bit for bit."""
+    rng = np.random.default_rng(21)
+    memo = kf.NormalizerMemo()
+    rule = kf.ApplyTimestampRules(tokenizer, 3, None, memo=memo)
+    forced_rows = kept_rows = 0
+    for case in range(12):
+        tokens = random_tokens(rng, tokenizer, 5, 3, [1, 2, 7][case % 3])
+        logits = random_logits(rng, 5, tokenizer)
+        rule.apply(logits, tokens)
+        forced = np.isneginf(logits[:, : tokenizer.timestamp_begin]).all(axis=1)
+        forced_rows += int(forced.sum())
+        kept_rows += int((~forced).sum())
+        for a, b in zip(memo(logits), tf.log_normalizers(logits)):
+            np.testing.assert_array_equal(a, b)
+    assert forced_rows > 3 and kept_rows > 3
 
 
 def test_fast_normalizers_are_close():

@@ -14,7 +14,8 @@ import numpy as np
 
 
 class WhisperBackend(Protocol):
-    """The neural-compute contract (implemented by the compiled MAX model)."""
+    """The neural-compute contract (implemented by the compiled MAX model). The logits
+    ``prefill`` and ``step`` return are the caller's: the decode loop masks them in place."""
 
     dims: Any  # openai's ModelDimensions fields (n_mels, n_audio_ctx, n_vocab, n_text_ctx, ...)
 

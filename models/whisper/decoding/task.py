@@ -76,6 +76,13 @@ def detect_language(backend, audio_features: np.ndarray, tokenizer: Tokenizer, t
     return tokens, [{code: float(probs[i, tok]) for tok, code in pairs} for i in range(n_audio)]
 
 
+def _maskable(logits, n_rows: int) -> np.ndarray:
+    """A step's logits as f32[n_rows, vocab] for the filters to mask in place: the backend's
+    own array where it is one (the protocol gives the caller its logits), else a copy."""
+    out = np.asarray(logits, dtype=np.float32).reshape(n_rows, -1)
+    return out if out.flags.writeable else out.copy()
+
+
 class DecodingTask:
     """Decodes windows of audio features with ``options`` (see the module docstring).
 
@@ -219,7 +226,7 @@ class DecodingTask:
         for i in range(self.sample_len):
             if i > 0:
                 logits, state = self.timed.step(tokens[:, -1:], state)
-                logits = np.array(logits, dtype=np.float32).reshape(n_rows, -1)
+                logits = _maskable(logits, n_rows)
             self.timings.tokens_decoded += 1
             for f in self.filters:
                 f.apply(logits, tokens)

@@ -462,18 +462,22 @@ def _row_exp(d: np.ndarray, out: np.ndarray) -> None:
     out[at] = sleef_expf(d[at])
 
 
-def log_normalizers(x: np.ndarray, exact: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def log_normalizers(
+    x: np.ndarray, exact: bool = True, top: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(max, log_sum)`` f32[n_rows] of logit rows ``x`` f32[n_rows, vocab] such that
     ``log_softmax(x) == (x - max) - log_sum``, as torch's CPU kernel computes them: the row
     maximum, SLEEF's exp of ``x - max`` summed in the kernel's lanes, SLEEF's log of the sum.
     ``exact=False`` (without the Mojo twin only) takes NumPy's exp for SLEEF's, several
     times faster: the sums keep the kernel's order, so ``log_sum`` stays within a float32 step
     of torch's (and equals it for most rows), while torch's own float32 sum strays further
-    from the true value."""
+    from the true value. ``top``: the rows' maxima when the caller has them (``x.max(axis=1)``
+    exactly, NaN where a row holds one)."""
     x = np.asarray(x, dtype=F32)
     if x.ndim != 2:
         raise ValueError(f"log_normalizers: logits must be 2-D, got shape {x.shape}")
-    top = x.max(axis=1) if x.shape[1] else np.full(x.shape[0], NEG_INF)
+    if top is None:
+        top = x.max(axis=1) if x.shape[1] else np.full(x.shape[0], NEG_INF)
     lib = native_library()
     if lib is not None and x.shape[1] and x.strides[1] == 4 and x.strides[0] % 4 == 0:
         top = np.ascontiguousarray(top, dtype=F32)
