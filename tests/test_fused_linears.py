@@ -3,6 +3,8 @@ GEMM over their stacked weights, held once in the registry (``kvgraph.max.lower`
 otherwise stack them itself into a copy made at every load. Lowered here without compiling;
 the values are checked against the NumPy reference by ``tests/test_compile_max.py``."""
 
+import json
+
 import numpy as np
 import pytest
 from decoder_fixtures import SPECS, weights_for
@@ -10,26 +12,16 @@ from decoder_fixtures import SPECS, weights_for
 import kvgraph
 from kvgraph import ir
 from kvgraph.max import runtime
-from kvgraph.max.lower import FUSED, lower, source_array
+from kvgraph.max.lower import FUSED
 
 
 def _lowered(spec_name: str, program: str):
-    spec = SPECS[spec_name]
+    """``(weights, registry, recipe, IR graph)`` of a spec's program, lowered as the runtime
+    lowers it (the recipe as stored: names, layout, f16, source shape and dtype)."""
     weights = weights_for(spec_name)
-    model = kvgraph.compile(spec, weights, eager=False)
-    r = model.request(program)
-    recipe: dict = {}
-    _, registry = lower(
-        r.graph,
-        r.weights,
-        r.weights_mode,
-        r.f16_weights,
-        r.few_dims,
-        r.always_few,
-        few_attention=r.few_attention,
-        recipe=recipe,
-    )
-    return weights, registry, recipe, r.graph
+    r = kvgraph.compile(SPECS[spec_name], weights, eager=False).request(program)
+    prog = runtime._lower([r], [program])
+    return weights, prog.registry, prog.recipe, r.graph
 
 
 def _linears_by_input(graph) -> list[set]:
@@ -53,7 +45,7 @@ def test_prefill_stacks_each_attentions_projections_once(spec_name):
     assert fused, "no linears were fused"
     members = set()
     for key in fused:
-        names, layout, f16 = recipe[key]
+        names, layout, f16 = recipe[key][:3]
         assert layout == "T" and not f16 and len(names) > 1
         want = np.concatenate([np.asarray(weights[n], np.float32) for n in names], axis=0).T
         np.testing.assert_array_equal(registry[key], want)
@@ -64,7 +56,7 @@ def test_prefill_stacks_each_attentions_projections_once(spec_name):
     groups = _linears_by_input(graph)
     assert sum(len(g) == 3 for g in groups) == SPECS[spec_name].n_layers
     assert sorted(map(sorted, groups)) == sorted(sorted(recipe[k][0]) for k in fused)
-    apart = {name for key, (name, layout, _f16) in recipe.items() if layout == "T" and FUSED not in key}
+    apart = {entry[0] for key, entry in recipe.items() if entry[1] == "T" and FUSED not in key}
     assert not apart & members
 
 
@@ -87,7 +79,7 @@ def test_a_pools_step_stacks_only_its_gemm_branch():
     members = {n for k in fused for n in recipe[k][0]}
     for name in members:
         assert f"{name}#f16" in registry  # the GEMV's
-    apart = {name for key, (name, layout, _f16) in recipe.items() if layout == "T" and FUSED not in key}
+    apart = {entry[0] for key, entry in recipe.items() if entry[1] == "T" and FUSED not in key}
     assert not apart & members
     assert sum(len(recipe[k][0]) == 3 for k in fused) == SPECS["gpt_cross_gqa"].n_layers
 
@@ -96,9 +88,8 @@ def test_a_stored_recipe_rebuilds_the_stacked_weight_and_names_a_missing_member(
     weights, registry, recipe, _ = _lowered("gpt_cross_gqa", "prefill")
     key = _fused_keys(registry)[0]
     names = recipe[key][0]
-    src = source_array(weights, list(names))  # as read back from the stored JSON: a list
-    full = {key: (list(names), "T", False, list(src.shape), str(src.dtype))}
-    prog = runtime._Program([], full)
+    stored = {k: tuple(v) for k, v in json.loads(json.dumps({key: recipe[key]})).items()}  # as read back
+    prog = runtime._Program([], stored)
     np.testing.assert_array_equal(prog.weights_registry(weights)[key], registry[key])
     partial = {k: v for k, v in weights.items() if k != names[1]}
     with pytest.raises(runtime.StaleRecipe, match=f"it reads weight '{names[1]}'"):
