@@ -90,7 +90,10 @@ def test_a_stored_recipe_rebuilds_the_stacked_weight_and_names_a_missing_member(
     names = recipe[key][0]
     stored = {k: tuple(v) for k, v in json.loads(json.dumps({key: recipe[key]})).items()}  # as read back
     prog = runtime._Program([], stored)
-    np.testing.assert_array_equal(prog.weights_registry(weights)[key], registry[key])
+    rebuilt = prog.weights_registry(weights)[key]
+    np.testing.assert_array_equal(rebuilt, registry[key])
+    # a second program binding it (another Module of the same weights) shares the array
+    assert runtime._Program([], stored).weights_registry(weights)[key] is rebuilt
     partial = {k: v for k, v in weights.items() if k != names[1]}
     with pytest.raises(runtime.StaleRecipe, match=f"it reads weight '{names[1]}'"):
         prog.weights_registry(partial)

@@ -58,27 +58,30 @@ def weights_store(store: ProgramStore | None) -> ProgramStore | None:
 
 
 class PerArray:
-    """Values made from an array, each made once while the array lives: keyed by the array's
-    id and a tag, checked by a weak reference (an id can be reused once its array is gone),
-    dropped when the array is. A value that holds the array itself (a view of it) is not
-    kept: it would keep its own key alive."""
+    """Values made from an array (or a tuple of arrays: a stacked weight's members), each made
+    once while the arrays live: keyed by their ids and a tag, checked by weak references (an id
+    can be reused once its array is gone), dropped when one of them is. A value that holds a
+    source itself (a view of it) is not kept: it would keep its own key alive."""
 
     def __init__(self) -> None:
         self._made: dict[tuple, tuple] = {}
 
-    def get(self, src: np.ndarray, tag, make):
-        key = (id(src), tag)
+    def get(self, src: np.ndarray | tuple, tag, make):
+        srcs = src if isinstance(src, tuple) else (src,)
+        key = (tuple(map(id, srcs)), tag)
         hit = self._made.get(key)
-        if hit is not None and hit[0]() is src:
+        if hit is not None and all(r() is s for r, s in zip(hit[0], srcs)):
             return hit[1]
         value = make()
-        if isinstance(value, np.ndarray) and np.may_share_memory(value, src):
+        if isinstance(value, np.ndarray) and any(np.may_share_memory(value, s) for s in srcs):
             return value
         try:
-            ref = weakref.ref(src, lambda _ref, made=self._made, key=key: made.pop(key, None))
+            refs = tuple(
+                weakref.ref(s, lambda _ref, made=self._made, key=key: made.pop(key, None)) for s in srcs
+            )
         except TypeError:  # takes no weak reference: made again next time
             return value
-        self._made[key] = (ref, value)
+        self._made[key] = (refs, value)
         return value
 
 
@@ -132,12 +135,15 @@ def _write(arr: np.ndarray):
     return write
 
 
-def weight_array(src: np.ndarray, layout: str, f16: bool, store: ProgramStore | None) -> np.ndarray:
+def weight_array(src: np.ndarray | tuple, layout: str, f16: bool, store: ProgramStore | None) -> np.ndarray:
     """:func:`kvgraph.max.lower.weight_array`, read from the store when ``layout`` converts
-    and an entry is there, else made (and stored when it converts)."""
+    and an entry is there, else made (and stored when it converts). ``src`` a tuple of
+    arrays: the members of a stacked weight (:func:`kvgraph.max.lower.stack_rows`), stacked
+    only when the layout is made (once for every program that binds it)."""
     ws = weights_store(store) if layout in CONVERTED else None
     if ws is None:
-        return _LAYOUTS.get(src, (layout, f16), lambda: lower.weight_array(src, layout, f16))
+        return _LAYOUTS.get(src, (layout, f16), lambda: lower.weight_array(_stacked(src), layout, f16))
+    src = _stacked(src)
     key = converted_key(src, layout, f16)
     data = ws.load_bytes(key)  # None on a miss, or a refused entry (one log line)
     if data is not None:
@@ -153,6 +159,10 @@ def weight_array(src: np.ndarray, layout: str, f16: bool, store: ProgramStore | 
     arr = lower.weight_array(src, layout, f16)
     keep(src, layout, f16, arr, store, key)
     return arr
+
+
+def _stacked(src: np.ndarray | tuple) -> np.ndarray:
+    return lower.stack_rows(list(src)) if isinstance(src, tuple) else src
 
 
 def keep(

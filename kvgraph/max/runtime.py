@@ -295,17 +295,26 @@ class _Program:
             return self.registry
         reg = {}
         for key, (name, layout, f16, shape, dtype) in self.recipe.items():
-            try:
-                src = source_array(weights, name)  # a fused entry: its members stacked
+            try:  # a stacked entry names its members
+                members = [
+                    source_array(weights, n) for n in (name if isinstance(name, (list, tuple)) else [name])
+                ]
             except KeyError as e:
                 raise StaleRecipe(f"it reads weight {e.args[0]!r}, which these weights lack") from None
-            if list(src.shape) != list(shape) or str(src.dtype) != dtype:
+            held = [sum(m.shape[0] for m in members), *members[0].shape[1:]] if members[0].ndim else []
+            held_dtype = np.result_type(*members)
+            if (
+                list(shape) != held
+                or str(held_dtype) != dtype
+                or any(m.shape[1:] != members[0].shape[1:] for m in members)
+            ):
+                got = " + ".join(f"{m.dtype}{list(m.shape)}" for m in members)
                 raise StaleRecipe(
-                    f"it reads weight {name!r} as {dtype}{list(shape)}, these weights hold "
-                    f"{src.dtype}{list(src.shape)}"
+                    f"it reads weight {name!r} as {dtype}{list(shape)}, these weights hold {got}"
                 )
             if layout not in LAYOUTS:
                 raise StaleRecipe(f"it asks for an unknown weight layout {layout!r}")
+            src = members[0] if len(members) == 1 else tuple(members)  # stacked once, when made
             reg[key] = converted.weight_array(src, layout, f16, store)
         return reg
 
