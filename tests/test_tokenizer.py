@@ -8,11 +8,13 @@ import json
 import random
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
 
 from models.whisper.decoding import tokenizer as ours
+from models.whisper.decoding import vocabulary
 
 theirs = pytest.importorskip("whisper.tokenizer")
 
@@ -87,9 +89,98 @@ def test_encoding_equal(name, num_languages):
     assert mine is ours.get_encoding(name, num_languages)  # cached per (name, num_languages)
     assert mine.name == oracle.name
     assert mine.n_vocab == oracle.n_vocab
-    assert mine._pat_str == oracle._pat_str
-    assert mine._mergeable_ranks == oracle._mergeable_ranks
-    assert list(mine._special_tokens.items()) == list(oracle._special_tokens.items())  # same order, ids
+    assert mine.eot_token == oracle.eot_token
+    assert mine.special_tokens_set == oracle.special_tokens_set
+    assert mine.tokens == sorted(oracle._mergeable_ranks, key=oracle._mergeable_ranks.get)  # id order
+    built = mine.tiktoken()  # tiktoken's own, built from the vocabulary for general text
+    assert built is mine.tiktoken()
+    assert built.name == oracle.name and built._pat_str == oracle._pat_str
+    assert built._mergeable_ranks == oracle._mergeable_ranks
+    assert list(built._special_tokens.items()) == list(oracle._special_tokens.items())  # same order, ids
+    for token in (0, 220, oracle.eot_token, oracle.n_vocab - 1):
+        assert mine.decode_single_token_bytes(token) == oracle.decode_single_token_bytes(token)
+        text = oracle.decode([token])
+        if token < oracle.eot_token:
+            assert mine.encode_single_token(text) == oracle.encode_single_token(text) == token
+    assert mine.encode_single_token("<|endoftext|>") == oracle.eot_token
+    big = oracle.n_vocab  # past the end: a KeyError from both (tiktoken's -1 is an OverflowError)
+    assert _outcome(mine.decode_single_token_bytes, big) is _outcome(oracle.decode_single_token_bytes, big)
+    assert _outcome(mine.decode_single_token_bytes, -1) is KeyError
+    assert _outcome(mine.encode_single_token, "not one token") is KeyError
+
+
+#: texts that are one piece of the pre-tokenizer split (encoded without tiktoken) and some
+#: that look alike but are not (tiktoken's): symbols, spaces, letters and digits mixed in
+PIECES = (
+    [
+        " ",
+        "  ",
+        "   ",
+        " -",
+        " '",
+        "-",
+        "'",
+        "...",
+        " ...",
+        "?!",
+        " ?!",
+        "♪",
+        " ♪",
+        "♪♪♪",
+        " ♩♫",
+        "「」",
+        " 『",
+        "<<",
+        ">>>",
+        " (((",
+        "-- ---",
+        "\t",
+        " \u2014",
+        "€",
+        " ¥$",
+        "«»",
+        "\U0001f600",
+        " \U0001f600\U0001f389",
+        "(a)",
+        " -1",
+        " x",
+        "\n",
+        " \n",
+        "  -",
+        "a",
+        "'s",
+        "_",
+        "<|",
+        "<|x",
+    ]
+    + [chr(c) for c in range(33, 127)]
+    + [" " + chr(c) for c in range(33, 127)]
+)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "multilingual"])
+def test_pieces_encode_without_tiktoken_as_tiktoken_does(name):
+    mine, oracle = ours.get_encoding(name), theirs.get_encoding(name)
+    fresh = vocabulary.Vocabulary(
+        mine.name,
+        mine.tokens,
+        {n: mine.encode_single_token(n) for n in mine.special_tokens_set},
+        mine._pat_str,
+    )
+    rng = random.Random(name)
+    symbols = "".join(chr(c) for c in range(33, 0x3000) if unicodedata.category(chr(c))[0] in "PS")
+    texts = PIECES + ["".join(rng.choices(symbols, k=rng.randint(1, 8))) for _ in range(300)]
+    texts += [" " + t for t in texts[-150:]]
+    fresh.preload(texts[: len(texts) // 2])  # half looked up at once, half one text at a time
+    for text in texts:
+        assert fresh.encode(text) == oracle.encode(text, disallowed_special=()), text
+    assert fresh._tiktoken is not None  # the texts that are not simple pieces went to tiktoken
+    simple = [t for t in texts if vocabulary._simple_piece(t)]
+    assert len(simple) > 300
+    again = vocabulary.Vocabulary(mine.name, mine.tokens, {}, mine._pat_str)
+    for text in simple:
+        assert again.encode(text) == oracle.encode(text), text
+    assert again._tiktoken is None  # every simple piece merged here
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
@@ -245,9 +336,11 @@ import json, sys
 import models.whisper.decoding.tokenizer as tokenizer
 report = {"after_import": sorted(m for m in ("torch", "whisper", "numpy", "tiktoken") if m in sys.modules)}
 tok = tokenizer.get_tokenizer(True, language="de", task="translate")
-text = tok.decode(tok.encode("Guten Tag, wie geht's?"))
-_ = (tok.non_speech_tokens, tok.split_to_word_tokens(tok.encode(" zwei Worte")), tokenizer.TO_LANGUAGE_CODE)
+text = tok.decode([*tok.sot_sequence, 12524, 4235, 2111, tok.eot])
+_ = (tok.non_speech_tokens, tok.split_to_word_tokens([12524, 4235, 2111, tok.eot]), tokenizer.TO_LANGUAGE_CODE)
 report["after_build"] = sorted(m for m in ("torch", "whisper", "numpy", "tiktoken") if m in sys.modules)
+_ = tok.encode("Ein Satz, und noch einer.")
+report["after_text"] = sorted(m for m in ("torch", "whisper", "numpy", "tiktoken") if m in sys.modules)
 report["text"] = text
 print(json.dumps(report))
 """
@@ -259,4 +352,7 @@ def test_torch_and_whisper_never_imported():
         [sys.executable, "-c", CHILD], cwd=root, capture_output=True, text=True, check=True, timeout=60
     )
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report == {"after_import": [], "after_build": ["tiktoken"], "text": "Guten Tag, wie geht's?"}
+    # decoding, the decode loop's own pieces and word splitting take no tiktoken; other text does
+    tok = ours.get_tokenizer(True, language="de", task="translate")
+    expected = tok.decode([*tok.sot_sequence, 12524, 4235, 2111, tok.eot])
+    assert report == {"after_import": [], "after_build": [], "after_text": ["tiktoken"], "text": expected}

@@ -7,12 +7,12 @@ The data is openai-whisper's own, read as files from the installed package (neve
 the vocabularies ``whisper/assets/{gpt2,multilingual}.tiktoken`` and the language tables, which
 are the dict literals of ``whisper/tokenizer.py`` read with :mod:`ast`. ``LANGUAGES`` (code ->
 name) and ``TO_LANGUAGE_CODE`` (name or alias -> code) are module attributes loaded on first
-use; tiktoken is imported only when an encoding is built."""
+use. Decoding and the decode loop's own short pieces need no tiktoken (:mod:`vocabulary`);
+tiktoken is imported only when other text is encoded (a prompt, a prefix)."""
 
 from __future__ import annotations
 
 import ast
-import binascii
 import functools
 import importlib.util
 import os
@@ -21,9 +21,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import tiktoken
+from models.whisper.decoding.vocabulary import Vocabulary, read_token_bytes
 
+if TYPE_CHECKING:
     # loaded on first access by the module __getattr__ below
     LANGUAGES: dict[str, str]
     TO_LANGUAGE_CODE: dict[str, str]
@@ -155,45 +155,30 @@ def special_token_names(num_languages: int = 99) -> list[str]:
     ]
 
 
-def read_ranks(path: str) -> dict[bytes, int]:
-    """A ``.tiktoken`` vocabulary: one ``base64(token bytes) rank`` pair a line."""
-    with open(path, "rb") as file:
-        fields = file.read().split()
-    if len(fields) % 2:
-        raise ValueError(f"read_ranks: {path} is not a vocabulary (a line without its rank)")
-    return dict(zip(map(binascii.a2b_base64, fields[0::2]), map(int, fields[1::2])))
-
-
 @functools.cache
-def get_encoding(name: str = "gpt2", num_languages: int = 99) -> tiktoken.Encoding:
-    """The tiktoken encoding ``name`` (``"gpt2"`` or ``"multilingual"``) with Whisper's special
-    tokens for its first ``num_languages`` languages; one object per (name, num_languages)."""
-    import tiktoken
-
+def get_encoding(name: str = "gpt2", num_languages: int = 99) -> Vocabulary:
+    """The encoding ``name`` (``"gpt2"`` or ``"multilingual"``) with Whisper's special tokens
+    for its first ``num_languages`` languages, as a :class:`Vocabulary` (tiktoken's ids and
+    strings; tiktoken itself built only for text that needs it); one object per (name,
+    num_languages)."""
     path = os.path.join(whisper_package_dir(), "assets", f"{name}.tiktoken")
     if not os.path.isfile(path):
         raise ValueError(f"get_encoding: no vocabulary {name!r} ({path} is missing)")
-    ranks = read_ranks(path)
-    specials = {token: len(ranks) + i for i, token in enumerate(special_token_names(num_languages))}
-    return tiktoken.Encoding(
-        name=os.path.basename(path),
-        explicit_n_vocab=len(ranks) + len(specials),
-        pat_str=SPLIT_PATTERN,
-        mergeable_ranks=ranks,
-        special_tokens=specials,
-    )
+    tokens = read_token_bytes(path)
+    specials = {token: len(tokens) + i for i, token in enumerate(special_token_names(num_languages))}
+    return Vocabulary(os.path.basename(path), tokens, specials, SPLIT_PATTERN)
 
 
 @dataclass
 class Tokenizer:
-    """A tiktoken encoding with Whisper's special tokens by name, its start-of-transcript
+    """An encoding (:class:`Vocabulary`) with Whisper's special tokens by name, its start-of-transcript
     sequence (``<|startoftranscript|>`` [language] [task]) and word splitting for timestamps.
 
     ``special_tokens`` holds every special token name -> id, in id order; ``sot_sequence`` is
     computed from ``language`` and ``task`` (any task but ``"transcribe"`` reads as translate,
     as in openai-whisper)."""
 
-    encoding: tiktoken.Encoding
+    encoding: Vocabulary
     num_languages: int
     language: str | None = None
     task: str | None = None
@@ -326,6 +311,8 @@ class Tokenizer:
         """Sorted ids to suppress so that no speaker tags, annotations or music notes are
         sampled (``[DAVID]``, ``( SPEAKING FOREIGN LANGUAGE )``, ``♪♪♪``) while ordinary
         punctuation stays; " -" and " '" are suppressed only at the start of a word."""
+        every = [*NON_SPEECH_SYMBOLS, *MUSIC_SYMBOLS]
+        self.encoding.preload([" -", " '", *every, *(" " + symbol for symbol in every)])
         suppressed = {self.encode(" -")[0], self.encode(" '")[0]}
         for symbol in NON_SPEECH_SYMBOLS:
             for tokens in (self.encode(symbol), self.encode(" " + symbol)):
