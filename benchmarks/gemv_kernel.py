@@ -15,7 +15,7 @@ Each call reads a different copy of the weight (copies totalling > 96 MB, past t
 cache), as a decode step does. Random values; milliseconds per call, median of
 ``--calls`` calls per shape and row count.
 
-    python benchmarks/gemv_kernel.py [--against 08c9737] [--gemm] [--rows 1 2 5 8 16]
+    python benchmarks/gemv_kernel.py [--against 08c9737] [--gemm] [--gemm16] [--rows 1 2 5 8 16]
 """
 
 from __future__ import annotations
@@ -83,6 +83,11 @@ def main(argv=None) -> int:
         help="the revision's kernel takes the instruction-set class's parameters (lanes, regs)",
     )
     ap.add_argument("--gemm", action="store_true", help="also MAX's float32 GEMM (the many-row path)")
+    ap.add_argument(
+        "--gemm16",
+        action="store_true",
+        help="also kvgraph's float16 GEMM (kvgraph_gemm_f16: a prefill's path)",
+    )
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 2, 5, 8, 16])
     ap.add_argument("--calls", type=int, default=40)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gemv_kernel.json"))
@@ -123,6 +128,8 @@ def main(argv=None) -> int:
             "kvgraph": custom_op(KERNEL, isa.host().gemv_parameters()),
             "max_gemv": lambda x, w: K.linear_gemv(x, w),
         }
+        if args.gemm16:
+            fns["kvgraph_gemm16"] = custom_op("kvgraph_gemm_f16", isa.host().gemv_parameters())
         if args.against:
             rev = isa.host().gemv_parameters() if args.against_parameters else None
             fns[args.against] = custom_op(KERNEL + "_rev", rev)

@@ -201,6 +201,49 @@ def test_gemv_once_equals_matmul_for_any_rows():
             assert_close(got.to_numpy(), ref, F32_PASS, what=f"gemv_once {name} rows={rows}x{seq}")
 
 
+def test_gemm16_equals_matmul_for_any_rows():
+    """The float16 GEMM (``kvgraph_gemm_f16``, a prefill's many-row linears) of every
+    instruction-set class equals ``x @ w.T``: its GEMV up to 16 rows, and beyond, its widened
+    and transposed panels in tiles of every height (6 rows a tile) and the outputs past the
+    last whole block of two vectors."""
+    from max.driver import Buffer
+    from max.dtype import DType
+    from max.graph import DeviceRef, Graph, Module, TensorType
+
+    from kvgraph.max import isa as I
+    from kvgraph.max import kernels as K
+    from kvgraph.max.runtime import load_graphs
+
+    pkg = custom.kernel_package()
+    assert pkg is not None
+    from decoder_fixtures import SEED
+
+    # n drawn per run (no compile cache holds these graphs), past a whole number of blocks
+    rng = np.random.default_rng(SEED + 2)
+    n, k = 32 * int(rng.integers(2, 8)) + int(rng.integers(1, 32)), 48
+    cpu = DeviceRef.CPU()
+    types = [
+        TensorType(DType.float32, ["m", k], device=cpu),
+        TensorType(DType.float16, [n, k], device=cpu),
+        TensorType(DType.float32, [n], device=cpu),
+    ]
+    module, graphs = Module(), []
+    for name in I.CLASSES:  # one Module: one compile for the four
+        with Graph(f"gemm16_test_{name}", input_types=types, custom_extensions=[pkg], module=module) as g:
+            x, w, b = (v.tensor for v in g.inputs)
+            g.output(K.linear_gemm_f16(x, w, b, isa=I.make(name)))
+        graphs.append(g)
+    models = load_graphs(module, graphs, "gemm16 tests")
+    w16 = rng.standard_normal((n, k)).astype(np.float16)
+    bias = rng.standard_normal(n).astype(np.float32)
+    for rows in (1, 5, 16, 17, 18, 19, 20, 21, 22, 23, 24, 61, 200):
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        ref = x.astype(np.float64) @ w16.astype(np.float64).T + bias
+        for name in I.CLASSES:
+            got = models[f"gemm16_test_{name}"].execute(*(Buffer.from_numpy(a) for a in (x, w16, bias)))[0]
+            assert_close(got.to_numpy(), ref, F32_PASS, what=f"gemm16 {name} rows={rows} n={n}")
+
+
 def _attention_reference(q, k, v, heads, kv_heads, scale):
     """float64 softmax(scale * q k^T) v per head, query head h on KV head h // group."""
     c, rows, hd = q.shape
@@ -417,9 +460,9 @@ def test_a_drawn_step_program_runs_every_kernel_through_the_lowering():
     sizes are drawn anew each run (``KVGRAPH_TEST_SEED``): no compile cache (MAX's own, the
     program store) can hold it, so a fault in how the kernel package reaches MAX (twice in one
     compile, a stale package) fails the suite on any machine, warm or cold. It runs every
-    custom kernel — float16 GEMVs, rows stored at their own positions, causal attention over
-    the cache buffers in place, grouped cross-attention over a context — and equals the NumPy
-    reference interpreter."""
+    custom kernel — float16 GEMVs, the float16 GEMM of a context's many rows, rows stored at
+    their own positions, causal attention over the cache buffers in place, grouped
+    cross-attention over a context — and equals the NumPy reference interpreter."""
     import re
 
     from decoder_fixtures import SEED
@@ -445,6 +488,7 @@ def test_a_drawn_step_program_runs_every_kernel_through_the_lowering():
     cv = gb.input("ctx.v", T("f32", (b, t_ctx, dh)))
     lin = {n: gb.weight(n, shape) for n, shape in (("wq", (heads * dh, d)), ("wk", (dh, d)), ("wv", (dh, d)))}
     lin["wo"] = gb.weight("wo", (n_out, heads * dh))
+    lin["wc"] = gb.weight("wc", (dh, dh))
     q = gb.add(ir.Linear(x, lin["wq"]), "q")
     kn = gb.add(ir.Linear(x, lin["wk"]), "k")
     vn = gb.add(ir.Linear(x, lin["wv"]), "v")
@@ -453,7 +497,9 @@ def test_a_drawn_step_program_runs_every_kernel_through_the_lowering():
     kview = gb.add(ir.CacheView(ks, kn, past), "k_all")
     vview = gb.add(ir.CacheView(vs, vn, past), "v_all")
     att = gb.add(ir.Attention(q, kview, vview, heads, 1, True, 0.125, past), "attn")
-    cross = gb.add(ir.Attention(att, ck, cv, heads, 1, False, 0.125), "cross")
+    # the context's keys through a linear of its many rows: the float16 GEMM
+    ckw = gb.add(ir.Linear(ck, lin["wc"]), "ctx_k_w")
+    cross = gb.add(ir.Attention(att, ckw, cv, heads, 1, False, 0.125), "cross")
     out = gb.add(ir.Linear(cross, lin["wo"]), "out")
     g = gb.finish([("out", out), ("cache.k", ks), ("cache.v", vs)])
     rng = np.random.default_rng(SEED)

@@ -15,11 +15,11 @@ from kvgraph.max import runtime
 from kvgraph.max.lower import FUSED
 
 
-def _lowered(spec_name: str, program: str):
+def _lowered(spec_name: str, program: str, weights=None, **options):
     """``(weights, registry, recipe, IR graph)`` of a spec's program, lowered as the runtime
     lowers it (the recipe as stored: names, layout, f16, source shape and dtype)."""
-    weights = weights_for(spec_name)
-    r = kvgraph.compile(SPECS[spec_name], weights, eager=False).request(program)
+    weights = weights_for(spec_name) if weights is None else weights
+    r = kvgraph.compile(SPECS[spec_name], weights, eager=False, **options).request(program)
     prog = runtime._lower([r], [program])
     return weights, prog.registry, prog.recipe, r.graph
 
@@ -40,7 +40,8 @@ def _fused_keys(registry):
 
 @pytest.mark.parametrize("spec_name", sorted(SPECS))
 def test_prefill_stacks_each_attentions_projections_once(spec_name):
-    weights, registry, recipe, graph = _lowered(spec_name, "prefill")
+    # float32 weights held as such (no float16 copies): every prefill GEMM is MAX's
+    weights, registry, recipe, graph = _lowered(spec_name, "prefill", f16_weights=False)
     fused = _fused_keys(registry)
     assert fused, "no linears were fused"
     members = set()
@@ -60,12 +61,40 @@ def test_prefill_stacks_each_attentions_projections_once(spec_name):
     assert not apart & members
 
 
+@pytest.mark.parametrize("spec_name", sorted(SPECS))
+def test_prefill_reads_float16_weights_through_the_float16_gemm(spec_name):
+    """With float16-exact weights (a float16 checkpoint's) a prefill's many-row linears read
+    the float16 weights the steps' GEMVs read, through ``kvgraph_gemm_f16``: no float32 copy
+    (stacked or apart) is held of a linear's weight whose inner dim the kernels take."""
+    from kvgraph.max import isa
+
+    exact = {n: np.asarray(a, np.float16).astype(np.float32) for n, a in weights_for(spec_name).items()}
+    r = kvgraph.compile(SPECS[spec_name], exact, eager=False).request("prefill")
+    prog = runtime._lower([r], ["prefill"])
+    assert "kvgraph_gemm_f16" in str(prog.unit)
+    lanes = isa.host().lanes
+    linear = {
+        n.op.w.name: n.op.w.type.shape[1]
+        for n in r.graph.nodes
+        if isinstance(n.op, ir.Linear) and isinstance(n.op.w, ir.Weight)
+    }
+    suited = {w for w, inner in linear.items() if inner % lanes == 0}
+    assert suited
+    held32 = set()
+    for names, layout, f16 in (entry[:3] for entry in prog.recipe.values()):
+        if layout == "T" and not f16:
+            held32.update(names if isinstance(names, (tuple, list)) else (names,))
+    assert not suited & held32, sorted(suited & held32)
+    held16 = {entry[0] for entry in prog.recipe.values() if entry[2]}
+    assert suited <= held16
+
+
 def test_few_row_steps_keep_their_float16_gemv():
     """A step of few rows reads the float16 weights by the GEMV (one per linear): nothing is
-    stacked; the same step of many rows (the GEMM) stacks."""
+    stacked; the same step of many rows over float32 weights (MAX's GEMM) stacks."""
     _, registry, _, _ = _lowered("gpt_cross_gqa", "step_few")
     assert not _fused_keys(registry)
-    _, registry, _, _ = _lowered("gpt_cross_gqa", "step")
+    _, registry, _, _ = _lowered("gpt_cross_gqa", "step", f16_weights=False)
     assert _fused_keys(registry)
 
 

@@ -232,6 +232,20 @@ def linear_gemv_once(
     return y if b is None else y + b
 
 
+def linear_gemm_f16(
+    x: TensorValue, w16: TensorValue, b: TensorValue | None = None, isa: _isa.Isa | None = None
+) -> TensorValue:
+    """``x @ w16.T (+ b)`` for many rows as kvgraph's custom kernel ``kvgraph_gemm_f16``
+    (``kvgraph/max/mojo/kvgraph_kernels/gemm16.mojo``): up to 16 rows the GEMV of
+    :func:`linear_gemv_once`; beyond, a GEMM that widens the float16 weight into per-call
+    panels, so no float32 copy of it is held. float32 arithmetic. Same requirements as
+    :func:`linear_gemv_once`. Measured against MAX's float32 GEMM over the widened weight
+    (2 cores, AMD EPYC Zen 5, tiny.en's shapes, 17-1000 rows): level within the runs' noise
+    (``benchmarks/gemv_kernel.py --gemm16``)."""
+    y = _by_rows("kvgraph_gemm_f16", x, w16, w16.shape[0], (isa or _isa.host()).gemv_parameters())
+    return y if b is None else y + b
+
+
 def _by_rows(kernel: str, x: TensorValue, w: TensorValue, out_dim, parameters=None) -> TensorValue:
     """Custom kernel ``kernel`` of ``x``'s rows (its leading dims flattened) and weight ``w``:
     ``[..., in]`` -> ``[..., out_dim]``."""

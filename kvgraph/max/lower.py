@@ -290,17 +290,39 @@ def _rule_linear(op, env, ctx):
         few = isa.thresholds().few_rows_custom if once else FEW_ROWS
         group = ctx.siblings.get(op.x, ())
         if op in group and all(ctx.half(m.w) for m in group):  # the GEMM beyond: one product
-            if op not in ctx.fused:
-                w16s = [ctx.weight(m.w, "plain", f16=True) for m in group]
-                wt = ctx.weight(tuple(m.w for m in group), "T")
-                ctx.fused.update(zip(group, K.linear_few_rows_stacked(x, w16s, wt, few, gemv)))
-            y = ctx.fused[op]
-            return y if b is None else y + b
+            return _grouped(
+                op,
+                b,
+                group,
+                ctx,
+                lambda: K.linear_few_rows_stacked(
+                    x,
+                    [ctx.weight(m.w, "plain", f16=True) for m in group],
+                    ctx.weight(tuple(m.w for m in group), "T"),
+                    few,
+                    gemv,
+                ),
+            )
         return K.linear_few_rows(x, w16, _arg(ctx, env, op.w, "T"), b, few, gemv)
     group = ctx.siblings.get(op.x, ())
+    if not few_rows and _gemm_f16(op, group, ctx):
+        # many rows (a prompt's prefill) over a float16-exact weight: kvgraph's GEMM reads
+        # the float16 weight the steps' GEMVs read, widened per call, so no float32 copy is
+        # held for it (the decoder's layers: ~38 MB for tiny.en)
+        return K.linear_gemm_f16(x, ctx.weight(op.w, "plain", f16=True), b)
     if not few_rows and op in group:  # all of them take the GEMM: one product
         return _fused_linear(op, x, b, group, ctx)
     return K.linear(x, _arg(ctx, env, op.w, "T"), b, w_transposed=True)
+
+
+def _gemm_f16(op, group: tuple, ctx) -> bool:
+    """Whether linear ``op`` (not few rows) takes kvgraph's float16 GEMM: the kernels are
+    loaded (a program with few-row linears too: a prefill, never an encoder), its weight and
+    those of the linears it would be fused with are float16-exact, the inner dim a multiple
+    of the vector width."""
+    if ctx.kernels is None or ctx.few_attention or op.w.type.shape[1] % isa.host().lanes:
+        return False
+    return all(ctx.half(m.w) for m in (group if op in group else (op,)))
 
 
 def _fusable_linears(g: ir.Graph) -> dict[ir.Value, tuple]:
@@ -325,9 +347,20 @@ def _fused_linear(op, x, b, group: tuple, ctx):
     first of them to be lowered emits one product over their stacked weights; each takes
     its slice of the outputs and adds its own bias. Every output is the same sum over the
     input as apart (a GEMM's output columns do not mix)."""
-    if op not in ctx.fused:
+
+    def product():
         y = K.linear(x, ctx.weight(tuple(m.w for m in group), "T"), None, w_transposed=True)
-        ctx.fused.update(zip(group, K.split_last(y, [int(m.w.type.shape[0]) for m in group])))
+        return K.split_last(y, [int(m.w.type.shape[0]) for m in group])
+
+    return _grouped(op, b, group, ctx, product)
+
+
+def _grouped(op, b, group: tuple, ctx, product):
+    """Linear ``op`` of ``group`` (linears of one input lowered as one product): the first of
+    them to be lowered emits ``product()`` (each member's outputs, in the group's order);
+    each takes its own and adds its bias."""
+    if op not in ctx.fused:
+        ctx.fused.update(zip(group, product()))
     y = ctx.fused[op]
     return y if b is None else y + b
 
