@@ -180,7 +180,8 @@ def test_pieces_encode_without_tiktoken_as_tiktoken_does(name):
     again = vocabulary.Vocabulary(mine.name, mine.tokens, {}, mine._pat_str)
     for text in simple:
         assert again.encode(text) == oracle.encode(text), text
-    assert again._tiktoken is None  # every simple piece merged here
+    assert again.encode("") == oracle.encode("") == []
+    assert again._tiktoken is None  # every simple piece (and the empty text) merged here
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)

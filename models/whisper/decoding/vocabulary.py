@@ -155,6 +155,8 @@ class Vocabulary:
         start (``<|``) is merged here, over this vocabulary's ranks (tiktoken's byte-pair
         rule: the adjacent pair whose merge has the lowest rank first, the leftmost among
         equals); other text goes to tiktoken."""
+        if not text:
+            return []
         if _simple_piece(text) and not any(start in text for start in self._first_chars):
             return self._merge(text.encode("utf-8"))
         return self.tiktoken().encode(
