@@ -143,39 +143,49 @@ def test_a_kernel_that_max_refuses_is_one_line_naming_it_and_the_way_out(monkeyp
 
 
 @pytest.mark.max
-def test_gemv_once_equals_matmul_for_any_rows():
-    """The float16 GEMV of every instruction-set class's tiles (AVX-512, AVX2, NEON, SSE: the
-    code targets this machine whatever the class, so every class runs here) equals ``x @ w.T``
-    for row counts across the tile heights (6 rows a tile on AVX-512 and NEON, 2 on AVX2)."""
-    from max.driver import Buffer
+def _linear_per_class(label: str, lead: list, n: int, k: int, linear) -> dict:
+    """``linear(x f32[*lead, k], w f16[n, k], b f32[n], isa=...)`` for every instruction-set
+    class (the code targets this machine whatever the class, so every class runs here), as
+    one Module (one compile for all): the loaded models by class name."""
     from max.dtype import DType
     from max.graph import DeviceRef, Graph, Module, TensorType
 
     from kvgraph.max import isa as I
-    from kvgraph.max import kernels as K
     from kvgraph.max.runtime import load_graphs
 
     pkg = custom.kernel_package()
     assert pkg is not None
+    cpu = DeviceRef.CPU()
+    types = [
+        TensorType(DType.float32, [*lead, k], device=cpu),
+        TensorType(DType.float16, [n, k], device=cpu),
+        TensorType(DType.float32, [n], device=cpu),
+    ]
+    module, graphs = Module(), []
+    for name in I.CLASSES:
+        with Graph(f"{label}_test_{name}", input_types=types, custom_extensions=[pkg], module=module) as g:
+            x, w, b = (v.tensor for v in g.inputs)
+            g.output(linear(x, w, b, isa=I.make(name)))
+        graphs.append(g)
+    models = load_graphs(module, graphs, f"{label} tests")
+    return {name: models[f"{label}_test_{name}"] for name in I.CLASSES}
+
+
+def test_gemv_once_equals_matmul_for_any_rows():
+    """The float16 GEMV of every instruction-set class's tiles (AVX-512, AVX2, NEON, SSE: the
+    code targets this machine whatever the class, so every class runs here) equals ``x @ w.T``
+    for row counts across the tile heights (6 rows a tile on AVX-512 and NEON, 2 on AVX2)."""
     from decoder_fixtures import SEED
+    from max.driver import Buffer
+
+    from kvgraph.max import isa as I
+    from kvgraph.max import kernels as K
 
     # n drawn per run (no compile cache holds these graphs: the package reaches MAX through a
     # cold compile every run), never a multiple of the 4-row blocks: the tail path runs too
     rng = np.random.default_rng(SEED)
     n, k = 4 * int(rng.integers(20, 80)) + int(rng.integers(1, 4)), 48
-    cpu = DeviceRef.CPU()
-    types = [
-        TensorType(DType.float32, ["b", "s", k], device=cpu),
-        TensorType(DType.float16, [n, k], device=cpu),
-        TensorType(DType.float32, [n], device=cpu),
-    ]
-    module, graphs = Module(), []
-    for name in I.CLASSES:  # one Module: one compile for the four
-        with Graph(f"gemv_once_test_{name}", input_types=types, custom_extensions=[pkg], module=module) as g:
-            x, w, b = (v.tensor for v in g.inputs)
-            g.output(K.linear_gemv_once(x, w, b, isa=I.make(name)))
-        graphs.append(g)
-    models = load_graphs(module, graphs, "gemv tests")
+    models = _linear_per_class("gemv_once", ["b", "s"], n, k, K.linear_gemv_once)
     rng = np.random.default_rng(0)
     w16 = rng.standard_normal((n, k)).astype(np.float16)
     bias = rng.standard_normal(n).astype(np.float32)
@@ -197,7 +207,7 @@ def test_gemv_once_equals_matmul_for_any_rows():
         x = rng.standard_normal((rows, seq, k)).astype(np.float32)
         ref = x.astype(np.float64) @ w16.astype(np.float64).T + bias
         for name in I.CLASSES:
-            got = models[f"gemv_once_test_{name}"].execute(*(Buffer.from_numpy(a) for a in (x, w16, bias)))[0]
+            got = models[name].execute(*(Buffer.from_numpy(a) for a in (x, w16, bias)))[0]
             assert_close(got.to_numpy(), ref, F32_PASS, what=f"gemv_once {name} rows={rows}x{seq}")
 
 
@@ -206,41 +216,23 @@ def test_gemm16_equals_matmul_for_any_rows():
     instruction-set class equals ``x @ w.T``: its GEMV up to 16 rows, and beyond, its widened
     and transposed panels in tiles of every height (6 rows a tile) and the outputs past the
     last whole block of two vectors."""
+    from decoder_fixtures import SEED
     from max.driver import Buffer
-    from max.dtype import DType
-    from max.graph import DeviceRef, Graph, Module, TensorType
 
     from kvgraph.max import isa as I
     from kvgraph.max import kernels as K
-    from kvgraph.max.runtime import load_graphs
-
-    pkg = custom.kernel_package()
-    assert pkg is not None
-    from decoder_fixtures import SEED
 
     # n drawn per run (no compile cache holds these graphs), past a whole number of blocks
     rng = np.random.default_rng(SEED + 2)
     n, k = 32 * int(rng.integers(2, 8)) + int(rng.integers(1, 32)), 48
-    cpu = DeviceRef.CPU()
-    types = [
-        TensorType(DType.float32, ["m", k], device=cpu),
-        TensorType(DType.float16, [n, k], device=cpu),
-        TensorType(DType.float32, [n], device=cpu),
-    ]
-    module, graphs = Module(), []
-    for name in I.CLASSES:  # one Module: one compile for the four
-        with Graph(f"gemm16_test_{name}", input_types=types, custom_extensions=[pkg], module=module) as g:
-            x, w, b = (v.tensor for v in g.inputs)
-            g.output(K.linear_gemm_f16(x, w, b, isa=I.make(name)))
-        graphs.append(g)
-    models = load_graphs(module, graphs, "gemm16 tests")
+    models = _linear_per_class("gemm16", ["m"], n, k, K.linear_gemm_f16)
     w16 = rng.standard_normal((n, k)).astype(np.float16)
     bias = rng.standard_normal(n).astype(np.float32)
     for rows in (1, 5, 16, 17, 18, 19, 20, 21, 22, 23, 24, 61, 200):
         x = rng.standard_normal((rows, k)).astype(np.float32)
         ref = x.astype(np.float64) @ w16.astype(np.float64).T + bias
         for name in I.CLASSES:
-            got = models[f"gemm16_test_{name}"].execute(*(Buffer.from_numpy(a) for a in (x, w16, bias)))[0]
+            got = models[name].execute(*(Buffer.from_numpy(a) for a in (x, w16, bias)))[0]
             assert_close(got.to_numpy(), ref, F32_PASS, what=f"gemm16 {name} rows={rows} n={n}")
 
 
