@@ -320,7 +320,9 @@ def _gemm_f16(op, group: tuple, ctx) -> bool:
     loaded (a program with few-row linears too: a prefill, never an encoder), its weight and
     those of the linears it would be fused with are float16-exact, the inner dim a multiple
     of the vector width."""
-    if ctx.kernels is None or ctx.few_attention or op.w.type.shape[1] % isa.host().lanes:
+    if ctx.kernels is None or ctx.few_attention or not isinstance(op.w, ir.Weight):
+        return False
+    if op.w.type.shape[1] % isa.host().lanes:  # a weight's dims are numbers
         return False
     return all(ctx.half(m.w) for m in (group if op in group else (op,)))
 
