@@ -29,9 +29,10 @@ def _dp(acc: SIMD[DType.float32, 16], a: SIMD[DType.uint32, 16], b: SIMD[DType.u
             acc, bitcast[DType.bfloat16, 32](a), bitcast[DType.bfloat16, 32](b)
         )
     else:
+        # x.fma(y, z) is x * y + z (Mojo's SIMD.fma): the products first, the sum last
         var hi = SIMD[DType.uint32, 16](0xFFFF0000)
-        var r = acc.fma(bitcast[DType.float32, 16](a & hi), bitcast[DType.float32, 16](b & hi))
-        return r.fma(bitcast[DType.float32, 16](a << 16), bitcast[DType.float32, 16](b << 16))
+        var r = bitcast[DType.float32, 16](a & hi).fma(bitcast[DType.float32, 16](b & hi), acc)
+        return bitcast[DType.float32, 16](a << 16).fma(bitcast[DType.float32, 16](b << 16), r)
 
 
 @always_inline
