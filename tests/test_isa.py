@@ -68,6 +68,7 @@ def test_l1d_is_read_from_sysfs(tmp_path):
 
 
 def test_a_class_can_be_forced_and_a_bad_one_is_one_line(monkeypatch):
+    monkeypatch.delenv(I.ENV, raising=False)  # this machine's own class (a run may force one)
     here = I.host()
     for name in I.CLASSES:
         monkeypatch.setenv(I.ENV, name)
@@ -170,4 +171,105 @@ def test_a_bfloat16_engine_this_cpu_lacks_or_misspelt_is_a_one_line_error(monkey
 )
 def test_the_cpu_flags_are_read_from_either_field(info, want, monkeypatch):
     monkeypatch.setattr(I.native, "cpuinfo", lambda: info)
-    assert I.cpu_flags.__wrapped__() == frozenset(want)  # the uncached reader
+    assert I._flags.__wrapped__(None) == frozenset(want)  # the uncached reader
+
+
+# --------------------------------------------------------------------------
+# A virtual CPU target (KVGRAPH_CPU_TARGET): one machine builds the code of another kind
+
+
+@pytest.fixture
+def zen5_host(monkeypatch):
+    """This process as a Zen 5 (x86-64, AVX-512 with bfloat16, no AMX), its CPU caches
+    emptied before and after (they are keyed by the target, not by the host's fields)."""
+    from kvgraph.max import native
+
+    info = {
+        "model name": "AMD EPYC 9B45",
+        "flags": " ".join(
+            sorted(ZEN5 | {"sse2", "ssse3", "sse4_1", "popcnt", "f16c", "avx512dq", "avx512vl"})
+        ),
+    }
+    monkeypatch.setattr(native, "host_cpuinfo", lambda: info)
+    monkeypatch.setattr(I.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(I, "_amx_granted", lambda: False)
+    for var in (native.TARGET_ENV, I.ENV, I.BF16_ENV, I.AMX_ENV):
+        monkeypatch.delenv(var, raising=False)
+    caches = (native._cpu_id, I._flags, I._detected)
+    for c in caches:
+        c.cache_clear()
+    yield native
+    for c in caches:
+        c.cache_clear()
+
+
+def test_a_virtual_cpu_target_is_what_every_choice_and_key_sees(zen5_host, monkeypatch):
+    """Under ``KVGRAPH_CPU_TARGET`` the class, the bfloat16 engine and the CPU part of every
+    compiled-code key are the target's: an AVX-512 machine building ``x86-64-v3`` code gets
+    the AVX2 tiles, emulated bfloat16 and keys no program of its own answers."""
+    native = zen5_host
+    host_id = native.cpu_id()
+    assert I.host().name == "avx512" and I.bf16_engine() == "avx512"
+    seen = {}
+    for target, cls, bf16 in [
+        ("x86-64-v3", "avx2", "emulate"),
+        ("znver3", "avx2", "emulate"),
+        ("x86-64-v2", "sse", "emulate"),
+        ("x86-64-v4", "avx512", "emulate"),
+        ("znver5", "avx512", "avx512"),
+    ]:
+        monkeypatch.setenv(native.TARGET_ENV, f" {target.upper()} ")
+        assert native.virtual_target() == target
+        assert I.host().name == cls and I.bf16_engine() == bf16, target
+        assert target in native.cpuinfo()["model name"] and "AMD EPYC 9B45" in native.cpuinfo()["model name"]
+        seen[target] = native.cpu_id()
+        assert seen[target] != host_id and target in seen[target]
+    assert len(set(seen.values())) == len(seen)  # x86-64-v3 and znver3: the same flags, other keys
+    monkeypatch.delenv(native.TARGET_ENV)
+    assert native.virtual_target() is None and native.cpu_id() == host_id and I.host().name == "avx512"
+
+
+@pytest.mark.parametrize(
+    "target, machine, words",
+    [
+        (
+            "sapphirerapids",
+            "x86_64",
+            ["KVGRAPH_CPU_TARGET=sapphirerapids", "amx_bf16, amx_int8, amx_tile", "cannot run here"],
+        ),
+        ("pentium-mmx", "x86_64", ["'pentium-mmx' is not a CPU kvgraph can target", "x86-64-v3", "znver3"]),
+        ("x86-64-v3", "aarch64", ["targets are x86-64 CPUs", "aarch64"]),
+    ],
+)
+def test_a_virtual_target_this_cpu_cannot_run_is_a_one_line_error(
+    zen5_host, monkeypatch, target, machine, words
+):
+    native = zen5_host
+    monkeypatch.setattr(native.platform, "machine", lambda: machine)
+    monkeypatch.setenv(native.TARGET_ENV, target)
+    with pytest.raises(InputError) as e:
+        native.virtual_target()
+    msg = str(e.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+def test_the_session_and_the_native_libraries_build_for_the_virtual_target(zen5_host, monkeypatch, tmp_path):
+    """MAX is told the target before its session exists (so before any compile), and a
+    native library is built with ``--target-cpu``; without a target, neither."""
+    from kvgraph.max import runtime
+
+    native = zen5_host
+    told, built = [], []
+    monkeypatch.setattr(runtime, "set_virtual_cpu_target", told.append)
+    monkeypatch.setattr(runtime.engine, "InferenceSession", lambda devices: ("session", told[:]))
+    monkeypatch.setattr(native.custom, "build_into", lambda target, command: built.append(command))
+    for env, want in [("znver3", ["znver3"]), (None, [])]:
+        if env:
+            monkeypatch.setenv(native.TARGET_ENV, env)
+        else:
+            monkeypatch.delenv(native.TARGET_ENV, raising=False)
+        monkeypatch.setattr(runtime, "_SESSION", None)
+        told.clear()
+        assert runtime.session() == ("session", want)
+        native._build(Path("mojo"), Path("lib.mojo"), tmp_path / "lib.so")
+        assert (["--target-cpu", "znver3"] == built[-1][4:6]) == bool(env), built[-1]

@@ -134,22 +134,28 @@ def make(name: str, l1d: int = 32 * 1024) -> Isa:
     return Isa(name, lanes, regs, l1d)
 
 
-@functools.cache
 def cpu_flags() -> frozenset[str]:
     """This CPU's feature flags: ``/proc/cpuinfo``'s ``flags`` (x86) or ``Features`` (Arm),
-    read once; empty where there is none."""
+    read once; empty where there is none. Under a virtual CPU target (``KVGRAPH_CPU_TARGET``,
+    :mod:`kvgraph.max.native`) the target's."""
+    return _flags(native.virtual_target())
+
+
+@functools.cache
+def _flags(target: str | None) -> frozenset[str]:
     info = native.cpuinfo()
     return frozenset(info.get("flags", info.get("Features", "")).split())
 
 
 @functools.cache
-def _detected() -> Isa:
+def _detected(target: str | None = None) -> Isa:
     return make(classify(platform.machine(), cpu_flags()), l1d_bytes())
 
 
 def host() -> Isa:
-    """This machine's class (``KVGRAPH_ISA`` forces one, keeping the machine's L1d)."""
-    det = _detected()
+    """This machine's class (``KVGRAPH_ISA`` forces one, keeping the machine's L1d; a virtual
+    CPU target's class under ``KVGRAPH_CPU_TARGET``)."""
+    det = _detected(native.virtual_target())
     forced = os.environ.get(ENV, "").strip().lower()
     if not forced or forced == det.name:
         return det

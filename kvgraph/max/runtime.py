@@ -32,7 +32,7 @@ from pathlib import Path
 import attrs
 import numpy as np
 from max import engine
-from max.driver import CPU, Buffer
+from max.driver import CPU, Buffer, set_virtual_cpu_target
 from max.graph import Graph as MaxGraph
 from max.graph import Module
 
@@ -44,7 +44,7 @@ from ..printer import format_graph
 from ..store import ProgramStore, default_store, make_key
 from . import converted, custom, isa
 from .lower import LAYOUTS, lower, max_name, source_array
-from .native import cpu_id
+from .native import TARGET_ENV, cpu_id, virtual_target
 
 log = logging.getLogger("kvgraph")
 
@@ -64,6 +64,10 @@ def session():
     """The process's one MAX InferenceSession (CPU)."""
     global _SESSION
     if _SESSION is None:
+        target = virtual_target()
+        if target is not None:  # before MAX compiles anything (max.driver's contract)
+            set_virtual_cpu_target(target)
+            log.warning("%s=%s: every program is compiled for that CPU, not this one", TARGET_ENV, target)
         _SESSION = engine.InferenceSession(devices=[CPU()])
     return _SESSION
 
