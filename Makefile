@@ -35,13 +35,17 @@ format: $(STAMP)
 
 # Another x86-64 CPU's code, built and run on this machine (KVGRAPH_CPU_TARGET: see
 # kvgraph/max/native.py and docs/testing.md): the custom kernels, the native host libraries and
-# the lowering's choices by instruction-set class. CPU is an LLVM CPU name this machine can run
-# (default x86-64-v3: AVX2's code, e.g. AMD Zen 3's, on an AVX-512 machine). Left out: the
-# bfloat16 emulation's test, whose convolution is MAX's conv2d, wrong in MAX 26.7 under a
+# the lowering's choices by instruction-set class, and Whisper tiny.en's decoder on openai's
+# encoder output against openai-whisper's logits. CPU is an LLVM CPU name this machine can run
+# (default x86-64-v3: AVX2's code, e.g. AMD Zen 3's, on an AVX-512 machine). Left out: whatever
+# runs MAX's conv2d (the encoder, the bfloat16 emulation's test), wrong in MAX 26.7 under a
 # virtual target (and right on the CPU itself).
 CPU ?= x86-64-v3
+WHISPER_DECODER_TESTS := $(addprefix tests/test_whisper_max.py::,test_decoder_steps_match_openai_kv_cache \
+	test_decoder_multi_token_step_matches_openai_full test_sampling_probabilities_on_real_steps_equal_torchs)
 TARGET_TESTS := tests/test_custom_kernels.py tests/test_max_kernels.py tests/test_torch_float_native.py \
-	tests/test_compute_types.py tests/test_fused_linears.py tests/test_lower_f16.py tests/test_isa.py
+	tests/test_compute_types.py tests/test_fused_linears.py tests/test_lower_f16.py tests/test_isa.py \
+	$(WHISPER_DECODER_TESTS)
 test-cpu-target: $(STAMP)
 	KVGRAPH_CPU_TARGET=$(CPU) $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile $(TARGET_TESTS) \
 		--deselect "tests/test_compute_types.py::test_max_runs_the_reference_arithmetic[emulate]"
