@@ -121,6 +121,56 @@ def test_sampling_probabilities_and_blocks_equal_the_numpy_twin(lib, monkeypatch
         assert np.array_equal(fast[1].view(np.uint64), slow[1].view(np.uint64)), t
 
 
+class Uniforms:
+    """A generator whose draws are given (``random(n)``: the next n of them)."""
+
+    def __init__(self, u):
+        self.u = np.asarray(u, np.float64)
+
+    def random(self, n):
+        out, self.u = self.u[:n], self.u[n:]
+        return out
+
+
+@pytest.mark.parametrize("n", [51864, 1000, 300, 23])
+def test_draws_equal_the_numpy_twin(lib, monkeypatch, n):
+    """The sampler's draws, from the Mojo twin and from NumPy, token for token: random and
+    edge uniforms (0, 1, a block's running total exactly, just below and above it), rows with
+    -inf, peaked and flat rows; a row with nothing to draw is an error in both."""
+    from models.whisper.decoding import search
+
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((6, n)) * 4).astype(F32)
+    x[:, rng.integers(0, n, n // 3)] = -np.inf
+    x[1, : n - 1] = -np.inf  # one drawable token, the last
+    x[1, n - 1] = 1.0
+    x[2] = 0.0  # flat
+    x[3] *= 30  # peaked
+    for t in (0.2, 0.7, 1.0):
+        _, blocks = search._probs_and_blocks(x, t)
+        cum = np.cumsum(blocks, axis=1)
+        edges = [0.0, 1.0, np.nextafter(1.0, 0.0)]
+        if cum.shape[1] > 1:  # a draw on the first block's running total, and beside it
+            at = cum[0, 0] / cum[0, -1]
+            edges += [at, np.nextafter(at, 0.0), np.nextafter(at, 2.0)]
+        draws = [rng.random(6) for _ in range(20)] + [np.full(6, e) for e in edges]
+        for u in draws:
+            fast = search.sample(x, t, Uniforms(u))
+            with monkeypatch.context() as m:
+                numpy_twin(m)
+                slow = search.sample(x, t, Uniforms(u))
+            assert fast.tolist() == slow.tolist(), (t, u)
+            assert fast[1] == n - 1
+    bad = x.copy()
+    bad[4] = -np.inf
+    for twin in (False, True):
+        with monkeypatch.context() as m:
+            if twin:
+                numpy_twin(m)
+            with pytest.raises(ValueError, match="no finite entry"):
+                search.sample(bad, 0.5, np.random.default_rng(0))
+
+
 def test_the_library_key_covers_source_compiler_and_cpu(monkeypatch, tmp_path):
     src = tmp_path / "k.mojo"
     src.write_text("# a\n")

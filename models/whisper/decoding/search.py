@@ -149,13 +149,18 @@ def topk_log_probs(
 # Sampling
 
 
-def sampling_probs(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """Probabilities f32[rows, vocab] of ``Categorical(logits=logits / temperature)`` as torch
-    forms them: logits divided in float32, normalised by their logsumexp, then softmax. The
-    exps are SLEEF's float32 ones (torch's softmax kernel's), the sums float64: sampling is
-    random in openai-whisper too, so the contract here is torch's probabilities within float
-    tolerance (tests/test_filters_search.py, tests/test_whisper_max.py)."""
-    return _probs_and_blocks(logits, temperature)[0]
+def sampling_probs(logits: np.ndarray, temperature: float, top: np.ndarray | None = None) -> np.ndarray:
+    """Probabilities f32[rows, vocab] of ``Categorical(logits=logits / temperature)``: the
+    logits divided in float32, ``e = exp(z - max z)`` with SLEEF's float32 exp (torch's
+    softmax kernel's), then ``e`` times the reciprocal of its float64 sum rounded to float32.
+    torch normalises the tempered logits by their logsumexp first and takes its exps of
+    ``(z - lse) - max`` — one exp pass more per row for the same values within float32
+    rounding of the exps' arguments (a spacing of ``max |z|`` relative, the bound the tests
+    hold). Sampling is random in openai-whisper too: the contract here is torch's
+    probabilities within float tolerance (tests/test_filters_search.py,
+    tests/test_whisper_max.py). ``top``: the rows' maxima of ``logits`` when the caller has
+    them (``logits.max(axis=1)`` exactly, NaN where a row holds one)."""
+    return _probs_and_blocks(logits, temperature, top)[0]
 
 
 #: tokens per block of the sampling CDF (:func:`sample`; a multiple of 16)
@@ -177,83 +182,81 @@ def _lane_sums64(e: np.ndarray, block: int | None = None) -> np.ndarray:
     return sums if block is not None else sums[:, 0]
 
 
-def _probs_and_blocks(logits: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+def _probs_and_blocks(
+    logits: np.ndarray, temperature: float, top: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`sampling_probs` and the float64 sums of its blocks of :data:`_CDF_BLOCK`
-    probabilities f64[rows, blocks]. The Mojo twin makes them in three passes over a row
-    (max, exps and sum, exps and sums again); the NumPy code takes the same float32 and
-    float64 steps in the same order (the tests hold the two equal bit for bit)."""
+    probabilities f64[rows, blocks]. The Mojo twin makes them in two passes over a row (exps
+    and their sum; the scaling and the blocks' sums); the NumPy code takes the same float32
+    and float64 steps in the same order (the tests hold the two equal bit for bit)."""
     x = np.asarray(logits, dtype=F32)
     rows, n = x.shape
     t = F32(temperature)
-    lib = tf.native_library()
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        if top is None:
+            top = x.max(axis=1) if n else np.full(rows, -np.inf, F32)
+        top = np.ascontiguousarray(top, dtype=F32)
+        lib = tf.native_library()
         if lib is not None and n > 0 and x.strides[1] == 4 and x.strides[0] % 4 == 0:
-            z, top, total = np.empty((rows, n), F32), np.empty(rows, F32), np.empty(rows, F32)
-            lib.kv_tempered_exp_sums(
-                x.ctypes.data,
-                rows,
-                n,
-                x.strides[0] // 4,
-                t,
-                z.ctypes.data,
-                top.ctypes.data,
-                total.ctypes.data,
-            )
-            lse, peak = _lse_and_peak(top, total)
+            probs = np.empty((rows, n), F32)
             blocks = np.empty((rows, -(-n // _CDF_BLOCK)), F64)
             lib.kv_sampling_probs(
-                z.ctypes.data, rows, n, lse.ctypes.data, peak.ctypes.data, blocks.ctypes.data, _CDF_BLOCK
-            )
-            return z, blocks  # the probabilities, in z's place
-        z = x / t
-        top = z.max(axis=1) if n else np.full(rows, -np.inf, F32)
-        lse, peak = _lse_and_peak(top, _lane_sums64(sleef_expf(z - _shift(top)[:, None])).astype(F32))
-        e = sleef_expf((z - lse[:, None]) - peak[:, None])
+                x.ctypes.data, rows, n, x.strides[0] // 4, t, top.ctypes.data, probs.ctypes.data,
+                blocks.ctypes.data, _CDF_BLOCK,
+            )  # fmt: skip
+            return probs, blocks
+        shift = _shift((top / t).astype(F32))  # z's maxima: dividing keeps the order
+        e = sleef_expf(x / t - shift[:, None])
         probs = e * (F32(1.0) / _lane_sums64(e).astype(F32))[:, None]
         return probs, _lane_sums64(probs, _CDF_BLOCK)
 
 
 def _shift(top: np.ndarray) -> np.ndarray:
-    """What torch's logsumexp subtracts before its exps: the row maximum, 0 where infinite."""
+    """What is subtracted before the exps: the row maximum, 0 where infinite (NaN stays)."""
     return np.where(np.isinf(top), F32(0.0), top).astype(F32)
 
 
-def _lse_and_peak(top: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """From the rows' maxima ``top`` and their float32 sums ``total`` of exp(z - shift):
-    torch's logsumexp ``lse``, and ``peak``, the largest of z - lse (rounding keeps the order,
-    so it is top - lse)."""
-    lse = (np.log(total.astype(F64)).astype(F32) + _shift(top)).astype(F32)
-    return lse, (top - lse).astype(F32)
-
-
-def sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
+def sample(
+    logits: np.ndarray, temperature: float, rng: np.random.Generator, top: np.ndarray | None = None
+) -> np.ndarray:
     """One token i64[rows] per row drawn from ``sampling_probs(logits, temperature)`` with
     ``rng`` (one uniform per row, inverse CDF), so a seeded generator repeats its draws.
+    ``top``: as :func:`sampling_probs`'.
 
     The CDF is found in two levels, in float64: the running total of blocks of
     :data:`_CDF_BLOCK` probabilities, then the running sum inside the one block the draw lands
     in (a running sum over the whole vocabulary is a chain of ~52,000 dependent additions per
-    row: most of a sampled step's host time)."""
-    probs, blocks = _probs_and_blocks(logits, temperature)
+    row), for all rows at once."""
+    probs, blocks = _probs_and_blocks(logits, temperature, top)
     rows, n = probs.shape
-    starts = np.arange(0, n, _CDF_BLOCK)
+    uniforms = np.ascontiguousarray(rng.random(rows), dtype=F64)
+    lib = tf.native_library()
+    if lib is not None and n > 0:
+        out = np.empty(rows, np.int64)
+        lib.kv_sample_rows(
+            probs.ctypes.data, blocks.ctypes.data, rows, n, _CDF_BLOCK, uniforms.ctypes.data, out.ctypes.data
+        )
+        if (out < 0).any():
+            raise ValueError("sample: a row of logits has no finite entry to draw from")
+        return out
     cum = np.cumsum(blocks, axis=1)
     total = cum[:, -1]
     if not np.all(np.isfinite(total) & (total > 0)):
         raise ValueError("sample: a row of logits has no finite entry to draw from")
-    draws = rng.random(rows) * total
-    out = np.empty(rows, dtype=np.int64)
-    for k in range(rows):
-        b = min(int(np.searchsorted(cum[k], draws[k], side="right")), len(starts) - 1)
-        lo = int(starts[b])
-        inside = np.cumsum(probs[k, lo : lo + _CDF_BLOCK], dtype=np.float64)
-        if b:
-            inside += cum[k, b - 1]
-        j = lo + int(np.searchsorted(inside, draws[k], side="right"))
-        if j == lo + len(inside):  # past the block's end by a rounding: the last drawable token
-            j = int(np.flatnonzero(probs[k, :j] > 0)[-1])
-        out[k] = j
-    return out
+    draws = uniforms * total
+    # the block each draw lands in: searchsorted(cum, draw, side="right") (cum never falls)
+    block = np.minimum(np.count_nonzero(cum <= draws[:, None], axis=1), cum.shape[1] - 1)
+    at = block[:, None] * _CDF_BLOCK + np.arange(_CDF_BLOCK)
+    inside_block = at < n
+    values = np.where(inside_block, probs[np.arange(rows)[:, None], np.minimum(at, n - 1)], F32(0.0))
+    inside = np.cumsum(values, axis=1, dtype=F64)
+    before = np.where(block > 0, cum[np.arange(rows), block - 1], 0.0)
+    inside[block > 0] += before[block > 0, None]
+    out = block * _CDF_BLOCK + np.count_nonzero((inside <= draws[:, None]) & inside_block, axis=1)
+    for k in np.flatnonzero(out >= np.minimum(block * _CDF_BLOCK + _CDF_BLOCK, n)):
+        # past the block's end by a rounding: the last drawable token
+        out[k] = int(np.flatnonzero(probs[k, : out[k]] > 0)[-1])
+    return out.astype(np.int64)
 
 
 # --------------------------------------------------------------------------
@@ -290,11 +293,11 @@ class GreedyDecoder:
         self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray
     ) -> tuple[np.ndarray, bool, None]:
         """Append each row's next token; add its log-probability to ``sum_logprobs``."""
+        top, logs = self.memo(logits)
         if self.temperature == 0:
             chosen = np.argmax(logits, axis=-1).astype(np.int64)
         else:
-            chosen = sample(logits, self.temperature, self.rng)
-        top, logs = self.memo(logits)
+            chosen = sample(logits, self.temperature, self.rng, top)
         live = tokens[:, -1] != self.eot
         with np.errstate(invalid="ignore"):
             added = log_probs_at(logits, top, logs, chosen) * live.astype(F32)

@@ -259,75 +259,34 @@ def add16(acc: SIMD[D, 8], v: SIMD[F, 16]) -> SIMD[D, 8]:
 
 
 @export
-def kv_tempered_exp_sums(x: Ptr, rows: Int, n: Int, stride: Int, temperature: Float32, z: Ptr, tops: Ptr, sums: Ptr):
-    """For each row r: z[r] = x[r] / temperature (float32; z is contiguous), tops[r] = max
-    z[r] (NaN if any is), sums[r] = the lane-ordered float64 sum of expf(z[r] - m), m =
-    tops[r] or 0 where it is infinite, rounded to float32."""
-    comptime W = 16
-    var tw = SIMD[F, W](temperature)
-    for r in range(rows):
-        var xr = x + r * stride
-        var zr = z + r * n
-        var mx = SIMD[F, W](-Float32.MAX) * SIMD[F, W](2.0)  # -inf
-        var nan = SIMD[DType.bool, W](fill=False)
-        var i = 0
-        while i + W <= n:
-            var v = xr.unsafe_load[width=W](i) / tw
-            zr.unsafe_store(i, v)
-            nan |= v.ne(v)
-            mx = v.gt(mx).select(v, mx)
-            i += W
-        var m = mx.reduce_max()
-        var anynan = nan.reduce_or()
-        while i < n:
-            var v = xr[i] / temperature
-            zr[i] = v
-            anynan = anynan or v.ne(v)
-            if v.gt(m):
-                m = v
-            i += 1
-        if anynan:
-            m = SIMD[F, 1](0.0) / SIMD[F, 1](0.0)  # NaN, as NumPy's max gives it
-        tops[r] = m
-        var m0 = m
-        if m.eq(m) and (m.gt(Float32.MAX) or m.lt(-Float32.MAX)):
-            m0 = 0.0
-        var mv = SIMD[F, W](m0)
-        var acc = SIMD[D, 8](0.0)
-        i = 0
-        while i + W <= n:
-            acc = add16(acc, expf[W](zr.unsafe_load[width=W](i) - mv))
-            i += W
-        while i < n:
-            acc[i % 8] = acc[i % 8] + expf[1](zr[i] - m0).cast[D]()[0]
-            i += 1
-        sums[r] = fold8(acc).cast[F]()
-
-
-@export
-def kv_sampling_probs(z: Ptr, rows: Int, n: Int, lse: Ptr, peak: Ptr, blocks: DPtr, block: Int):
-    """For each row r of z (contiguous, kv_tempered_exp_sums' z), in place: e = expf((z[r] -
-    lse[r]) - peak[r]) (float32, each step rounded), then z[r] = e * (1 / total) with total
-    the lane-ordered float64 sum of e rounded to float32; blocks[r, b] = the lane-ordered
-    float64 sum of those probabilities over block b of block elements (a multiple of 16; the
-    last block may be shorter)."""
+def kv_sampling_probs(
+    x: Ptr, rows: Int, n: Int, stride: Int, temperature: Float32, tops: Ptr, probs: Ptr, blocks: DPtr, block: Int
+):
+    """For each row r of x (rows stride elements apart): z = x[r] / temperature (float32), m =
+    tops[r] / temperature (tops: the rows' maxima of x, so m is z's; NaN if a row holds one),
+    0 where infinite; e = expf(z - m); total = the lane-ordered float64 sum of e rounded to
+    float32; probs[r] = e * (1 / total) (float32; probs' rows contiguous); blocks[r, b] = the
+    lane-ordered float64 sum of those probabilities over block b of block elements (a multiple
+    of 16; the last block may be shorter)."""
     comptime W = 16
     var nb = (n + block - 1) // block
     for r in range(rows):
-        var pr = z + r * n
-        var l = lse[r]
-        var pk = peak[r]
-        var lv = SIMD[F, W](l)
-        var mv = SIMD[F, W](pk)
+        var xr = x + r * stride
+        var pr = probs + r * n
+        var m = tops[r] / temperature
+        if m.eq(m) and (m.gt(Float32.MAX) or m.lt(-Float32.MAX)):
+            m = 0.0
+        var tw = SIMD[F, W](temperature)
+        var mv = SIMD[F, W](m)
         var acc = SIMD[D, 8](0.0)
         var i = 0
         while i + W <= n:
-            var e = expf[W]((pr.unsafe_load[width=W](i) - lv) - mv)
+            var e = expf[W](xr.unsafe_load[width=W](i) / tw - mv)
             pr.unsafe_store(i, e)
             acc = add16(acc, e)
             i += W
         while i < n:
-            var e = expf[1]((pr[i] - l) - pk)
+            var e = expf[1](xr[i] / temperature - m)
             pr[i] = e[0]
             acc[i % 8] = acc[i % 8] + e.cast[D]()[0]
             i += 1
@@ -350,3 +309,54 @@ def kv_sampling_probs(z: Ptr, rows: Int, n: Int, lse: Ptr, peak: Ptr, blocks: DP
                 bacc[(j - lo) % 8] = bacc[(j - lo) % 8] + p.cast[D]()
                 j += 1
             blocks[r * nb + b] = fold8(bacc)
+
+
+@export
+def kv_sample_rows(probs: Ptr, blocks: DPtr, rows: Int, n: Int, block: Int, uniforms: DPtr, tokens: IPtr):
+    """For each row r of probs (contiguous, kv_sampling_probs' output, with its blocks' sums):
+    the CDF's blocks' running total cum (float64, in order), draw = uniforms[r] * cum[-1], the
+    block b = how many running totals are <= draw (at most the last), then inside it the
+    running float64 sum of its probabilities plus cum[b - 1] (for b > 0), and tokens[r] = the
+    block's start + how many of those are <= draw; a draw past the block's end (a rounding)
+    takes the last token before it with a probability > 0. tokens[r] = -1 where cum[-1] is
+    not finite and > 0 (no entry to draw from)."""
+    var nb = (n + block - 1) // block
+    for r in range(rows):
+        var br = blocks + r * nb
+        var pr = probs + r * n
+        var total = Float64(0.0)
+        for b in range(nb):
+            total = br[b] if b == 0 else total + br[b]
+        if not (total.eq(total) and total > 0.0 and total <= Float64.MAX):
+            tokens[r] = -1
+            continue
+        var draw = uniforms[r] * total
+        var cum = Float64(0.0)
+        var chosen = 0
+        var before = Float64(0.0)
+        for b in range(nb):
+            cum = br[b] if b == 0 else cum + br[b]
+            if cum <= draw:
+                chosen = b + 1
+                before = cum
+        if chosen > nb - 1:
+            chosen = nb - 1
+            # before stays the running total up to the block before it
+            before = Float64(0.0)
+            for b in range(nb - 1):
+                before = br[b] if b == 0 else before + br[b]
+        var lo = chosen * block
+        var hi = min(lo + block, n)
+        var s = Float64(0.0)
+        var count = 0
+        for j in range(lo, hi):
+            s = s + pr[j].cast[D]()
+            var v = s + before if chosen > 0 else s
+            if v <= draw:
+                count += 1
+        var out = lo + count
+        if out >= hi:
+            out -= 1
+            while out > 0 and not (pr[out] > 0.0):
+                out -= 1
+        tokens[r] = Int64(out)

@@ -28,8 +28,8 @@ operations with real fused multiply-adds), built into a shared library on first 
 emulation, which stays as its twin (no compiler, or ``KVGRAPH_NATIVE=off``) and its check
 (the tests hold both equal bit for bit, and an exhaustive run over every float32 input of
 ``expf`` in [-128, 128] found no difference). The same library holds ``search.py``'s beam top-k
-and sampler probabilities (``kv_topk_log_probs``, ``kv_tempered_exp_sums``,
-``kv_sampling_probs``), with their NumPy twins there.
+and sampler (``kv_topk_log_probs``, ``kv_sampling_probs``, ``kv_sample_rows``), with their
+NumPy twins there.
 """
 
 from __future__ import annotations
@@ -84,15 +84,15 @@ def native_library() -> Any:
     lib.kv_logf.argtypes = (p, p, n, n)
     lib.kv_exp_lane_sums.argtypes = (p, n, n, n, p, n, p)
     lib.kv_topk_log_probs.argtypes = (p, n, n, n, p, p, n, p, p)
-    lib.kv_tempered_exp_sums.argtypes = (p, n, n, n, f, p, p, p)
-    lib.kv_sampling_probs.argtypes = (p, n, n, p, p, p, n)
+    lib.kv_sampling_probs.argtypes = (p, n, n, n, f, p, p, p, n)
+    lib.kv_sample_rows.argtypes = (p, p, n, n, n, p, p)
     for fn in (
         lib.kv_expf,
         lib.kv_logf,
         lib.kv_exp_lane_sums,
         lib.kv_topk_log_probs,
-        lib.kv_tempered_exp_sums,
         lib.kv_sampling_probs,
+        lib.kv_sample_rows,
     ):
         fn.restype = None
     return lib
