@@ -14,7 +14,8 @@ Per kvgraph mode, each in its own process (``load_model(name, compute_type=mode)
    after the other (greedy, temperature 0, language "en", no timestamp tokens), total wall
    time after the model is loaded (fastest of ``--corpus-reps`` passes), each clip's text and
    tokens;
-4. peak RSS: ``ru_maxrss`` of a whole process that loads the model and transcribes JFK.
+4. peak RSS: ``ru_maxrss`` of a whole process that loads the model and transcribes JFK, with
+   a program store of that mode alone (``rss_store``).
 
 faster-whisper runs in the interpreter of ``--faster-python`` (default ``$FASTER_WHISPER_PYTHON``
 or /tmp/fwvenv/bin/python), skipped with a message where it lacks faster_whisper; it reads
@@ -91,7 +92,7 @@ DEFINITIONS = {
     "--calls calls after one untimed call; 8 rows = 8 distinct audios",
     "corpus_wall_s": "sequential transcription of every clip after the model is loaded "
     "(and one untimed JFK transcription); fastest quiet pass",
-    "peak_rss_mb": "ru_maxrss of a fresh process that loads the model and transcribes JFK",
+    "peak_rss_mb": "ru_maxrss of a fresh process that loads the model and transcribes JFK (kvgraph: with a program store of its mode alone)",
 }
 
 
@@ -245,7 +246,7 @@ def child_main(args) -> int:
 
 
 # ---------------------------------------------------------------- parent
-def run_child(python: str, child: str, mode: str, args, tmp: Path, extra=()) -> dict:
+def run_child(python: str, child: str, mode: str, args, tmp: Path, extra=(), env_extra=None) -> dict:
     """This script as ``--child`` in a fresh ``python`` process: its JSON, plus the process's
     wall and CPU time and peak RSS (``os.wait4``); ``{"error": ...}`` where it failed."""
     out = tmp / f"{child}-{mode}-{len(list(tmp.iterdir()))}.json"
@@ -253,7 +254,7 @@ def run_child(python: str, child: str, mode: str, args, tmp: Path, extra=()) -> 
     cmd += ["--model", args.model, "--repeats", str(args.repeats), "--calls", str(args.calls)]
     cmd += ["--corpus-reps", str(args.corpus_reps), "--threshold", str(args.threshold)]
     cmd += ["--retries", str(args.retries), "--audio", str(tmp / "audio.npz"), "--model-dir", args.model_dir]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env_extra or {}))
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     err = p.stderr.read()
@@ -458,18 +459,34 @@ def parse(argv=None):
     return ap.parse_args(argv)
 
 
+def rss_store(mode: str) -> Path | None:
+    """The program store of mode ``mode``'s whole-process run: one of its own beside the
+    default store (kept, so only the first run compiles). A store shared with other modes can
+    hold this mode's programs in a Module compiled together with theirs (the test suite
+    compiles some modes together, and this script's measuring children use the default
+    store), and MAX loads a Module whole: that run would hold the other modes' programs and
+    weights too (int8: 508 MB against 430 MB alone, Zen 5, 2026-12-07)."""
+    from kvgraph.store import default_root
+
+    root = default_root()
+    return None if root is None else root.parent / "kvgraph-rss-stores" / mode
+
+
 def whole_process_jfk(python: str, child: str, mode: str, args, tmp: Path, tries: int = 3) -> dict:
-    """Peak RSS of a fresh process loading the model and transcribing JFK. A run that compiled
-    a program (the store missed: its kernels changed since the measuring run) holds the
-    compiler's memory too: run again, at most ``tries`` runs in all."""
+    """Peak RSS of a fresh process loading the model and transcribing JFK, kvgraph's with a
+    program store of its mode alone (:func:`rss_store`). A run that compiled a program (that
+    store's first run, or its kernels changed) holds the compiler's memory too: run again, at
+    most ``tries`` runs in all."""
+    store = rss_store(mode) if child == "kvgraph" else None
+    env = {"KVGRAPH_CACHE_DIR": str(store)} if store is not None else None
     for attempt in range(1, tries + 1):
         wait_quiet(args.threshold, timeout=60)
-        rss = run_child(python, child, mode, args, tmp, ["--jfk-only"])
+        rss = run_child(python, child, mode, args, tmp, ["--jfk-only"], env)
         compiled = sorted(k for k, v in rss.get("programs", {}).items() if v != "store")
         if not compiled:
             break
         print(f"  JFK run {attempt} compiled {compiled}: its RSS is not kept", file=sys.stderr)
-    rss |= {"runs": attempt, "compiled_programs": compiled}
+    rss |= {"runs": attempt, "compiled_programs": compiled, "program_store": None if store is None else str(store)}
     return {"peak_rss_mb": None if compiled else rss.get("peak_rss_mb"), "jfk_run": rss}
 
 
