@@ -486,7 +486,11 @@ def whole_process_jfk(python: str, child: str, mode: str, args, tmp: Path, tries
         if not compiled:
             break
         print(f"  JFK run {attempt} compiled {compiled}: its RSS is not kept", file=sys.stderr)
-    rss |= {"runs": attempt, "compiled_programs": compiled, "program_store": None if store is None else str(store)}
+    rss |= {
+        "runs": attempt,
+        "compiled_programs": compiled,
+        "program_store": None if store is None else str(store),
+    }
     return {"peak_rss_mb": None if compiled else rss.get("peak_rss_mb"), "jfk_run": rss}
 
 
