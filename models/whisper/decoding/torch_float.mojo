@@ -331,20 +331,16 @@ def kv_sample_rows(probs: Ptr, blocks: DPtr, rows: Int, n: Int, block: Int, unif
             tokens[r] = -1
             continue
         var draw = uniforms[r] * total
+        # the running totals of all blocks but the last: how many are <= draw is the block
+        # (at most the last), and the last of them that is, the total before it
         var cum = Float64(0.0)
         var chosen = 0
         var before = Float64(0.0)
-        for b in range(nb):
+        for b in range(nb - 1):
             cum = br[b] if b == 0 else cum + br[b]
             if cum <= draw:
                 chosen = b + 1
                 before = cum
-        if chosen > nb - 1:
-            chosen = nb - 1
-            # before stays the running total up to the block before it
-            before = Float64(0.0)
-            for b in range(nb - 1):
-                before = br[b] if b == 0 else before + br[b]
         var lo = chosen * block
         var hi = min(lo + block, n)
         var s = Float64(0.0)
