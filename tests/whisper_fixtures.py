@@ -9,6 +9,7 @@ Use in a test module with ``from whisper_fixtures import *  # noqa: F401,F403``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import pytest
@@ -119,11 +120,38 @@ def tiny_backend():
 
 @functools.cache
 def _bf16_backend(name: str, mode: str = "bfloat16"):
-    if mode in MODES_TOGETHER:
-        return _modes_together(name)[mode]
-    if mode == "bfloat16":
-        _modes_together(name)  # its encoder is theirs (its decoder float32's)
-    return _backend_of_mode(name, mode)
+    _max_backend(name, True)  # float32's programs, held in this process: int8's encoder, bfloat16's decoder
+    with _in_tests_store():
+        if mode in MODES_TOGETHER:
+            return _modes_together(name)[mode]
+        if mode == "bfloat16":
+            _modes_together(name)  # its encoder is theirs (its decoder float32's)
+        return _backend_of_mode(name, mode)
+
+
+@functools.cache
+def _tests_store():
+    """The program store the compute types' backends load from and compile into: the tests'
+    own, beside the default one. MODES_TOGETHER's programs are compiled as one MAX Module, and
+    MAX loads a Module whole: in the default store they would serve every later one-mode
+    process on this machine (`kvgraph transcribe --compute_type int8`, a benchmark) with all
+    their modes' programs and weights (int8: 508 against 430 MB on Zen 5, 2026-12-07)."""
+    from kvgraph.store import ProgramStore, default_root
+
+    root = default_root()
+    return (
+        ProgramStore(root / "tests-compute-types") if root is not None else ProgramStore(None, enabled=False)
+    )
+
+
+@contextlib.contextmanager
+def _in_tests_store():
+    """Programs loaded inside come from (and compile into) :func:`_tests_store`."""
+    from kvgraph.max import runtime
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runtime, "default_store", _tests_store)
+        yield
 
 
 def _backend_of_mode(name: str, mode: str, defer: bool = False):
