@@ -155,8 +155,8 @@ def sampling_probs(logits: np.ndarray, temperature: float, top: np.ndarray | Non
     softmax kernel's), then ``e`` times the reciprocal of its float64 sum rounded to float32.
     torch normalises the tempered logits by their logsumexp first and takes its exps of
     ``(z - lse) - max`` — one exp pass more per row for the same values within float32
-    rounding of the exps' arguments (a spacing of ``max |z|`` relative, the bound the tests
-    hold). Sampling is random in openai-whisper too: the contract here is torch's
+    rounding of the exps' arguments (about a spacing of ``max |z|``, relative; the tests hold
+    two). Sampling is random in openai-whisper too: the contract here is torch's
     probabilities within float tolerance (tests/test_filters_search.py,
     tests/test_whisper_max.py). ``top``: the rows' maxima of ``logits`` when the caller has
     them (``logits.max(axis=1)`` exactly, NaN where a row holds one)."""
