@@ -159,7 +159,8 @@ def test_normalizer_memo_hands_normalizers_on_once_with_masked_rows_again():
     rng = np.random.default_rng(2)
     memo = kf.NormalizerMemo()
     x = (rng.standard_normal((3, 51865)) * 3).astype(np.float32)
-    top, logs = memo.compute(x)
+    front, top, logs = memo.compute(x, 51865 - 1501)
+    np.testing.assert_array_equal(front, x[:, : 51865 - 1501].max(axis=1))
     first = (top.copy(), logs.copy())
     x[1, :100] = -np.inf  # the rule masks a row: its normalizer must be computed again
     memo.masked(x, [1])
@@ -172,7 +173,7 @@ def test_normalizer_memo_hands_normalizers_on_once_with_masked_rows_again():
     assert again[0] is not top
     for a, b in zip(again, tf.log_normalizers(x)):
         np.testing.assert_array_equal(a, b)
-    memo.compute(x)
+    memo.compute(x, 100)
     y = x.copy()  # another array, equal or not, gets its own
     assert memo(y)[0] is not top
 
@@ -184,7 +185,7 @@ def test_masked_rows_read_from_an_aligned_column_sum_as_whole_rows(begin):
     rng = np.random.default_rng(begin)
     x = rng.uniform(0, 1, (4, 51865)).astype(np.float32)
     memo = kf.NormalizerMemo()
-    memo.compute(x)
+    memo.compute(x, begin)
     x[[0, 2], :begin] = -np.inf
     memo.masked(x, [0, 2], masked_before=begin)
     for a, b in zip(memo(x), tf.log_normalizers(x)):
@@ -309,6 +310,50 @@ def test_timestamp_mass_rule_ties(tokenizer):
     )
     np.testing.assert_array_equal(ours, theirs)
     assert np.isneginf(ours[:, :tb]).all(axis=1).tolist() == [False, True, False]
+
+
+def test_stamps_beat_decides_as_the_whole_logsumexp():
+    """The mass rule's bounds (``m <= logsumexp <= m + log n``) decide a row only where the
+    logsumexp itself would: best-text values on and beside both bounds and the logsumexp,
+    rows of one stamp, many equal ones, -inf, +inf and NaN. Either bound made tighter (``>=``
+    for the strict ``>``, or log n less a little) fails it."""
+    rng = np.random.default_rng(11)
+    rows = []
+    for n in (1501, 1, 7):
+        for kind in range(6):
+            r = (rng.standard_normal(n) * 3 - 8).astype(np.float32)
+            if kind == 1:
+                r[:] = np.float32(-2.0)  # every stamp equal: the logsumexp is m + log n
+            elif kind == 2:
+                r[rng.integers(0, n, max(1, n // 2))] = -np.inf
+            elif kind == 3:
+                r[:] = -np.inf
+            elif kind == 4:
+                r[0] = np.inf
+            elif kind == 5:
+                r[-1] = np.nan
+            rows.append(r)
+    stamps_list, best = [], []
+    for r in rows:
+        s = r[None, :]
+        lse = tf.logsumexp(s)[0]
+        m = np.float32(np.max(r))
+        with np.errstate(invalid="ignore", over="ignore"):
+            upper = np.float32(m + np.float32(np.log(len(r))))
+        for v in (m, lse, upper, -np.inf, np.float32(0.0)):
+            for b in (v, np.nextafter(v, np.float32(-np.inf)), np.nextafter(v, np.float32(np.inf))):
+                stamps_list.append(r)
+                best.append(b)
+    by_len = {}
+    for r, b in zip(stamps_list, best):
+        by_len.setdefault(len(r), ([], []))
+        by_len[len(r)][0].append(r)
+        by_len[len(r)][1].append(b)
+    for stamps, bests in by_len.values():
+        stamps, bests = np.stack(stamps), np.asarray(bests, np.float32)
+        with np.errstate(invalid="ignore"):
+            expected = tf.logsumexp(stamps) > bests
+        np.testing.assert_array_equal(kf.stamps_beat(stamps, bests), expected)
 
 
 # --------------------------------------------------------------------------
@@ -589,8 +634,8 @@ def test_sampling_draws_reproducible_and_distributed():
     assert ks.sample(logits, 1.0, Edge(0.0)).tolist() == [10, 10]
     assert ks.sample(logits, 1.0, Edge(1.0)).tolist() == [30, 30]  # at the total: the last drawable
     wide = np.random.default_rng(3).standard_normal((4, 51864)).astype(np.float32)
-    cdf = np.cumsum(ks.sampling_probs(wide, 0.7).astype(np.float64), axis=-1)
-    for seed in range(50):  # the two-level CDF draws what the whole running sum draws
+    cdf = np.cumsum(ks._exps_and_blocks(wide, 0.7)[0].astype(np.float64), axis=-1)
+    for seed in range(50):  # the two-level CDF draws what the whole running sum of the weights draws
         u = np.random.default_rng(seed).random(4) * cdf[:, -1]
         expected = [int(np.searchsorted(cdf[k], u[k], side="right")) for k in range(4)]
         assert ks.sample(wide, 0.7, np.random.default_rng(seed)).tolist() == expected

@@ -95,10 +95,33 @@ def test_log_normalizers_equal_the_numpy_emulation(lib, monkeypatch, lanes, n):
         assert same_bits(top, ref_top) and same_bits(logs, ref_logs), (logs, ref_logs)
 
 
+@pytest.mark.parametrize("lanes", [16, 8])
+@pytest.mark.parametrize("n", [51864, 51865, 1000, 13, 2])
+def test_split_log_normalizers_equal_the_numpy_twin(lib, monkeypatch, lanes, n):
+    """The front part's maxima, the rows' maxima and their normalizers in one native call,
+    equal to NumPy's maxima and normalizers: splits at both ends and inside a vector, NaN in
+    either part, +inf, all -inf."""
+    x = logit_rows(np.random.default_rng(n + 3 * lanes), n)
+    x[0, -1] = np.nan  # in the back part
+    x[2, n // 2] = np.inf
+    monkeypatch.setattr(tf, "torch_lanes", lambda: lanes)
+    for split in sorted({1, n // 2, n - 1, max(1, n - 1501), min(n - 1, 17)}):
+        for view in (x, x[::-1], x[:, : max(2, n - 1)]):
+            if not 0 < split < view.shape[1]:
+                continue
+            got = tf.split_log_normalizers(view, split)
+            with monkeypatch.context() as m:
+                numpy_twin(m)
+                ref = tf.split_log_normalizers(view, split)
+            for a, b in zip(got, ref):
+                assert same_bits(a, b), (split, a, b)
+
+
 @pytest.mark.parametrize("n", [51864, 51865, 1000, 23, 7])
-def test_sampling_probabilities_and_blocks_equal_the_numpy_twin(lib, monkeypatch, n):
-    """The sampler's probabilities and the float64 sums of their CDF blocks, from the Mojo
-    twin and from NumPy, bit for bit: rows with -inf, a NaN, all -inf, several temperatures."""
+def test_sampling_weights_and_blocks_equal_the_numpy_twin(lib, monkeypatch, n):
+    """The sampler's weights (its probabilities before the scaling) and the float64 sums of
+    their CDF blocks, from the Mojo twin and from NumPy, bit for bit: rows with -inf, a NaN,
+    all -inf, +inf, several temperatures; and the probabilities made from them."""
     from models.whisper.decoding import search
 
     rng = np.random.default_rng(n)
@@ -107,13 +130,16 @@ def test_sampling_probabilities_and_blocks_equal_the_numpy_twin(lib, monkeypatch
     x[1, :] = -np.inf
     x[2, n // 2] = np.nan
     x[3] *= 30  # a wide range: exps below SLEEF's cutoff
+    x[4, n // 3] = np.inf  # an infinite maximum: nothing subtracted
     wide = np.zeros((6, n + 5), F32)
     wide[:, :n] = x  # rows strided, as a view of a wider batch
     for t in (0.2, 0.5, 1.0, 1.3):
-        fast = search._probs_and_blocks(wide[:, :n], t)
+        fast = search._exps_and_blocks(wide[:, :n], t)
+        probs = search.sampling_probs(wide[:, :n], t)
         with monkeypatch.context() as m:
             numpy_twin(m)
-            slow = search._probs_and_blocks(wide[:, :n], t)
+            slow = search._exps_and_blocks(wide[:, :n], t)
+            assert same_bits(probs, search.sampling_probs(wide[:, :n], t)), t
         assert same_bits(fast[0], slow[0]), (
             t,
             np.flatnonzero((fast[0].view(np.uint32) != slow[0].view(np.uint32)).any(1)),
@@ -147,7 +173,7 @@ def test_draws_equal_the_numpy_twin(lib, monkeypatch, n):
     x[2] = 0.0  # flat
     x[3] *= 30  # peaked
     for t in (0.2, 0.7, 1.0):
-        _, blocks = search._probs_and_blocks(x, t)
+        _, blocks = search._exps_and_blocks(x, t)
         cum = np.cumsum(blocks, axis=1)
         edges = [0.0, 1.0, np.nextafter(1.0, 0.0)]
         if cum.shape[1] > 1:  # a draw on the first block's running total, and beside it

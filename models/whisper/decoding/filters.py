@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from models.whisper.decoding.torch_float import NEG_INF, log_normalizers, logsumexp
+from models.whisper.decoding.torch_float import NEG_INF, log_normalizers, logsumexp, split_log_normalizers
 
 # --------------------------------------------------------------------------
 # The normalizer memo
@@ -47,13 +47,13 @@ class NormalizerMemo:
         self.exact = exact
         self._local = threading.local()
 
-    def compute(self, logits: np.ndarray, top: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(max, log_sum)`` f32[n_rows] of ``logits`` f32[n_rows, vocab], kept for the
-        decoder of this step (read them; they are handed on). ``top``: the rows' maxima, when
-        the caller has them."""
-        top, logs = log_normalizers(logits, self.exact, top)
+    def compute(self, logits: np.ndarray, split: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(front, max, log_sum)`` f32[n_rows] of ``logits`` f32[n_rows, vocab]: the maxima
+        of ``logits[:, :split]`` and the normalizers (``split_log_normalizers``), these kept
+        for the decoder of this step (read them; they are handed on)."""
+        front, top, logs = split_log_normalizers(logits, split, self.exact)
         self._local.entry = (logits, top, logs)
-        return top, logs
+        return front, top, logs
 
     def masked(self, logits: np.ndarray, rows, masked_before: int = 0) -> None:
         """Rows ``rows`` of ``logits`` changed since :meth:`compute`: their normalizers again.
@@ -172,12 +172,32 @@ class ApplyTimestampRules:
         """Force a timestamp in rows whose timestamps' total log-probability (logsumexp)
         beats the best text token's, comparing float32 values as openai does."""
         tb = self.timestamp_begin
-        text_max = logits[:, :tb].max(axis=1)
-        # the rows' maxima from the two parts' (one pass over the row, not two; NaN as a row's)
-        top, logs = self.memo.compute(logits, np.maximum(text_max, logits[:, tb:].max(axis=1)))
+        text_max, top, logs = self.memo.compute(logits, tb)
         with np.errstate(invalid="ignore"):
             best_text = (text_max - top) - logs
             stamps = (logits[:, tb:] - top[:, None]) - logs[:, None]
-        forced = np.flatnonzero(logsumexp(stamps) > best_text)
+        forced = np.flatnonzero(stamps_beat(stamps, best_text))
         logits[forced, :tb] = NEG_INF
         self.memo.masked(logits, forced, masked_before=tb)
+
+
+def stamps_beat(stamps: np.ndarray, best_text: np.ndarray) -> np.ndarray:
+    """``logsumexp(stamps) > best_text`` per row (bool[n_rows]; ``torch_float.logsumexp``'s
+    float32 values), the logsumexp computed only for rows its bounds leave open. With m a
+    row's maximum and n its length, ``m <= logsumexp <= m + log n`` holds for those float32
+    values too: the largest term's exp is 1 exactly and none exceeds 1, so the float sum lies
+    in [1, n], its log in [0, log n], and adding m rounds monotonically. A row whose best text
+    token falls below m is forced; one at or above the upper bound (log n rounded up with
+    room) is not; NaN and infinities leave a row open."""
+    out = np.zeros(stamps.shape[0], dtype=bool)
+    if stamps.shape[1] == 0:
+        return logsumexp(stamps) > best_text
+    top = stamps.max(axis=1)
+    room = np.float32(np.log(stamps.shape[1]) + 1e-4)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out[:] = top > best_text
+        shut = out | (best_text >= top + room)
+    open_rows = np.flatnonzero(~shut)
+    if open_rows.size:
+        out[open_rows] = logsumexp(stamps[open_rows]) > best_text[open_rows]
+    return out

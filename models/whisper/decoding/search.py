@@ -158,37 +158,53 @@ def sampling_probs(logits: np.ndarray, temperature: float, top: np.ndarray | Non
     rounding of the exps' arguments (about a spacing of ``max |z|``, relative; the tests hold
     two). Sampling is random in openai-whisper too: the contract here is torch's
     probabilities within float tolerance (tests/test_filters_search.py,
-    tests/test_whisper_max.py). ``top``: the rows' maxima of ``logits`` when the caller has
-    them (``logits.max(axis=1)`` exactly, NaN where a row holds one)."""
-    return _probs_and_blocks(logits, temperature, top)[0]
+    tests/test_whisper_max.py). :func:`sample` draws from the same ``e`` over their float64
+    sum without forming these (one pass over a row fewer). ``top``: the rows' maxima of
+    ``logits`` when the caller has them (``logits.max(axis=1)`` exactly, NaN where a row holds
+    one)."""
+    e, blocks = _exps_and_blocks(logits, temperature, top)
+    total = _ordered_totals(blocks).astype(F32)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return e * (F32(1.0) / total)[:, None]
 
 
-#: tokens per block of the sampling CDF (:func:`sample`; a multiple of 16)
+#: tokens per block of the sampling CDF (:func:`sample`; a multiple of :data:`_RUN`)
 _CDF_BLOCK = 256
+#: weights per float32 partial sum inside a block (:func:`_block_sums`; a multiple of 16)
+_RUN = 64
 
 
-def _lane_sums64(e: np.ndarray, block: int | None = None) -> np.ndarray:
-    """Float64 sums of the rows of ``e`` f32[rows, n] in the Mojo twin's order: eight lanes
-    (lane j adds elements j, j + 8, ... in turn) folded by halves. Per ``block`` elements (a
-    multiple of 8) when given: f64[rows, blocks], the last block perhaps shorter."""
+def _block_sums(e: np.ndarray, block: int) -> np.ndarray:
+    """The sums f64[rows, blocks] of each ``block`` weights (a multiple of :data:`_RUN`; the
+    last block perhaps shorter) of the rows of ``e`` f32[rows, n] in the Mojo twin's order:
+    each run of :data:`_RUN` summed in sixteen float32 lanes (lane j adds the run's elements
+    j, j + 16, ... in turn), the runs' lanes added in turn into eight float64 lanes (lanes 0-7
+    of a run, then 8-15), folded by halves. Zeros pad the last block: they add nothing."""
     rows, n = e.shape
-    size = block if block is not None else max(8, -(-n // 8) * 8)
-    nb = max(1, -(-n // size))
-    padded = np.zeros((rows, nb * size), F64)  # zeros add nothing
+    nb = max(1, -(-n // block))
+    padded = np.zeros((rows, nb * block), F32)
     padded[:, :n] = e
-    lanes = np.cumsum(padded.reshape(rows, nb, size // 8, 8), axis=2)[:, :, -1, :]  # in order
+    runs = padded.reshape(rows, nb, block // _RUN, _RUN // 16, 16)
+    lanes32 = np.cumsum(runs, axis=3, dtype=F32)[:, :, :, -1, :]  # in order, float32
+    halves = lanes32.reshape(rows, nb, block // _RUN * 2, 8).astype(F64)  # run 0's 0-7, its 8-15, run 1's ...
+    lanes = np.cumsum(halves, axis=2)[:, :, -1, :]
     half = lanes[..., :4] + lanes[..., 4:]
-    sums = (half[..., 0] + half[..., 2]) + (half[..., 1] + half[..., 3])
-    return sums if block is not None else sums[:, 0]
+    return (half[..., 0] + half[..., 2]) + (half[..., 1] + half[..., 3])
 
 
-def _probs_and_blocks(
+def _ordered_totals(blocks: np.ndarray) -> np.ndarray:
+    """The rows' sums f64[rows] of ``blocks`` f64[rows, blocks], added left to right."""
+    return np.cumsum(blocks, axis=1)[:, -1]
+
+
+def _exps_and_blocks(
     logits: np.ndarray, temperature: float, top: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`sampling_probs` and the float64 sums of its blocks of :data:`_CDF_BLOCK`
-    probabilities f64[rows, blocks]. The Mojo twin makes them in two passes over a row (exps
-    and their sum; the scaling and the blocks' sums); the NumPy code takes the same float32
-    and float64 steps in the same order (the tests hold the two equal bit for bit)."""
+    """The sampler's weights ``e = exp(z - max z)`` f32[rows, vocab] of the tempered logits
+    ``z = logits / temperature`` (see :func:`sampling_probs`) and the float64 sums of their
+    blocks of :data:`_CDF_BLOCK` f64[rows, blocks]. The Mojo twin makes both in one pass over
+    a row; the NumPy code takes the same float32 and float64 steps in the same order (the
+    tests hold the two equal bit for bit)."""
     x = np.asarray(logits, dtype=F32)
     rows, n = x.shape
     t = F32(temperature)
@@ -198,17 +214,16 @@ def _probs_and_blocks(
         top = np.ascontiguousarray(top, dtype=F32)
         lib = tf.native_library()
         if lib is not None and n > 0 and x.strides[1] == 4 and x.strides[0] % 4 == 0:
-            probs = np.empty((rows, n), F32)
+            e = np.empty((rows, n), F32)
             blocks = np.empty((rows, -(-n // _CDF_BLOCK)), F64)
-            lib.kv_sampling_probs(
-                x.ctypes.data, rows, n, x.strides[0] // 4, t, top.ctypes.data, probs.ctypes.data,
+            lib.kv_sampling_exps(
+                x.ctypes.data, rows, n, x.strides[0] // 4, t, top.ctypes.data, e.ctypes.data,
                 blocks.ctypes.data, _CDF_BLOCK,
             )  # fmt: skip
-            return probs, blocks
+            return e, blocks
         shift = _shift((top / t).astype(F32))  # z's maxima: dividing keeps the order
         e = sleef_expf(x / t - shift[:, None])
-        probs = e * (F32(1.0) / _lane_sums64(e).astype(F32))[:, None]
-        return probs, _lane_sums64(probs, _CDF_BLOCK)
+        return e, _block_sums(e, _CDF_BLOCK)
 
 
 def _shift(top: np.ndarray) -> np.ndarray:
@@ -223,18 +238,25 @@ def sample(
     ``rng`` (one uniform per row, inverse CDF), so a seeded generator repeats its draws.
     ``top``: as :func:`sampling_probs`'.
 
-    The CDF is found in two levels, in float64: the running total of blocks of
-    :data:`_CDF_BLOCK` probabilities, then the running sum inside the one block the draw lands
-    in (a running sum over the whole vocabulary is a chain of ~52,000 dependent additions per
-    row), for all rows at once."""
-    probs, blocks = _probs_and_blocks(logits, temperature, top)
-    rows, n = probs.shape
+    The CDF is that of the weights ``e`` (:func:`_exps_and_blocks`: the probabilities before
+    their scaling by ``1 / sum``), found in two levels, in float64: the running total of
+    blocks of :data:`_CDF_BLOCK` weights, then the running sum inside the one block the draw
+    lands in (a running sum over the whole vocabulary is a chain of ~52,000 dependent
+    additions per row), for all rows at once; the draw is the uniform times the total."""
+    weights, blocks = _exps_and_blocks(logits, temperature, top)
+    rows, n = weights.shape
     uniforms = np.ascontiguousarray(rng.random(rows), dtype=F64)
     lib = tf.native_library()
     if lib is not None and n > 0:
         out = np.empty(rows, np.int64)
         lib.kv_sample_rows(
-            probs.ctypes.data, blocks.ctypes.data, rows, n, _CDF_BLOCK, uniforms.ctypes.data, out.ctypes.data
+            weights.ctypes.data,
+            blocks.ctypes.data,
+            rows,
+            n,
+            _CDF_BLOCK,
+            uniforms.ctypes.data,
+            out.ctypes.data,
         )
         if (out < 0).any():
             raise ValueError("sample: a row of logits has no finite entry to draw from")
@@ -248,14 +270,14 @@ def sample(
     block = np.minimum(np.count_nonzero(cum <= draws[:, None], axis=1), cum.shape[1] - 1)
     at = block[:, None] * _CDF_BLOCK + np.arange(_CDF_BLOCK)
     inside_block = at < n
-    values = np.where(inside_block, probs[np.arange(rows)[:, None], np.minimum(at, n - 1)], F32(0.0))
+    values = np.where(inside_block, weights[np.arange(rows)[:, None], np.minimum(at, n - 1)], F32(0.0))
     inside = np.cumsum(values, axis=1, dtype=F64)
     before = np.where(block > 0, cum[np.arange(rows), block - 1], 0.0)
     inside[block > 0] += before[block > 0, None]
     out = block * _CDF_BLOCK + np.count_nonzero((inside <= draws[:, None]) & inside_block, axis=1)
     for k in np.flatnonzero(out >= np.minimum(block * _CDF_BLOCK + _CDF_BLOCK, n)):
         # past the block's end by a rounding: the last drawable token
-        out[k] = int(np.flatnonzero(probs[k, : out[k]] > 0)[-1])
+        out[k] = int(np.flatnonzero(weights[k, : out[k]] > 0)[-1])
     return out.astype(np.int64)
 
 

@@ -28,7 +28,7 @@ operations with real fused multiply-adds), built into a shared library on first 
 emulation, which stays as its twin (no compiler, or ``KVGRAPH_NATIVE=off``) and its check
 (the tests hold both equal bit for bit, and an exhaustive run over every float32 input of
 ``expf`` in [-128, 128] found no difference). The same library holds ``search.py``'s beam top-k
-and sampler (``kv_topk_log_probs``, ``kv_sampling_probs``, ``kv_sample_rows``), with their
+and sampler (``kv_topk_log_probs``, ``kv_sampling_exps``, ``kv_sample_rows``), with their
 NumPy twins there.
 """
 
@@ -58,6 +58,7 @@ __all__ = [
     "sleef_expf",
     "sleef_logf",
     "softmax_f32",
+    "split_log_normalizers",
     "torch_lanes",
 ]
 
@@ -83,15 +84,17 @@ def native_library() -> Any:
     lib.kv_expf.argtypes = (p, p, n)
     lib.kv_logf.argtypes = (p, p, n, n)
     lib.kv_exp_lane_sums.argtypes = (p, n, n, n, p, n, p)
+    lib.kv_split_exp_lane_sums.argtypes = (p, n, n, n, n, n, p, p, p)
     lib.kv_topk_log_probs.argtypes = (p, n, n, n, p, p, n, p, p)
-    lib.kv_sampling_probs.argtypes = (p, n, n, n, f, p, p, p, n)
+    lib.kv_sampling_exps.argtypes = (p, n, n, n, f, p, p, p, n)
     lib.kv_sample_rows.argtypes = (p, p, n, n, n, p, p)
     for fn in (
         lib.kv_expf,
         lib.kv_logf,
         lib.kv_exp_lane_sums,
+        lib.kv_split_exp_lane_sums,
         lib.kv_topk_log_probs,
-        lib.kv_sampling_probs,
+        lib.kv_sampling_exps,
         lib.kv_sample_rows,
     ):
         fn.restype = None
@@ -493,10 +496,39 @@ def log_normalizers(
         )
     else:
         sums = _exp_lane_sums_numpy(x, top, exact)
+    return top, _logs_of(sums)
+
+
+def split_log_normalizers(
+    x: np.ndarray, split: int, exact: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(front, max, log_sum)`` f32[n_rows]: the maxima of ``x[:, :split]`` and
+    :func:`log_normalizers` of ``x`` f32[n_rows, vocab] (the timestamp rule's best text token
+    and its normalizers). The Mojo twin takes a row's maxima and its exps in one call, the row
+    in cache for the second pass; NumPy takes the two parts' maxima (NaN where one is there)."""
+    x = np.asarray(x, dtype=F32)
+    if x.ndim != 2:
+        raise ValueError(f"split_log_normalizers: logits must be 2-D, got shape {x.shape}")
+    rows, n = x.shape
+    lib = native_library()
+    if lib is not None and 0 < split < n and x.strides[1] == 4 and x.strides[0] % 4 == 0:
+        front, top, sums = np.empty(rows, F32), np.empty(rows, F32), np.empty(rows, F32)
+        lib.kv_split_exp_lane_sums(
+            x.ctypes.data, rows, n, x.strides[0] // 4, split, torch_lanes(), front.ctypes.data,
+            top.ctypes.data, sums.ctypes.data,
+        )  # fmt: skip
+        return front, top, _logs_of(sums)
+    front = x[:, :split].max(axis=1) if split > 0 else np.full(rows, NEG_INF)
+    top = np.maximum(front, x[:, split:].max(axis=1)) if split < n else front
+    return (front, *log_normalizers(x, exact, top))
+
+
+def _logs_of(sums: np.ndarray) -> np.ndarray:
+    """SLEEF's log of the exps' sums (NaN stays NaN)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         logs = sleef_logf(sums)
     logs[np.isnan(sums)] = np.nan
-    return top, logs
+    return logs
 
 
 def _exp_lane_sums_numpy(x: np.ndarray, top: np.ndarray, exact: bool) -> np.ndarray:
