@@ -353,7 +353,7 @@ def test_stamps_beat_decides_as_the_whole_logsumexp():
         stamps, bests = np.stack(stamps), np.asarray(bests, np.float32)
         with np.errstate(invalid="ignore"):
             expected = tf.logsumexp(stamps) > bests
-        np.testing.assert_array_equal(kf.stamps_beat(stamps, bests), expected)
+        np.testing.assert_array_equal(tf.stamps_beat(stamps, bests), expected)
 
 
 # --------------------------------------------------------------------------

@@ -117,6 +117,42 @@ def test_split_log_normalizers_equal_the_numpy_twin(lib, monkeypatch, lanes, n):
                 assert same_bits(a, b), (split, a, b)
 
 
+@pytest.mark.parametrize("lanes", [16, 8])
+@pytest.mark.parametrize("n", [51864, 51865, 1000, 13])
+def test_timestamp_decisions_equal_the_numpy_twin(lib, monkeypatch, lanes, n):
+    """The timestamp rule's decisions (the timestamps' logsumexp against the best text token)
+    in one native call, equal to NumPy's row for row: random rows, best text tokens set on
+    and beside each row's logsumexp, masked, NaN and -inf rows, timestamps all -inf."""
+    rng = np.random.default_rng(n + lanes)
+    monkeypatch.setattr(tf, "torch_lanes", lambda: lanes)
+    x = logit_rows(rng, n)
+    x = np.concatenate([x, (rng.standard_normal((6, n)) * 3).astype(F32)])
+    split = max(1, n - 1501) if n > 20 else n // 2
+    x[7, split:] = -np.inf  # no timestamp left
+    front, top, logs = tf.split_log_normalizers(x, split)
+    with np.errstate(invalid="ignore"):
+        stamps = (x[:, split:] - top[:, None]) - logs[:, None]
+    with monkeypatch.context() as m:
+        numpy_twin(m)
+        lse = tf.logsumexp(stamps)
+    decided = 0
+    for shift in (None, -1, 0, 1):  # the best text token as it is, and just below, on, above the lse
+        f = front.copy()
+        if shift is not None:  # front chosen so that (front - top) - logs lands at the lse
+            with np.errstate(invalid="ignore", over="ignore"):
+                f = (lse + logs) + top
+                f = np.where(np.isfinite(f), f, front).astype(F32)
+                for _ in range(abs(shift)):
+                    f = np.nextafter(f, np.float32(np.inf) if shift > 0 else np.float32(-np.inf))
+        got = tf.stamps_beat_text(x, split, f, top, logs)
+        with monkeypatch.context() as m:
+            numpy_twin(m)
+            ref = tf.stamps_beat_text(x, split, f, top, logs)
+        np.testing.assert_array_equal(got, ref, err_msg=f"shift {shift}")
+        decided += int(got.sum())
+    assert decided > 0  # some rows forced, some not
+
+
 @pytest.mark.parametrize("n", [51864, 51865, 1000, 23, 7])
 def test_sampling_weights_and_blocks_equal_the_numpy_twin(lib, monkeypatch, n):
     """The sampler's weights (its probabilities before the scaling) and the float64 sums of

@@ -25,7 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from models.whisper.decoding.torch_float import NEG_INF, log_normalizers, logsumexp, split_log_normalizers
+from models.whisper.decoding.torch_float import (
+    NEG_INF,
+    log_normalizers,
+    split_log_normalizers,
+    stamps_beat_text,
+)
 
 # --------------------------------------------------------------------------
 # The normalizer memo
@@ -173,31 +178,6 @@ class ApplyTimestampRules:
         beats the best text token's, comparing float32 values as openai does."""
         tb = self.timestamp_begin
         text_max, top, logs = self.memo.compute(logits, tb)
-        with np.errstate(invalid="ignore"):
-            best_text = (text_max - top) - logs
-            stamps = (logits[:, tb:] - top[:, None]) - logs[:, None]
-        forced = np.flatnonzero(stamps_beat(stamps, best_text))
+        forced = np.flatnonzero(stamps_beat_text(logits, tb, text_max, top, logs))
         logits[forced, :tb] = NEG_INF
         self.memo.masked(logits, forced, masked_before=tb)
-
-
-def stamps_beat(stamps: np.ndarray, best_text: np.ndarray) -> np.ndarray:
-    """``logsumexp(stamps) > best_text`` per row (bool[n_rows]; ``torch_float.logsumexp``'s
-    float32 values), the logsumexp computed only for rows its bounds leave open. With m a
-    row's maximum and n its length, ``m <= logsumexp <= m + log n`` holds for those float32
-    values too: the largest term's exp is 1 exactly and none exceeds 1, so the float sum lies
-    in [1, n], its log in [0, log n], and adding m rounds monotonically. A row whose best text
-    token falls below m is forced; one at or above the upper bound (log n rounded up with
-    room) is not; NaN and infinities leave a row open."""
-    out = np.zeros(stamps.shape[0], dtype=bool)
-    if stamps.shape[1] == 0:
-        return logsumexp(stamps) > best_text
-    top = stamps.max(axis=1)
-    room = np.float32(np.log(stamps.shape[1]) + 1e-4)
-    with np.errstate(invalid="ignore", over="ignore"):
-        out[:] = top > best_text
-        shut = out | (best_text >= top + room)
-    open_rows = np.flatnonzero(~shut)
-    if open_rows.size:
-        out[open_rows] = logsumexp(stamps[open_rows]) > best_text[open_rows]
-    return out

@@ -241,6 +241,67 @@ def kv_split_exp_lane_sums(
         kv_exp_lane_sums(xr, 1, n, stride, top + r, lanes, sums + r)
 
 
+@export
+def kv_stamps_beat(
+    x: Ptr, rows: Int, n: Int, stride: Int, split: Int, front: Ptr, top: Ptr, logs: Ptr, getmant: Int, forced: IPtr
+):
+    """The timestamp rule's decision for each row r < rows of x (rows stride elements apart):
+    forced[r] = 1 where logsumexp of the timestamps' log-probabilities s = (x[r, split:] - top[r])
+    - logs[r] beats the best text token's (front[r] - top[r]) - logs[r], else 0 (float32, as
+    torch_float.logsumexp: m = max s, 0 where infinite; expf(s - m) summed in eight float64
+    lanes, lane j adding elements j, j + 8, ... in turn, folded by halves; SLEEF's logf of
+    that sum in float32, plus m). getmant: AVX-512's mantissa in logf."""
+    comptime W = 16
+    for r in range(rows):
+        var xr = x + r * stride + split
+        var k = n - split
+        var t = top[r]
+        var lg = logs[r]
+        var best = (front[r] - t) - lg
+        var tv = SIMD[F, W](t)
+        var lv = SIMD[F, W](lg)
+        var mv = SIMD[F, W](-Float32.MAX_FINITE * 2.0)
+        var nan = SIMD[DType.bool, W](fill=False)
+        var i = 0
+        while i + W <= k:
+            var v = (xr.unsafe_load[width=W](i) - tv) - lv
+            nan |= isnan(v)
+            mv = max(mv, v)
+            i += W
+        var m = mv.reduce_max()
+        var has_nan = nan.reduce_or()
+        while i < k:
+            var v = (xr[i] - t) - lg
+            if isnan(v):
+                has_nan = True
+            m = max(m, v)
+            i += 1
+        if has_nan:
+            forced[r] = 0  # NaN > anything is false
+            continue
+        if not (m <= Float32.MAX_FINITE and m >= -Float32.MAX_FINITE):
+            m = 0.0
+        var mm = SIMD[F, W](m)
+        var acc = SIMD[D, 8](0.0)
+        i = 0
+        while i + W <= k:
+            acc = add16(acc, expf[W](((xr.unsafe_load[width=W](i) - tv) - lv) - mm))
+            i += W
+        while i < k:
+            var e = expf[1](((xr[i] - t) - lg) - m)
+            acc[i % 8] = acc[i % 8] + e.cast[D]()[0]
+            i += 1
+        var total = fold8(acc).cast[F]()
+        var lse: Float32
+        if total > 0.0 and total <= Float32.MAX_FINITE:
+            lse = (logf[1, True](total) if getmant != 0 else logf[1, False](total))[0] + m
+        elif total == 0.0:
+            lse = -Float32.MAX_FINITE * 2.0
+        else:
+            lse = total + m  # inf
+        forced[r] = 1 if lse > best else 0
+
+
 # --------------------------------------------------------------------------
 # torch.topk's order: libstdc++'s std::partial_sort over (value, index) pairs with torch's
 # comparator (NaN ranks above numbers, otherwise larger first), as search.py's _heap_topk.

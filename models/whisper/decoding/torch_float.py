@@ -14,8 +14,8 @@ kernels' arithmetic is reproduced, not just their formulas:
 * ``lane_sums``: the order of torch's vectorised sums (one running sum per SIMD lane, folded
   by halves);
 * ``softmax_f32``, ``log_normalizers`` / ``log_softmax``: torch's last-axis softmax and
-  log_softmax kernels built from those; ``logsumexp`` is correctly rounded instead (torch's
-  elementwise exp there comes from MKL);
+  log_softmax kernels built from those; ``logsumexp`` from the same exp and log (torch's
+  elementwise exp there comes from MKL, not reproduced);
 * ``torch_lanes``, ``TorchCpu`` / ``detect_torch_cpu``: the vector width and thread count
   torch dispatches to on this CPU (16 float lanes with AVX-512, 8 with AVX2).
 
@@ -59,6 +59,8 @@ __all__ = [
     "sleef_logf",
     "softmax_f32",
     "split_log_normalizers",
+    "stamps_beat",
+    "stamps_beat_text",
     "torch_lanes",
 ]
 
@@ -85,6 +87,7 @@ def native_library() -> Any:
     lib.kv_logf.argtypes = (p, p, n, n)
     lib.kv_exp_lane_sums.argtypes = (p, n, n, n, p, n, p)
     lib.kv_split_exp_lane_sums.argtypes = (p, n, n, n, n, n, p, p, p)
+    lib.kv_stamps_beat.argtypes = (p, n, n, n, n, p, p, p, n, p)
     lib.kv_topk_log_probs.argtypes = (p, n, n, n, p, p, n, p, p)
     lib.kv_sampling_exps.argtypes = (p, n, n, n, f, p, p, p, n)
     lib.kv_sample_rows.argtypes = (p, p, n, n, n, p, p)
@@ -93,6 +96,7 @@ def native_library() -> Any:
         lib.kv_logf,
         lib.kv_exp_lane_sums,
         lib.kv_split_exp_lane_sums,
+        lib.kv_stamps_beat,
         lib.kv_topk_log_probs,
         lib.kv_sampling_exps,
         lib.kv_sample_rows,
@@ -565,15 +569,73 @@ def log_probs_at(logits: np.ndarray, top: np.ndarray, logs: np.ndarray, idx: np.
 
 def logsumexp(x: np.ndarray) -> np.ndarray:
     """``torch.logsumexp(x, dim=-1)`` of float32 ``x``: ``log(sum(exp(x - m))) + m`` with m
-    the row maximum (0 where it is infinite). torch's elementwise ``exp`` comes from MKL,
-    which is not reproducible here; exp and the sum are correctly rounded instead, which
-    agrees with it but for the last bit now and then. (Sampling forms its own, with SLEEF's
-    exps: ``search.sampling_probs``.)"""
+    the row maximum (0 where it is infinite), in float32 with SLEEF's ``expf`` and ``logf``,
+    the exps summed in float64 in eight lanes (lane j adds elements j, j + 8, ... in turn,
+    folded by halves). torch's elementwise ``exp`` there comes from MKL and its sum is a
+    float32 cascade, neither reproducible here: this agrees with it but for the last bit now
+    and then (the timestamp rule's comparisons, tested against openai's on random logits).
+    The Mojo twin (:func:`stamps_beat_text`) computes it for the timestamp rule."""
     x = np.asarray(x, dtype=F32)
     top = x.max(axis=-1)
-    top = np.where(np.isinf(top), F32(0.0), top).astype(F32)
+    shift = np.where(np.isinf(top), F32(0.0), top).astype(F32)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        d = x - top[..., None]
-        e = np.exp(d.astype(F64)).astype(F32)
-        total = e.astype(F64).sum(axis=-1).astype(F32)
-        return np.log(total.astype(F64)).astype(F32) + top
+        e = sleef_expf(x - shift[..., None])
+        n = e.shape[-1]
+        padded = np.zeros(e.shape[:-1] + (-(-n // 8) * 8,), F64)  # zeros add nothing
+        padded[..., :n] = e
+        lanes = np.cumsum(padded.reshape(e.shape[:-1] + (-1, 8)), axis=-2)[..., -1, :]  # in order
+        half = lanes[..., :4] + lanes[..., 4:]
+        total = ((half[..., 0] + half[..., 2]) + (half[..., 1] + half[..., 3])).astype(F32)
+        logs = np.where(total == 0, NEG_INF, total)  # 0: -inf; inf and NaN stay
+        live = (total > 0) & np.isfinite(total)
+        if live.any():
+            logs[live] = sleef_logf(total[live])
+        return (logs + shift).astype(F32)
+
+
+def stamps_beat_text(
+    x: np.ndarray, split: int, front: np.ndarray, top: np.ndarray, logs: np.ndarray
+) -> np.ndarray:
+    """The timestamp rule's decision per row (bool[n_rows]): the timestamps' total
+    log-probability ``logsumexp((x[:, split:] - top) - logs)`` beats the best text token's
+    ``(front - top) - logs`` (``front``: the maxima of ``x[:, :split]``; ``(top, logs)``:
+    :func:`log_normalizers`), in float32 as openai compares them. The Mojo twin decides every
+    row in one call; NumPy forms the log-probabilities and takes :func:`stamps_beat`."""
+    x = np.asarray(x, dtype=F32)
+    rows, n = x.shape
+    lib = native_library()
+    if lib is not None and 0 < split < n and x.strides[1] == 4 and x.strides[0] % 4 == 0:
+        front, top, logs = (np.ascontiguousarray(a, dtype=F32) for a in (front, top, logs))
+        forced = np.empty(rows, np.int64)
+        lib.kv_stamps_beat(
+            x.ctypes.data, rows, n, x.strides[0] // 4, split, front.ctypes.data, top.ctypes.data,
+            logs.ctypes.data, int(torch_lanes() == 16), forced.ctypes.data,
+        )  # fmt: skip
+        return forced.astype(bool)
+    with np.errstate(invalid="ignore"):
+        best_text = (front - top) - logs
+        stamps = (x[:, split:] - top[:, None]) - logs[:, None]
+    return stamps_beat(stamps, best_text)
+
+
+def stamps_beat(stamps: np.ndarray, best_text: np.ndarray) -> np.ndarray:
+    """``logsumexp(stamps) > best_text`` per row (bool[n_rows]), the logsumexp computed only
+    for rows its bounds leave open. With m a row's maximum and n its length, ``m <= logsumexp
+    <= m + log n`` holds for those float32 values too: the largest term's exp is 1 exactly and
+    none exceeds 1 by more than a rounding, so the float sum lies in [1, n (1 + eps)], its log
+    in [0, log n + eps], and adding m rounds monotonically. A row whose best text token falls
+    below m is forced; one at or above the upper bound (log n rounded up with room) is not;
+    NaN and infinities leave a row open."""
+    out = np.zeros(stamps.shape[0], dtype=bool)
+    if stamps.shape[1] == 0:
+        return logsumexp(stamps) > best_text
+    top = stamps.max(axis=1)
+    room = F32(np.log(stamps.shape[1]) + 1e-4)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out[:] = top > best_text
+        shut = out | (best_text >= top + room)
+    open_rows = np.flatnonzero(~shut)
+    if open_rows.size:
+        with np.errstate(invalid="ignore"):
+            out[open_rows] = logsumexp(stamps[open_rows]) > best_text[open_rows]
+    return out
