@@ -65,14 +65,13 @@ def clip_set(name: str, speech: Path) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def run_engine(engine: str, set_name: str, speech: Path) -> dict:
-    import torch
-
+def run_engine(engine: str, set_name: str, speech: Path, fw_model: str | None = None) -> dict:
     clips = clip_set(set_name, speech)
     audio_s = sum(len(a) for _, a in clips) / SR
     opts = dict(temperature=TEMPS)
     t0 = time.perf_counter()
     if engine == "openai_seq":
+        import torch
         import whisper
 
         from models import whisper as mw
@@ -90,11 +89,8 @@ def run_engine(engine: str, set_name: str, speech: Path) -> dict:
     elif engine.startswith("fw_"):
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-        from models.whisper.weights.packages import resolve_source
-
         _, mode, ctype = engine.split("_")
-        path = resolve_source("tiny.en")["parts"][0].parent
-        fw = WhisperModel(str(path), device="cpu", compute_type=ctype.replace("fp", "float"))
+        fw = WhisperModel(fw_model, device="cpu", compute_type=ctype.replace("fp", "float"))
         # greedy with openai's fallback (faster-whisper's own default is beam 5)
         fw_opts = dict(beam_size=1, best_of=5, temperature=list(TEMPS), condition_on_previous_text=True)
         if mode == "seq":
@@ -132,7 +128,8 @@ def run_engine(engine: str, set_name: str, speech: Path) -> dict:
     load_s = time.perf_counter() - t0
     warm()
     quiet = wait_quiet(timeout=60)
-    torch.manual_seed(0)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(0)
     with Probe() as p:
         t0 = time.perf_counter()
         texts = run_all()
@@ -151,6 +148,18 @@ def run_engine(engine: str, set_name: str, speech: Path) -> dict:
     }
 
 
+def _fw_python(given: str | None) -> str | None:
+    """The interpreter for the faster-whisper rows, or None where there is none."""
+    import importlib.util
+
+    if given:
+        return given
+    if importlib.util.find_spec("faster_whisper") is not None:
+        return sys.executable
+    fallback = Path("/tmp/fwvenv/bin/python")
+    return str(fallback) if fallback.exists() else None
+
+
 def lscpu() -> str:
     try:
         return subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
@@ -166,22 +175,33 @@ def main(argv=None) -> int:
     ap.add_argument("--engine", help=argparse.SUPPRESS)  # child: one engine, one set
     ap.add_argument("--set", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "batching.json"))
+    ap.add_argument(
+        "--fw-python",
+        default=os.environ.get("FASTER_WHISPER_PYTHON"),
+        help="the Python that runs the faster-whisper rows (default: this one where it has "
+        "faster_whisper, else $FASTER_WHISPER_PYTHON or /tmp/fwvenv/bin/python where it exists)",
+    )
+    ap.add_argument("--fw-model", help=argparse.SUPPRESS)  # child: the CTranslate2 model folder
     args = ap.parse_args(argv)
     speech = speech_dir(args.speech)
-    if args.engines == ",".join(ENGINES):
-        try:
-            import faster_whisper  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            args.engines += "," + ",".join(FW_ENGINES)
     if args.engine:
-        print(json.dumps(run_engine(args.engine, args.set, speech)))
+        print(json.dumps(run_engine(args.engine, args.set, speech, args.fw_model)))
         return 0
+    fw_python = _fw_python(args.fw_python)
+    if args.engines == ",".join(ENGINES) and fw_python is not None:
+        args.engines += "," + ",".join(FW_ENGINES)
+    fw_model = None
+    if any(e.startswith("fw_") for e in args.engines.split(",")):
+        from models.whisper.weights.packages import resolve_source
+
+        fw_model = str(resolve_source("tiny.en")["parts"][0].parent)
     rows = []
     for set_name in args.sets.split(","):
         for engine in args.engines.split(","):
-            cmd = [sys.executable, __file__, "--engine", engine, "--set", set_name, "--speech", str(speech)]
+            python = (fw_python or sys.executable) if engine.startswith("fw_") else sys.executable
+            cmd = [python, __file__, "--engine", engine, "--set", set_name, "--speech", str(speech)]
+            if engine.startswith("fw_"):
+                cmd += ["--fw-model", fw_model]
             env = dict(os.environ, PYTHONPATH=str(ROOT))
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
