@@ -187,9 +187,7 @@ def _block_sums(e: np.ndarray, block: int) -> np.ndarray:
     runs = padded.reshape(rows, nb, block // _RUN, _RUN // 16, 16)
     lanes32 = np.cumsum(runs, axis=3, dtype=F32)[:, :, :, -1, :]  # in order, float32
     halves = lanes32.reshape(rows, nb, block // _RUN * 2, 8).astype(F64)  # run 0's 0-7, its 8-15, run 1's ...
-    lanes = np.cumsum(halves, axis=2)[:, :, -1, :]
-    half = lanes[..., :4] + lanes[..., 4:]
-    return (half[..., 0] + half[..., 2]) + (half[..., 1] + half[..., 3])
+    return tf.fold8(np.cumsum(halves, axis=2)[:, :, -1, :])
 
 
 def _ordered_totals(blocks: np.ndarray) -> np.ndarray:

@@ -50,6 +50,7 @@ __all__ = [
     "TorchCpu",
     "detect_torch_cpu",
     "fma_f32",
+    "fold8",
     "lane_sums",
     "log_normalizers",
     "log_probs_at",
@@ -584,13 +585,19 @@ def logsumexp(x: np.ndarray) -> np.ndarray:
         padded = np.zeros(e.shape[:-1] + (-(-n // 8) * 8,), F64)  # zeros add nothing
         padded[..., :n] = e
         lanes = np.cumsum(padded.reshape(e.shape[:-1] + (-1, 8)), axis=-2)[..., -1, :]  # in order
-        half = lanes[..., :4] + lanes[..., 4:]
-        total = ((half[..., 0] + half[..., 2]) + (half[..., 1] + half[..., 3])).astype(F32)
+        total = fold8(lanes).astype(F32)
         logs = np.where(total == 0, NEG_INF, total)  # 0: -inf; inf and NaN stay
         live = (total > 0) & np.isfinite(total)
         if live.any():
             logs[live] = sleef_logf(total[live])
         return (logs + shift).astype(F32)
+
+
+def fold8(lanes: np.ndarray) -> np.ndarray:
+    """Eight float64 lanes ``lanes[..., 8]`` folded by halves, as the Mojo twins' ``fold8``:
+    ``((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))``."""
+    half = lanes[..., :4] + lanes[..., 4:]
+    return (half[..., 0] + half[..., 2]) + (half[..., 1] + half[..., 3])
 
 
 def stamps_beat_text(
