@@ -250,30 +250,17 @@ def kv_stamps_beat(
         var best = (front[r] - t) - lg
         var tv = SIMD[F, W](t)
         var lv = SIMD[F, W](lg)
-        var mv = SIMD[F, W](-Float32.MAX_FINITE * 2.0)
-        var nan = SIMD[DType.bool, W](fill=False)
-        var i = 0
-        while i + W <= k:
-            var v = (xr.unsafe_load[width=W](i) - tv) - lv
-            nan |= isnan(v)
-            mv = max(mv, v)
-            i += W
-        var m = mv.reduce_max()
-        var has_nan = nan.reduce_or()
-        while i < k:
-            var v = (xr[i] - t) - lg
-            if isnan(v):
-                has_nan = True
-            m = max(m, v)
-            i += 1
-        if has_nan:
+        # the log-probabilities' maximum: subtracting constants keeps the order (and a NaN
+        # among them, or one the subtractions make, leaves m NaN)
+        var m = (part_max(xr, 0, k) - t) - lg
+        if isnan(m):
             forced[r] = 0  # NaN > anything is false
             continue
         if not (m <= Float32.MAX_FINITE and m >= -Float32.MAX_FINITE):
             m = 0.0
         var mm = SIMD[F, W](m)
         var acc = SIMD[D, 8](0.0)
-        i = 0
+        var i = 0
         while i + W <= k:
             acc = add16(acc, expf[W](((xr.unsafe_load[width=W](i) - tv) - lv) - mm))
             i += W
