@@ -21,6 +21,12 @@ def fence[W: Int](x: SIMD[F, W]) -> SIMD[F, W]:
 
 
 @always_inline
+def finite(x: Float32) -> Bool:
+    """Neither infinite nor NaN (a scalar's comparisons are false for NaN)."""
+    return x.ge(-Float32.MAX_FINITE) and x.le(Float32.MAX_FINITE)
+
+
+@always_inline
 def expf_core[W: Int](d: SIMD[F, W]) -> SIMD[F, W]:
     """SLEEF's expf without its range checks: q = rint(d / ln 2), s = d - q ln 2 (two
     constants), a degree-6 polynomial, times 2**q as two exact-then-rounding scalings."""
@@ -168,7 +174,7 @@ def kv_exp_lane_sums(x: Ptr, rows: Int, n: Int, stride: Int, top: Ptr, lanes: In
     for r in range(rows):
         var t = top.unsafe_load[width=1](r)[0]
         var s: Float32
-        if t.eq(t) and t.le(Float32.MAX_FINITE) and t.ge(-Float32.MAX_FINITE):  # x - t <= 0
+        if finite(t):  # x - t <= 0
             s = row_sum[16, True](x + r * stride, n, t) if lanes == 16 else row_sum[8, True](x + r * stride, n, t)
         else:
             s = row_sum[16, False](x + r * stride, n, t) if lanes == 16 else row_sum[8, False](x + r * stride, n, t)
@@ -256,7 +262,7 @@ def kv_stamps_beat(
         if isnan(m):
             forced[r] = 0  # NaN > anything is false
             continue
-        if not (m <= Float32.MAX_FINITE and m >= -Float32.MAX_FINITE):
+        if not finite(m):
             m = 0.0
         var mm = SIMD[F, W](m)
         var acc = SIMD[D, 8](0.0)
@@ -270,7 +276,7 @@ def kv_stamps_beat(
             i += 1
         var total = fold8(acc).cast[F]()
         var lse: Float32
-        if total > 0.0 and total <= Float32.MAX_FINITE:
+        if total > 0.0 and finite(total):
             lse = (logf[1, True](total) if getmant != 0 else logf[1, False](total))[0] + m
         elif total == 0.0:
             lse = -Float32.MAX_FINITE * 2.0
@@ -439,7 +445,7 @@ def kv_sampling_exps(
         var xr = x + r * stride
         var er = exps + r * n
         var m = tops[r] / temperature
-        if m.eq(m) and m.le(Float32.MAX_FINITE) and m.ge(-Float32.MAX_FINITE):
+        if finite(m):
             tempered_row[True](xr, er, n, temperature, m, blocks + r * nb, block)  # z - m <= 0
         else:
             if m.eq(m):  # infinite: nothing subtracted
