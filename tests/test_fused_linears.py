@@ -98,10 +98,39 @@ def test_few_row_steps_keep_their_float16_gemv():
     assert _fused_keys(registry)
 
 
-def test_a_pools_step_stacks_only_its_gemm_branch():
-    """``step_rows`` (a pool's step: the float16 GEMV up to a few rows, the float32 GEMM
-    beyond, chosen when it runs) keeps each linear's float16 weight for the GEMV and holds the
-    GEMM's weights of one input stacked once, none apart."""
+def test_a_pools_step_reads_float16_weights_through_the_float16_gemm():
+    """``step_rows`` (a pool's step, its row count known only when it runs) reads each
+    linear's float16 weight through ``kvgraph_gemm_f16`` (the GEMV up to the class's few rows,
+    the GEMM beyond, one kernel): no run-time branch between two forms and no float32 copy,
+    stacked or apart, of a weight whose inner dim the kernels take."""
+    from kvgraph.max import isa
+
+    r = kvgraph.compile(SPECS["gpt_cross_gqa"], weights_for("gpt_cross_gqa"), eager=False).request(
+        "step_rows"
+    )
+    prog = runtime._lower([r], ["step_rows"])
+    registry, recipe, graph = prog.registry, prog.recipe, r.graph
+    assert "kvgraph_gemm_f16" in str(prog.unit)
+    lanes = isa.host().lanes
+    suited = {
+        n.op.w.name
+        for n in graph.nodes
+        if isinstance(n.op, ir.Linear) and isinstance(n.op.w, ir.Weight) and n.op.w.type.shape[1] % lanes == 0
+    }
+    assert suited
+    assert not _fused_keys(registry)
+    held32 = {entry[0] for entry in recipe.values() if entry[1] == "T" and not entry[2]}
+    assert not suited & held32, sorted(suited & held32)
+    assert all(f"{name}#f16" in registry for name in suited)
+
+
+def test_a_pools_step_without_the_kernels_stacks_only_its_gemm_branch(monkeypatch):
+    """Without kvgraph's kernels, ``step_rows`` picks when it runs MAX's float16 GEMV (up to a
+    few rows) or the float32 GEMM: each linear keeps its float16 weight for the GEMV, and the
+    GEMM's weights of one input are held stacked once, none apart."""
+    from kvgraph.max import custom
+
+    monkeypatch.setattr(custom, "kernel_package", lambda: None)  # what "off" or a failed build answers
     weights, registry, recipe, graph = _lowered("gpt_cross_gqa", "step_rows")
     fused = _fused_keys(registry)
     assert fused
@@ -111,6 +140,19 @@ def test_a_pools_step_stacks_only_its_gemm_branch():
     apart = {entry[0] for key, entry in recipe.items() if entry[1] == "T" and FUSED not in key}
     assert not apart & members
     assert sum(len(recipe[k][0]) == 3 for k in fused) == SPECS["gpt_cross_gqa"].n_layers
+
+
+def test_the_float16_gemm_switches_form_where_the_pools_few_rows_end():
+    """``step_rows`` trusts ``kvgraph_gemm_f16`` to run the GEMV up to the class's few rows:
+    the kernel's own limit (``GEMV_ROWS`` in ``gemm16.mojo``) is the one the lowering reads."""
+    import re
+
+    from kvgraph.max import custom, isa
+    from kvgraph.max import kernels as K
+
+    src = (custom.SOURCE / "gemm16.mojo").read_text()
+    assert int(re.search(r"comptime GEMV_ROWS = (\d+)", src).group(1)) == K.GEMM_F16_GEMV_ROWS
+    assert all(isa.thresholds(isa.make(c)).few_rows_custom == K.GEMM_F16_GEMV_ROWS for c in isa.CLASSES)
 
 
 def test_a_stored_recipe_rebuilds_the_stacked_weight_and_names_a_missing_member():

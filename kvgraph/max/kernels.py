@@ -232,6 +232,10 @@ def linear_gemv_once(
     return y if b is None else y + b
 
 
+#: rows up to which ``kvgraph_gemm_f16`` runs its GEMV (``GEMV_ROWS`` in ``gemm16.mojo``)
+GEMM_F16_GEMV_ROWS = 16
+
+
 def linear_gemm_f16(
     x: TensorValue, w16: TensorValue, b: TensorValue | None = None, isa: _isa.Isa | None = None
 ) -> TensorValue:
