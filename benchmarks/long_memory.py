@@ -43,7 +43,7 @@ def write_long_wav(path: Path, minutes: float) -> float:
     return total / SR
 
 
-def run(audio: Path, out_dir: str) -> dict:
+def run(audio: Path, out_dir: str, extra: list[str] = ()) -> dict:
     cmd = [
         sys.executable,
         "-m",
@@ -55,6 +55,7 @@ def run(audio: Path, out_dir: str) -> dict:
         "-f",
         "txt",
         "--no-progress",
+        *extra,
     ]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     t0 = time.perf_counter()
@@ -70,19 +71,29 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "long_memory.json"))
+    ap.add_argument(
+        "--transcribe-option",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="passed to both `kvgraph transcribe` runs (repeatable), e.g. "
+        "--transcribe-option=--condition_on_previous_text --transcribe-option=False",
+    )
     args = ap.parse_args(argv)
+    extra = args.transcribe_option
     with tempfile.TemporaryDirectory() as tmp:
         long_wav = Path(tmp) / "long.wav"
         seconds = write_long_wav(long_wav, args.minutes)
         jfk = ROOT / "examples" / "jfk.wav"
-        run(jfk, tmp)  # fills the program store if it is empty (not counted)
-        short = run(jfk, tmp)
+        run(jfk, tmp, extra)  # fills the program store if it is empty (not counted)
+        short = run(jfk, tmp, extra)
         print("jfk", short, flush=True)
-        long = run(long_wav, tmp)
+        long = run(long_wav, tmp, extra)
         print(f"{args.minutes:g} min", long, flush=True)
     report = {
         "machine": machine(),
         "long_audio_s": round(seconds, 1),
+        "transcribe_options": extra,
         "jfk": short,
         "long": long,
         "peak_rss_ratio": round(long["peak_rss_mb"] / short["peak_rss_mb"], 3),

@@ -108,8 +108,9 @@ class LowerCtx:
     (``kernels.linear_gemv_once``, kvgraph's custom kernel reading the weight once for all
     rows, or MAX's own ``kernels.linear_gemv``). ``always_few`` (a program only run with few
     rows) lowers causal attention to ``kernels.attention_few``; so does ``few_attention``
-    alone (a step of one token per row over many rows, ``step_rows``: there a run-time
-    ``cond`` picks the GEMV up to ``isa.thresholds().few_rows_custom`` rows and the float32 GEMM beyond)."""
+    alone (a step of one token per row over many rows, ``step_rows``: there each linear is
+    kvgraph's float16 GEMM, the GEMV up to ``isa.thresholds().few_rows_custom`` rows inside
+    the kernel; without the kernels, a run-time ``cond`` picks the GEMV or the float32 GEMM)."""
 
     def __init__(
         self,
@@ -292,7 +293,8 @@ def _rule_linear(op, env, ctx):
             # so no run-time branch (a ``cond``, ~10 us a linear a step) and no float32 copy
             # of the weight (tiny.en: 80 MB for the vocabulary, ~38 MB for the layers)
             return K.linear_gemm_f16(x, w16, b)
-        # step_rows without the custom GEMM: the GEMM beyond what the GEMV serves well
+        # step_rows without the custom GEMM (or a class whose few rows are not the kernel's):
+        # a run-time choice of the GEMV or the float32 GEMM beyond what the GEMV serves well
         few = isa.thresholds().few_rows_custom if once else FEW_ROWS
         group = ctx.siblings.get(op.x, ())
         if op in group and all(ctx.half(m.w) for m in group):  # the GEMM beyond: one product
