@@ -633,9 +633,9 @@ def stamps_beat(stamps: np.ndarray, best_text: np.ndarray) -> np.ndarray:
     in [0, log n + eps], and adding m rounds monotonically. A row whose best text token falls
     below m is forced; one at or above the upper bound (log n rounded up with room) is not;
     NaN and infinities leave a row open."""
-    out = np.zeros(stamps.shape[0], dtype=bool)
     if stamps.shape[1] == 0:
         return logsumexp(stamps) > best_text
+    out = np.zeros(stamps.shape[0], dtype=bool)
     top = stamps.max(axis=1)
     room = F32(np.log(stamps.shape[1]) + 1e-4)
     with np.errstate(invalid="ignore", over="ignore"):
