@@ -405,6 +405,30 @@ def test_a_buffer_of_one_window_is_transcribed_as_that_window_alone(tiny_backend
     ]
 
 
+#: the word error rate a live transcript of JFK may have against the offline one
+LIVE_WER = 0.1
+
+
+@pytest.mark.max
+def test_two_hypotheses_agreeing_on_a_misheard_word_commit_it(tiny_backend, jfk_audio, jfk_offline):
+    """Local agreement commits what two successive hypotheses share, and both may mishear: fed
+    JFK up to 1.0, 2.2 and 3.2 s (decode times a loaded 2-core AMD Zen 3 gave the real-time
+    test, replayed; 3 of 80 such schedules around them), the hypotheses read "and so am I" and
+    "and so am I fellow Americans", so "am I" is committed where the offline transcript has "my"
+    (two of JFK's 22 words). So a live transcript is held to LIVE_WER, not to the offline text;
+    the schedules of whole seconds give it exactly (the one-second test above)."""
+    live, committed, fed = LiveTranscriber(tiny_backend), [], 0
+    for end in (1.0, 2.2, 3.2, *np.arange(4.2, len(jfk_audio) / SAMPLE_RATE, 1.0)):
+        live.insert_audio(jfk_audio[fed : int(end * SAMPLE_RATE)])
+        fed = int(end * SAMPLE_RATE)
+        committed += live.process()
+    live.insert_audio(jfk_audio[fed:])
+    committed += live.finish()
+    streamed = words_of(" ".join(w.text for w in committed))
+    assert streamed[:4] == ["and", "so", "am", "i"], streamed
+    assert 0 < word_error_rate(jfk_offline, streamed) <= LIVE_WER, (streamed, jfk_offline)
+
+
 def paced(audio: np.ndarray, chunk_s: float = 0.1):
     """``audio`` in ``chunk_s`` pieces, each yielded when a real-time source would have it."""
     n = int(chunk_s * SAMPLE_RATE)
@@ -423,7 +447,12 @@ def test_jfk_at_real_time_pace_commits_every_word_in_order(tiny_backend, jfk_aud
         tiny_backend, paced(jfk_audio), on_commit=lambda words, final: batches.append((words, final))
     )
     assert not result.interrupted and result.audio_s == pytest.approx(len(jfk_audio) / SAMPLE_RATE)
-    assert words_of(result.text) == jfk_offline
+    # the decode times follow the machine's speed, and at some of them the policy commits a
+    # misheard word (the replay test below): the bound is that test's
+    assert word_error_rate(jfk_offline, words_of(result.text)) <= LIVE_WER, (
+        words_of(result.text),
+        jfk_offline,
+    )
     assert [w for words, _ in batches for w in words] == result.words
     assert any(not final for _, final in batches), "nothing committed while the audio arrived"
     lags = result.lags()
