@@ -154,10 +154,7 @@ def _fw_python(given: str | None) -> str | None:
 
     if given:
         return given
-    if importlib.util.find_spec("faster_whisper") is not None:
-        return sys.executable
-    fallback = Path("/tmp/fwvenv/bin/python")
-    return str(fallback) if fallback.exists() else None
+    return sys.executable if importlib.util.find_spec("faster_whisper") is not None else None
 
 
 def lscpu() -> str:
@@ -179,7 +176,7 @@ def main(argv=None) -> int:
         "--fw-python",
         default=os.environ.get("FASTER_WHISPER_PYTHON"),
         help="the Python that runs the faster-whisper rows (default: this one where it has "
-        "faster_whisper, else $FASTER_WHISPER_PYTHON or /tmp/fwvenv/bin/python where it exists)",
+        "faster_whisper, else $FASTER_WHISPER_PYTHON; the rows are skipped where neither has it)",
     )
     ap.add_argument("--fw-model", help=argparse.SUPPRESS)  # child: the CTranslate2 model folder
     args = ap.parse_args(argv)

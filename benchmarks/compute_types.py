@@ -17,8 +17,8 @@ Per kvgraph mode, each in its own process (``load_model(name, compute_type=mode)
 4. peak RSS: ``ru_maxrss`` of a whole process that loads the model and transcribes JFK, with
    a program store of that mode alone (``rss_store``).
 
-faster-whisper runs in the interpreter of ``--faster-python`` (default ``$FASTER_WHISPER_PYTHON``
-or /tmp/fwvenv/bin/python), skipped with a message where it lacks faster_whisper; it reads
+faster-whisper runs in the interpreter of ``--faster-python`` (default ``$FASTER_WHISPER_PYTHON``,
+else this one), skipped with a message where it lacks faster_whisper; it reads
 the CTranslate2 model directory kvgraph parses (``resolve_source``), ``beam_size=1``
 (greedy), temperature 0, language "en", ``without_timestamps=True``, no VAD. Every engine
 reads the same decoded 16 kHz arrays (kvgraph's ``load_audio``, saved to a temporary .npz).
@@ -444,9 +444,9 @@ def parse(argv=None):
     ap.add_argument("--retries", type=int, default=3, help="re-runs of a run voided by other processes")
     ap.add_argument(
         "--faster-python",
-        default=os.environ.get("FASTER_WHISPER_PYTHON", "/tmp/fwvenv/bin/python"),
-        help="interpreter with faster-whisper installed (default $FASTER_WHISPER_PYTHON or "
-        "/tmp/fwvenv/bin/python); skipped where it is missing",
+        default=os.environ.get("FASTER_WHISPER_PYTHON", sys.executable),
+        help="interpreter with faster-whisper installed (default $FASTER_WHISPER_PYTHON, else "
+        "this one); skipped where it is missing",
     )
     ap.add_argument("--no-faster", action="store_true", help="skip faster-whisper")
     ap.add_argument(
