@@ -175,8 +175,8 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--fw-python",
         default=os.environ.get("FASTER_WHISPER_PYTHON"),
-        help="the Python that runs the faster-whisper rows (default: this one where it has "
-        "faster_whisper, else $FASTER_WHISPER_PYTHON; the rows are skipped where neither has it)",
+        help="the Python that runs the faster-whisper rows (default: $FASTER_WHISPER_PYTHON, else "
+        "this one where it has faster_whisper; the rows are skipped where neither is there)",
     )
     ap.add_argument("--fw-model", help=argparse.SUPPRESS)  # child: the CTranslate2 model folder
     args = ap.parse_args(argv)
