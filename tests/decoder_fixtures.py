@@ -5,19 +5,19 @@ A cold MAX compile costs a minute or more per call, whatever the graphs' depth, 
 for each further program in the same call, so the tests' programs are compiled in few MAX
 Modules: gpt_cross_gqa's and mixed_mqa's together (their weight names are disjoint, so one
 weights dict serves both: ``TOGETHER``), every program the tests run (prefill and step, the full
-sequence, the GEMM step, attention scores); llama_gqa's in two, its eager pair on its own as
-``kvgraph.compile`` loads it for any user (the example and the store tests' child processes
-then find it in MAX's own cache), then the rest (full sequence, per-row step, the concat
-layout). The program store links each program's own key to its Module's artifact, so a test
-that compiles one of these programs alone, in this process or another, loads it instead.
+sequence, the GEMM step, the per-row step, attention scores); llama_gqa's in one more (prefill
+and step, full sequence, per-row step, the concat layout). The program store links each
+program's own key to its Module's artifact, so a test that compiles one of these programs
+alone, in this process or another (the example's ``kvgraph.compile``), loads it instead; a
+process with an empty store of its own (the store tests' children) builds the same Module
+through :func:`compiled` and finds it in MAX's own cache.
 
-``f16_cross_gqa()`` is a spec of gpt_cross_gqa's family with float16-exact weights: its
-``prefill`` + ``step_rows`` Module uses every custom kernel (the slot-pool tests run it). The
-program no compile cache can hold — sizes drawn anew each run (``SEED``, replayed with
-``KVGRAPH_TEST_SEED``, printed at the end of the run) — is a smaller step program in
-``tests/test_custom_kernels.py`` lowered the same way, so a fault in how kvgraph's kernel
-package reaches MAX fails the suite on any machine, warm or cold, for ~30 s of compile a run
-(this spec's two programs took ~140 s).
+gpt_cross_gqa's weights are float16-exact, so its ``prefill`` + ``step_rows`` use every custom
+kernel (the slot-pool tests run them). The program no compile cache can hold — sizes drawn
+anew each run (``SEED``, replayed with ``KVGRAPH_TEST_SEED``, printed at the end of the run) —
+is a small step program in ``tests/test_custom_kernels.py`` lowered as ``kvgraph.compile``
+lowers one, so a fault in how kvgraph's kernel package reaches MAX fails the suite on any
+machine, warm or cold, for ~30 s of compile a run.
 """
 
 from __future__ import annotations
@@ -26,27 +26,12 @@ import functools
 import os
 import secrets
 
-import attrs
 import numpy as np
 
 import kvgraph
 import kvgraph.specs
 
 SEED = int(os.environ.get("KVGRAPH_TEST_SEED") or secrets.randbelow(2**31))
-
-
-def cross_gqa_sized(seed: int, name: str = "f16_cross_gqa") -> kvgraph.DecoderSpec:
-    """gpt_cross_gqa's family and head size (64: the attention kernels' size) with vocabulary
-    and context sizes drawn from ``seed``."""
-    rng = np.random.default_rng(seed)
-    return attrs.evolve(
-        SPECS["gpt_cross_gqa"],
-        vocab_size=int(rng.integers(64, 2048)),
-        cross_attention=kvgraph.CrossAttention(
-            context_len=int(rng.integers(5, 40)), context_dim=int(rng.integers(8, 64))
-        ),
-        name=name,
-    )
 
 
 SPECS = {
@@ -96,14 +81,10 @@ F16_EXACT = {"gpt_cross_gqa"}
 
 #: The programs tests load beyond the eager pair, per spec (compiled together, see above).
 LATER = {
-    "gpt_cross_gqa": ("full", "step"),
+    "gpt_cross_gqa": ("full", "step", "step_rows"),
     "llama_gqa": ("full", "step_rows"),
     "mixed_mqa": ("full",),
 }
-#: Specs whose eager pair other processes compile too (examples/compile_llama_style.py, the
-#: store tests' children): compiled as its own Module, which MAX's cache then holds for them.
-#: The other specs' programs are all compiled in one Module.
-SHARED_EAGER = {"llama_gqa"}
 #: Specs also tested with the growing (concat) cache layout.
 CONCAT = {"llama_gqa"}
 #: The attention scores test_expose_attention asks of each spec.
@@ -139,7 +120,7 @@ def _requests(name: str):
     """``(model, its program names, other requests)``: the spec's decoders (default options;
     ``model.concat`` with the growing cache layout for CONCAT) and what the tests load of them."""
     spec, weights = SPECS[name], weights_for(name)
-    model = kvgraph.compile(spec, weights, eager=name in SHARED_EAGER)  # eager: prefill + step
+    model = kvgraph.compile(spec, weights, eager=False)
     model.concat = (
         kvgraph.compile(spec, weights, cache_layout="concat", eager=False) if name in CONCAT else None
     )
@@ -152,8 +133,8 @@ def _requests(name: str):
 
 def compiled(name: str):
     """``(spec, weights, model)``: the spec compiled (default options) with every program the
-    MAX tests run loaded, in one MAX compile (with the other specs compiled TOGETHER; two for
-    SHARED_EAGER; see the module docstring); ``model.concat``: the same spec with the growing
+    MAX tests run loaded, in one MAX compile (with the other specs compiled TOGETHER; see the
+    module docstring); ``model.concat``: the same spec with the growing
     (concat) cache layout (CONCAT), its programs compiled in the same Module."""
     if name not in _COMPILED:
         group = TOGETHER if name in TOGETHER else (name,)
@@ -175,15 +156,3 @@ _COMPILED: dict = {}
 
 def f16_exact(weights: dict) -> dict:
     return {k: v.astype(np.float16).astype(np.float32) for k, v in weights.items()}
-
-
-@functools.cache
-def f16_cross_gqa():
-    """``(spec, weights, model)`` of a gpt_cross_gqa-family spec with float16-exact weights,
-    ``prefill`` and ``step_rows`` compiled as one MAX Module (the custom kernels all run in
-    it); fixed sizes, so MAX's cache holds it between runs."""
-    spec = cross_gqa_sized(7)
-    weights = f16_exact(kvgraph.init_weights(spec, seed=7))
-    model = kvgraph.compile(spec, weights, eager=False)
-    model.load(["prefill", "step_rows"])
-    return spec, weights, model

@@ -3,6 +3,7 @@ turns off cleanly, and the few-row float16 GEMV equals ``x @ w.T`` for any row c
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -142,50 +143,73 @@ def test_a_kernel_that_max_refuses_is_one_line_naming_it_and_the_way_out(monkeyp
     assert "KVGRAPH_CUSTOM_KERNELS=off" in msg and "the step program" in msg
 
 
-@pytest.mark.max
-def _linear_per_class(label: str, lead: list, n: int, k: int, linear) -> dict:
-    """``linear(x f32[*lead, k], w f16[n, k], b f32[n], isa=...)`` for every instruction-set
-    class (the code targets this machine whatever the class, so every class runs here), as
-    one Module (one compile for all): the loaded models by class name."""
+def _gemv_size() -> int:
+    """gemv_once's output count, drawn per run (no compile cache holds its graphs: the package
+    reaches MAX through a cold compile every run), never a multiple of the 4-row blocks: the
+    tail path runs too."""
+    from decoder_fixtures import SEED
+
+    rng = np.random.default_rng(SEED)
+    return 4 * int(rng.integers(20, 80)) + int(rng.integers(1, 4))
+
+
+def _gemm16_size(rng) -> int:
+    """gemm16's output count, drawn from ``rng`` per run, past a whole number of blocks."""
+    return 32 * int(rng.integers(2, 8)) + int(rng.integers(1, 32))
+
+
+@functools.cache
+def _linears_per_class() -> dict:
+    """``{label: {class name: model}}``: ``linear(x f32[*lead, k], w f16[n, k], b f32[n],
+    isa=...)`` of the float16 GEMV (``gemv_once``) and GEMM (``gemm16``) for every
+    instruction-set class (the code targets this machine whatever the class, so every class
+    runs here), at sizes drawn per run, in one Module: one compile for all (two cost ~1.5x
+    one on Zen 3, 2026-12-08)."""
+    from decoder_fixtures import SEED
     from max.dtype import DType
     from max.graph import DeviceRef, Graph, Module, TensorType
 
     from kvgraph.max import isa as I
+    from kvgraph.max import kernels as K
     from kvgraph.max.runtime import load_graphs
 
     pkg = custom.kernel_package()
     assert pkg is not None
     cpu = DeviceRef.CPU()
-    types = [
-        TensorType(DType.float32, [*lead, k], device=cpu),
-        TensorType(DType.float16, [n, k], device=cpu),
-        TensorType(DType.float32, [n], device=cpu),
-    ]
+    k = 48
+    cases = {
+        "gemv_once": (["b", "s"], _gemv_size(), K.linear_gemv_once),
+        "gemm16": (["m"], _gemm16_size(np.random.default_rng(SEED + 2)), K.linear_gemm_f16),
+    }
     module, graphs = Module(), []
-    for name in I.CLASSES:
-        with Graph(f"{label}_test_{name}", input_types=types, custom_extensions=[pkg], module=module) as g:
-            x, w, b = (v.tensor for v in g.inputs)
-            g.output(linear(x, w, b, isa=I.make(name)))
-        graphs.append(g)
-    models = load_graphs(module, graphs, f"{label} tests")
-    return {name: models[f"{label}_test_{name}"] for name in I.CLASSES}
+    for label, (lead, n, linear) in cases.items():
+        types = [
+            TensorType(DType.float32, [*lead, k], device=cpu),
+            TensorType(DType.float16, [n, k], device=cpu),
+            TensorType(DType.float32, [n], device=cpu),
+        ]
+        for name in I.CLASSES:
+            with Graph(
+                f"{label}_test_{name}", input_types=types, custom_extensions=[pkg], module=module
+            ) as g:
+                x, w, b = (v.tensor for v in g.inputs)
+                g.output(linear(x, w, b, isa=I.make(name)))
+            graphs.append(g)
+    models = load_graphs(module, graphs, "gemv_once and gemm16 tests")
+    return {label: {name: models[f"{label}_test_{name}"] for name in I.CLASSES} for label in cases}
 
 
+@pytest.mark.max
 def test_gemv_once_equals_matmul_for_any_rows():
     """The float16 GEMV of every instruction-set class's tiles (AVX-512, AVX2, NEON, SSE: the
     code targets this machine whatever the class, so every class runs here) equals ``x @ w.T``
     for row counts across the tile heights (6 rows a tile on AVX-512 and NEON, 2 on AVX2)."""
-    from decoder_fixtures import SEED
     from max.driver import Buffer
 
     from kvgraph.max import isa as I
-    from kvgraph.max import kernels as K
 
-    # n drawn per run (no compile cache holds these graphs: the package reaches MAX through a
-    # cold compile every run), never a multiple of the 4-row blocks: the tail path runs too
-    rng = np.random.default_rng(SEED)
-    n, k = 4 * int(rng.integers(20, 80)) + int(rng.integers(1, 4)), 48
-    models = _linear_per_class("gemv_once", ["b", "s"], n, k, K.linear_gemv_once)
+    n, k = _gemv_size(), 48
+    models = _linears_per_class()["gemv_once"]
     rng = np.random.default_rng(0)
     w16 = rng.standard_normal((n, k)).astype(np.float16)
     bias = rng.standard_normal(n).astype(np.float32)
@@ -211,6 +235,7 @@ def test_gemv_once_equals_matmul_for_any_rows():
             assert_close(got.to_numpy(), ref, F32_PASS, what=f"gemv_once {name} rows={rows}x{seq}")
 
 
+@pytest.mark.max
 def test_gemm16_equals_matmul_for_any_rows():
     """The float16 GEMM (``kvgraph_gemm_f16``, a prefill's many-row linears) of every
     instruction-set class equals ``x @ w.T``: its GEMV up to 16 rows, and beyond, its widened
@@ -220,12 +245,10 @@ def test_gemm16_equals_matmul_for_any_rows():
     from max.driver import Buffer
 
     from kvgraph.max import isa as I
-    from kvgraph.max import kernels as K
 
-    # n drawn per run (no compile cache holds these graphs), past a whole number of blocks
     rng = np.random.default_rng(SEED + 2)
-    n, k = 32 * int(rng.integers(2, 8)) + int(rng.integers(1, 32)), 48
-    models = _linear_per_class("gemm16", ["m"], n, k, K.linear_gemm_f16)
+    n, k = _gemm16_size(rng), 48  # as the graphs were drawn; then the data from the same generator
+    models = _linears_per_class()["gemm16"]
     w16 = rng.standard_normal((n, k)).astype(np.float16)
     bias = rng.standard_normal(n).astype(np.float32)
     for rows in (1, 5, 16, 17, 18, 19, 20, 21, 22, 23, 24, 61, 200):
@@ -253,75 +276,34 @@ def _attention_reference(q, k, v, heads, kv_heads, scale):
     return out
 
 
-@pytest.mark.max
-def test_attend_equals_softmax_attention():
-    """The few-row context attention against a float64 reference: row counts across its
-    tile sizes (1 .. 9 rows; tiles of up to 6 rows at head size 64, 3 at 128), several
-    contexts, grouped-query heads, a context length that is not a multiple of 16; the tiles of
-    every instruction-set class (:mod:`kvgraph.max.isa`)."""
-    from max.driver import Buffer
-    from max.dtype import DType
-    from max.graph import DeviceRef, Graph, Module, TensorType
-
-    from kvgraph.max import isa as I
-    from kvgraph.max import kernels as K
-    from kvgraph.max.runtime import load_graphs
-
-    pkg = custom.kernel_package()
-    assert pkg is not None
-    cpu = DeviceRef.CPU()
-    rng = np.random.default_rng(1)
-    # every instruction-set class's tiles (one of them with Zen 3's 32 KB L1d: fewer rows a
-    # tile over 1500 keys), on one head size each and all on the grouped case
-    cases = [
-        (6, 6, 64, 0.125, "avx512"),
-        (6, 6, 64, 0.125, "neon"),
-        (4, 2, 128, 0.09, "avx2"),
-        (4, 2, 128, 0.09, "sse"),
-        (2, 1, 64, 0.3, "avx512"),
-        (2, 1, 64, 0.3, "avx2"),
-    ]
-    module, graphs = Module(), []
-    for heads, kv_heads, dh, scale, cls in cases:  # one Module: one compile for them all
-        types = [
-            TensorType(DType.float32, ["c", "r", heads * dh], device=cpu),
-            TensorType(DType.float32, ["c", "t", kv_heads * dh], device=cpu),
-            TensorType(DType.float32, ["c", "t", kv_heads * dh], device=cpu),
-        ]
-        name = f"attend_test_{heads}_{kv_heads}_{dh}_{cls}"
-        isa = I.make(cls, 32 * 1024 if cls == "avx2" else 48 * 1024)
-        with Graph(name, input_types=types, custom_extensions=[pkg], module=module) as g:
-            q, k, v = (x.tensor for x in g.inputs)
-            g.output(K.attention_context(q, k, v, heads, kv_heads, False, None, scale, isa=isa))
-        graphs.append(g)
-    models = load_graphs(module, graphs, "attend tests")
-    for (heads, kv_heads, dh, scale, _), g in zip(cases, graphs):
-        model = models[g.name]
-        for c, rows, sk in [
-            (1, 1, 1500),
-            (1, 5, 1500),
-            (1, 5, 37),
-            (3, 2, 100),
-            (2, 9, 7),
-            (1, 4, 16),
-            (2, 3, 1),
-        ]:
-            q = rng.standard_normal((c, rows, heads * dh)).astype(np.float32)
-            k = rng.standard_normal((c, sk, kv_heads * dh)).astype(np.float32)
-            v = rng.standard_normal((c, sk, kv_heads * dh)).astype(np.float32)
-            got = model.execute(*(Buffer.from_numpy(a) for a in (q, k, v)))[0].to_numpy()
-            ref = _attention_reference(q, k, v, heads, kv_heads, scale)
-            assert_close(got, ref, F32_PASS, what=f"{g.name} c={c} rows={rows} sk={sk}")
+#: The attention kernels' cases: every instruction-set class's tiles (one of them with Zen 3's
+#: 32 KB L1d: fewer rows a tile over 1500 keys), on one head size each and all on the grouped
+#: case. ``(heads, kv_heads, head size, scale, class)``.
+ATTEND_CASES = [
+    (6, 6, 64, 0.125, "avx512"),
+    (6, 6, 64, 0.125, "neon"),
+    (4, 2, 128, 0.09, "avx2"),
+    (4, 2, 128, 0.09, "sse"),
+    (2, 1, 64, 0.3, "avx512"),
+    (2, 1, 64, 0.3, "avx2"),
+]
+#: ``(heads, kv_heads, head size, scale, rows at their own positions, class)``
+CACHE_ATTEND_CASES = [
+    (6, 6, 64, 0.125, True, "avx512"),
+    (6, 6, 64, 0.125, True, "avx2"),
+    (4, 2, 128, 0.09, True, "avx512"),
+    (4, 2, 128, 0.09, True, "neon"),
+    (2, 1, 64, 0.3, False, "sse"),
+]
+CACHE_CAPACITY = 40
 
 
-@pytest.mark.max
-def test_cache_attend_and_store_rows_equal_the_reference():
-    """The step kernels over cache buffers read in place: ``store_rows`` writes each row's new
-    K/V at its own position (nothing else changes), then ``attention_cache`` attends causally
-    over rows ``[0, end)``: rows at unequal positions (one position for all, too), one or
-    several new tokens, grouped-query heads, stale values past each row's position (which
-    the mask must hide), a view shorter than the capacity."""
-    from max.driver import Buffer
+@functools.cache
+def _attention_models() -> tuple[list, list]:
+    """``(attend graphs, cache attend graphs)``, each a list of ``(name, model)`` in its cases'
+    order: the context attention (``attention_context``) of ATTEND_CASES and the step kernels
+    over cache buffers (``store_rows`` + ``attention_cache``) of CACHE_ATTEND_CASES, in one
+    Module (one compile for all)."""
     from max.dtype import DType
     from max.graph import BufferType, DeviceRef, Graph, Module, TensorType, ops
 
@@ -332,17 +314,21 @@ def test_cache_attend_and_store_rows_equal_the_reference():
     pkg = custom.kernel_package()
     assert pkg is not None
     cpu = DeviceRef.CPU()
-    rng = np.random.default_rng(2)
-    cap = 40
-    cases = [
-        (6, 6, 64, 0.125, True, "avx512"),
-        (6, 6, 64, 0.125, True, "avx2"),
-        (4, 2, 128, 0.09, True, "avx512"),
-        (4, 2, 128, 0.09, True, "neon"),
-        (2, 1, 64, 0.3, False, "sse"),
-    ]
-    module, graphs = Module(), []
-    for heads, kv_heads, dh, scale, per_row, cls in cases:  # one Module: one compile for them all
+    module, attend, cache = Module(), [], []
+    for heads, kv_heads, dh, scale, cls in ATTEND_CASES:
+        types = [
+            TensorType(DType.float32, ["c", "r", heads * dh], device=cpu),
+            TensorType(DType.float32, ["c", "t", kv_heads * dh], device=cpu),
+            TensorType(DType.float32, ["c", "t", kv_heads * dh], device=cpu),
+        ]
+        name = f"attend_test_{heads}_{kv_heads}_{dh}_{cls}"
+        isa = I.make(cls, 32 * 1024 if cls == "avx2" else 48 * 1024)
+        with Graph(name, input_types=types, custom_extensions=[pkg], module=module) as g:
+            q, k, v = (x.tensor for x in g.inputs)
+            g.output(K.attention_context(q, k, v, heads, kv_heads, False, None, scale, isa=isa))
+        attend.append(g)
+    cap = CACHE_CAPACITY
+    for heads, kv_heads, dh, scale, per_row, cls in CACHE_ATTEND_CASES:
         w, kw = heads * dh, kv_heads * dh
         types = [
             TensorType(DType.float32, ["b", "s", w], device=cpu),
@@ -367,11 +353,53 @@ def test_cache_attend_and_store_rows_equal_the_reference():
                 ops.buffer_store_slice(vc, vn, sl)
                 end = past + s
             g.output(K.attention_cache(q, kc, vc, heads, kv_heads, past, end, scale, isa=I.make(cls)))
-        graphs.append(g)
-    models = load_graphs(module, graphs, "cache attend tests")
-    for (heads, kv_heads, dh, scale, per_row, _), g in zip(cases, graphs):
-        w, kw, name = heads * dh, kv_heads * dh, g.name
-        model = models[name]
+        cache.append(g)
+    models = load_graphs(module, attend + cache, "attend and cache attend tests")
+    return [(g.name, models[g.name]) for g in attend], [(g.name, models[g.name]) for g in cache]
+
+
+@pytest.mark.max
+def test_attend_equals_softmax_attention():
+    """The few-row context attention against a float64 reference: row counts across its
+    tile sizes (1 .. 9 rows; tiles of up to 6 rows at head size 64, 3 at 128), several
+    contexts, grouped-query heads, a context length that is not a multiple of 16; the tiles of
+    every instruction-set class (:mod:`kvgraph.max.isa`)."""
+    from max.driver import Buffer
+
+    rng = np.random.default_rng(1)
+    graphs, _ = _attention_models()
+    for (heads, kv_heads, dh, scale, _), (name, model) in zip(ATTEND_CASES, graphs):
+        for c, rows, sk in [
+            (1, 1, 1500),
+            (1, 5, 1500),
+            (1, 5, 37),
+            (3, 2, 100),
+            (2, 9, 7),
+            (1, 4, 16),
+            (2, 3, 1),
+        ]:
+            q = rng.standard_normal((c, rows, heads * dh)).astype(np.float32)
+            k = rng.standard_normal((c, sk, kv_heads * dh)).astype(np.float32)
+            v = rng.standard_normal((c, sk, kv_heads * dh)).astype(np.float32)
+            got = model.execute(*(Buffer.from_numpy(a) for a in (q, k, v)))[0].to_numpy()
+            ref = _attention_reference(q, k, v, heads, kv_heads, scale)
+            assert_close(got, ref, F32_PASS, what=f"{name} c={c} rows={rows} sk={sk}")
+
+
+@pytest.mark.max
+def test_cache_attend_and_store_rows_equal_the_reference():
+    """The step kernels over cache buffers read in place: ``store_rows`` writes each row's new
+    K/V at its own position (nothing else changes), then ``attention_cache`` attends causally
+    over rows ``[0, end)``: rows at unequal positions (one position for all, too), one or
+    several new tokens, grouped-query heads, stale values past each row's position (which
+    the mask must hide), a view shorter than the capacity."""
+    from max.driver import Buffer
+
+    rng = np.random.default_rng(2)
+    cap = CACHE_CAPACITY
+    _, graphs = _attention_models()
+    for (heads, kv_heads, dh, scale, per_row, _), (name, model) in zip(CACHE_ATTEND_CASES, graphs):
+        w, kw = heads * dh, kv_heads * dh
         for pasts, sq in [([0], 1), ([5, 0, 17], 1), ([3, 9], 3), ([12, 12, 12, 12, 12], 1), ([36], 4)]:
             if not per_row:
                 pasts = [pasts[0]] * len(pasts)

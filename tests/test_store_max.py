@@ -3,8 +3,9 @@ compiled programs from the store without compiling (asserted on the store's coun
 time), a damaged artifact falls back to compiling, concurrent processes compile once, and a
 stored program computes exactly what a fresh compile does.
 
-The child compiles the built-in ``llama-demo`` spec with the weights test_compile_max uses, so
-MAX's own cache already holds its program when the suite runs in order."""
+The child compiles the built-in ``llama-demo`` spec as the MAX tests do (``compiled`` of
+tests/decoder_fixtures.py: the weights test_compile_max uses, every program the tests run of it in
+one Module), so MAX's own cache already holds that Module when the suite runs in order."""
 
 from __future__ import annotations
 
@@ -26,22 +27,23 @@ pytestmark = pytest.mark.max
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = """
-import json
+import json, sys
 import numpy as np
-import kvgraph, kvgraph.specs
 import kvgraph.max.runtime as runtime
 from kvgraph.store import default_store
 lowered = []
 _lower = runtime.lower
 runtime.lower = lambda *a, **k: lowered.append(a[0].name) or _lower(*a, **k)
-spec = kvgraph.specs.get("llama-demo")
-model = kvgraph.compile(spec, kvgraph.init_weights(spec, seed=3))
+sys.path.insert(0, "tests")
+from decoder_fixtures import compiled
+spec, weights, model = compiled("llama_gqa")
 tokens = np.arange(1, 8, dtype=np.int64)[None]
 last, state = model.prefill(tokens[:, :5])
 step, state = model.step(tokens[:, 5:], state)
 s = default_store().stats
 print("RESULT " + json.dumps(dict(hits=s.hits, misses=s.misses, writes=s.writes, bad=s.bad,
       sources=sorted({p.source for p in model._progs.values()}), lowered=lowered,
+      programs=len(model._progs) + len(model.concat._progs),
       last=last.tolist(), step=step.tolist())))
 """
 
@@ -84,7 +86,8 @@ def test_first_process_compiles_and_stores(first):
     store, r = first
     assert (r["hits"], r["misses"], r["writes"], r["bad"]) == (0, 1, 1, 0)
     assert r["sources"] == ["compiled"]
-    assert len(_artifacts(store)) == 1  # prefill and step: one Module, one artifact
+    assert len(_artifacts(store)) == 1  # prefill, step and the rest: one Module, one artifact
+    assert len(r["lowered"]) == r["programs"] > 2
 
 
 def test_second_process_loads_without_compiling(first):
@@ -92,7 +95,7 @@ def test_second_process_loads_without_compiling(first):
     r2 = _child(store)
     assert (r2["hits"], r2["misses"], r2["writes"], r2["bad"]) == (1, 0, 0, 0)
     assert r2["sources"] == ["store"]
-    assert r2["lowered"] == [] and len(r1["lowered"]) == 2  # a hit lowers nothing
+    assert r2["lowered"] == [] and len(r1["lowered"]) == r1["programs"]  # a hit lowers nothing
     # the stored program computes exactly what the fresh compile did ...
     assert r2["last"] == r1["last"] and r2["step"] == r1["step"]
     # ... which is the reference's result
