@@ -35,25 +35,25 @@ def pytest_configure(config):
 
 
 #: Test files that compile MAX programs no earlier file has compiled, in the order that balanced
-#: a cold run's two processes (the two largest first), each with its cold compile seconds (benchmarks/cold_suite.sh at 1347d9c: two test processes, AMD
-#: EPYC 25/17, 2026-12-06; they scale together on every CPU kind). ``make test``'s processes
+#: a cold run's two processes (the two largest first), each with its cold compile seconds beside
+#: the other process's (AMD EPYC Zen 3, 25/1, benchmarks/cold_suite.sh at 7e72893, 2026-12-07,
+#: regrouped since as noted; they scale together on every CPU kind). ``make test``'s processes
 #: take whole files in this order, then the rest by test count as pytest-xdist's own order has
 #: them (``--no-loadscope-reorder``): the long compiles start first and side by side, and short
 #: files fill the end, where xdist's count order left the few-test files that compile most for
 #: last (one process did 2,256 s of a cold run's compiling, the other 1,434 s; in this order
-#: 2,186 and 2,148 s of busy time). The first files compile what later ones share (tiny.en:
-#: test_serve_stream; the small specs: test_compile_max), so later files read it from the
-#: program store; the Whisper compute types follow tiny.en's float32 programs, which they use.
+#: 2,186 and 2,148 s of busy time). The first files compile what later ones share (the small
+#: specs: test_compile_max; tiny.en: test_serve_stream), so later files read it from the program
+#: store; the Whisper compute types follow tiny.en's float32 programs, which they use.
 COMPILE_FIRST = (
-    "test_compile_max.py",  # the small specs' Module and llama-demo's two: 820 s
-    "test_serve_stream.py",  # tiny.en's first programs and its later ones: 500 s
-    "test_compute_types.py",  # int8 / exact-top / bfloat16 graphs, with and without kernels: 208 s
-    "test_compute_types_whisper.py",  # tiny.en's int8 decoders and bfloat16 encoder: 269 s
-    "test_transcribe_max_cli.py",  # tiny.en without the custom kernels (a subprocess): 288 s
-    "test_serve.py",  # base with its word-timestamp program: 306 s
-    "test_max_kernels.py",  # one graph of every lowering helper: 324 s
-    "test_custom_kernels.py",  # the kernel tests' graphs: 134 s
-    "test_slots_max.py",  # the float16 spec's prefill and per-row step: 192 s
+    "test_compile_max.py",  # the small specs' Module (440 s) and llama-demo's (one Module since 2026-12-08: ~250 s)
+    "test_serve_stream.py",  # tiny.en's programs, all in one Module since 2026-12-08 (~240 s; 223 + 204 s in two)
+    "test_max_kernels.py",  # one graph of every lowering helper: 474 s
+    "test_compute_types_whisper.py",  # tiny.en's int8 decoders and bfloat16 encoder: 438 s
+    "test_transcribe_max_cli.py",  # tiny.en without the custom kernels (a subprocess): 400 s
+    "test_compute_types.py",  # int8 / exact-top / bfloat16 graphs, with and without kernels: 391 s
+    "test_serve.py",  # base with its word-timestamp program: 340 s
+    "test_custom_kernels.py",  # the kernel tests' graphs: four calls, ~220 s
 )
 
 

@@ -15,6 +15,8 @@ import functools
 import pytest
 from whisper_clips import JFK
 
+from models.whisper.model.backend import ALL_PROGRAMS
+
 __all__ = [
     "tiny_backend",
     "tiny_model",
@@ -51,32 +53,25 @@ def _max_backend(name: str, kv_cache: bool):
     from models.whisper import MaxWhisperBackend
     from models.whisper.weights.alignment_heads import load_alignment_heads
 
-    if not kv_cache and name in LATER:
+    if not kv_cache and "full" in PRELOAD.get(name, ()):
         _max_backend(name, True)  # compiles the "full" program this backend runs (with the rest)
     dims, weights = _backend_checkpoint(name)
-    backend = MaxWhisperBackend(
+    return MaxWhisperBackend(
         dims,
         weights,
         kv_cache=kv_cache,
         alignment_heads=load_alignment_heads(name, dims),
         preload=PRELOAD.get(name, ()) if kv_cache else (),
     )
-    if kv_cache and name in LATER:
-        # the programs the tests load later (batching's per-row step, word timestamps' scores,
-        # the kv_cache=False backend's full sequence), compiled together: one MAX compile
-        # (not one each), which CLI and server subprocesses find in the program store
-        dec = backend.decoder
-        dec.load(LATER[name], extra=[dec.exposed_request(backend.alignment_scores())])
-    return backend
 
 
-#: Programs compiled with a model's first ones: base's word timestamps (no other process
-#: loads base, so nothing needs its first programs alone).
-PRELOAD = {"base": ("alignment",)}
-#: Decoder programs of a model the tests run beyond its eager ones, compiled in a second MAX
-#: compile: tiny.en's first programs stay one Module of their own, the one `kvgraph prepare`
-#: and `kvgraph transcribe` subprocesses compile (MAX's cache then holds it for them).
-LATER = {"tiny.en": ["step_rows", "full"]}  # full: the kv_cache=False backend's program too
+#: Programs compiled with a model's first ones, in one MAX compile. tiny.en's: every program
+#: the tests run (batching's per-row step, word timestamps' scores, the kv_cache=False
+#: backend's full sequence, and the GEMM step), the Module `kvgraph prepare --all-programs`
+#: compiles, so its subprocess in a store of its own finds it in MAX's cache; CLI and server
+#: subprocesses find each program through its link in the program store. base's: word
+#: timestamps.
+PRELOAD = {"tiny.en": ALL_PROGRAMS, "base": ("alignment",)}
 
 
 @functools.cache

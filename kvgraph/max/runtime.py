@@ -58,6 +58,12 @@ STORE_FORMAT = "kvgraph-max-program/3"
 _SESSION = None
 _MODELS: dict[tuple, object] = {}
 _KEEP: dict[int, object] = {}
+#: Programs a stored Module held beyond the ones asked for, bound when it was read (MAX binds
+#: a Module's programs all at once): ``{(id(weights), name in the Module): MAX model}``. A later
+#: request for one of them (a program compiled on first use, which `kvgraph prepare
+#: --all-programs` stored with the first ones) is served from here: reading the Module again
+#: would need every weight it binds, and a backend may have let some go (the encoder's).
+_SERVED: dict[tuple, object] = {}
 
 
 def session():
@@ -204,6 +210,10 @@ def _load_group(batch: list[ProgramRequest], memo: list[tuple], store: ProgramSt
         # (unique there: a step program's two lowerings share the IR graph's name)
         own = [store_key([r], [m]) for r, m in zip(batch, memo)] if len(batch) > 1 else [key]
         in_module = [module_name(r, k) for r, k in zip(batch, own)]
+        served = [_SERVED.get((id(batch[0].weights), n)) for n in in_module]
+        if all(m is not None for m in served):
+            log.info("%s: bound when its Module was read", what)
+            return [CompiledProgram(r.graph, m, 0.0, "store") for r, m in zip(batch, served)]
         names = in_module if len(batch) > 1 else [max_name(batch[0].graph)]
         prog, hit = _stored_or_compiled(batch, names, key, own if len(batch) > 1 else [], store, what)
         try:
@@ -347,6 +357,9 @@ class _Program:
         missing = [n for n in want if n not in by_name]
         if missing:
             raise StaleRecipe(f"it lacks programs {missing}")
+        if self.registry is None:  # read back: keep the programs not asked for (yet)
+            for n, model in by_name.items():
+                _SERVED.setdefault((id(weights), n), model)
         return [by_name[n] for n in want]
 
 

@@ -97,7 +97,7 @@ class MaxWhisperBackend:
         extra = [encoder] if together else []
         if "alignment" in preload:
             extra.append(self.decoder.exposed_request(self.alignment_scores()))
-        names = [*self.decoder.eager_programs, *(n for n in preload if n != "alignment")]
+        names = list(dict.fromkeys([*self.decoder.eager_programs, *(n for n in preload if n != "alignment")]))
         self._pending = (names, extra, encoder, together)
         self.compile_s = time.perf_counter() - t0
         if not defer:
@@ -173,12 +173,20 @@ class MaxWhisperBackend:
         return which
 
 
+#: Every decoder program a transcription can run beyond a cached backend's first ones (prefill
+#: and the few-row step), as ``preload`` names them: the GEMM step (more than
+#: ``kvgraph.max.decoder.STEP_FEW_ROWS`` rows a step), batching's per-row step, the full
+#: sequence (``kv_cache=False``) and word timestamps' attention scores. ``kvgraph prepare
+#: --all-programs`` compiles them with the first ones, in one MAX compile.
+ALL_PROGRAMS = ("step", "step_rows", "full", "alignment")
+
+
 def load_backend(
-    name_or_path="tiny.en", *, kv_cache: bool = True, compute_type: str = "float32"
+    name_or_path="tiny.en", *, kv_cache: bool = True, compute_type: str = "float32", preload=()
 ) -> MaxWhisperBackend:
-    """The MAX backend of checkpoint ``name_or_path``, ready to decode (``compute_type``: see
-    :class:`MaxWhisperBackend`). ``dims`` is a plain namespace of openai's ``ModelDimensions``
-    fields (no torch import)."""
+    """The MAX backend of checkpoint ``name_or_path``, ready to decode (``compute_type``,
+    ``preload``: see :class:`MaxWhisperBackend`). ``dims`` is a plain namespace of openai's
+    ``ModelDimensions`` fields (no torch import)."""
     from models.whisper.model.compute import split_compute_type
 
     split_compute_type(compute_type)  # before minutes of loading
@@ -200,6 +208,7 @@ def load_backend(
         weights,
         kv_cache=kv_cache,
         alignment_heads=load_alignment_heads(name_or_path, dims),
+        preload=preload,
         compute_type=compute_type,
     )
     # The encoder's program binds copies of its weights made for it (float32, transposed,

@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--all-programs",
         action="store_true",
-        help="also the programs compiled on first use: the GEMM step (more than 8 rows "
-        "per step) and the full-sequence decoder (--no-kv-cache)",
+        help="also the programs compiled on first use, in the same compile: the GEMM step "
+        "(more than 8 rows per step), the per-row step (--batch-size, the server), the "
+        "full-sequence decoder (--no-kv-cache) and word timestamps' attention scores",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     return p
@@ -54,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.setLevel(logging.INFO)
     from kvgraph.store import default_store
     from models.whisper.apps.errors import USER_ERRORS, one_line
-    from models.whisper.model.backend import load_backend
+    from models.whisper.model.backend import ALL_PROGRAMS, load_backend
 
     store = default_store()
     where = store.root if store.enabled else "nowhere: the store is off (KVGRAPH_CACHE_DIR)"
@@ -64,9 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.model or ["tiny.en"]:
         t0 = time.perf_counter()
         try:
-            backend = load_backend(name)
-            if args.all_programs:
-                backend.decoder.load(["step", "full"])
+            backend = load_backend(name, preload=ALL_PROGRAMS if args.all_programs else ())
         except (*USER_ERRORS, ImportError) as e:
             print(f"{PROG}: error: model {name!r}: {one_line(e)}", file=sys.stderr, flush=True)
             failed = True
