@@ -36,24 +36,25 @@ def pytest_configure(config):
 
 #: Test files that compile MAX programs no earlier file has compiled, in the order that balanced
 #: a cold run's two processes (the two largest first), each with its cold compile seconds beside
-#: the other process's (AMD EPYC Zen 3, 25/1, benchmarks/cold_suite.sh at 7e72893, 2026-12-07,
-#: regrouped since as noted; they scale together on every CPU kind). ``make test``'s processes
+#: the other process's (AMD EPYC Zen 3, 25/1, benchmarks/cold_suite.sh at a79de17, 2026-12-08:
+#: busy 2,500 and 2,522 s; they scale together on every CPU kind). ``make test``'s processes
 #: take whole files in this order, then the rest by test count as pytest-xdist's own order has
 #: them (``--no-loadscope-reorder``): the long compiles start first and side by side, and short
 #: files fill the end, where xdist's count order left the few-test files that compile most for
-#: last (one process did 2,256 s of a cold run's compiling, the other 1,434 s; in this order
-#: 2,186 and 2,148 s of busy time). The first files compile what later ones share (the small
-#: specs: test_compile_max; tiny.en: test_serve_stream), so later files read it from the program
-#: store; the Whisper compute types follow tiny.en's float32 programs, which they use.
+#: last (one process did 2,256 s of a cold run's compiling, the other 1,434 s). The first files
+#: compile what later ones share (the small specs and llama-demo: test_compile_max; tiny.en:
+#: test_serve_stream), so later files (test_slots_max, test_store_max, test_examples) read it
+#: from the program store or MAX's cache; the Whisper compute types follow tiny.en's float32
+#: programs, which they use.
 COMPILE_FIRST = (
-    "test_compile_max.py",  # the small specs' Module (440 s) and llama-demo's (one Module since 2026-12-08: ~250 s)
-    "test_serve_stream.py",  # tiny.en's programs, all in one Module since 2026-12-08 (~240 s; 223 + 204 s in two)
-    "test_max_kernels.py",  # one graph of every lowering helper: 474 s
-    "test_compute_types_whisper.py",  # tiny.en's int8 decoders and bfloat16 encoder: 438 s
-    "test_transcribe_max_cli.py",  # tiny.en without the custom kernels (a subprocess): 400 s
-    "test_compute_types.py",  # int8 / exact-top / bfloat16 graphs, with and without kernels: 391 s
-    "test_serve.py",  # base with its word-timestamp program: 340 s
-    "test_custom_kernels.py",  # the kernel tests' graphs: four calls, ~220 s
+    "test_compile_max.py",  # the small specs' Module (555 s) and llama-demo's (418 s)
+    "test_serve_stream.py",  # tiny.en's programs, one Module: 362 s
+    "test_max_kernels.py",  # one graph of every lowering helper: 483 s
+    "test_compute_types_whisper.py",  # tiny.en's int8 decoders and bfloat16 encoder: 336 s
+    "test_transcribe_max_cli.py",  # tiny.en without the custom kernels (a subprocess): 288 s
+    "test_compute_types.py",  # int8 / exact-top / bfloat16 graphs, with and without kernels: 349 s
+    "test_serve.py",  # base with its word-timestamp program: 357 s
+    "test_custom_kernels.py",  # the kernel tests' graphs: four calls, 192 s
 )
 
 
