@@ -143,6 +143,10 @@ def test_a_kernel_that_max_refuses_is_one_line_naming_it_and_the_way_out(monkeyp
     assert "KVGRAPH_CUSTOM_KERNELS=off" in msg and "the step program" in msg
 
 
+#: The float16 GEMV and GEMM graphs' input width.
+LINEAR_IN = 48
+
+
 def _gemv_size() -> int:
     """gemv_once's output count, drawn per run (no compile cache holds its graphs: the package
     reaches MAX through a cold compile every run), never a multiple of the 4-row blocks: the
@@ -176,7 +180,7 @@ def _linears_per_class() -> dict:
     pkg = custom.kernel_package()
     assert pkg is not None
     cpu = DeviceRef.CPU()
-    k = 48
+    k = LINEAR_IN
     cases = {
         "gemv_once": (["b", "s"], _gemv_size(), K.linear_gemv_once),
         "gemm16": (["m"], _gemm16_size(np.random.default_rng(SEED + 2)), K.linear_gemm_f16),
@@ -208,7 +212,7 @@ def test_gemv_once_equals_matmul_for_any_rows():
 
     from kvgraph.max import isa as I
 
-    n, k = _gemv_size(), 48
+    n, k = _gemv_size(), LINEAR_IN
     models = _linears_per_class()["gemv_once"]
     rng = np.random.default_rng(0)
     w16 = rng.standard_normal((n, k)).astype(np.float16)
@@ -247,7 +251,7 @@ def test_gemm16_equals_matmul_for_any_rows():
     from kvgraph.max import isa as I
 
     rng = np.random.default_rng(SEED + 2)
-    n, k = _gemm16_size(rng), 48  # as the graphs were drawn; then the data from the same generator
+    n, k = _gemm16_size(rng), LINEAR_IN  # as the graphs were drawn; then the data from the same generator
     models = _linears_per_class()["gemm16"]
     w16 = rng.standard_normal((n, k)).astype(np.float16)
     bias = rng.standard_normal(n).astype(np.float32)
